@@ -1,0 +1,1 @@
+"""The research loop: agents, git, journal, decisions, control and events. Never imports Textual."""

@@ -1,0 +1,64 @@
+"""Read access to a prepared dataset (see harness/prepare.py for the layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from . import tokenizer as tokmod
+from .errors import NotPreparedError
+from .integrity import verify_dataset
+from .paths import current_pointer, datasets_dir
+from .prepare import load_manifest
+
+
+@dataclass
+class Dataset:
+    folder: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.manifest["bos_id"])
+
+    @cached_property
+    def tokenizer(self):
+        return tokmod.load(self.folder)
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """(vocab,) int32 UTF-8 byte length of each token; 0 for BOS."""
+        return np.load(self.folder / "token_bytes.npy")
+
+    def stream(self, split: str) -> np.ndarray:
+        """The split's uint16 token stream, memory-mapped (read-only)."""
+        return np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
+
+    def doc_offsets(self, split: str) -> np.ndarray:
+        return np.load(self.folder / f"{split}_docs.npy")
+
+    def verify(self) -> None:
+        verify_dataset(self.folder, self.manifest)
+
+
+def open_dataset(folder: Path) -> Dataset:
+    manifest = load_manifest(folder)
+    if manifest is None:
+        raise NotPreparedError(f"no complete prepared dataset in {folder}; run `cockpit prepare`")
+    return Dataset(folder, manifest)
+
+
+def current_dataset(cache: Path) -> Dataset:
+    """The most recently prepared dataset in a cache."""
+    try:
+        key = current_pointer(cache).read_text().strip()
+    except OSError:
+        raise NotPreparedError(f"no prepared data in {cache}; run `cockpit prepare`") from None
+    return open_dataset(datasets_dir(cache) / key)

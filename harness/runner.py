@@ -1,0 +1,322 @@
+"""The runner: one experiment = one training subprocess, watched from outside.
+
+It verifies the harness and the data, starts `python -m harness.child` in its own process group
+with a scrubbed environment and the log on disk, streams progress to a callback, enforces the
+time budget with its own clock (arrival times of the child's messages), and kills the whole
+group on timeout or cancel. What train.py prints is never parsed: the verdict arrives as typed
+messages on a private pipe, and the metric is computed by harness code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .dataset import Dataset
+from .integrity import verify_harness
+from .paths import HARNESS_DIR, inductor_cache
+from .profiles import Profile
+
+STATUSES = ("ok", "crash", "timeout", "invalid", "cancelled")
+LOG_TAIL_LINES = 40
+EXIT_GRACE = 30.0  # seconds a finished run may spend printing its summary before it is killed
+
+_SECRET_NAME = re.compile(r"(API_?KEY|_TOKEN|^TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|_KEY$|^ANTHROPIC_|SESSION_ID)", re.I)
+
+
+def scrub_env(env: dict[str, str]) -> dict[str, str]:
+    """Drop every variable that looks like a secret: code an LLM wrote runs with this environment."""
+    return {k: v for k, v in env.items() if not _SECRET_NAME.search(k)}
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    loss: float
+    tokens: int
+    tokens_per_second: float | None
+    mfu: float | None
+    fraction: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # ok | crash | timeout | invalid | cancelled
+    reason: str | None
+    val_bpb: float | None
+    training_seconds: float | None
+    total_seconds: float
+    startup_seconds: float | None  # spawn -> first step reported (imports, setup, compile)
+    eval_seconds: float | None  # trained -> result (causality probe + val_bpb)
+    peak_memory_gb: float | None
+    steps: int
+    tokens: int
+    params: int
+    tokens_per_second: float | None
+    mfu: float | None
+    log_path: str
+    log_tail: str | None
+    exit_code: int | None
+    profile: str
+    budget: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @property
+    def outside_training_seconds(self) -> float | None:
+        return None if self.training_seconds is None else self.total_seconds - self.training_seconds
+
+
+@dataclass
+class Limits:
+    """Kill deadlines around the profile's budget (seconds)."""
+
+    startup: float
+    warmup: float
+    eval: float
+    over_budget_tolerance: float  # finishing this far past the budget is still valid
+
+    @classmethod
+    def for_profile(cls, p: Profile) -> "Limits":
+        return cls(p.startup_allowance, p.warmup_allowance, p.eval_allowance, max(2.0, 0.05 * p.time_budget))
+
+
+@dataclass
+class _Watch:
+    t_spawn: float
+    t_ready: float | None = None
+    t_first: float | None = None
+    t_trained: float | None = None
+    verdict: dict | None = None
+    verdict_time: float | None = None
+    trained: dict = field(default_factory=dict)
+    last_progress: dict | None = None
+    tok_s: list = field(default_factory=list)
+    mfu: list = field(default_factory=list)
+
+
+def run(
+    script: Path,
+    dataset: Dataset,
+    profile: Profile,
+    log_path: Path,
+    cache: Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    limits: Limits | None = None,
+    harness_dir: Path = HARNESS_DIR,
+    on_spawn: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run one training script under the harness. Raises IntegrityError before starting when the
+    harness or the data changed; every other outcome is a RunResult."""
+    verify_harness(cache, harness_dir)
+    dataset.verify()
+    limits = limits or Limits.for_profile(profile)
+    cancel = cancel or threading.Event()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    env = scrub_env(dict(os.environ))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    ind = inductor_cache(cache)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
+    env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+    rfd, wfd = os.pipe()
+    cmd = [
+        sys.executable, "-m", "harness.child",
+        "--script", str(script), "--data", str(dataset.folder), "--profile", profile.name,
+        "--budget", repr(profile.time_budget), "--fd", str(wfd), "--parent", str(os.getpid()),
+    ]
+    w = _Watch(time.monotonic())
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                cmd, cwd=str(script.parent), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(wfd,), start_new_session=True,
+            )
+        finally:
+            os.close(wfd)
+    if on_spawn:
+        on_spawn(proc.pid)
+    status, reason = _watch(proc, rfd, w, profile, limits, cancel, on_progress)
+    os.close(rfd)
+    _kill_group(proc)
+    exit_code = proc.returncode
+    t_end = time.monotonic()
+
+    v = w.verdict or {}
+    train_s = _training_seconds(w, limits) if w.t_trained is not None else None
+    if status == "ok":
+        if not math.isfinite(v.get("val_bpb", math.nan)):
+            status, reason = "crash", "the validation loss is not finite"
+        elif train_s is not None and train_s > profile.time_budget + limits.over_budget_tolerance:
+            status, reason = "invalid", (
+                f"training took {train_s:.1f}s, over the {profile.time_budget:g}s budget "
+                f"(+{limits.over_budget_tolerance:g}s tolerance)"
+            )
+    tok_s = _median(w.tok_s)
+    mfu = _median(w.mfu)
+    if tok_s is None and train_s and w.trained.get("tokens"):
+        tok_s = w.trained["tokens"] / max(train_s, 1e-9)
+    return RunResult(
+        status=status,
+        reason=reason,
+        val_bpb=v.get("val_bpb") if status == "ok" else None,
+        training_seconds=train_s,
+        total_seconds=t_end - w.t_spawn,
+        startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_spawn if w.t_ready else None,
+        eval_seconds=(w.verdict_time - w.t_trained) if status == "ok" and w.t_trained else None,
+        peak_memory_gb=v["peak_memory_bytes"] / 1e9 if "peak_memory_bytes" in v else None,
+        steps=int(w.trained.get("steps") or (w.last_progress or {}).get("step", -1) + 1),
+        tokens=int(w.trained.get("tokens") or (w.last_progress or {}).get("tokens", 0)),
+        params=int(w.trained.get("params") or 0),
+        tokens_per_second=tok_s,
+        mfu=mfu,
+        log_path=str(log_path),
+        log_tail=None if status == "ok" else _tail(log_path),
+        exit_code=exit_code,
+        profile=profile.name,
+        budget=profile.time_budget,
+    )
+
+
+def _training_seconds(w: _Watch, limits: Limits) -> float:
+    """The runner's own measure, mirroring runtime._Session.training_seconds."""
+    ready = w.t_ready if w.t_ready is not None else w.t_spawn
+    warm = (w.t_first if w.t_first is not None else w.t_trained) - ready
+    return (w.t_trained - ready) - min(warm, limits.warmup)
+
+
+def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_progress):
+    sel = selectors.DefaultSelector()
+    os.set_blocking(rfd, False)
+    sel.register(rfd, selectors.EVENT_READ)
+    buf = b""
+    eof = False
+    try:
+        while True:
+            if cancel.is_set():
+                return "cancelled", "cancelled by request"
+            now = time.monotonic()
+            if w.verdict is not None and w.verdict["type"] != "result":
+                return ("crash" if w.verdict["type"] == "crash" else "invalid"), w.verdict.get("reason")
+            if w.verdict is not None and (proc.poll() is not None or now - w.verdict_time > EXIT_GRACE):
+                return "ok", None
+            if eof and proc.poll() is not None:
+                return "crash", _exit_reason(proc.returncode)
+            deadline, what = _deadline(w, profile, limits)
+            if now > deadline:
+                return "timeout", what
+            for _key, _ev in sel.select(timeout=0.1):
+                try:
+                    chunk = os.read(rfd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    eof = True
+                    sel.unregister(rfd)
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    _handle(json.loads(line), w, profile, on_progress)
+            if eof:
+                time.sleep(0.05)
+    finally:
+        sel.close()
+
+
+def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
+    now = time.monotonic()
+    kind = msg.get("type")
+    if kind == "ready":
+        w.t_ready = now
+    elif kind == "progress":
+        if msg.get("first") and w.t_first is None:
+            w.t_first = now
+        w.last_progress = msg
+        if msg.get("tok_s"):
+            w.tok_s.append(msg["tok_s"])
+        if msg.get("mfu"):
+            w.mfu.append(msg["mfu"])
+        if on_progress:
+            on_progress(Progress(msg["step"], msg["loss"], msg["tokens"], msg.get("tok_s"), msg.get("mfu"),
+                                 msg["fraction"], now - w.t_spawn))
+    elif kind == "trained":
+        if w.t_trained is None:
+            w.t_trained = now
+            w.trained = msg
+    elif kind in ("result", "crash", "invalid") and w.verdict is None:
+        if kind == "result" and w.t_trained is None:
+            return  # a result without the trained marker is not the harness's
+        w.verdict = msg
+        w.verdict_time = now
+
+
+def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
+    if w.t_ready is None:
+        return w.t_spawn + limits.startup, f"no start within {limits.startup:g}s"
+    if w.t_trained is None:
+        slack = limits.over_budget_tolerance + max(5.0, 0.1 * profile.time_budget)
+        return (
+            w.t_ready + limits.warmup + profile.time_budget + slack,
+            f"training ran past its {profile.time_budget:g}s budget and was killed",
+        )
+    return w.t_trained + limits.eval, f"evaluation took longer than {limits.eval:g}s"
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"the training process was killed by {name}{hint}"
+    return f"the training process exited with status {code} without a result"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the child's whole process group (it leads its own session) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _median(xs: list) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs[len(xs) // 5 :] if len(xs) >= 5 else xs)  # skip the warm-up reports
+    return s[len(s) // 2]
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

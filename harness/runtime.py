@@ -1,0 +1,283 @@
+"""harness.runtime: the only module train.py imports besides torch.
+
+    from harness import runtime as rt
+    P = rt.profile()                      # device, SEQ_LEN, TIME_BUDGET, ... (locked per hardware)
+    batches = rt.train_batches(B)         # (x, y) int64 tensors (B, T) on the device, forever
+    while not rt.done():                  # the harness's clock, as a fraction of the budget
+        ...one optimizer step...
+        rt.progress(step, loss, tokens)   # cheap; syncs the device at most twice a second
+    rt.submit(model)                      # the harness evaluates model(idx) -> logits (B, T, V)
+
+The clock: training time is the time since the harness handed control to train.py, minus the
+warm-up before the first `progress` call (the first step, which includes compilation), up to
+the profile's warm-up allowance. The runner measures the same thing from its own side, from
+the arrival times of these messages, and a run over budget is `invalid`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from . import evaluate
+from .dataset import Dataset, current_dataset, open_dataset
+from .paths import cache_root
+from .profiles import Profile, detect
+
+REPORT_EVERY = 0.5  # seconds between progress reports (each one reads the loss: a device sync)
+DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size lives on the GPU
+
+
+class _Session:
+    """The state of one run inside the training subprocess."""
+
+    def __init__(self, profile: Profile, dataset: Dataset, channel_fd: int | None = None):
+        self.profile = profile
+        self.dataset = dataset
+        self.fd = channel_fd
+        self.t_ready = time.monotonic()
+        self.t_first: float | None = None
+        self.steps = 0
+        self.tokens = 0
+        self.flops_per_token: float | None = None
+        self.batch_shape: tuple[int, int] | None = None
+        self.first_loss: float | None = None
+        self._last_report = 0.0
+        self._tokens_at_report = 0
+        self._pending_loss = None
+        self.submitted = False
+
+    # ---- the channel to the runner (JSON lines on a pipe; never stdout) ----
+    def send(self, kind: str, **fields) -> None:
+        if self.fd is None:
+            return
+        line = json.dumps({"type": kind, **fields}) + "\n"
+        os.write(self.fd, line.encode())
+
+    # ---- the clock ----
+    def training_seconds(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        warm = (self.t_first if self.t_first is not None else now) - self.t_ready
+        return (now - self.t_ready) - min(warm, self.profile.warmup_allowance)
+
+    def fraction(self) -> float:
+        if self.profile.time_budget <= 0:
+            return math.inf
+        return self.training_seconds() / self.profile.time_budget
+
+
+_session: _Session | None = None
+
+
+def _configure(profile: Profile, dataset_dir, channel_fd: int | None) -> _Session:
+    """Called by the harness's child driver before train.py runs."""
+    global _session
+    _session = _Session(profile, open_dataset(dataset_dir), channel_fd)
+    return _session
+
+
+def _reset() -> None:
+    global _session
+    _session = None
+
+
+def _get() -> _Session:
+    """The run's session; when train.py runs on its own, one made from this machine's defaults."""
+    global _session
+    if _session is None:
+        _session = _Session(detect(), current_dataset(cache_root()))
+    return _session
+
+
+# ---- constants and tools ----
+
+def profile() -> Profile:
+    """The hardware profile: device, seq_len, time_budget, autocast, compile, peak_flops."""
+    return _get().profile
+
+
+def vocab_size() -> int:
+    return _get().dataset.vocab_size
+
+
+def bos_id() -> int:
+    return _get().dataset.bos_id
+
+
+def tokenizer():
+    """The tiktoken.Encoding the data was prepared with (BOS is the special token <|bos|>)."""
+    return _get().dataset.tokenizer
+
+
+def autocast():
+    """The profile's autocast context (bf16 on CUDA; a no-op on CPU)."""
+    p = _get().profile
+    return evaluate.autocast_ctx(p.device, p.autocast)
+
+
+def model_info(flops_per_token: float | None = None) -> None:
+    """Tell the harness the training FLOPs per token, so it can report MFU."""
+    _get().flops_per_token = flops_per_token
+
+
+# ---- data ----
+
+def _row_starts(doc_offsets: np.ndarray, n_tokens: int, T: int) -> np.ndarray:
+    """Start of every training row: each document's BOS, and every T tokens inside long documents."""
+    ends = np.append(doc_offsets[1:], n_tokens)
+    lens = ends - doc_offsets
+    chunks = np.maximum(1, -(-(lens - 1) // T))  # ceil((len-1)/T): rows needed to cover the document
+    group_start = np.repeat(np.cumsum(chunks) - chunks, chunks)
+    within = np.arange(int(chunks.sum())) - group_start
+    starts = np.repeat(doc_offsets, chunks) + within * T
+    return starts[starts + T + 1 <= n_tokens]
+
+
+def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
+    """Yield (x, y) forever: int64 (B, T) on the device, y = x shifted by one.
+
+    Rows start at a document's BOS (or at a T-token boundary inside a long document) and run on
+    through the following documents, so nothing is padded. The order is a fresh permutation of
+    all rows each epoch. Small corpora live on the GPU: no per-step host work at all.
+    """
+    S = _get()
+    T = seq_len or S.profile.seq_len
+    S.batch_shape = (batch_size, T)
+    device = torch.device(S.profile.device)
+    stream = S.dataset.stream("train")
+    starts = _row_starts(S.dataset.doc_offsets("train"), len(stream), T)
+    if len(starts) < batch_size:
+        raise ValueError(f"the training split has {len(starts)} rows of {T} tokens; batch size {batch_size} is too large")
+    g = torch.Generator().manual_seed(seed)
+    if device.type == "cuda" and len(stream) <= DEVICE_RESIDENT_MAX_TOKENS:
+        data = torch.from_numpy(np.asarray(stream).astype(np.int32)).to(device)
+        starts_t = torch.from_numpy(starts).to(device)
+        offs = torch.arange(T + 1, device=device)
+        while True:
+            perm = torch.randperm(len(starts), generator=g).to(device)
+            for i in range(0, len(perm) - batch_size + 1, batch_size):
+                rows = data[starts_t[perm[i : i + batch_size]][:, None] + offs].long()  # (B, T+1)
+                yield rows[:, :-1], rows[:, 1:]
+    else:
+        host = np.asarray(stream) if len(stream) <= DEVICE_RESIDENT_MAX_TOKENS else stream
+        offs = np.arange(T + 1)
+        pin = device.type == "cuda"
+        while True:
+            perm = torch.randperm(len(starts), generator=g).numpy()
+            for i in range(0, len(perm) - batch_size + 1, batch_size):
+                rows = torch.from_numpy(host[starts[perm[i : i + batch_size]][:, None] + offs].astype(np.int64))
+                if pin:
+                    rows = rows.pin_memory()
+                rows = rows.to(device, non_blocking=True)
+                yield rows[:, :-1], rows[:, 1:]
+
+
+# ---- the clock and progress ----
+
+def fraction() -> float:
+    """Training time used, as a fraction of the budget (the harness's clock)."""
+    return _get().fraction()
+
+
+def done() -> bool:
+    return _get().fraction() >= 1.0
+
+
+def progress(step: int, loss, tokens: int) -> None:
+    """Report one finished optimizer step: its loss (tensor or float) and tokens processed.
+
+    Cheap: the loss is read (a device sync) only every REPORT_EVERY seconds. A NaN or exploding
+    loss ends the run as `crash`.
+    """
+    S = _get()
+    S.steps = step + 1
+    S.tokens += int(tokens)
+    now = time.monotonic()
+    first = S.t_first is None
+    if not first and now - S._last_report < REPORT_EVERY:
+        return
+    value = float(loss)  # sync point
+    now = time.monotonic()
+    if first:
+        S.t_first = now
+        S.first_loss = value
+    limit = 1.5 * math.log(S.dataset.vocab_size) + 3.0
+    if not math.isfinite(value) or value > max(limit, 2 * (S.first_loss or 0)):
+        what = "NaN" if math.isnan(value) else f"exploding ({value:.3g})"
+        S.send("crash", reason=f"loss is {what} at step {step}")
+        print(f"harness: loss is {what} at step {step}; stopping the run", flush=True)
+        os._exit(3)
+    dt = now - S._last_report if S._last_report else None
+    tok_s = (S.tokens - S._tokens_at_report) / dt if dt else None
+    mfu = None
+    if tok_s and S.flops_per_token and S.profile.peak_flops:
+        mfu = tok_s * S.flops_per_token / S.profile.peak_flops
+    S._last_report, S._tokens_at_report = now, S.tokens
+    S.send("progress", step=step, loss=value, tokens=S.tokens, tok_s=tok_s, mfu=mfu,
+           fraction=min(S.fraction(), 10.0), first=first)
+
+
+# ---- the end: evaluation by the harness ----
+
+def _peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def submit(model) -> dict:
+    """Hand the trained model to the harness. It checks causality, computes val_bpb from
+    model(idx) logits, reports to the runner, and returns the summary (for printing)."""
+    S = _get()
+    if S.profile.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    train_s = S.training_seconds()
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
+    S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
+           flops_per_token=S.flops_per_token)
+    P, D = S.profile, S.dataset
+    B, T = S.batch_shape or (8, P.seq_len)
+    if T != P.seq_len:
+        B, T = 8, P.seq_len
+    val = D.stream("val")
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        t0 = time.monotonic()
+        leak = evaluate.causality_probe(model, val, D.vocab_size, B, T, P.device, P.autocast)
+        probe_s = time.monotonic() - t0
+        if leak:
+            S.send("invalid", reason=leak)
+            print(f"harness: {leak}", flush=True)
+            os._exit(4)
+        res = evaluate.val_bpb(model, val, D.token_bytes, D.vocab_size, B, T, P.eval_tokens, P.device, P.autocast)
+    except evaluate.ModelContractError as e:
+        S.send("invalid", reason=str(e))
+        print(f"harness: {e}", flush=True)
+        os._exit(4)
+    if isinstance(model, torch.nn.Module) and was_training:
+        model.train()
+    summary = {
+        "val_bpb": res.val_bpb,
+        "val_tokens": res.tokens,
+        "val_bytes": res.bytes,
+        "eval_seconds": res.seconds,
+        "probe_seconds": probe_s,
+        "training_seconds": train_s,
+        "steps": S.steps,
+        "tokens": S.tokens,
+        "params": params,
+        "peak_memory_bytes": _peak_memory_bytes(P.device),
+    }
+    S.send("result", **summary)
+    S.submitted = True
+    return summary

@@ -1,0 +1,143 @@
+"""Document sources for `cockpit prepare`: the embedded stdlib corpus, a text folder, parquet shards.
+
+A source yields (identity, text) pairs in a deterministic order. The identity (a relative path,
+or a parquet row's id / content hash) decides the validation split, so it must be stable.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import SourceError
+
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass
+class Source:
+    """A document source. `files` is the fingerprinted list; `skipped` counts undecodable docs."""
+
+    kind: str  # "stdlib" | "text" | "parquet"
+    spec: str  # what the user named (or the stdlib path)
+    files: list[Path]
+    root: Path | None = None
+    skipped_undecodable: int = 0
+    skipped_names: list[str] = field(default_factory=list)
+
+    # ---- identity of the whole source, for idempotent prepare ----
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.kind}\0{self.spec}\0".encode())
+        for p in self.files:
+            try:
+                st = p.stat()
+            except OSError as e:
+                raise SourceError(f"cannot read {p}: {e.strerror}") from None
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+    # ---- documents ----
+    def documents(self) -> Iterator[tuple[str, str]]:
+        if self.kind == "parquet":
+            yield from self._parquet_documents()
+        else:
+            yield from self._file_documents()
+
+    def _file_documents(self) -> Iterator[tuple[str, str]]:
+        assert self.root is not None
+        for p in self.files:
+            try:
+                raw = p.read_bytes()
+            except OSError as e:
+                raise SourceError(f"cannot read {p}: {e.strerror}") from None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.skipped_undecodable += 1
+                self.skipped_names.append(str(p.relative_to(self.root)))
+                continue
+            if text.strip():
+                yield p.relative_to(self.root).as_posix(), text
+
+    def _parquet_documents(self) -> Iterator[tuple[str, str]]:
+        import pyarrow.parquet as pq
+
+        for p in self.files:
+            try:
+                pf = pq.ParquetFile(p)
+                names = pf.schema_arrow.names
+            except Exception as e:  # pyarrow raises several types for a corrupt shard
+                raise SourceError(f"cannot read parquet shard {p}: {e}") from None
+            if "text" not in names:
+                raise SourceError(f"parquet shard {p} has no 'text' column (columns: {', '.join(names)})")
+            columns = ["text"] + (["id"] if "id" in names else [])
+            try:
+                for rg in range(pf.num_row_groups):
+                    table = pf.read_row_group(rg, columns=columns)
+                    texts = table.column("text").to_pylist()
+                    ids = table.column("id").to_pylist() if "id" in columns else [None] * len(texts)
+                    for doc_id, text in zip(ids, texts):
+                        if not isinstance(text, str) or not text.strip():
+                            continue
+                        ident = str(doc_id) if doc_id is not None else hashlib.sha1(text.encode()).hexdigest()
+                        yield ident, text
+            except SourceError:
+                raise
+            except Exception as e:
+                raise SourceError(f"cannot read parquet shard {p}: {e}") from None
+
+
+def stdlib_source() -> Source:
+    """The Python standard-library source of the running interpreter: offline, on every machine."""
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        files.extend(Path(dirpath) / f for f in filenames if f.endswith(".py"))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise SourceError(f"no Python source found in the standard library at {root}")
+    return Source("stdlib", str(root), files, root=root)
+
+
+def text_source(folder: str) -> Source:
+    """Every regular file under a folder (hidden entries skipped), in sorted path order."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise SourceError(f"--text {folder}: no such folder")
+    if not root.is_dir():
+        raise SourceError(f"--text {folder}: not a folder")
+    root = root.resolve()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if not p.is_file():
+                raise SourceError(f"cannot read {p}: not a regular file (broken link?)")
+            if not os.access(p, os.R_OK):
+                raise SourceError(f"cannot read {p}: permission denied")
+            files.append(p)
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise SourceError(f"--text {folder}: the folder has no files")
+    return Source("text", str(root), files, root=root)
+
+
+def parquet_source(pattern: str) -> Source:
+    """Parquet shards with a `text` column, matched by a glob, in sorted order."""
+    matches = sorted(Path(p).resolve() for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+    files = [p for p in matches if p.is_file()]
+    if not files:
+        raise SourceError(f"--parquet {pattern!r} matches no files")
+    return Source("parquet", pattern, files)
