@@ -77,8 +77,8 @@ def cmd_prepare(args) -> int:
         print(f"source: the Python standard library at {src.spec} (built-in corpus)", file=sys.stderr)
     report = prepare(
         src, cache,
-        vocab_size=args.vocab_size or DEFAULT_VOCAB,
-        val_fraction=args.val_fraction or DEFAULT_VAL_FRACTION,
+        vocab_size=DEFAULT_VOCAB if args.vocab_size is None else args.vocab_size,
+        val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
         force=args.force,
         show_progress=not args.quiet,
     )

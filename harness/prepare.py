@@ -107,13 +107,14 @@ def prepare(
     root.mkdir(parents=True, exist_ok=True)
     key = dataset_key(source, vocab_size, val_fraction, tokenizer_chars)
     final = root / key
+    _recover_interrupted_swap(root, final)
+    _remove_stale_tmp(root)
     manifest = load_manifest(final)
     if manifest is not None and not force:
         atomic_write_text(current_pointer(cache), key + "\n")
         relocked = lock_harness(cache)
         return PrepareReport(final, True, manifest, time.monotonic() - t0, relocked)
 
-    _remove_stale_tmp(root)
     tmp = root / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -156,7 +157,12 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
             fed += len(text)
             yield text
 
-    enc = tokmod.train(train_texts(), vocab_size)
+    try:
+        enc = tokmod.train(train_texts(), vocab_size)
+    except tokmod.CorpusTooSmall:
+        if fed == 0:
+            raise SourceError(f"the source {source.spec} has no decodable text") from None
+        raise
     bar.close()
     if fed == 0:
         raise SourceError(f"the source {source.spec} has no decodable text")
@@ -256,6 +262,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _recover_interrupted_swap(root: Path, final: Path) -> None:
+    """A --force rebuild killed between its two renames leaves the old dataset as .old-*: restore it."""
+    if final.exists():
+        return
+    for old in sorted(root.glob(f".old-{final.name}-*")):
+        if load_manifest(old) is not None:
+            os.replace(old, final)
+            return
 
 
 def _remove_stale_tmp(root: Path) -> None:

@@ -38,7 +38,7 @@ class Source:
                 st = p.stat()
             except OSError as e:
                 raise SourceError(f"cannot read {p}: {e.strerror}") from None
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
     def total_bytes(self) -> int:

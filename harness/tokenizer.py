@@ -24,6 +24,10 @@ SPLIT_PATTERN = (
 )
 
 
+class CorpusTooSmall(SourceError):
+    """The corpus has too few distinct pairs to learn the requested vocabulary."""
+
+
 def train(texts: Iterable[str], vocab_size: int) -> tiktoken.Encoding:
     """Train a BPE of `vocab_size` tokens in all, the last id being BOS."""
     import rustbpe
@@ -34,7 +38,7 @@ def train(texts: Iterable[str], vocab_size: int) -> tiktoken.Encoding:
     tok.train_from_iterator(iter(texts), vocab_size - 1, pattern=SPLIT_PATTERN)
     ranks = {bytes(b): r for b, r in tok.get_mergeable_ranks()}
     if len(ranks) < vocab_size - 1:
-        raise SourceError(
+        raise CorpusTooSmall(
             f"corpus too small for a vocabulary of {vocab_size}: it supports only {len(ranks) + 1} tokens; "
             "add text or lower --vocab-size"
         )

@@ -81,7 +81,7 @@ class Attention(nn.Module):
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)  # each (B, T, H, D)
-        q, k = self.rotary(norm(q)), self.rotary(norm(k))  # QK-norm, then rotary
+        q, k = self.rotary(norm(q)).to(v.dtype), self.rotary(norm(k)).to(v.dtype)  # QK-norm, then rotary
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

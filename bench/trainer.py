@@ -1,0 +1,70 @@
+"""Trainer benchmark: prepare (timed), then train.py through the harness N times.
+
+    python bench/trainer.py [--budget S] [--runs N] [--device auto|cuda|cpu] [--cache-dir DIR] [--out FILE]
+
+Prints one row per run: status, val_bpb, steps, tokens/s, MFU, training seconds and the seconds
+outside training (startup + first compiled step, evaluation). Run 1 is cold (empty compile
+cache when the cache dir is new); later runs are warm. --out writes the results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cockpit.cli import _profile  # noqa: E402
+from harness import runner  # noqa: E402
+from harness.dataset import current_dataset  # noqa: E402
+from harness.paths import cache_root  # noqa: E402
+from harness.prepare import prepare  # noqa: E402
+from harness.sources import stdlib_source  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=None)
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--script", default=str(ROOT / "trainer" / "train.py"))
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    cache = cache_root(a.cache_dir)
+    t0 = time.monotonic()
+    rep = prepare(stdlib_source(), cache, show_progress=False)
+    print(f"prepare: {time.monotonic() - t0:.1f}s ({'no-op' if rep.noop else 'built'}) {rep.summary()}", flush=True)
+    ds = current_dataset(cache)
+    prof = _profile(a.device, a.budget)
+    rows = []
+    for i in range(a.runs):
+        log = ROOT / ".cockpit" / "bench" / f"run{i + 1}-{int(time.time())}.log"
+        r = runner.run(Path(a.script), ds, prof, log, cache)
+        rows.append(r)
+        print(f"run {i + 1}: {r.status} {r.reason or ''}", flush=True)
+        if r.log_tail:
+            print(r.log_tail, flush=True)
+    print()
+    print(f"{'run':>3} {'status':>7} {'val_bpb':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} {'train_s':>7} {'outside':>7} {'startup':>7} {'eval':>6} {'mem_GB':>6}")
+    for i, r in enumerate(rows):
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu else "-"
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        print(
+            f"{i + 1:>3} {r.status:>7} {fmt(r.val_bpb, '.4f'):>8} {r.steps:>6} {fmt(r.tokens_per_second, ',.0f'):>10} {mfu:>6} "
+            f"{fmt(r.training_seconds, '.1f'):>7} {fmt(r.outside_training_seconds, '.1f'):>7} {fmt(r.startup_seconds, '.1f'):>7} "
+            f"{fmt(r.eval_seconds, '.1f'):>6} {fmt(r.peak_memory_gb, '.1f'):>6}"
+        )
+    if a.out:
+        Path(a.out).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    return 0 if all(r.status == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

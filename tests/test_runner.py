@@ -1,0 +1,348 @@
+"""The runner and the honest metric, each case through a real training subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import runner
+from harness.dataset import current_dataset
+from harness.errors import IntegrityError
+from harness.integrity import lock_harness
+from harness.paths import HARNESS_DIR
+from harness.prepare import prepare
+from harness.profiles import CPU
+from harness.sources import text_source
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = 2.0
+FAST = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
+
+
+# ---- a small prepared corpus shared by the module ----
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("corpus")
+    for mod in ("json", "email", "logging", "asyncio"):
+        folder = Path(__import__(mod).__file__).parent
+        for f in sorted(folder.glob("*.py")):
+            (src / f"{mod}_{f.name}.txt").write_text(f.read_text(encoding="utf-8"))
+    c = tmp_path_factory.mktemp("cache")
+    prepare(text_source(str(src)), c, vocab_size=512, show_progress=False)
+    return c
+
+
+@pytest.fixture
+def dataset(cache):
+    return current_dataset(cache)
+
+
+def run_script(tmp_path, cache, body: str, budget=BUDGET, limits=FAST, **kw) -> runner.RunResult:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(body))
+    return runner.run(script, current_dataset(cache), CPU.with_budget(budget), tmp_path / "run.log", cache, limits=limits, **kw)
+
+
+BIGRAM = """
+import time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from harness import runtime as rt
+
+V = rt.vocab_size()
+
+class Bigram(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 32)
+        self.out = nn.Linear(32, V)
+
+    def forward(self, idx):
+        return self.out(self.emb(idx{shift}))
+
+model = Bigram()
+opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+batches = rt.train_batches(8, 64)
+step = 0
+while not rt.done():
+    x, y = next(batches)
+    loss = F.cross_entropy(model(x).view(-1, V), y.reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    rt.progress(step, loss.detach(), tokens=x.numel())
+    step += 1
+{tail}
+"""
+
+
+def bigram(shift="", tail="rt.submit(model)"):
+    return BIGRAM.replace("{shift}", shift).replace("{tail}", tail)
+
+
+def pgid_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---- the honest metric ----
+
+def test_a_fake_printed_val_bpb_does_not_change_the_recorded_value(tmp_path, cache):
+    r = run_script(tmp_path, cache, bigram(tail='print("val_bpb: 0.000001")\nrt.submit(model)\nprint("val_bpb: 0.000001")'))
+    assert r.status == "ok", r.log_tail
+    assert "val_bpb: 0.000001" in Path(r.log_path).read_text()
+    assert r.val_bpb is not None and r.val_bpb > 0.5
+    assert r.steps > 1 and r.tokens > 0 and r.training_seconds <= BUDGET + FAST.over_budget_tolerance
+
+
+def test_val_bpb_is_computed_by_the_harness_from_logits(tmp_path, cache, dataset):
+    """A model with uniform logits scores exactly ln(V) nats per text token."""
+    body = """
+    import torch
+    from harness import runtime as rt
+    V = rt.vocab_size()
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+        def forward(self, idx):
+            return torch.zeros(*idx.shape, V) + self.w * 0
+    rt.submit(Uniform())
+    """
+    r = run_script(tmp_path, cache, body, budget=0)
+    assert r.status == "ok", r.log_tail
+    T = CPU.seq_len
+    val = np.asarray(dataset.stream("val"))
+    n = min((len(val) - 1) // T, CPU.eval_tokens // T)
+    targets = val[1 : n * T + 1]
+    nbytes = dataset.token_bytes[targets]
+    expected = int((nbytes > 0).sum()) * math.log(dataset.vocab_size) / (math.log(2) * int(nbytes.sum()))
+    assert r.val_bpb == pytest.approx(expected, rel=1e-6)
+
+
+def test_training_lowers_val_bpb_below_the_untrained_model(tmp_path, cache):
+    untrained = run_script(tmp_path / "a", cache, bigram(), budget=0) if (tmp_path / "a").mkdir() is None else None
+    trained = run_script(tmp_path / "b", cache, bigram(), budget=3) if (tmp_path / "b").mkdir() is None else None
+    assert untrained.status == trained.status == "ok"
+    assert untrained.steps == 0
+    assert trained.val_bpb < untrained.val_bpb - 0.5
+
+
+def test_a_model_that_sees_future_tokens_is_invalid(tmp_path, cache):
+    r = run_script(tmp_path, cache, bigram(shift=".roll(-1, dims=1)"))
+    assert r.status == "invalid"
+    assert "causality" in r.reason and "future" in r.reason
+    assert r.val_bpb is None
+
+
+def test_a_model_that_mixes_batch_rows_is_invalid(tmp_path, cache):
+    # The next evaluation window is the continuation of this one: mixing rows leaks the future.
+    r = run_script(tmp_path, cache, bigram(shift=") + self.emb(idx.roll(1, dims=0)"))
+    assert r.status == "invalid"
+    assert r.reason.startswith("causality probe failed")
+
+
+def test_logits_of_the_wrong_shape_are_invalid(tmp_path, cache):
+    body = """
+    import torch
+    from harness import runtime as rt
+    class Bad(torch.nn.Module):
+        def forward(self, idx):
+            return torch.zeros(idx.shape[0], 10)
+    rt.submit(Bad())
+    """
+    r = run_script(tmp_path, cache, body, budget=0)
+    assert r.status == "invalid" and "shape" in r.reason
+
+
+# ---- the budget ----
+
+def test_a_run_that_sleeps_past_the_budget_is_killed_as_timeout(tmp_path, cache):
+    pids = []
+    body = """
+    import time
+    from harness import runtime as rt
+    rt.progress(0, 1.0, tokens=1)
+    time.sleep(1000)
+    """
+    t0 = time.monotonic()
+    r = run_script(tmp_path, cache, body, on_spawn=pids.append)
+    assert r.status == "timeout"
+    assert "budget" in r.reason
+    assert time.monotonic() - t0 < 60
+    assert not pgid_alive(pids[0])
+
+
+def test_finishing_over_budget_is_invalid(tmp_path, cache):
+    body = bigram().replace("while not rt.done():", "t_end = time.time() + 5.0\nwhile time.time() < t_end:")
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "invalid"
+    assert "over the 2s budget" in r.reason
+    assert r.val_bpb is None
+
+
+# ---- failures ----
+
+def test_an_exception_is_a_crash_with_the_traceback_tail(tmp_path, cache):
+    body = """
+    from harness import runtime as rt
+    def build_model():
+        raise RuntimeError("shape mismatch in layer 3")
+    build_model()
+    """
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "crash"
+    assert "RuntimeError: shape mismatch in layer 3" in r.reason
+    assert "Traceback" in r.log_tail and "build_model" in r.log_tail
+
+
+def test_a_nan_loss_ends_the_run_early_as_crash(tmp_path, cache):
+    # From step 3 on the weights are NaN, as after a diverged update.
+    body = bigram().replace("    step += 1", "    step += 1\n    if step == 3:\n        model.out.weight.data.fill_(float('nan'))")
+    r = run_script(tmp_path, cache, body, budget=30)
+    assert r.status == "crash"
+    assert "loss is NaN at step" in r.reason
+    assert r.total_seconds < 25
+
+
+def test_ending_without_submit_is_a_crash(tmp_path, cache):
+    r = run_script(tmp_path, cache, "from harness import runtime as rt\nrt.progress(0, 1.0, tokens=1)\n")
+    assert r.status == "crash" and "submit" in r.reason
+
+
+def test_importing_os_is_refused_before_the_run(tmp_path, cache):
+    r = run_script(tmp_path, cache, "import os\nfrom harness import runtime as rt\n")
+    assert r.status == "invalid" and "imports os" in r.reason
+
+
+# ---- process control and secrets ----
+
+def test_cancel_kills_the_process_group_within_two_seconds(tmp_path, cache):
+    cancel = threading.Event()
+    pids, seen = [], threading.Event()
+    body = """
+    import time
+    from harness import runtime as rt
+    rt.progress(0, 1.0, tokens=1)
+    time.sleep(1000)
+    """
+    timer = {}
+
+    def on_progress(p):
+        if not seen.is_set():
+            seen.set()
+            timer["t"] = time.monotonic()
+            cancel.set()
+
+    r = run_script(tmp_path, cache, body, budget=300, cancel=cancel, on_progress=on_progress, on_spawn=pids.append)
+    assert r.status == "cancelled"
+    assert time.monotonic() - timer["t"] < 2.0
+    assert not pgid_alive(pids[0])
+
+
+def test_no_secret_reaches_the_training_subprocess(tmp_path, cache, monkeypatch):
+    secrets = {
+        "ANTHROPIC_API_KEY": "fake-secret-1",
+        "OPENAI_API_KEY": "fake-secret-2",
+        "GITHUB_TOKEN": "ghp-test-secret-3",
+        "AWS_SECRET_ACCESS_KEY": "aws-test-secret-4",
+        "ANTHROPIC_AUTH_TOKEN": "auth-test-secret-5",
+    }
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("COCKPIT_HARMLESS", "visible")
+    environs = []
+
+    def capture(pid):
+        environs.append(Path(f"/proc/{pid}/environ").read_bytes())
+
+    body = bigram(tail='print("env check")\nrt.submit(model)')
+    r = run_script(tmp_path, cache, body, on_spawn=capture)
+    assert r.status == "ok", r.log_tail
+    env = environs[0]
+    assert b"COCKPIT_HARMLESS=visible" in env
+    for k, v in secrets.items():
+        assert k.encode() not in env and v.encode() not in env
+        assert v not in Path(r.log_path).read_text()
+
+
+# ---- integrity ----
+
+def test_a_changed_data_shard_is_refused(tmp_path, cache):
+    ds = current_dataset(cache)
+    val = ds.folder / "val.bin"
+    original = val.read_bytes()
+    try:
+        val.write_bytes(original[:-2] + bytes([original[-2] ^ 1, original[-1]]))
+        with pytest.raises(IntegrityError, match="val.bin"):
+            run_script(tmp_path, cache, bigram())
+        assert not (tmp_path / "run.log").exists()
+    finally:
+        val.write_bytes(original)
+
+
+def test_a_changed_harness_file_is_refused(tmp_path, cache):
+    copy = tmp_path / "harness"
+    shutil.copytree(HARNESS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    lock_harness(cache, copy)
+    with open(copy / "evaluate.py", "a") as f:
+        f.write("\n# tampered\n")
+    with pytest.raises(IntegrityError, match="evaluate.py"):
+        run_script(tmp_path, cache, bigram(), harness_dir=copy)
+    assert not (tmp_path / "run.log").exists()
+
+
+# ---- the CLI and the bundled trainer ----
+
+def test_cockpit_train_runs_the_bundled_trainer_and_learns(tmp_path, cache):
+    env = {k: v for k, v in os.environ.items()}
+    env["COCKPIT_CACHE"] = str(cache)
+
+    def train(budget):
+        out = subprocess.run(
+            [sys.executable, "-m", "cockpit", "train", "--workspace", str(ROOT), "--budget", str(budget), "--json", "--device", "cpu"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        )
+        assert out.returncode == 0, out.stderr + out.stdout
+        return json.loads(out.stdout)
+
+    untrained, trained = train(0), train(8)
+    assert untrained["status"] == trained["status"] == "ok"
+    assert untrained["steps"] == 0 and trained["steps"] > 3
+    assert trained["val_bpb"] < untrained["val_bpb"] - 0.3
+    assert trained["params"] > 0 and trained["peak_memory_gb"] > 0
+
+
+def test_engine_and_harness_never_import_textual():
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        import engine, harness
+        for pkg in (engine, harness):
+            for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+                if m.name != "harness.child":
+                    importlib.import_module(m.name)
+        bad = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
+        print(len([m for m in sys.modules if m.startswith(("engine", "harness"))]))
+        assert not bad, bad
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) >= 10  # the walk really imported the harness's modules
