@@ -35,13 +35,17 @@ def main() -> int:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--script", default=str(ROOT / "trainer" / "train.py"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-prepare", action="store_true", help="use the cache's current dataset as it is")
     a = ap.parse_args()
 
     cache = cache_root(a.cache_dir)
-    t0 = time.monotonic()
-    rep = prepare(stdlib_source(), cache, show_progress=False)
-    print(f"prepare: {time.monotonic() - t0:.1f}s ({'no-op' if rep.noop else 'built'}) {rep.summary()}", flush=True)
+    if not a.no_prepare:
+        t0 = time.monotonic()
+        rep = prepare(stdlib_source(), cache, show_progress=False)
+        print(f"prepare: {time.monotonic() - t0:.1f}s ({'no-op' if rep.noop else 'built'}) {rep.summary()}", flush=True)
     ds = current_dataset(cache)
+    c = ds.manifest["counts"]
+    print(f"data: {ds.manifest['source']['spec']}: {c['train_tokens']:,} train / {c['val_tokens']:,} val tokens", flush=True)
     prof = _profile(a.device, a.budget)
     rows = []
     for i in range(a.runs):
@@ -52,14 +56,14 @@ def main() -> int:
         if r.log_tail:
             print(r.log_tail, flush=True)
     print()
-    print(f"{'run':>3} {'status':>7} {'val_bpb':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} {'train_s':>7} {'outside':>7} {'startup':>7} {'eval':>6} {'mem_GB':>6}")
+    print(f"{'run':>3} {'status':>7} {'val_bpb':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} {'train_s':>7} {'outside':>7} {'startup':>7} {'ready':>6} {'eval':>6} {'mem_GB':>6}")
     for i, r in enumerate(rows):
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu else "-"
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         print(
             f"{i + 1:>3} {r.status:>7} {fmt(r.val_bpb, '.4f'):>8} {r.steps:>6} {fmt(r.tokens_per_second, ',.0f'):>10} {mfu:>6} "
             f"{fmt(r.training_seconds, '.1f'):>7} {fmt(r.outside_training_seconds, '.1f'):>7} {fmt(r.startup_seconds, '.1f'):>7} "
-            f"{fmt(r.eval_seconds, '.1f'):>6} {fmt(r.peak_memory_gb, '.1f'):>6}"
+            f"{fmt(r.ready_seconds, '.1f'):>6} {fmt(r.eval_seconds, '.1f'):>6} {fmt(r.peak_memory_gb, '.1f'):>6}"
         )
     if a.out:
         Path(a.out).write_text(json.dumps([asdict(r) for r in rows], indent=1))

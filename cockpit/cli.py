@@ -16,6 +16,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", metavar="DIR", help="a folder of text files (default: the Python standard library)")
     src.add_argument("--parquet", metavar="GLOB", help="parquet shards with a 'text' column")
+    p.add_argument("--include", action="append", metavar="PATTERN",
+                   help="with --text: only files whose name matches (e.g. '*.py'); repeatable")
     p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size, BOS included (default 8192)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of documents pinned to validation (default 0.05)")
     p.add_argument("--force", action="store_true", help="rebuild even when an identical dataset exists")
@@ -60,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 def _source(args):
     from harness import sources
 
+    if getattr(args, "include", None) and not getattr(args, "text", None):
+        raise HarnessError("--include needs --text DIR")
     if getattr(args, "text", None):
-        return sources.text_source(args.text)
+        return sources.text_source(args.text, args.include)
     if getattr(args, "parquet", None):
         return sources.parquet_source(args.parquet)
     return sources.stdlib_source()
@@ -137,6 +141,19 @@ def _profile(device: str, budget: float | None):
     return prof.with_budget(budget)
 
 
+def _warn_small_corpus(dataset, prof) -> None:
+    """On a GPU a small corpus is memorised within one run; say so (once per run), in one line."""
+    tokens = dataset.manifest["counts"]["train_tokens"]
+    if prof.name == "cuda" and prof.time_budget > 0:
+        epochs = 1.5e6 * prof.time_budget / max(tokens, 1)  # at ~1.5M tokens/s on an H100
+        if epochs > 4:
+            print(
+                f"note: {tokens / 1e6:.1f}M training tokens will be seen ~{epochs:.0f} times in {prof.time_budget:g}s; "
+                "for meaningful results prepare a larger corpus (cockpit prepare --parquet GLOB or --text DIR)",
+                file=sys.stderr,
+            )
+
+
 def cmd_train(args) -> int:
     from harness import runner
     from harness.paths import cache_root
@@ -150,6 +167,7 @@ def cmd_train(args) -> int:
     cache = cache_root(args.cache_dir)
     dataset = ensure_prepared(cache)
     prof = _profile(args.device, args.budget)
+    _warn_small_corpus(dataset, prof)
     log = ws / ".cockpit" / "runs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}" / "run.log"
     if not args.json:
         print(f"training {script} on {prof.name} for {prof.time_budget:g}s; log: {log}", file=sys.stderr)
@@ -186,7 +204,7 @@ def format_result(r) -> str:
         f"val_bpb:           {f(r.val_bpb, '.6f')}",
         f"training_seconds:  {f(r.training_seconds, '.1f')}",
         f"total_seconds:     {r.total_seconds:.1f}",
-        f"outside_training:  {f(r.outside_training_seconds, '.1f')}  (startup+compile {f(r.startup_seconds, '.1f')}, eval {f(r.eval_seconds, '.1f')})",
+        f"outside_training:  {f(r.outside_training_seconds, '.1f')}  (startup+first step {f(r.startup_seconds, '.1f')} of which imports {f(r.ready_seconds, '.1f')}, eval {f(r.eval_seconds, '.1f')})",
         f"steps:             {r.steps}",
         f"tokens:            {r.tokens:,}",
         f"tokens_per_second: {f(r.tokens_per_second, ',.0f')}",

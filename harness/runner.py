@@ -59,6 +59,7 @@ class RunResult:
     training_seconds: float | None
     total_seconds: float
     startup_seconds: float | None  # spawn -> first step reported (imports, setup, compile)
+    ready_seconds: float | None  # spawn -> harness ready (interpreter, torch and harness imports)
     eval_seconds: float | None  # trained -> result (causality probe + val_bpb)
     peak_memory_gb: float | None
     steps: int
@@ -180,6 +181,7 @@ def run(
         training_seconds=train_s,
         total_seconds=t_end - w.t_spawn,
         startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_spawn if w.t_ready else None,
+        ready_seconds=w.t_ready - w.t_spawn if w.t_ready else None,
         eval_seconds=(w.verdict_time - w.t_trained) if status == "ok" and w.t_trained else None,
         peak_memory_gb=v["peak_memory_bytes"] / 1e9 if "peak_memory_bytes" in v else None,
         steps=int(w.trained.get("steps") or (w.last_progress or {}).get("step", -1) + 1),

@@ -6,6 +6,7 @@ or a parquet row's id / content hash) decides the validation split, so it must b
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -32,7 +33,7 @@ class Source:
 
     # ---- identity of the whole source, for idempotent prepare ----
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.kind}\0{self.spec}\0".encode())
+        h = hashlib.sha256(f"{self.kind}\0{self.spec}\0".encode("utf-8", "surrogateescape"))
         for p in self.files:
             try:
                 st = p.stat()
@@ -108,8 +109,9 @@ def stdlib_source() -> Source:
     return Source("stdlib", str(root), files, root=root)
 
 
-def text_source(folder: str) -> Source:
-    """Every regular file under a folder (hidden entries skipped), in sorted path order."""
+def text_source(folder: str, include: list[str] | None = None) -> Source:
+    """Every regular file under a folder (hidden entries skipped), in sorted path order;
+    with `include`, only files whose name matches one of the glob patterns (e.g. "*.py")."""
     root = Path(folder).expanduser()
     if not root.exists():
         raise SourceError(f"--text {folder}: no such folder")
@@ -120,7 +122,7 @@ def text_source(folder: str) -> Source:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if name.startswith("."):
+            if name.startswith(".") or (include and not any(fnmatch.fnmatch(name, pat) for pat in include)):
                 continue
             p = Path(dirpath) / name
             if not p.is_file():
@@ -130,8 +132,10 @@ def text_source(folder: str) -> Source:
             files.append(p)
     files.sort(key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise SourceError(f"--text {folder}: the folder has no files")
-    return Source("text", str(root), files, root=root)
+        which = f" matching {', '.join(include)}" if include else ""
+        raise SourceError(f"--text {folder}: the folder has no files{which}")
+    spec = str(root) + (f" [{','.join(include)}]" if include else "")
+    return Source("text", spec, files, root=root)
 
 
 def parquet_source(pattern: str) -> Source:
