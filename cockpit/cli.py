@@ -38,7 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", type=float, help="training seconds (default: the profile's: 300 on CUDA, 60 on CPU)")
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    i = sub.add_parser("init", help="create a research workspace (git repo with trainer/, program.md, cockpit.toml)")
+    i.add_argument("dir")
+
+    r = sub.add_parser("run", help="the research loop (--headless: without the TUI)")
+    _add_run_args(r)
+    r.add_argument("--headless", action="store_true", help="print events instead of the TUI")
+    r.add_argument("--json", action="store_true", help="with --headless: JSON lines, one per event")
+
+    st = sub.add_parser("status", help="session summary from the journal")
+    st.add_argument("--workspace", default=".")
+    st.add_argument("--tag")
     return ap
+
+
+def _add_run_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--workspace", default=".", help="the research workspace (default: here)")
+    r.add_argument("--agent", default=None, help="tuner | claude (default: claude with an API key, else tuner)")
+    r.add_argument("--tag", help="start or select this session (default: resume the latest)")
+    r.add_argument("--budget", type=float, help="training seconds per experiment (default: the profile's)")
+    r.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    r.add_argument("--max-experiments", type=int)
+    r.add_argument("--max-hours", type=float)
+    r.add_argument("--max-cost", type=float, help="USD")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "init":
+            return cmd_init(args)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "status":
+            return cmd_status(args)
         return cmd_default(args)
     except HarnessError as e:
         print(f"cockpit: error: {e}", file=sys.stderr)
@@ -218,10 +247,126 @@ def format_result(r) -> str:
     return "\n".join(lines)
 
 
+# ---- init / run / status ----
+
+def cmd_init(args) -> int:
+    from engine.workspace import init_workspace
+
+    root = init_workspace(args.dir)
+    print(f"created a research workspace in {root}: trainer/train.py, program.md, cockpit.toml (committed)")
+    print(f"next: cd {root} && cockpit")
+    return 0
+
+
+def select_agent(name: str | None, config_name: str = "auto"):
+    """The agent to run, and the one line that says why."""
+    import os
+
+    from engine.agents.tuner import Tuner
+
+    name = name or config_name or "auto"
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    if name == "auto":
+        if has_key:
+            return Tuner(), "ANTHROPIC_API_KEY is set but the Claude agent is not in this version yet: offline tuner"
+        return Tuner(), "no API key: offline tuner"
+    if name == "tuner":
+        return Tuner(), "agent: offline tuner (--agent tuner)"
+    if name == "claude":
+        raise HarnessError("the claude agent is not in this version yet; use --agent tuner")
+    raise HarnessError(f"unknown agent {name!r}; choose tuner or claude")
+
+
+def build_engine(args, out=None):
+    """Workspace, target, agent and engine for `cockpit run` (and the TUI later)."""
+    from engine.loop import Engine, Limits
+    from engine.targets import CommandTarget, GptTarget
+    from engine.workspace import open_workspace
+    from harness.paths import cache_root
+
+    for flag in ("max_experiments", "max_hours", "max_cost", "budget"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 0:
+            raise HarnessError(f"--{flag.replace('_', '-')} must be >= 0")
+    ws = open_workspace(args.workspace)
+    ws.git.ensure_clean()  # before anything is written
+    agent, why = select_agent(args.agent, ws.config.agent)
+    notices = [why]
+    tc = ws.config.target
+    if tc.kind == "gpt":
+        cache = cache_root(getattr(args, "cache_dir", None))
+        dataset = ensure_prepared(cache)
+        prof = _profile(args.device, args.budget if args.budget is not None else tc.budget)
+        if prof.name == "cpu":
+            notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
+        target = GptTarget(ws.root, tc, cache, dataset, prof)
+    else:
+        target = CommandTarget(ws.root, tc, args.budget)
+    limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)
+    engine = Engine(ws, agent, target, tag=args.tag, limits=limits)
+    return engine, notices
+
+
+def cmd_run(args) -> int:
+    from engine import events as ev
+    from engine.headless import Printer
+
+    engine, notices = build_engine(args)
+    printer = Printer(json_lines=args.json, metric=engine.target.metric_name)
+    engine.subscribe(printer)
+    if not args.headless and not args.json:
+        notices.insert(0, "the TUI is not in this version yet: running headless")
+    for text in notices:
+        printer(ev.Notice(text=text))
+    import signal
+
+    def on_term(signum, frame):
+        engine.control.stop("now")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        engine.run()
+    except KeyboardInterrupt:
+        engine.control.stop("now")
+        raise
+    return 0
+
+
+def cmd_status(args) -> int:
+    from engine.journal import Journal
+    from engine.workspace import open_workspace
+
+    ws = open_workspace(args.workspace)
+    if not ws.journal_path.exists():
+        raise HarnessError(f"no cockpit session in {ws.root} yet; run `cockpit` there first")
+    j = Journal(ws.journal_path)
+    s = j.session_by_tag(args.tag) if args.tag else j.latest_session()
+    if s is None:
+        raise HarnessError(f"no session {args.tag!r} in {ws.root}" if args.tag else f"no session in {ws.root} yet")
+    exps = j.experiments(s.id)
+    counts: dict[str, int] = {}
+    for e in exps:
+        if e.kind == "experiment":
+            counts[e.status] = counts.get(e.status, 0) + 1
+    base = [e.metric for e in exps if e.kind == "baseline" and e.metric is not None]
+    m = ws.config.target.metric
+    print(f"session {s.tag}  branch {s.branch}  agent {s.agent}  status {s.status}" + (f" ({s.stop_reason})" if s.stop_reason else ""))
+    if s.best_metric is not None:
+        gain = f"  ({s.best_metric - sum(base) / len(base):+.6f} vs baseline)" if base else ""
+        print(f"best {m} {s.best_metric:.6f} at {(s.best_commit or '')[:7]} (#{s.best_n}){gain}  noise {s.noise or 0:.6f}")
+    print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
+          + f"  cost ${j.total_cost(s.id):.2f}")
+    for e in exps[-15:]:
+        val = f"{e.metric:.6f}" if e.metric is not None else "-"
+        delta = f"{e.delta:+.6f}" if e.delta is not None else ""
+        print(f"  #{e.n:<4} {(e.commit_sha or '')[:7]:7} {e.status:11} {val:>9} {delta:>10}  {e.description or ''}")
+    return 0
+
+
 # ---- default: what `cockpit` does with no subcommand ----
 
 def cmd_default(args) -> int:
-    """Until the research loop and the TUI land, `cockpit` prepares what is missing and runs the
-    training script once through the harness: the sanity check before going autonomous."""
-    ns = build_parser().parse_args(["train"] if args.cache_dir is None else ["--cache-dir", args.cache_dir, "train"])
-    return cmd_train(ns)
+    """`cockpit` resumes the workspace's latest session or starts one. Until the TUI lands it runs
+    the loop headless, printing readable lines."""
+    argv = ([] if args.cache_dir is None else ["--cache-dir", args.cache_dir]) + ["run", "--headless"]
+    return cmd_run(build_parser().parse_args(argv))

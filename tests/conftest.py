@@ -10,3 +10,22 @@ if str(REPO) not in sys.path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs the full built-in (stdlib) corpus; a few seconds")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A small prepared corpus (a few stdlib packages as text, vocab 512), shared by the session."""
+    from harness.prepare import prepare
+    from harness.sources import text_source
+
+    src = tmp_path_factory.mktemp("corpus")
+    for mod in ("json", "email", "logging", "asyncio"):
+        folder = Path(__import__(mod).__file__).parent
+        for f in sorted(folder.glob("*.py")):
+            (src / f"{mod}_{f.name}.txt").write_text(f.read_text(encoding="utf-8"))
+    cache = tmp_path_factory.mktemp("cache")
+    prepare(text_source(str(src)), cache, vocab_size=512, show_progress=False)
+    return cache

@@ -33,15 +33,8 @@ FAST = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
 # ---- a small prepared corpus shared by the module ----
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("corpus")
-    for mod in ("json", "email", "logging", "asyncio"):
-        folder = Path(__import__(mod).__file__).parent
-        for f in sorted(folder.glob("*.py")):
-            (src / f"{mod}_{f.name}.txt").write_text(f.read_text(encoding="utf-8"))
-    c = tmp_path_factory.mktemp("cache")
-    prepare(text_source(str(src)), c, vocab_size=512, show_progress=False)
-    return c
+def cache(tiny_cache) -> Path:
+    return tiny_cache
 
 
 @pytest.fixture

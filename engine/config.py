@@ -1,0 +1,115 @@
+"""cockpit.toml: the workspace's target, decision rule and agent. Every key is optional."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+CONFIG_NAME = "cockpit.toml"
+
+
+class ConfigError(HarnessError):
+    pass
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What an experiment changes and how it is measured. The default is the bundled GPT trainer."""
+
+    kind: str = "gpt"  # "gpt" (harness + trainer/train.py) or "command" (a run command + locked measure script)
+    editable: tuple[str, ...] = ("trainer/train.py",)
+    metric: str = "val_bpb"
+    direction: str = "min"
+    budget: float | None = None  # seconds; None = the profile's default
+    run: str | None = None  # kind="command": shell command run in the workspace, killed past budget
+    measure: str | None = None  # kind="command": locked script; its last line `metric: <value>` is the result
+    locked: tuple[str, ...] = ()  # kind="command": files hashed at session start and re-checked before each run
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    baseline_runs: int = 2
+    min_delta: float = 3e-4
+    noise_k: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    agent: str = "auto"
+    max_consecutive_crashes: int = 5
+
+
+def _section(data: dict, name: str, cls, path: Path):
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key [{name}].{unknown[0]} (known: {', '.join(sorted(known))})")
+    out = {}
+    for k, v in raw.items():
+        default = cls.__dataclass_fields__[k].default
+        if isinstance(default, tuple) or k in ("editable", "locked"):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{path}: [{name}].{k} must be a list of strings")
+            v = tuple(v)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"{path}: [{name}].{k} must be a number")
+        out[k] = v
+    return cls(**out)
+
+
+def load(root: Path) -> Config:
+    path = root / CONFIG_NAME
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    unknown = sorted(set(data) - {"target", "decision", "agent", "stop"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
+    target = _section(data, "target", TargetConfig, path)
+    decision = _section(data, "decision", DecisionConfig, path)
+    agent_tbl = data.get("agent", {})
+    agent = agent_tbl.get("name", "auto") if isinstance(agent_tbl, dict) else "auto"
+    stop = data.get("stop", {})
+    crashes = stop.get("max_consecutive_crashes", 5) if isinstance(stop, dict) else 5
+    if target.kind not in ("gpt", "command"):
+        raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
+    if target.direction not in ("min", "max"):
+        raise ConfigError(f"{path}: [target].direction must be 'min' or 'max', got {target.direction!r}")
+    if target.kind == "command" and not (target.run and target.measure):
+        raise ConfigError(f"{path}: a 'command' target needs both [target].run and [target].measure")
+    if not target.editable:
+        raise ConfigError(f"{path}: [target].editable must name at least one file")
+    if decision.baseline_runs < 1:
+        raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
+    return Config(target, decision, agent, int(crashes))
+
+
+DEFAULT_TOML = """\
+# cockpit workspace settings. Every key is optional; these are the defaults.
+
+[target]
+kind = "gpt"                      # the bundled GPT trainer, measured by the locked harness
+editable = ["trainer/train.py"]   # the only files the agent may change
+metric = "val_bpb"
+direction = "min"
+
+[decision]
+baseline_runs = 2                 # the unchanged code is run this often to measure the noise
+min_delta = 0.0003                # keep a change only if it beats the best by more than
+noise_k = 2.0                     # max(min_delta, noise_k * noise)
+
+[agent]
+name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else "tuner"
+"""

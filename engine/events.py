@@ -1,0 +1,156 @@
+"""Engine events: typed, immutable records of every state change, for the UI, tests and the
+headless printer. `RunProgress` and the streamed agent deltas are high-rate: consumers may drop
+older unconsumed ones; everything else is also written to the journal."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float = field(default_factory=time.time, kw_only=True)
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    HIGH_RATE = False
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=str)
+
+
+@dataclass(frozen=True)
+class SessionStarted(Event):
+    session_id: int
+    tag: str
+    branch: str
+    agent: str
+    resumed: bool
+    best_commit: str | None
+    best_metric: float | None
+    next_experiment: int
+
+
+@dataclass(frozen=True)
+class SessionStopped(Event):
+    session_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """A one-line message for the human (a choice made, a state change)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Waiting(Event):
+    reason: str
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    text: str
+
+
+@dataclass(frozen=True)
+class AgentThinking(Event):
+    n: int
+    text: str
+    HIGH_RATE = True
+
+
+@dataclass(frozen=True)
+class AgentText(Event):
+    n: int
+    text: str
+    HIGH_RATE = True
+
+
+@dataclass(frozen=True)
+class ToolCalled(Event):
+    n: int
+    name: str
+    summary: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class DiffUpdated(Event):
+    n: int
+    diff: str
+    HIGH_RATE = True
+
+
+@dataclass(frozen=True)
+class ExperimentProposed(Event):
+    n: int
+    description: str
+    diff_stat: str
+    kind: str = "experiment"  # or "baseline"
+
+
+@dataclass(frozen=True)
+class AwaitingApproval(Event):
+    n: int
+
+
+@dataclass(frozen=True)
+class ExperimentStarted(Event):
+    n: int
+    commit: str
+    kind: str = "experiment"
+
+
+@dataclass(frozen=True)
+class RunProgress(Event):
+    n: int
+    step: int
+    loss: float
+    tokens_per_second: float | None
+    mfu: float | None
+    fraction: float
+    elapsed: float
+    HIGH_RATE = True
+
+
+@dataclass(frozen=True)
+class ExperimentFinished(Event):
+    n: int
+    commit: str
+    status: str
+    metric: float | None
+    delta: float | None
+    confidence: float | None
+    best_metric: float | None
+    description: str
+    reason: str | None = None
+    kind: str = "experiment"
+
+
+@dataclass(frozen=True)
+class BestChanged(Event):
+    n: int
+    commit: str
+    metric: float
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class GpuStats(Event):
+    index: int
+    util: float
+    mem_used_gb: float
+    mem_total_gb: float
+    temp_c: float | None = None
+    power_w: float | None = None
+    HIGH_RATE = True

@@ -1,0 +1,118 @@
+"""All git access goes through GitRepo. The engine works on branch cockpit/<tag> only, pins each
+experiment's commit at refs/cockpit/<tag>/<n> so its diff stays reachable after a reset, and
+only ever resets to commits it recorded (the session's base or a kept experiment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import git
+
+from harness.errors import HarnessError
+
+
+class GitError(HarnessError):
+    """A git precondition failed (no repository, dirty tree, unknown commit)."""
+
+
+class GitRepo:
+    def __init__(self, root: Path):
+        try:
+            self.repo = git.Repo(root)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise GitError(f"{root} is not a git repository; run `cockpit init {root}` to create a workspace") from None
+        if self.repo.bare:
+            raise GitError(f"{root} is a bare git repository")
+        self.root = Path(self.repo.working_tree_dir)
+        self.g = self.repo.git
+        try:
+            self.g.config("user.email")
+        except git.GitCommandError:  # no identity configured (a fresh CI box): commit as cockpit
+            self.g.update_environment(
+                GIT_AUTHOR_NAME="cockpit", GIT_AUTHOR_EMAIL="cockpit@localhost",
+                GIT_COMMITTER_NAME="cockpit", GIT_COMMITTER_EMAIL="cockpit@localhost",
+            )
+
+    # ---- state ----
+    def head(self) -> str:
+        try:
+            return self.repo.head.commit.hexsha
+        except ValueError:
+            raise GitError(f"{self.root} has no commits yet; commit the workspace first") from None
+
+    def branch(self) -> str | None:
+        return None if self.repo.head.is_detached else self.repo.active_branch.name
+
+    def dirty_files(self) -> list[str]:
+        """Tracked files with uncommitted changes (staged or not). Untracked files are left alone."""
+        out = self.g.status("--porcelain", "--untracked-files=no")
+        return sorted(line[3:] for line in out.splitlines() if line.strip())
+
+    def ensure_clean(self) -> None:
+        dirty = self.dirty_files()
+        if dirty:
+            more = f" (+{len(dirty) - 3} more)" if len(dirty) > 3 else ""
+            raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}{more}; commit or stash them first")
+
+    def changed_files(self) -> list[str]:
+        """Files changed in the working tree relative to HEAD, untracked ones included."""
+        out = self.g.status("--porcelain", "--untracked-files=all")
+        files = []
+        for line in out.splitlines():
+            path = line[3:]
+            if " -> " in path:
+                path = path.split(" -> ", 1)[1]
+            files.append(path.strip('"'))
+        return sorted(files)
+
+    # ---- branches and refs ----
+    def checkout_session_branch(self, tag: str, start: str | None = None) -> str:
+        """Check out cockpit/<tag>, creating it at `start` (default HEAD) when new."""
+        name = f"cockpit/{tag}"
+        if name in [h.name for h in self.repo.heads]:
+            self.g.checkout(name)
+        else:
+            self.g.checkout("-b", name, start or self.head())
+        return name
+
+    def commit_all(self, files: list[str], message: str) -> str:
+        self.g.add("--", *files)
+        self.g.commit("-m", message, "--no-verify", "--allow-empty")
+        return self.head()
+
+    def pin(self, tag: str, n: int, sha: str) -> None:
+        self.g.update_ref(f"refs/cockpit/{tag}/{n}", sha)
+
+    def pinned(self, tag: str) -> dict[int, str]:
+        out = self.g.for_each_ref("--format=%(refname) %(objectname)", f"refs/cockpit/{tag}/")
+        refs = {}
+        for line in out.splitlines():
+            name, sha = line.split()
+            refs[int(name.rsplit("/", 1)[1])] = sha
+        return refs
+
+    def reset_hard(self, sha: str) -> None:
+        self.g.reset("--hard", sha)
+
+    def discard_changes(self) -> None:
+        """Drop uncommitted edits (the agent's unsubmitted proposal) and files it created."""
+        self.g.reset("--hard", "HEAD")
+        self.g.clean("-fd", "-e", ".cockpit")
+
+    # ---- diffs ----
+    def diff(self, a: str, b: str | None = None) -> str:
+        return self.g.diff(a, b) if b else self.g.diff(a)
+
+    def diff_stat(self, a: str, b: str | None = None) -> str:
+        args = ["--shortstat", a] + ([b] if b else [])
+        return self.g.diff(*args).strip()
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        try:
+            self.g.merge_base("--is-ancestor", a, b)
+            return True
+        except git.GitCommandError:
+            return False
+
+    def show(self, sha: str, path: str) -> str:
+        return self.g.show(f"{sha}:{path}")

@@ -1,0 +1,71 @@
+"""The headless printer: engine events as readable lines, or as JSON lines (--json)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from . import events as ev
+
+
+class Printer:
+    def __init__(self, json_lines: bool = False, out: TextIO | None = None, metric: str = "val_bpb", progress_every: float = 10.0):
+        self.json = json_lines
+        self.out = out or sys.stdout
+        self.metric = metric
+        self.progress_every = progress_every
+        self._last_progress = 0.0
+
+    def __call__(self, e: ev.Event) -> None:
+        if self.json:
+            self.out.write(e.to_json() + "\n")
+            self.out.flush()
+            return
+        line = self.format(e)
+        if line:
+            self.out.write(time.strftime("%H:%M:%S ", time.localtime(e.ts)) + line + "\n")
+            self.out.flush()
+
+    def format(self, e: ev.Event) -> str | None:
+        m = self.metric
+        if isinstance(e, ev.SessionStarted):
+            how = f"resumed, next experiment #{e.next_experiment}" if e.resumed else "new"
+            best = f", best {m} {e.best_metric:.6f}" if e.best_metric is not None else ""
+            return f"session {e.tag} on branch {e.branch} ({how}; agent {e.agent}{best})"
+        if isinstance(e, ev.ExperimentProposed):
+            stat = f"  [{e.diff_stat}]" if e.diff_stat else ""
+            return f"#{e.n} {'baseline' if e.kind == 'baseline' else 'proposed'}: {e.description}{stat}"
+        if isinstance(e, ev.AwaitingApproval):
+            return f"#{e.n} waiting for approval"
+        if isinstance(e, ev.ExperimentStarted):
+            self._last_progress = 0.0
+            return f"#{e.n} running at {e.commit[:7]}"
+        if isinstance(e, ev.RunProgress):
+            now = time.monotonic()
+            if now - self._last_progress < self.progress_every:
+                return None
+            self._last_progress = now
+            rate = f"  {e.tokens_per_second / 1e3:.1f}k tok/s" if e.tokens_per_second else ""
+            mfu = f"  MFU {100 * e.mfu:.1f}%" if e.mfu else ""
+            return f"#{e.n}   step {e.step}  loss {e.loss:.4f}{rate}{mfu}  {100 * min(e.fraction, 1):.0f}% of budget"
+        if isinstance(e, ev.ExperimentFinished):
+            val = f" {m} {e.metric:.6f}" if e.metric is not None else ""
+            delta = f" (Δ {e.delta:+.6f}" + (f", {e.confidence:+.1f}σ)" if e.confidence is not None else ")") if e.delta is not None else ""
+            why = f" — {e.reason}" if e.reason and e.status not in ("keep",) else ""
+            return f"#{e.n} {e.status.upper()}{val}{delta}  {e.description}{why}"
+        if isinstance(e, ev.BestChanged):
+            return f"#{e.n} is the new best: {m} {e.metric:.6f} at {e.commit[:7]}" + (" (force-kept)" if e.forced else "")
+        if isinstance(e, ev.AgentText):
+            return f"#{e.n} agent: {e.text}"
+        if isinstance(e, ev.ToolCalled):
+            return f"#{e.n} tool {e.name}: {e.summary}" + ("" if e.ok else " (refused)")
+        if isinstance(e, ev.Notice):
+            return e.text
+        if isinstance(e, ev.Waiting):
+            return f"waiting: {e.reason}" + (f" (retry in {e.seconds:.0f}s)" if e.seconds else "")
+        if isinstance(e, ev.Error):
+            return f"error: {e.text}"
+        if isinstance(e, ev.SessionStopped):
+            return f"session stopped: {e.reason}"
+        return None

@@ -1,0 +1,196 @@
+"""The journal: SQLite in WAL mode under <workspace>/.cockpit/, the source of truth.
+
+Sessions, experiments, events and notes. Every write is its own committed transaction, so a
+kill -9 at any instant loses at most the write in flight. results.tsv is regenerated from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions(
+  id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
+  agent TEXT, target TEXT, created REAL, updated REAL,
+  best_n INTEGER, best_commit TEXT, best_metric REAL, noise REAL,
+  status TEXT DEFAULT 'running', stop_reason TEXT);
+CREATE TABLE IF NOT EXISTS experiments(
+  id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id), n INTEGER NOT NULL,
+  kind TEXT NOT NULL DEFAULT 'experiment', parent_commit TEXT, commit_sha TEXT, diff_stat TEXT,
+  description TEXT, status TEXT NOT NULL, reason TEXT, metric REAL, delta REAL, confidence REAL,
+  training_seconds REAL, total_seconds REAL, memory_gb REAL,
+  tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0,
+  cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
+  started REAL, finished REAL, log_path TEXT, UNIQUE(session_id, n));
+CREATE TABLE IF NOT EXISTS events(
+  id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
+CREATE TABLE IF NOT EXISTS notes(
+  id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, author TEXT, kind TEXT, text TEXT);
+"""
+
+FINAL = ("keep", "discard", "crash", "timeout", "invalid", "vetoed", "forced", "interrupted", "baseline")
+KEPT = ("keep", "forced")
+
+
+@dataclass
+class Experiment:
+    id: int
+    session_id: int
+    n: int
+    kind: str
+    parent_commit: str | None
+    commit_sha: str | None
+    diff_stat: str | None
+    description: str | None
+    status: str
+    reason: str | None
+    metric: float | None
+    delta: float | None
+    confidence: float | None
+    training_seconds: float | None
+    total_seconds: float | None
+    memory_gb: float | None
+    tokens_in: int
+    tokens_out: int
+    cache_write: int
+    cache_read: int
+    cost_usd: float
+    started: float | None
+    finished: float | None
+    log_path: str | None
+
+
+@dataclass
+class Session:
+    id: int
+    tag: str
+    branch: str
+    base_commit: str
+    agent: str | None
+    target: str | None
+    created: float
+    updated: float
+    best_n: int | None
+    best_commit: str | None
+    best_metric: float | None
+    noise: float | None
+    status: str
+    stop_reason: str | None
+
+
+class Journal:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
+        with self._lock:
+            return self.db.execute(sql, args)
+
+    # ---- sessions ----
+    def create_session(self, tag: str, branch: str, base_commit: str, agent: str, target: str) -> Session:
+        now = time.time()
+        self._exec(
+            "INSERT INTO sessions(tag, branch, base_commit, agent, target, created, updated, best_commit) VALUES(?,?,?,?,?,?,?,?)",
+            (tag, branch, base_commit, agent, target, now, now, base_commit),
+        )
+        return self.session_by_tag(tag)
+
+    def session_by_tag(self, tag: str) -> Session | None:
+        row = self._exec("SELECT * FROM sessions WHERE tag=?", (tag,)).fetchone()
+        return Session(**dict(row)) if row else None
+
+    def latest_session(self) -> Session | None:
+        row = self._exec("SELECT * FROM sessions ORDER BY updated DESC, id DESC LIMIT 1").fetchone()
+        return Session(**dict(row)) if row else None
+
+    def session(self, sid: int) -> Session:
+        return Session(**dict(self._exec("SELECT * FROM sessions WHERE id=?", (sid,)).fetchone()))
+
+    def update_session(self, sid: int, **fields) -> None:
+        fields["updated"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self._exec(f"UPDATE sessions SET {cols} WHERE id=?", (*fields.values(), sid))
+
+    # ---- experiments ----
+    def add_experiment(self, sid: int, n: int, kind: str, parent_commit: str, status: str, description: str = "") -> Experiment:
+        self._exec(
+            "INSERT INTO experiments(session_id, n, kind, parent_commit, status, description, started) VALUES(?,?,?,?,?,?,?)",
+            (sid, n, kind, parent_commit, status, description, time.time()),
+        )
+        return self.experiment(sid, n)
+
+    def update_experiment(self, sid: int, n: int, **fields) -> Experiment:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self._exec(f"UPDATE experiments SET {cols} WHERE session_id=? AND n=?", (*fields.values(), sid, n))
+        return self.experiment(sid, n)
+
+    def experiment(self, sid: int, n: int) -> Experiment | None:
+        row = self._exec("SELECT * FROM experiments WHERE session_id=? AND n=?", (sid, n)).fetchone()
+        return Experiment(**dict(row)) if row else None
+
+    def experiments(self, sid: int) -> list[Experiment]:
+        rows = self._exec("SELECT * FROM experiments WHERE session_id=? ORDER BY n", (sid,)).fetchall()
+        return [Experiment(**dict(r)) for r in rows]
+
+    def next_number(self, sid: int) -> int:
+        row = self._exec("SELECT MAX(n) FROM experiments WHERE session_id=?", (sid,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def mark_interrupted(self, sid: int) -> list[int]:
+        """Experiments left unfinished by a dead cockpit become `interrupted`."""
+        rows = self._exec(
+            f"SELECT n FROM experiments WHERE session_id=? AND status NOT IN ({','.join('?' * len(FINAL))})", (sid, *FINAL)
+        ).fetchall()
+        ns = [r[0] for r in rows]
+        for n in ns:
+            self.update_experiment(sid, n, status="interrupted", reason="cockpit stopped during this experiment", finished=time.time())
+        return ns
+
+    def total_cost(self, sid: int) -> float:
+        return float(self._exec("SELECT COALESCE(SUM(cost_usd),0) FROM experiments WHERE session_id=?", (sid,)).fetchone()[0])
+
+    # ---- events and notes ----
+    def add_event(self, sid: int | None, type_: str, data: dict) -> None:
+        self._exec("INSERT INTO events(session_id, ts, type, data) VALUES(?,?,?,?)", (sid, time.time(), type_, json.dumps(data, default=str)))
+
+    def events(self, sid: int, type_: str | None = None) -> list[dict]:
+        q = "SELECT type, data FROM events WHERE session_id=?" + (" AND type=?" if type_ else "") + " ORDER BY id"
+        rows = self._exec(q, (sid, type_) if type_ else (sid,)).fetchall()
+        return [{"type": r[0], **json.loads(r[1])} for r in rows]
+
+    def add_note(self, sid: int, author: str, kind: str, text: str) -> None:
+        self._exec("INSERT INTO notes(session_id, ts, author, kind, text) VALUES(?,?,?,?,?)", (sid, time.time(), author, kind, text))
+
+    def notes(self, sid: int, author: str | None = None) -> list[dict]:
+        q = "SELECT author, kind, text, ts FROM notes WHERE session_id=?" + (" AND author=?" if author else "") + " ORDER BY id"
+        return [dict(r) for r in self._exec(q, (sid, author) if author else (sid,)).fetchall()]
+
+
+def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: str = "val_bpb") -> None:
+    """The anchor's 5-column format: commit, metric, memory_gb, status, description."""
+    lines = [f"commit\t{metric_name}\tmemory_gb\tstatus\tdescription"]
+    for e in experiments:
+        if e.status not in FINAL:
+            continue
+        desc = (e.description or "").replace("\t", " ").replace("\n", " ")
+        commit = (e.commit_sha or e.parent_commit or "")[:7]
+        lines.append(f"{commit}\t{e.metric or 0.0:.6f}\t{e.memory_gb or 0.0:.1f}\t{e.status}\t{desc}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,343 @@
+"""The research loop: propose -> validate -> commit -> run -> decide -> record, one at a time.
+
+The engine owns the journal, the git branch and the target; agents only edit files through
+Tools. Every state change is an event; every key the UI offers is a Control command. Records are
+written before the tree moves, so a kill -9 at any instant resumes cleanly: the unfinished
+experiment becomes `interrupted`, the tree returns to the best commit, numbering continues.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import HarnessError
+
+from . import events as ev
+from .agents.base import Context, PastExperiment
+from .control import Control
+from .decide import decide, noise_of
+from .journal import KEPT, Journal, Session, write_results_tsv
+from .tools import Tools
+from .workspace import Workspace
+
+HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
+DIFF_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    max_cost: float | None = None
+    max_consecutive_crashes: int = 5
+
+
+class Engine:
+    def __init__(self, ws: Workspace, agent, target, control: Control | None = None, tag: str | None = None,
+                 limits: Limits = Limits(), journal: Journal | None = None):
+        self.ws, self.agent, self.target = ws, agent, target
+        self.control = control or Control()
+        self.tag = tag
+        self.limits = limits
+        self.journal = journal or Journal(ws.journal_path)
+        self.git = ws.git
+        self.dcfg = ws.config.decision
+        self.editable = list(ws.config.target.editable)
+        self._subscribers: list[Callable[[ev.Event], None]] = []
+        self.session: Session | None = None
+        self._started = time.monotonic()
+        self._ran = 0
+        self._crashes = 0
+        self._stop_reason: str | None = None
+
+    # ---- events ----
+    def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
+        self._subscribers.append(fn)
+
+    def emit(self, e: ev.Event) -> None:
+        if not e.HIGH_RATE and self.session is not None:
+            self.journal.add_event(self.session.id, e.type, e.to_dict())
+        for fn in self._subscribers:
+            try:
+                fn(e)
+            except Exception:  # a broken consumer must never stop the loop
+                traceback.print_exc()
+
+    # ---- the session ----
+    def start(self) -> Session:
+        self.git.ensure_clean()
+        j = self.journal
+        s = j.session_by_tag(self.tag) if self.tag else j.latest_session()
+        resumed = s is not None
+        if s is None:
+            tag = self.tag or time.strftime("%b%d-%H%M").lower()
+            base = self.git.head()
+            branch = self.git.checkout_session_branch(tag, base)
+            s = j.create_session(tag, branch, base, self.agent.name, self.target.label)
+        else:
+            for n in j.mark_interrupted(s.id):
+                self.emit(ev.Notice(text=f"experiment #{n} was interrupted when cockpit stopped; recorded `interrupted`"))
+            self.git.checkout_session_branch(s.tag)
+            self.git.reset_hard(s.best_commit)
+            j.update_session(s.id, status="running", stop_reason=None, agent=self.agent.name)
+            s = j.session(s.id)
+        self.session = s
+        self.tag = s.tag
+        self._write_results()
+        self.emit(ev.SessionStarted(session_id=s.id, tag=s.tag, branch=s.branch, agent=self.agent.name, resumed=resumed,
+                                    best_commit=s.best_commit, best_metric=s.best_metric, next_experiment=j.next_number(s.id)))
+        return s
+
+    def run(self) -> str:
+        """Run until a stop condition; returns the reason."""
+        if self.session is None:
+            self.start()
+        reason = "stopped"
+        try:
+            if self._baseline_needed():
+                self._baseline()
+            while True:
+                self._apply_past_force_keeps()
+                reason = self._stop_condition()
+                if reason:
+                    break
+                self.control.wait_while_paused()
+                if self.control.stop_mode:
+                    reason = self._stop_condition() or "stopped"
+                    break
+                self._experiment()
+        except _Stop as e:
+            reason = str(e)
+        except HarnessError as e:  # integrity failures and the like: stop with the one-line reason
+            reason = str(e)
+            self.emit(ev.Error(text=reason))
+        finally:
+            s = self.session
+            self.journal.update_session(s.id, status="stopped", stop_reason=reason)
+            self._write_results()
+            self.emit(ev.SessionStopped(session_id=s.id, reason=reason))
+        return reason
+
+    def _stop_condition(self) -> str | None:
+        L, s = self.limits, self.session
+        if self._stop_reason:
+            return self._stop_reason
+        if self.control.stop_mode == "now":
+            return "stopped by the human (now)"
+        if self.control.stop_mode == "after_run":
+            return "stopped by the human (after the run)"
+        if L.max_experiments is not None and self._ran >= L.max_experiments:
+            return f"reached --max-experiments {L.max_experiments}"
+        if L.max_hours is not None and time.monotonic() - self._started >= L.max_hours * 3600:
+            return f"reached --max-hours {L.max_hours:g}"
+        if L.max_cost is not None and self.journal.total_cost(s.id) >= L.max_cost:
+            return f"reached --max-cost ${L.max_cost:g} (spent ${self.journal.total_cost(s.id):.2f})"
+        if self._crashes >= L.max_consecutive_crashes:
+            return f"{self._crashes} consecutive crashes"
+        return None
+
+    # ---- baseline: the unchanged code, run repeatedly to measure the noise ----
+    def _baseline_needed(self) -> bool:
+        s = self.journal.session(self.session.id)
+        return s.noise is None
+
+    def _baseline(self) -> None:
+        s = self.session
+        done = [e for e in self.journal.experiments(s.id) if e.kind == "baseline" and e.status == "keep"]
+        values = [e.metric for e in done]
+        while len(values) < self.dcfg.baseline_runs:
+            if self.control.stop_mode:
+                raise _Stop("stopped by the human during the baseline")
+            n = self.journal.next_number(s.id)
+            self.journal.add_experiment(s.id, n, "baseline", s.base_commit, "running", f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}")
+            self.journal.update_experiment(s.id, n, commit_sha=s.best_commit, diff_stat="")
+            self.emit(ev.ExperimentProposed(n=n, description=f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}", diff_stat="", kind="baseline"))
+            out = self._run(n, s.best_commit, kind="baseline")
+            status = "keep" if out.status == "ok" else ("vetoed" if out.status == "cancelled" else out.status)
+            e = self.journal.update_experiment(
+                s.id, n, status=status, reason=out.reason, metric=out.metric, training_seconds=out.training_seconds,
+                total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
+            )
+            self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
+                                            best_metric=None, description=e.description, reason=out.reason, kind="baseline"))
+            self._write_results()
+            if out.status != "ok":
+                if self.control.stop_mode:
+                    raise _Stop("stopped by the human during the baseline")
+                raise _Stop(f"the baseline run failed ({out.status}: {out.reason}); fix the code at the base commit")
+            values.append(out.metric)
+            self._ran += 0  # baselines do not count against --max-experiments
+        best = sum(values) / len(values)
+        noise = noise_of(values)
+        last = self.journal.experiments(s.id)[-1].n
+        self.journal.update_session(s.id, best_metric=best, noise=noise, best_n=last)
+        self.session = self.journal.session(s.id)
+        self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))
+
+    # ---- one experiment ----
+    def _experiment(self) -> None:
+        s = self.session = self.journal.session(self.session.id)
+        j = self.journal
+        n = j.next_number(s.id)
+        self.control.begin_run()
+        j.add_experiment(s.id, n, "experiment", s.best_commit, "proposing")
+        if self.control.take_instructions_changed():
+            j.add_note(s.id, "human", "instructions", "program.md was changed by the human; re-read it")
+        tools = Tools(self.ws.root, self.editable)
+        self._ran += 1
+        try:
+            proposal = self.agent.propose(self._context(n), tools, self.emit)
+        except Exception as e:  # the agent's own failure is recorded, not fatal
+            self.git.discard_changes()
+            self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)")
+            return
+        for text in tools.notes:
+            j.add_note(s.id, "agent", "note", text)
+        if proposal is None:
+            self.git.discard_changes()
+            j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
+            raise _Stop("the agent has nothing left to propose")
+        description = proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)"
+        problem = self._validate()
+        if problem:
+            stat = self.git.diff_stat("HEAD")
+            self.git.discard_changes()
+            self._finish(n, "invalid", problem, description=description, diff_stat=stat)
+            return
+        changed = self.git.changed_files()
+        sha = self.git.commit_all(changed, f"cockpit {s.tag} #{n}: {description}")
+        self.git.pin(s.tag, n, sha)
+        stat = self.git.diff_stat(s.best_commit, sha)
+        j.update_experiment(s.id, n, commit_sha=sha, diff_stat=stat, description=description, status="running")
+        self.emit(ev.DiffUpdated(n=n, diff=self.git.diff(s.best_commit, sha)))
+        self.emit(ev.ExperimentProposed(n=n, description=description, diff_stat=stat))
+        if self.control.review:
+            self.emit(ev.AwaitingApproval(n=n))
+        verdict = self.control.wait_for_approval()
+        if verdict != "approved":
+            reason = self.control.take_veto() if verdict == "vetoed" else "stopped before the run"
+            self._finish(n, "vetoed" if verdict == "vetoed" else "interrupted", reason, sha=sha)
+            return
+        out = self._run(n, sha)
+        veto = self.control.take_veto()
+        if veto is not None:
+            self._finish(n, "vetoed", veto, sha=sha, out=out)
+            return
+        if out.status == "cancelled":
+            self._finish(n, "interrupted", "stopped by the human during the run", sha=sha, out=out)
+            return
+        if out.status != "ok":
+            self._finish(n, out.status, out.reason, sha=sha, out=out)
+            return
+        d = decide(out.metric, s.best_metric, s.noise or 0.0, self.dcfg.min_delta, self.dcfg.noise_k, self.target.direction)
+        forced = self.control.take_force(n)
+        status = "keep" if d.keep else ("forced" if forced else "discard")
+        reason = None if d.keep else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
+        self._finish(n, status, reason, sha=sha, out=out, decision=d)
+
+    def _validate(self) -> str | None:
+        changed = self.git.changed_files()
+        if not changed:
+            return "the proposal changed nothing"
+        outside = [f for f in changed if f not in self.editable]
+        if outside:
+            return f"the proposal changed files outside the editable list: {', '.join(outside[:3])}"
+        for f in changed:
+            if f.endswith(".py"):
+                try:
+                    compile((self.ws.root / f).read_text(encoding="utf-8"), f, "exec")
+                except SyntaxError as e:
+                    return f"{f} does not compile: {e.msg} (line {e.lineno})"
+        return None
+
+    def _run(self, n: int, sha: str, kind: str = "experiment"):
+        self.emit(ev.ExperimentStarted(n=n, commit=sha, kind=kind))
+        log = self.ws.run_dir(self.session.tag, n) / "run.log"
+
+        def progress(p):
+            self.emit(ev.RunProgress(n=n, step=p.step, loss=p.loss, tokens_per_second=p.tokens_per_second, mfu=p.mfu,
+                                     fraction=p.fraction, elapsed=p.elapsed))
+
+        return self.target.run(log, self.control.cancel_run, progress)
+
+    def _finish(self, n, status, reason, description=None, diff_stat=None, sha=None, out=None, decision=None) -> None:
+        """Record the outcome, then move the tree: advance on keep/forced, else reset to the best."""
+        s, j = self.session, self.journal
+        fields = dict(status=status, reason=reason, finished=time.time())
+        if description is not None:
+            fields["description"] = description
+        if diff_stat is not None:
+            fields["diff_stat"] = diff_stat
+        if out is not None:
+            fields.update(metric=out.metric, training_seconds=out.training_seconds, total_seconds=out.total_seconds,
+                          memory_gb=out.memory_gb, log_path=out.log_path)
+        if decision is not None:
+            fields.update(delta=decision.delta, confidence=decision.confidence)
+        e = j.update_experiment(s.id, n, **fields)
+        if status in KEPT and out is not None and out.metric is not None:
+            j.update_session(s.id, best_n=n, best_commit=sha, best_metric=out.metric)
+            self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == "forced"))
+        else:
+            self.git.reset_hard(s.best_commit)
+        if status == "vetoed":
+            j.add_note(s.id, "human", "veto", f"experiment #{n} ({e.description}) was vetoed: {reason}")
+        self._crashes = self._crashes + 1 if status in ("crash", "timeout") else 0
+        self.session = j.session(s.id)
+        self._write_results()
+        self.emit(ev.ExperimentFinished(n=n, commit=sha or "", status=status, metric=e.metric, delta=e.delta,
+                                        confidence=e.confidence, best_metric=self.session.best_metric,
+                                        description=e.description or "", reason=reason))
+
+    def _apply_past_force_keeps(self) -> None:
+        s = self.session
+        for n in self.control.take_forced_past():
+            e = self.journal.experiment(s.id, n)
+            if e is None or e.commit_sha is None or e.metric is None or e.kind != "experiment":
+                self.emit(ev.Error(text=f"cannot force-keep #{n}: it has no measured result"))
+                continue
+            self.git.reset_hard(e.commit_sha)
+            self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
+            self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
+            self.session = self.journal.session(s.id)
+            self._write_results()
+            self.emit(ev.BestChanged(n=n, commit=e.commit_sha, metric=e.metric, forced=True))
+
+    # ---- context for the agent: memory lives in the journal ----
+    def _context(self, n: int) -> Context:
+        s = self.session
+        exps = [e for e in self.journal.experiments(s.id) if e.n < n]
+        recent = {e.n for e in exps[-HISTORY_DIFFS:]}
+        history = []
+        for e in exps:
+            diff = ""
+            if e.n in recent and e.commit_sha and e.parent_commit and e.kind == "experiment":
+                diff = self.git.diff(e.parent_commit, e.commit_sha)[:DIFF_CHARS]
+            history.append(PastExperiment(e.n, e.status, e.metric, e.delta, e.description or "", diff, e.reason))
+        notes = self.journal.notes(s.id)
+        files = {}
+        for rel in self.editable:
+            p = self.ws.root / rel
+            files[rel] = p.read_text(encoding="utf-8") if p.is_file() else ""
+        return Context(
+            program=self.ws.program(),
+            files=files,
+            history=history,
+            human_notes=[x["text"] for x in notes if x["author"] == "human"],
+            agent_notes=[x["text"] for x in notes if x["author"] == "agent"],
+            direction=self.target.direction,
+            profile=getattr(self.target, "profile_name", ""),
+            seed=s.id,
+            n=n,
+        )
+
+    def _write_results(self) -> None:
+        if self.session is not None:
+            write_results_tsv(self.ws.results_path, self.journal.experiments(self.session.id), self.target.metric_name)
+
+
+class _Stop(Exception):
+    """Ends the session with a clear reason."""

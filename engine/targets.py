@@ -1,0 +1,138 @@
+"""Targets: how one experiment's code is run and measured.
+
+`GptTarget` is the default: trainer/train.py through the locked harness (val_bpb). `CommandTarget`
+is the generic form from cockpit.toml: a run command killed past the budget, then a locked
+measure script whose last `metric: <value>` line is the result; the measure script and any
+other locked files are hashed when the session starts and re-checked before every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness import runner
+from harness.errors import IntegrityError
+
+from .config import TargetConfig
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ok | crash | timeout | invalid | cancelled
+    metric: float | None
+    reason: str | None
+    training_seconds: float | None
+    total_seconds: float
+    memory_gb: float | None
+    log_path: str
+    log_tail: str | None = None
+
+
+class GptTarget:
+    metric_name = "val_bpb"
+    direction = "min"
+
+    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile):
+        self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
+        self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
+        self.label = f"gpt/{profile.name}"
+        self.profile_name = profile.name
+
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
+        r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress, cancel=cancel)
+        return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path, r.log_tail)
+
+
+_METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")
+
+
+class CommandTarget:
+    direction: str
+
+    def __init__(self, root: Path, cfg: TargetConfig, budget: float | None):
+        self.root, self.cfg = root, cfg
+        self.metric_name = cfg.metric
+        self.direction = cfg.direction
+        self.budget = float(budget or cfg.budget or 60.0)
+        self.label = "command"
+        self.profile_name = ""
+        for tok in (cfg.run or "").split() + cfg.measure.split():
+            if tok.endswith((".py", ".sh")) and not (root / tok).is_file():
+                from .config import ConfigError
+
+                raise ConfigError(f"cockpit.toml: [target] names {tok}, which does not exist in {root}")
+        # The measure script (any file its command names) and the listed files are locked.
+        named = [t for t in cfg.measure.split() if (root / t).is_file()]
+        self.locked = sorted({*named, *cfg.locked})
+        self.hashes = self._hash()
+
+    def _hash(self) -> dict[str, str]:
+        out = {}
+        for rel in self.locked:
+            p = self.root / rel
+            if p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        return out
+
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
+        now = self._hash()
+        changed = sorted(k for k in self.hashes.keys() | now.keys() if self.hashes.get(k) != now.get(k))
+        if changed:
+            raise IntegrityError(f"locked file changed since the session started: {changed[0]}")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = runner.scrub_env(dict(os.environ))
+        t0 = time.monotonic()
+        with open(log_path, "ab") as log:
+            status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel)
+            train_s = time.monotonic() - t0
+            if status != "ok":
+                return Outcome(status, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+            out = subprocess.run(
+                self.cfg.measure, shell=True, cwd=self.root, env=env, capture_output=True, text=True,
+                timeout=max(60.0, self.budget), start_new_session=True,
+            )
+            log.write(out.stdout.encode() + out.stderr.encode())
+        if out.returncode != 0:
+            return Outcome("crash", None, f"measure script exited with status {out.returncode}", train_s,
+                           time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+        values = [m.group(1) for line in out.stdout.splitlines() if (m := _METRIC_LINE.match(line))]
+        try:
+            metric = float(values[-1])
+        except (IndexError, ValueError):
+            return Outcome("crash", None, "measure script printed no `metric: <number>` line", train_s,
+                           time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+        if not math.isfinite(metric):
+            return Outcome("crash", None, f"metric is {metric}", train_s, time.monotonic() - t0, None, str(log_path))
+        return Outcome("ok", metric, None, train_s, time.monotonic() - t0, None, str(log_path))
+
+
+def _run_group(cmd: str, cwd: Path, env: dict, log, budget: float, cancel: threading.Event) -> tuple[str, str | None]:
+    proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + budget
+    try:
+        while proc.poll() is None:
+            if cancel.is_set():
+                return "cancelled", "cancelled by request"
+            if time.monotonic() > deadline:
+                return "timeout", f"the run command ran past its {budget:g}s budget and was killed"
+            cancel.wait(0.1)
+        if proc.returncode != 0:
+            return "crash", f"the run command exited with status {proc.returncode}"
+        return "ok", None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()

@@ -1,0 +1,104 @@
+"""A research workspace: a git repository with the editable files, program.md and cockpit.toml,
+plus the git-ignored .cockpit/ folder (journal, results.tsv, run logs)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+from . import config as configmod
+from .git import GitError, GitRepo
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+TRAINER = PACKAGE_ROOT / "trainer" / "train.py"
+PROGRAM_TEMPLATE = PACKAGE_ROOT / "program.md"
+FALLBACK_PROGRAM = "# Research program\n\nLower val_bpb. Edit only trainer/train.py; one idea per experiment.\n"
+
+
+@dataclass
+class Workspace:
+    root: Path
+    git: GitRepo
+    config: configmod.Config
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".cockpit"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state / "journal.sqlite"
+
+    @property
+    def results_path(self) -> Path:
+        return self.state / "results.tsv"
+
+    def run_dir(self, tag: str, n: int) -> Path:
+        return self.state / "runs" / tag / str(n)
+
+    @property
+    def program_path(self) -> Path:
+        return self.root / "program.md"
+
+    def program(self) -> str:
+        try:
+            return self.program_path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+
+def open_workspace(path: str | Path) -> Workspace:
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise HarnessError(f"workspace {p} does not exist")
+    repo = GitRepo(p)
+    cfg = configmod.load(repo.root)
+    ws = Workspace(repo.root, repo, cfg)
+    _ensure_ignored(ws)
+    return ws
+
+
+def _ensure_ignored(ws: Workspace) -> None:
+    """.cockpit/ must never be committed or reset; git's own exclude file keeps the tree clean."""
+    out = subprocess.run(["git", "check-ignore", "-q", ".cockpit/"], cwd=ws.root)
+    if out.returncode != 0:
+        exclude = Path(ws.git.repo.git_dir) / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        with open(exclude, "a") as f:
+            f.write("\n/.cockpit/\n")
+
+
+def init_workspace(path: str | Path) -> Path:
+    """Create a research workspace: a git repo with trainer/train.py, program.md, cockpit.toml and
+    a .gitignore for .cockpit/, committed. Refuses a folder that already holds a workspace."""
+    root = Path(path).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise HarnessError(f"{root} exists and is not a folder")
+    if (root / configmod.CONFIG_NAME).exists() or (root / "trainer" / "train.py").exists():
+        raise HarnessError(f"{root} already holds a workspace")
+    if root.exists() and (root / ".git").exists():
+        try:
+            GitRepo(root).ensure_clean()
+        except GitError as e:
+            raise HarnessError(str(e)) from None
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "trainer").mkdir(exist_ok=True)
+    shutil.copyfile(TRAINER, root / "trainer" / "train.py")
+    program = PROGRAM_TEMPLATE.read_text() if PROGRAM_TEMPLATE.exists() else FALLBACK_PROGRAM
+    (root / "program.md").write_text(program)
+    (root / configmod.CONFIG_NAME).write_text(configmod.DEFAULT_TOML)
+    gi = root / ".gitignore"
+    existing = gi.read_text() if gi.exists() else ""
+    if ".cockpit/" not in existing:
+        gi.write_text(existing + ("" if existing.endswith("\n") or not existing else "\n") + ".cockpit/\n__pycache__/\n")
+    run = lambda *a: subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)  # noqa: E731
+    if not (root / ".git").exists():
+        run("init", "-q", "-b", "main")
+    run("add", "trainer/train.py", "program.md", configmod.CONFIG_NAME, ".gitignore")
+    env_user = ["-c", "user.name=cockpit", "-c", "user.email=cockpit@localhost"]
+    subprocess.run(["git", *env_user, "commit", "-q", "-m", "cockpit workspace"], cwd=root, check=True, capture_output=True)
+    return root

@@ -1,0 +1,400 @@
+"""The research loop on real git repositories, real subprocesses and a real SQLite journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import events as ev
+from engine.agents.tuner import Tuner
+from engine.control import Control
+from engine.journal import Journal
+from engine.loop import Engine, Limits
+from engine.targets import CommandTarget, GptTarget
+from engine.workspace import init_workspace, open_workspace
+from harness.dataset import current_dataset
+from harness.profiles import CPU
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(ws: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def cli(*args, cwd=None, env_extra=None, timeout=600):
+    env = dict(os.environ)
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "cockpit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def commit_all(ws: Path, msg="setup"):
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg, "--allow-empty"], cwd=ws, check=True)
+
+
+def command_workspace(tmp_path: Path, files: dict[str, str], editable: list[str], run: str, measure: str, baseline_runs=2, min_delta=0.0003) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=ws, check=True)
+    for name, text in files.items():
+        (ws / name).write_text(textwrap.dedent(text))
+    (ws / ".gitignore").write_text(".cockpit/\n__pycache__/\n")
+    (ws / "cockpit.toml").write_text(textwrap.dedent(f"""
+        [target]
+        kind = "command"
+        editable = {json.dumps(editable)}
+        run = "{run}"
+        measure = "{measure}"
+        metric = "metric"
+        direction = "min"
+        budget = 30
+        [decision]
+        baseline_runs = {baseline_runs}
+        min_delta = {min_delta}
+    """))
+    commit_all(ws)
+    return ws
+
+
+VALUE_FILES = {
+    "value.py": "VALUE = 10.0\nOTHER = 3\n",
+    "measure.py": "import value\nprint(f'metric: {value.VALUE + 0.001 * value.OTHER}')\n",
+}
+
+
+def command_engine(ws: Path, max_experiments: int, control: Control | None = None) -> Engine:
+    w = open_workspace(ws)
+    target = CommandTarget(w.root, w.config.target, None)
+    return Engine(w, Tuner(), target, control=control, tag="t", limits=Limits(max_experiments=max_experiments))
+
+
+# ---- workspace ----
+
+def test_init_creates_a_committed_workspace_and_refuses_a_second_time(tmp_path):
+    r = cli("init", tmp_path / "ws")
+    assert r.returncode == 0, r.stderr
+    ws = tmp_path / "ws"
+    for f in ("trainer/train.py", "program.md", "cockpit.toml", ".gitignore"):
+        assert (ws / f).is_file()
+    assert ".cockpit/" in (ws / ".gitignore").read_text()
+    assert git(ws, "status", "--porcelain") == ""
+    assert (ws / "trainer/train.py").read_text() == (ROOT / "trainer/train.py").read_text()
+    again = cli("init", ws)
+    assert again.returncode != 0
+    assert again.stderr.strip().count("\n") == 0 and "already holds a workspace" in again.stderr
+
+
+# ---- the acceptance session: 5 tuner experiments on the GPT trainer, headless, CPU ----
+
+def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    assert cli("init", ws).returncode == 0
+    r = cli("--cache-dir", tiny_cache, "run", "--headless", "--json", "--workspace", ws, "--budget", "1.5",
+            "--max-experiments", "5", "--device", "cpu", "--tag", "acc")
+    assert r.returncode == 0, r.stderr + r.stdout
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["type"] == "Notice" and "no API key: offline tuner" in events[0]["text"]
+    finished = [e for e in events if e["type"] == "ExperimentFinished"]
+    assert [e["kind"] for e in finished] == ["baseline"] * 2 + ["experiment"] * 5, r.stdout[-3000:]
+    assert events[-1]["type"] == "SessionStopped" and "max-experiments 5" in events[-1]["reason"]
+
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("acc")
+    exps = j.experiments(s.id)
+    assert [e.n for e in exps] == list(range(1, 8))
+    assert [e.status for e in exps] == [f["status"] for f in finished]
+    refs = dict(line.split() for line in git(ws, "for-each-ref", "--format=%(refname) %(objectname)", "refs/cockpit/acc/").splitlines())
+    rows = (ws / ".cockpit" / "results.tsv").read_text().splitlines()
+    assert rows[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    assert len(rows) == 1 + len(exps)
+    for e, row in zip(exps, rows[1:]):
+        commit, metric, _mem, status, desc = row.split("\t")
+        assert status == e.status and desc == e.description
+        if e.kind == "experiment" and e.status != "invalid":
+            assert refs[f"refs/cockpit/acc/{e.n}"] == e.commit_sha  # every experiment stays reachable
+            assert commit == e.commit_sha[:7]
+            assert git(ws, "diff", "--shortstat", e.parent_commit, e.commit_sha)  # and its diff shows
+        if e.metric is not None:
+            assert float(metric) == pytest.approx(e.metric, abs=1e-6)
+    # the branch head is the best commit; the tree is clean and holds the best code
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit
+    assert git(ws, "rev-parse", "--abbrev-ref", "HEAD") == "cockpit/acc"
+    assert git(ws, "status", "--porcelain") == ""
+    kept = [e for e in exps if e.kind == "experiment" and e.status in ("keep", "forced")]
+    if kept:
+        assert s.best_commit == kept[-1].commit_sha and s.best_metric == kept[-1].metric
+    else:
+        assert s.best_commit == s.base_commit
+    # `cockpit status` agrees
+    st = cli("status", "--workspace", ws)
+    assert st.returncode == 0 and "session acc" in st.stdout and f"{s.best_metric:.6f}" in st.stdout
+
+
+# ---- kill -9 and resume ----
+
+def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    assert cli("init", ws).returncode == 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("ANTHROPIC_API_KEY", None)
+    base = [sys.executable, "-m", "cockpit", "--cache-dir", str(tiny_cache), "run", "--headless", "--json", "--workspace", str(ws)]
+    cfg = (ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1")
+    (ws / "cockpit.toml").write_text(cfg)
+    commit_all(ws, "one baseline")
+    # first the baseline and one experiment on a short budget, so the kill lands in an experiment
+    first = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1", "--tag", "k"], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    proc = subprocess.Popen(base + ["--budget", "30", "--tag", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    child_pids = []
+    for line in proc.stdout:
+        e = json.loads(line)
+        if e["type"] == "RunProgress":
+            child_pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if "harness.child" in " ".join(c.cmdline())]
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert child_pids, "the training subprocess was running"
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("k")
+    before = {e.n: e for e in j.experiments(s.id)}
+    running = [e for e in before.values() if e.status == "running"]
+    assert len(running) == 1
+    n_killed = running[0].n
+    # the orphaned training process group dies with its runner
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in child_pids):
+        assert time.monotonic() < deadline, "training processes outlived cockpit"
+        time.sleep(0.2)
+    # restart with no --tag: the latest session continues
+    again = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    events = [json.loads(line) for line in again.stdout.splitlines()]
+    started = next(e for e in events if e["type"] == "SessionStarted")
+    assert started["resumed"] and started["tag"] == "k" and started["next_experiment"] == n_killed + 1
+    after = {e.n: e for e in j.experiments(s.id)}
+    assert after[n_killed].status == "interrupted"
+    for n, e in before.items():
+        if n != n_killed:
+            assert after[n] == e  # nothing already recorded was lost or changed
+    assert max(after) == n_killed + 1
+    s2 = j.session(s.id)
+    assert git(ws, "rev-parse", "HEAD") == s2.best_commit
+    assert git(ws, "status", "--porcelain") == ""
+
+
+# ---- veto and force-keep ----
+
+def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
+    commit_all(ws)
+    w = open_workspace(ws)
+    target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
+    control = Control()
+    eng = Engine(w, Tuner(), target, control=control, tag="v", limits=Limits(max_experiments=1))
+    seen = {}
+
+    def on_event(e):
+        if isinstance(e, ev.ExperimentStarted) and e.kind == "experiment":
+            target.profile = CPU.with_budget(60)  # long enough that only the veto can end it
+        if isinstance(e, ev.RunProgress) and e.n == 2 and "t" not in seen:
+            seen["pids"] = [c.pid for c in psutil.Process().children(recursive=True) if "harness.child" in " ".join(c.cmdline())]
+            seen["t"] = time.monotonic()
+            control.veto("looks like it will diverge")
+        if isinstance(e, ev.ExperimentFinished) and e.n == 2:
+            seen["done"] = time.monotonic()
+            seen["alive"] = [p for p in seen["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            seen["status"] = e.status
+
+    eng.subscribe(on_event)
+    # the baseline runs on the short budget; the experiment on the long one
+    eng.run()
+    assert seen["status"] == "vetoed"
+    assert seen["pids"] and not seen["alive"]
+    assert seen["done"] - seen["t"] < 2.0
+    s = eng.journal.session_by_tag("v")
+    e2 = eng.journal.experiment(s.id, 2)
+    assert e2.status == "vetoed" and e2.reason == "looks like it will diverge"
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit == s.base_commit
+    # the agent is told, through its next context
+    assert any("looks like it will diverge" in t for t in eng._context(3).human_notes)
+
+
+def test_force_keep_of_a_discarded_experiment_makes_it_head_and_best(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    eng = command_engine(ws, max_experiments=6)
+    eng.run()
+    s = eng.journal.session_by_tag("t")
+    discarded = [e for e in eng.journal.experiments(s.id) if e.status == "discard"]
+    assert discarded, "the tuner should have made at least one worse move"
+    victim = discarded[0]
+    assert victim.metric > s.best_metric
+    eng2 = command_engine(ws, max_experiments=0)
+    eng2.control.force_keep(victim.n)
+    eng2.run()
+    s2 = eng2.journal.session(s.id)
+    assert s2.best_commit == victim.commit_sha and s2.best_metric == victim.metric and s2.best_n == victim.n
+    assert git(ws, "rev-parse", "HEAD") == victim.commit_sha
+    assert eng2.journal.experiment(s.id, victim.n).status == "forced"
+    assert "forced" in (ws / ".cockpit/results.tsv").read_text()
+
+
+def test_pause_holds_the_next_experiment_until_resume(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    control = Control()
+    eng = command_engine(ws, max_experiments=2, control=control)
+    starts = []
+    eng.subscribe(lambda e: starts.append(time.monotonic()) if isinstance(e, ev.ExperimentStarted) else None)
+    control.pause()
+    t = threading.Thread(target=eng.run)
+    t.start()
+    time.sleep(1.5)
+    assert len(starts) == 1  # the baseline ran; nothing after it while paused
+    control.resume()
+    t.join(60)
+    assert len(starts) == 3
+
+
+def test_review_gate_holds_each_run_until_approved(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    control = Control(review=True)
+    eng = command_engine(ws, max_experiments=1, control=control)
+    got = []
+    eng.subscribe(lambda e: got.append(e))
+    t = threading.Thread(target=eng.run)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not any(isinstance(e, ev.AwaitingApproval) for e in got):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert sum(isinstance(e, ev.ExperimentStarted) for e in got) == 1  # only the baseline
+    control.approve()
+    t.join(60)
+    assert sum(isinstance(e, ev.ExperimentStarted) for e in got) == 2
+
+
+# ---- a target that is not ML ----
+
+SLOW_FILES = {
+    "slow.py": '''
+        """Sum of squares in chunks: the per-chunk overhead makes small chunks slow."""
+        CHUNK = 4
+
+
+        def work(n=300_000):
+            data = list(range(n))
+            total = 0
+            for i in range(0, n, CHUNK):
+                total += sum(x * x for x in data[i : i + CHUNK])
+            return total
+    ''',
+    "measure.py": '''
+        import time
+        import slow
+
+        n = 300_000
+        expected = sum(x * x for x in range(n))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            got = slow.work(n)
+            times.append(time.perf_counter() - t0)
+            assert got == expected, "wrong answer"
+        print(f"metric: {min(times):.6f}")
+    ''',
+}
+
+
+def test_a_non_ml_target_improves_over_a_short_headless_session(tmp_path):
+    ws = command_workspace(tmp_path, SLOW_FILES, ["slow.py"], "python3 -c 'import slow'", "python3 measure.py")
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "4", "--tag", "fast")
+    assert r.returncode == 0, r.stderr + r.stdout
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("fast")
+    exps = j.experiments(s.id)
+    base = [e.metric for e in exps if e.kind == "baseline"]
+    assert s.best_metric < 0.8 * min(base), r.stdout
+    kept = [e for e in exps if e.kind == "experiment" and e.status == "keep"]
+    assert kept and all(e.description.startswith("CHUNK") for e in kept)
+    assert "KEEP" in r.stdout
+
+
+# ---- bad input: one line, non-zero, nothing modified ----
+
+def _snapshot(ws: Path):
+    return git(ws, "rev-parse", "HEAD"), git(ws, "status", "--porcelain", "--untracked-files=all"), sorted(p.name for p in ws.iterdir())
+
+
+def test_a_dirty_tree_is_refused_naming_the_file(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    with open(ws / "trainer/train.py", "a") as f:
+        f.write("# local edit\n")
+    before = _snapshot(ws)
+    r = cli("--cache-dir", tiny_cache, "run", "--headless", "--workspace", ws, "--max-experiments", "1")
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "trainer/train.py" in r.stderr and "uncommitted" in r.stderr
+    assert _snapshot(ws) == before and not (ws / ".cockpit").exists()
+
+
+@pytest.mark.parametrize("case", ["no_repo", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure"])
+def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache, case):
+    ws = tmp_path / "ws"
+    extra = []
+    if case == "no_repo":
+        ws.mkdir()
+        (ws / "program.md").write_text("x")
+        needle = "not a git repository"
+    else:
+        init_workspace(ws)
+        if case == "unknown_agent":
+            extra = ["--agent", "gpt5"]
+            needle = "unknown agent 'gpt5'"
+        elif case == "malformed_toml":
+            (ws / "cockpit.toml").write_text("[target\nkind = 'gpt'\n")
+            needle = "malformed TOML"
+        elif case == "unknown_key":
+            (ws / "cockpit.toml").write_text("[decision]\nnoise_kk = 2\n")
+            needle = "unknown key [decision].noise_kk"
+        elif case == "missing_measure":
+            (ws / "cockpit.toml").write_text('[target]\nkind = "command"\neditable = ["trainer/train.py"]\nrun = "true"\nmeasure = "python3 measure.py"\n')
+            needle = "measure.py, which does not exist"
+        commit_all(ws)
+    before = sorted(p.name for p in ws.iterdir())
+    head = git(ws, "rev-parse", "HEAD") if case != "no_repo" else None
+    r = cli("--cache-dir", tiny_cache, "run", "--headless", "--workspace", ws, "--max-experiments", "1", *extra)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cockpit: error:") and needle in lines[0], r.stderr
+    assert sorted(p.name for p in ws.iterdir()) == before
+    if head:
+        assert git(ws, "rev-parse", "HEAD") == head and git(ws, "status", "--porcelain") == ""
+
+
+def test_a_path_escape_through_the_tools_is_a_tool_error_and_changes_nothing(tmp_path):
+    from engine.tools import ToolError, Tools
+
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py")
+    secret = tmp_path / "outside.txt"
+    secret.write_text("keep me")
+    tools = Tools(ws, ["value.py"])
+    for bad in ("../outside.txt", str(secret), "measure.py", "value.py/../../outside.txt"):
+        with pytest.raises(ToolError):
+            tools.write_file(bad, "pwned")
+    assert secret.read_text() == "keep me"
+    assert git(ws, "status", "--porcelain") == ""
