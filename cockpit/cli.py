@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import threading
 import time
@@ -64,8 +66,21 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--max-cost", type=float, help="USD")
 
 
+def _undumpable() -> None:
+    """Linux: make this process's memory and /proc/<pid>/environ unreadable to other processes of
+    the same user (the training subprocess runs code an LLM wrote; the API key lives here)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+        except (OSError, AttributeError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _undumpable()
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
@@ -131,25 +146,16 @@ def ensure_prepared(cache: Path):
     """The current dataset; with none, prepare the built-in corpus first (saying so)."""
     from harness.dataset import current_dataset
     from harness.errors import NotPreparedError
-    from harness.integrity import lock_harness
     from harness.prepare import prepare
     from harness.sources import stdlib_source
 
     try:
-        ds = current_dataset(cache)
-        lock_harness(cache) if not _lock_exists(cache) else None
-        return ds
+        return current_dataset(cache)  # a missing harness lock is refused by the runner, never re-made here
     except NotPreparedError:
         print("no prepared data: preparing the built-in corpus (the Python standard library) first", file=sys.stderr)
         report = prepare(stdlib_source(), cache)
         print(report.summary(), file=sys.stderr)
         return current_dataset(cache)
-
-
-def _lock_exists(cache: Path) -> bool:
-    from harness.integrity import lock_path
-
-    return lock_path(cache).exists()
 
 
 # ---- train ----
@@ -191,13 +197,13 @@ def cmd_train(args) -> int:
     script = Path(args.script).expanduser().resolve() if args.script else ws / "trainer" / "train.py"
     if not script.is_file():
         raise HarnessError(f"no training script at {script}")
-    if args.budget is not None and args.budget < 0:
-        raise HarnessError(f"--budget must be >= 0, got {args.budget:g}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget >= 0):
+        raise HarnessError(f"--budget must be a finite number of seconds >= 0, got {args.budget:g}")
     cache = cache_root(args.cache_dir)
     dataset = ensure_prepared(cache)
     prof = _profile(args.device, args.budget)
     _warn_small_corpus(dataset, prof)
-    log = ws / ".cockpit" / "runs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}" / "run.log"
+    log = ws / ".cockpit" / "runs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" / "run.log"
     if not args.json:
         print(f"training {script} on {prof.name} for {prof.time_budget:g}s; log: {log}", file=sys.stderr)
 
@@ -286,8 +292,8 @@ def build_engine(args, out=None):
 
     for flag in ("max_experiments", "max_hours", "max_cost", "budget"):
         v = getattr(args, flag, None)
-        if v is not None and v < 0:
-            raise HarnessError(f"--{flag.replace('_', '-')} must be >= 0")
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
     ws.git.ensure_clean()  # before anything is written
     agent, why = select_agent(args.agent, ws.config.agent)

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--profile", required=True)
     ap.add_argument("--budget", type=float, required=True)
+    ap.add_argument("--warmup", type=float, required=True)
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True)
     a = ap.parse_args(argv)
@@ -54,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     from . import runtime
     from .profiles import by_name
 
-    prof = by_name(a.profile).with_budget(a.budget)
+    from dataclasses import replace
+
+    prof = replace(by_name(a.profile).with_budget(a.budget), warmup_allowance=a.warmup)
     session = runtime._configure(prof, Path(a.data), fd)
     _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget)
     print(f"harness: profile {prof.name}, budget {prof.time_budget:g}s, data {a.data}", flush=True)
     sys.argv = [str(script)]
-    sys.path.insert(0, str(script.parent))
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:

@@ -12,11 +12,25 @@ ALLOWED_MODULES = {
     "collections", "contextlib", "enum", "__future__", "gc", "random", "statistics",
 }
 RUNTIME = "harness.runtime"
-FORBIDDEN_CALLS = {"open", "exec", "eval", "compile", "__import__", "breakpoint", "input", "globals", "vars"}
+# The runtime's public API: the only names train.py may use from harness.runtime.
+RUNTIME_API = {
+    "profile", "vocab_size", "bos_id", "tokenizer", "autocast", "model_info",
+    "train_batches", "fraction", "done", "progress", "submit",
+}
+FORBIDDEN_CALLS = {
+    "open", "exec", "eval", "compile", "__import__", "breakpoint", "input", "globals", "locals", "vars",
+    "getattr", "setattr", "delattr",
+}
 FORBIDDEN_ATTRS = {
     "from_file", "load", "save", "hub", "cpp_extension", "load_library", "fromfile", "memmap",
     "__builtins__", "__import__", "__subclasses__", "__globals__", "__code__", "__loader__", "__spec__",
+    "__dict__", "__class__", "__bases__", "__mro__", "__getattribute__", "__setattr__", "__closure__",
+    # modules that other modules re-export: the ways out to files, processes and the network
+    "os", "sys", "subprocess", "pickle", "builtins", "importlib", "ctypes", "socket", "shutil",
+    "pathlib", "io", "system", "popen", "multiprocessing", "signal",
 }
+# Settings that train.py may assign on imported modules (torch.backends.*, *.config.*).
+SETTABLE_SEGMENTS = {"backends", "config"}
 
 
 def check(source: str, filename: str = "train.py") -> str | None:
@@ -44,8 +58,8 @@ def check(source: str, filename: str = "train.py") -> str | None:
                     runtime_aliases.add(a.asname or "runtime")
             elif mod == RUNTIME:
                 for a in node.names:
-                    if a.name.startswith("_") or a.name == "*":
-                        return f"{filename} line {node.lineno}: imports {a.name} from harness.runtime"
+                    if a.name not in RUNTIME_API:
+                        return f"{filename} line {node.lineno}: imports {a.name} from harness.runtime, which is not its public API"
             elif mod.split(".")[0] not in ALLOWED_MODULES:
                 return f"{filename} line {node.lineno}: imports {mod}; train.py may import only torch and harness.runtime"
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
@@ -54,14 +68,76 @@ def check(source: str, filename: str = "train.py") -> str | None:
             return f"{filename} line {node.lineno}: uses .{node.attr}, which train.py may not use"
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_ATTRS:
             return f"{filename} line {node.lineno}: uses {node.id}, which train.py may not use"
+    modules = _import_aliases(tree)
+    TORCH_NAMES = {a for a in modules if _imports_torch(tree, a)}
+    bases = {("runtime",) if a == "runtime" else (a,) for a in runtime_aliases if a != "harness"}
+    if "harness" in runtime_aliases:
+        bases.add(("harness", "runtime"))
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and node.attr.startswith("_")
-            and _root_name(node.value) in runtime_aliases
-        ):
-            return f"{filename} line {node.lineno}: reaches into the harness's internals ({node.attr})"
+        if isinstance(node, ast.Attribute):
+            base = tuple(_chain(node.value))
+            if base in bases and node.attr not in RUNTIME_API:
+                return f"{filename} line {node.lineno}: uses runtime.{node.attr}, which is not the harness's public API"
+            if base == ("harness",) and node.attr != "runtime":
+                return f"{filename} line {node.lineno}: reaches into harness.{node.attr}"
+            root = base[0] if base else None
+            if (node.attr.startswith("_") and not node.attr.startswith("__") and root in modules
+                    and root not in TORCH_NAMES):
+                return f"{filename} line {node.lineno}: uses the private name {node.attr} of {'.'.join(base)}"
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        stack = list(targets)
+        while stack:
+            t = stack.pop()
+            if isinstance(t, (ast.Tuple, ast.List)):
+                stack.extend(t.elts)
+                continue
+            while isinstance(t, ast.Subscript):
+                t = t.value
+            if isinstance(t, ast.Attribute) and _root_name(t) in modules:
+                chain = _chain(t)
+                if not SETTABLE_SEGMENTS & set(chain[1:-1]):
+                    return f"{filename} line {node.lineno}: assigns to {'.'.join(chain)}, changing an imported module"
     return None
+
+
+def _import_aliases(tree: ast.AST) -> set[str]:
+    """Names bound by import statements (modules and names imported from them)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name.split(".")[0]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update((a.asname or a.name) for a in node.names)
+    return names
+
+
+def _chain(node: ast.AST) -> list[str]:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return parts[::-1]
+
+
+def _imports_torch(tree: ast.AST, alias: str) -> bool:
+    """Whether `alias` names torch or a torch submodule (whose private names train.py may tune)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if (a.asname or a.name.split(".")[0]) == alias and a.name.split(".")[0] == "torch":
+                    return True
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+            if any((a.asname or a.name) == alias for a in node.names):
+                return True
+    return False
 
 
 def _root_name(node: ast.AST) -> str | None:

@@ -36,7 +36,7 @@ FORMAT_VERSION = 1  # bump when the on-disk layout or the split/tokenizer rules 
 DEFAULT_VOCAB = 8192
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_TOKENIZER_CHARS = 2_000_000_000
-MIN_VAL_TOKENS = 1024
+MIN_VAL_TOKENS = 2049  # one CUDA evaluation window: 2048 inputs + 1 target shift
 ENCODE_BATCH_CHARS = 8_000_000
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,11 @@ STATUSES = ("ok", "crash", "timeout", "invalid", "cancelled")
 LOG_TAIL_LINES = 40
 EXIT_GRACE = 30.0  # seconds a finished run may spend printing its summary before it is killed
 
-_SECRET_NAME = re.compile(r"(API_?KEY|_TOKEN|^TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|_KEY$|^ANTHROPIC_|SESSION_ID)", re.I)
+_SECRET_NAME = re.compile(
+    r"(API_?KEY|_TOKEN|^TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|_KEY$|^ANTHROPIC_|SESSION_ID"
+    r"|^SSH_AUTH_SOCK$|NETRC|ASKPASS|_URL$|_URI$|^DATABASE|PROXY$|^AWS_|^GOOGLE_APPLICATION)",
+    re.I,
+)
 
 
 def scrub_env(env: dict[str, str]) -> dict[str, str]:
@@ -103,6 +108,7 @@ class _Watch:
     t_trained: float | None = None
     verdict: dict | None = None
     verdict_time: float | None = None
+    exit_seen: float | None = None
     trained: dict = field(default_factory=dict)
     last_progress: dict | None = None
     tok_s: list = field(default_factory=list)
@@ -138,37 +144,51 @@ def run(
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     rfd, wfd = os.pipe()
+    # -P: neither the working directory nor the script's folder goes on sys.path, so nothing
+    # planted next to train.py can shadow the harness or its dependencies.
     cmd = [
-        sys.executable, "-m", "harness.child",
+        sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "harness.child",
         "--script", str(script), "--data", str(dataset.folder), "--profile", profile.name,
-        "--budget", repr(profile.time_budget), "--fd", str(wfd), "--parent", str(os.getpid()),
+        "--budget", repr(profile.time_budget), "--warmup", repr(limits.warmup),
+        "--fd", str(wfd), "--parent", str(os.getpid()),
     ]
     w = _Watch(time.monotonic())
-    with open(log_path, "ab") as log:
-        try:
-            proc = subprocess.Popen(
-                cmd, cwd=str(script.parent), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=(wfd,), start_new_session=True,
-            )
-        finally:
-            os.close(wfd)
-    if on_spawn:
-        on_spawn(proc.pid)
-    status, reason = _watch(proc, rfd, w, profile, limits, cancel, on_progress)
-    os.close(rfd)
-    _kill_group(proc)
+    proc = None
+    try:
+        with open(log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    cmd, cwd=str(log_path.parent), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, pass_fds=(wfd,), start_new_session=True,
+                )
+            finally:
+                os.close(wfd)
+        if on_spawn:
+            on_spawn(proc.pid)
+        status, reason = _watch(proc, rfd, w, profile, limits, cancel, on_progress)
+    finally:  # whatever happened here, the training process group does not outlive the call
+        os.close(rfd)
+        if proc is not None:
+            _kill_group(proc)
     exit_code = proc.returncode
     t_end = time.monotonic()
 
     v = w.verdict or {}
     train_s = _training_seconds(w, limits) if w.t_trained is not None else None
     if status == "ok":
+        eval_s = w.verdict_time - w.t_trained
+        eval_cap = _eval_cap(w, profile, limits, train_s)
         if not math.isfinite(v.get("val_bpb", math.nan)):
             status, reason = "crash", "the validation loss is not finite"
         elif train_s is not None and train_s > profile.time_budget + limits.over_budget_tolerance:
             status, reason = "invalid", (
                 f"training took {train_s:.1f}s, over the {profile.time_budget:g}s budget "
                 f"(+{limits.over_budget_tolerance:g}s tolerance)"
+            )
+        elif eval_s > eval_cap:
+            status, reason = "invalid", (
+                f"evaluation took {eval_s:.1f}s, over the {eval_cap:.1f}s its size allows at this model's "
+                "training speed (work done at evaluation time counts as training)"
             )
     tok_s = _median(w.tok_s)
     mfu = _median(w.mfu)
@@ -197,6 +217,18 @@ def run(
     )
 
 
+def _eval_cap(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> float:
+    """Evaluation is forward passes only: at most ~1/3 of a training step's work per token. Allow
+    3x that at the measured training speed, plus a fixed 20 s (compilation for inference, the
+    probe), but never more than the profile's eval allowance."""
+    tokens = w.trained.get("loader_tokens") or 0
+    scored = w.verdict.get("val_tokens", 0) + w.verdict.get("probe_tokens", 0)
+    if not tokens or not train_s or train_s <= 0:
+        return limits.eval
+    rate = tokens / train_s  # tokens the harness's loader handed out, per training second
+    return min(limits.eval, 20.0 + 3.0 * scored / (3.0 * rate))
+
+
 def _training_seconds(w: _Watch, limits: Limits) -> float:
     """The runner's own measure, mirroring runtime._Session.training_seconds."""
     ready = w.t_ready if w.t_ready is not None else w.t_spawn
@@ -219,8 +251,15 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
                 return ("crash" if w.verdict["type"] == "crash" else "invalid"), w.verdict.get("reason")
             if w.verdict is not None and (proc.poll() is not None or now - w.verdict_time > EXIT_GRACE):
                 return "ok", None
-            if eof and proc.poll() is not None:
-                return "crash", _exit_reason(proc.returncode)
+            if proc.poll() is not None:
+                if eof:
+                    return "crash", _exit_reason(proc.returncode)
+                # A descendant may still hold the pipe open: allow a second for messages in
+                # flight, then judge by the exit status rather than wait for EOF.
+                if w.exit_seen is None:
+                    w.exit_seen = now
+                elif now - w.exit_seen > 1.0:
+                    return "crash", _exit_reason(proc.returncode)
             deadline, what = _deadline(w, profile, limits)
             if now > deadline:
                 return "timeout", what
@@ -234,9 +273,17 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
                     sel.unregister(rfd)
                     break
                 buf += chunk
+                if len(buf) > 1 << 20:
+                    return "invalid", "malformed harness message (over 1 MB without a newline)"
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    _handle(json.loads(line), w, profile, on_progress)
+                    try:
+                        msg = json.loads(line)
+                        if not isinstance(msg, dict):
+                            raise ValueError("not an object")
+                        _handle(msg, w, profile, on_progress)
+                    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+                        return "invalid", f"malformed harness message: {type(e).__name__}"
             if eof:
                 time.sleep(0.05)
     finally:
@@ -257,8 +304,15 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
         if msg.get("mfu"):
             w.mfu.append(msg["mfu"])
         if on_progress:
-            on_progress(Progress(msg["step"], msg["loss"], msg["tokens"], msg.get("tok_s"), msg.get("mfu"),
-                                 msg["fraction"], now - w.t_spawn))
+            p = Progress(int(msg["step"]), float(msg["loss"]), int(msg["tokens"]), msg.get("tok_s"), msg.get("mfu"),
+                         float(msg["fraction"]), now - w.t_spawn)
+            try:
+                on_progress(p)
+            except Exception:  # a broken display must not take the run down
+                traceback.print_exc()
+    elif kind == "warm":
+        if w.t_first is None:
+            w.t_first = now
     elif kind == "trained":
         if w.t_trained is None:
             w.t_trained = now

@@ -9,8 +9,8 @@
     rt.submit(model)                      # the harness evaluates model(idx) -> logits (B, T, V)
 
 The clock: training time is the time since the harness handed control to train.py, minus the
-warm-up before the first `progress` call (the first step, which includes compilation), up to
-the profile's warm-up allowance. The runner measures the same thing from its own side, from
+warm-up before the first `progress` call or the second batch from `train_batches`, whichever
+comes first (the first step, which includes compilation), up to the profile's warm-up allowance. The runner measures the same thing from its own side, from
 the arrival times of these messages, and a run over budget is `invalid`.
 """
 
@@ -21,6 +21,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict
 
@@ -54,6 +55,8 @@ class _Session:
         self._tokens_at_report = 0
         self._pending_loss = None
         self.submitted = False
+        self.loader_tokens = 0  # tokens handed out by train_batches: the harness's own count
+        self.batches = 0
 
     # ---- the channel to the runner (JSON lines on a pipe; never stdout) ----
     def send(self, kind: str, **fields) -> None:
@@ -157,6 +160,18 @@ def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
     if len(starts) < batch_size:
         raise ValueError(f"the training split has {len(starts)} rows of {T} tokens; batch size {batch_size} is too large")
     g = torch.Generator().manual_seed(seed)
+    for x, y in _batches(stream, starts, batch_size, T, device, g):
+        S.batches += 1
+        S.loader_tokens += batch_size * T
+        if S.batches == 2 and S.t_first is None:
+            # A second batch means training has begun: the warm-up ends here even if train.py
+            # never reports progress.
+            S.t_first = time.monotonic()
+            S.send("warm")
+        yield x, y
+
+
+def _batches(stream, starts, batch_size: int, T: int, device, g):
     if device.type == "cuda" and len(stream) <= DEVICE_RESIDENT_MAX_TOKENS:
         data = torch.from_numpy(np.asarray(stream).astype(np.int32)).to(device)
         starts_t = torch.from_numpy(starts).to(device)
@@ -208,6 +223,7 @@ def progress(step: int, loss, tokens: int) -> None:
     now = time.monotonic()
     if first:
         S.t_first = now
+    if S.first_loss is None:
         S.first_loss = value
     limit = 1.5 * math.log(S.dataset.vocab_size) + 3.0
     if not math.isfinite(value) or value > max(limit, 2 * (S.first_loss or 0)):
@@ -230,7 +246,8 @@ def progress(step: int, loss, tokens: int) -> None:
 def _peak_memory_bytes(device: str) -> int:
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
 def submit(model) -> dict:
@@ -239,10 +256,12 @@ def submit(model) -> dict:
     S = _get()
     if S.profile.device.startswith("cuda"):
         torch.cuda.synchronize()
+    elif S.profile.device == "mps":
+        torch.mps.synchronize()
     train_s = S.training_seconds()
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
-           flops_per_token=S.flops_per_token)
+           flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens)
     P, D = S.profile, S.dataset
     B, T = S.batch_shape or (8, P.seq_len)
     if T != P.seq_len:
@@ -253,7 +272,7 @@ def submit(model) -> dict:
         model.eval()
     try:
         t0 = time.monotonic()
-        leak = evaluate.causality_probe(model, val, D.vocab_size, B, T, P.device, P.autocast)
+        leak, probe_tokens = evaluate.causality_probe(model, val, D.vocab_size, B, T, P.device, P.autocast)
         probe_s = time.monotonic() - t0
         if leak:
             S.send("invalid", reason=leak)
@@ -264,6 +283,10 @@ def submit(model) -> dict:
         S.send("invalid", reason=str(e))
         print(f"harness: {e}", flush=True)
         os._exit(4)
+    except evaluate.NonFiniteLogits as e:
+        S.send("crash", reason=str(e))
+        print(f"harness: {e}", flush=True)
+        os._exit(3)
     if isinstance(model, torch.nn.Module) and was_training:
         model.train()
     summary = {
@@ -272,6 +295,7 @@ def submit(model) -> dict:
         "val_bytes": res.bytes,
         "eval_seconds": res.seconds,
         "probe_seconds": probe_s,
+        "probe_tokens": probe_tokens,
         "training_seconds": train_s,
         "steps": S.steps,
         "tokens": S.tokens,
