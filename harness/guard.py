@@ -11,6 +11,9 @@ ALLOWED_MODULES = {
     "torch", "math", "time", "dataclasses", "functools", "typing", "itertools",
     "collections", "contextlib", "enum", "__future__", "gc", "random", "statistics",
 }
+# torch submodules that reach files, processes or foreign code: train.py has no use for them.
+FORBIDDEN_TORCH = ("torch.multiprocessing", "torch.hub", "torch.package", "torch.serialization",
+                   "torch.utils.cpp_extension", "torch.utils.data", "torch.distributed")
 RUNTIME = "harness.runtime"
 # The runtime's public API: the only names train.py may use from harness.runtime.
 RUNTIME_API = {
@@ -45,7 +48,7 @@ def check(source: str, filename: str = "train.py") -> str | None:
             for a in node.names:
                 if a.name == RUNTIME:
                     runtime_aliases.add(a.asname or "harness")
-                elif a.name.split(".")[0] not in ALLOWED_MODULES:
+                elif a.name.split(".")[0] not in ALLOWED_MODULES or a.name.startswith(FORBIDDEN_TORCH):
                     return f"{filename} line {node.lineno}: imports {a.name}; train.py may import only torch and harness.runtime"
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
@@ -60,7 +63,9 @@ def check(source: str, filename: str = "train.py") -> str | None:
                 for a in node.names:
                     if a.name not in RUNTIME_API:
                         return f"{filename} line {node.lineno}: imports {a.name} from harness.runtime, which is not its public API"
-            elif mod.split(".")[0] not in ALLOWED_MODULES:
+            elif mod.split(".")[0] not in ALLOWED_MODULES or mod.startswith(FORBIDDEN_TORCH) or (
+                mod == "torch" and any(f"torch.{a.name}".startswith(FORBIDDEN_TORCH) for a in node.names)
+            ):
                 return f"{filename} line {node.lineno}: imports {mod}; train.py may import only torch and harness.runtime"
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
             return f"{filename} line {node.lineno}: calls {node.func.id}(), which train.py may not use"

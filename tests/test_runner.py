@@ -339,3 +339,140 @@ def test_engine_and_harness_never_import_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) >= 10  # the walk really imported the harness's modules
+
+
+# ---- exploits found in review: each must fail to improve the recorded number ----
+
+def test_a_model_that_writes_into_its_input_cannot_change_the_targets(tmp_path, cache):
+    # The model overwrites idx[:, 1:] with one token and predicts that token everywhere.
+    body = bigram(tail="""
+class Cheat(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+    def forward(self, idx):
+        idx[:, 1:] = 7
+        out = torch.full((*idx.shape, V), -10.0)
+        out[..., 7] = 10.0
+        return out
+rt.submit(Cheat(model))
+""")
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "ok"
+    assert r.val_bpb > 3.0  # scored against the real targets: a terrible model, not a perfect one
+
+
+def test_inflating_the_logit_scale_does_not_hide_a_leak_from_the_probe(tmp_path, cache):
+    body = """
+    import torch
+    from harness import runtime as rt
+    V = rt.vocab_size()
+    B = rt.bos_id()
+    class Leak(torch.nn.Module):
+        def forward(self, idx):
+            out = torch.zeros(*idx.shape, V)
+            out[..., B] = -1e6  # BOS targets are not scored: free scale for a naive tolerance
+            nxt = idx.roll(-1, dims=1)
+            out.scatter_(2, nxt.unsqueeze(-1), 20.0)  # peek at the next token
+            return out
+    rt.submit(Leak())
+    """
+    r = run_script(tmp_path, cache, body, budget=0)
+    assert r.status == "invalid" and "sees the future" in r.reason
+
+
+def test_a_row_that_reads_the_next_row_is_invalid(tmp_path, cache):
+    # Row r+1 of an evaluation batch continues row r: reading it is reading the future.
+    r = run_script(tmp_path, cache, bigram(shift=") + self.emb(idx.roll(-1, dims=0)"))
+    assert r.status == "invalid" and r.reason.startswith("causality probe failed")
+
+
+def test_a_model_that_changes_during_evaluation_is_invalid(tmp_path, cache):
+    body = bigram(tail="""
+class Drifting(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+    def forward(self, idx):
+        self.calls += 1
+        return self.inner(idx) * (1.0 + 0.05 * max(0, self.calls - 3))
+rt.submit(Drifting(model))
+""")
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "invalid" and "learns during evaluation" in r.reason
+
+
+def test_training_without_progress_reports_still_counts_against_the_budget(tmp_path, cache):
+    body = bigram().replace("while not rt.done():", "t_end = time.time() + 6.0\nwhile time.time() < t_end:").replace(
+        "    rt.progress(step, loss.detach(), tokens=x.numel())\n", "")
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "invalid" and "over the 2s budget" in r.reason
+
+
+def test_weights_that_diverge_to_nan_are_a_crash_not_a_causality_failure(tmp_path, cache):
+    body = bigram(tail="model.out.weight.data.fill_(float('nan'))\nrt.submit(model)")
+    r = run_script(tmp_path, cache, body)
+    assert r.status == "crash" and "diverged" in r.reason
+
+
+def test_a_failing_progress_callback_does_not_take_the_run_down(tmp_path, cache):
+    def boom(p):
+        raise RuntimeError("display broke")
+
+    r = run_script(tmp_path, cache, bigram(), on_progress=boom)
+    assert r.status == "ok"
+
+
+def _watch_subprocess(code: str, **kw):
+    rfd, wfd = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", code, str(wfd)], pass_fds=(wfd,), start_new_session=True)
+    os.close(wfd)
+    w = runner._Watch(time.monotonic())
+    t0 = time.monotonic()
+    try:
+        out = runner._watch(proc, rfd, w, CPU.with_budget(5), FAST, threading.Event(), None)
+    finally:
+        os.close(rfd)
+        runner._kill_group(proc)
+    return out, time.monotonic() - t0
+
+
+def test_garbage_on_the_harness_pipe_is_invalid_not_an_exception():
+    (status, reason), _ = _watch_subprocess("import os, sys, time; os.write(int(sys.argv[1]), b'\\xff oops\\n'); time.sleep(30)")
+    assert status == "invalid" and "malformed" in reason
+
+
+def test_a_killed_child_is_a_crash_even_when_a_descendant_holds_the_pipe():
+    code = "import os, sys, time, signal\nif os.fork() == 0:\n    time.sleep(60)\nelse:\n    time.sleep(0.5); os.kill(os.getpid(), signal.SIGKILL)"
+    (status, reason), seconds = _watch_subprocess(code)
+    assert status == "crash" and "SIGKILL" in reason
+    assert seconds < 5
+
+
+@pytest.mark.parametrize("src", [
+    "import torch.nn.functional as F\nF.cross_entropy = lambda *a, **k: 0",
+    "import torch\ntorch.Tensor.sum = None",
+    "from harness import runtime as rt\nrt._get().dataset.stream('val')",
+    "from harness.runtime import evaluate",
+    "import harness.evaluate",
+    "from harness import runtime as rt\nx = getattr(rt, '_get')",
+    "import random\nrandom._os.system('id')",
+    "import torch\ntorch.serialization.pickle.loads(b'')",
+    "import torch.multiprocessing as mp",
+    "from torch.utils.data import DataLoader",
+    "import os",
+    "x = open('/etc/passwd').read()",
+    "import torch\nt = torch.from_file('/x', size=1)",
+])
+def test_the_guard_refuses_the_ways_to_game_the_metric(src):
+    from harness.guard import check
+
+    assert check(src) is not None
+
+
+def test_the_guard_accepts_the_bundled_trainer_and_its_settings():
+    from harness.guard import check
+
+    assert check((ROOT / "trainer" / "train.py").read_text()) is None
+    assert check("import torch\ntorch.backends.cuda.matmul.allow_tf32 = True\ntorch._inductor.config.coordinate_descent_tuning = True") is None
