@@ -295,7 +295,7 @@ def build_engine(args, out=None):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
-    ws.git.ensure_clean()  # before anything is written
+    ws.git.ensure_clean(allow=("program.md",))  # before anything is written; the human's program.md edits are committed
     agent, why = select_agent(args.agent, ws.config.agent)
     notices = [why]
     tc = ws.config.target

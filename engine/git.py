@@ -48,8 +48,8 @@ class GitRepo:
         out = self.g.status("--porcelain", "--untracked-files=no")
         return sorted(line[3:] for line in out.splitlines() if line.strip())
 
-    def ensure_clean(self) -> None:
-        dirty = self.dirty_files()
+    def ensure_clean(self, allow: tuple[str, ...] = ()) -> None:
+        dirty = [f for f in self.dirty_files() if f not in allow]
         if dirty:
             more = f" (+{len(dirty) - 3} more)" if len(dirty) > 3 else ""
             raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}{more}; commit or stash them first")
@@ -91,13 +91,24 @@ class GitRepo:
             refs[int(name.rsplit("/", 1)[1])] = sha
         return refs
 
-    def reset_hard(self, sha: str) -> None:
+    def reset_hard(self, sha: str, keep: tuple[str, ...] = ()) -> None:
+        """Reset the branch and tree to sha; the working-tree content of `keep` files (the human's,
+        like program.md) survives the reset."""
+        saved = {}
+        for rel in keep:
+            p = self.root / rel
+            if p.is_file():
+                saved[rel] = p.read_bytes()
         self.g.reset("--hard", sha)
+        for rel, data in saved.items():
+            p = self.root / rel
+            if not p.is_file() or p.read_bytes() != data:
+                p.write_bytes(data)
 
-    def discard_changes(self) -> None:
+    def discard_changes(self, keep: tuple[str, ...] = ()) -> None:
         """Drop uncommitted edits (the agent's unsubmitted proposal) and files it created."""
-        self.g.reset("--hard", "HEAD")
-        self.g.clean("-fd", "-e", ".cockpit")
+        self.reset_hard("HEAD", keep)
+        self.g.clean("-fd", "-e", ".cockpit", *[x for k in keep for x in ("-e", k)])
 
     # ---- diffs ----
     def diff(self, a: str, b: str | None = None) -> str:

@@ -47,6 +47,7 @@ class Engine:
         self.git = ws.git
         self.dcfg = ws.config.decision
         self.editable = list(ws.config.target.editable)
+        self.human_files = ("program.md",)  # the human edits these mid-run; resets never touch them
         self._subscribers: list[Callable[[ev.Event], None]] = []
         self.session: Session | None = None
         self._started = time.monotonic()
@@ -69,7 +70,7 @@ class Engine:
 
     # ---- the session ----
     def start(self) -> Session:
-        self.git.ensure_clean()
+        self.git.ensure_clean(allow=self.human_files)
         j = self.journal
         s = j.session_by_tag(self.tag) if self.tag else j.latest_session()
         resumed = s is not None
@@ -82,11 +83,12 @@ class Engine:
             for n in j.mark_interrupted(s.id):
                 self.emit(ev.Notice(text=f"experiment #{n} was interrupted when cockpit stopped; recorded `interrupted`"))
             self.git.checkout_session_branch(s.tag)
-            self.git.reset_hard(s.best_commit)
+            self.git.reset_hard(s.best_commit, keep=self.human_files)
             j.update_session(s.id, status="running", stop_reason=None, agent=self.agent.name)
             s = j.session(s.id)
         self.session = s
         self.tag = s.tag
+        self._sync_human_files()
         self._write_results()
         self.emit(ev.SessionStarted(session_id=s.id, tag=s.tag, branch=s.branch, agent=self.agent.name, resumed=resumed,
                                     best_commit=s.best_commit, best_metric=s.best_metric, next_experiment=j.next_number(s.id)))
@@ -182,6 +184,8 @@ class Engine:
     def _experiment(self) -> None:
         s = self.session = self.journal.session(self.session.id)
         j = self.journal
+        if self._sync_human_files():
+            s = self.session
         n = j.next_number(s.id)
         self.control.begin_run()
         j.add_experiment(s.id, n, "experiment", s.best_commit, "proposing")
@@ -192,23 +196,23 @@ class Engine:
         try:
             proposal = self.agent.propose(self._context(n), tools, self.emit)
         except Exception as e:  # the agent's own failure is recorded, not fatal
-            self.git.discard_changes()
+            self.git.discard_changes(keep=self.human_files)
             self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)")
             return
         for text in tools.notes:
             j.add_note(s.id, "agent", "note", text)
         if proposal is None:
-            self.git.discard_changes()
+            self.git.discard_changes(keep=self.human_files)
             j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
             raise _Stop("the agent has nothing left to propose")
         description = proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)"
         problem = self._validate()
         if problem:
             stat = self.git.diff_stat("HEAD")
-            self.git.discard_changes()
+            self.git.discard_changes(keep=self.human_files)
             self._finish(n, "invalid", problem, description=description, diff_stat=stat)
             return
-        changed = self.git.changed_files()
+        changed = [f for f in self.git.changed_files() if f not in self.human_files]
         sha = self.git.commit_all(changed, f"cockpit {s.tag} #{n}: {description}")
         self.git.pin(s.tag, n, sha)
         stat = self.git.diff_stat(s.best_commit, sha)
@@ -239,8 +243,22 @@ class Engine:
         reason = None if d.keep else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
         self._finish(n, status, reason, sha=sha, out=out, decision=d)
 
+    def _sync_human_files(self) -> bool:
+        """Commit the human's edits to program.md on the session branch; the best commit moves
+        with them (same code, same metric) and the agent is told."""
+        s = self.session
+        dirty = [f for f in self.git.dirty_files() if f in self.human_files]
+        if not dirty:
+            return False
+        sha = self.git.commit_all(dirty, f"cockpit {s.tag}: the human updated {', '.join(dirty)}")
+        self.journal.update_session(s.id, best_commit=sha)
+        self.journal.add_note(s.id, "human", "instructions", f"the human edited {', '.join(dirty)}; re-read it")
+        self.session = self.journal.session(s.id)
+        self.emit(ev.Notice(text=f"{', '.join(dirty)} changed: committed at {sha[:7]}; the agent is told"))
+        return True
+
     def _validate(self) -> str | None:
-        changed = self.git.changed_files()
+        changed = [f for f in self.git.changed_files() if f not in self.human_files]
         if not changed:
             return "the proposal changed nothing"
         outside = [f for f in changed if f not in self.editable]
@@ -282,7 +300,7 @@ class Engine:
             j.update_session(s.id, best_n=n, best_commit=sha, best_metric=out.metric)
             self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == "forced"))
         else:
-            self.git.reset_hard(s.best_commit)
+            self.git.reset_hard(s.best_commit, keep=self.human_files)
         if status == "vetoed":
             j.add_note(s.id, "human", "veto", f"experiment #{n} ({e.description}) was vetoed: {reason}")
         self._crashes = self._crashes + 1 if status in ("crash", "timeout") else 0
@@ -299,7 +317,7 @@ class Engine:
             if e is None or e.commit_sha is None or e.metric is None or e.kind != "experiment":
                 self.emit(ev.Error(text=f"cannot force-keep #{n}: it has no measured result"))
                 continue
-            self.git.reset_hard(e.commit_sha)
+            self.git.reset_hard(e.commit_sha, keep=self.human_files)
             self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
             self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
             self.session = self.journal.session(s.id)

@@ -398,3 +398,59 @@ def test_a_path_escape_through_the_tools_is_a_tool_error_and_changes_nothing(tmp
             tools.write_file(bad, "pwned")
     assert secret.read_text() == "keep me"
     assert git(ws, "status", "--porcelain") == ""
+
+
+def test_program_md_edited_mid_session_is_kept_committed_and_told_to_the_agent(tmp_path):
+    files = dict(VALUE_FILES, **{"program.md": "# goal\nlower the metric\n"})
+    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    eng = command_engine(ws, max_experiments=3)
+    new_text = "# goal\nlower the metric, and try OTHER first\n"
+    contexts = []
+    original = eng._context
+
+    def spy(n):
+        ctx = original(n)
+        contexts.append(ctx)
+        return ctx
+
+    eng._context = spy
+
+    def on_event(e):
+        # the human edits program.md from another pane while experiment 2 runs
+        if isinstance(e, ev.ExperimentStarted) and e.n == 2:
+            (ws / "program.md").write_text(new_text)
+
+    eng.subscribe(on_event)
+    eng.run()
+    assert (ws / "program.md").read_text() == new_text  # the resets never lost it
+    assert git(ws, "show", "HEAD:program.md") == new_text.strip()  # committed on the session branch
+    assert git(ws, "status", "--porcelain") == ""
+    assert contexts[-1].program == new_text
+    assert any("program.md" in t for t in contexts[-1].human_notes)
+    s = eng.journal.session_by_tag("t")
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit
+
+
+def test_consecutive_crashes_stop_the_session_with_a_clear_reason(tmp_path):
+    files = dict(VALUE_FILES, **{"run.py": "import value\nassert value.VALUE == 10.0, 'only the original runs'\n"})
+    ws = command_workspace(tmp_path, files, ["value.py"], "python3 run.py", "python3 measure.py", baseline_runs=1)
+    toml = (ws / "cockpit.toml").read_text() + "\n[stop]\nmax_consecutive_crashes = 3\n"
+    (ws / "cockpit.toml").write_text(toml)
+    commit_all(ws)
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "10")
+    assert r.returncode == 0, r.stderr
+    assert "session stopped: 3 consecutive crashes" in r.stdout
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.latest_session()
+    assert s.stop_reason == "3 consecutive crashes"
+    assert [e.status for e in j.experiments(s.id)][-3:] == ["crash"] * 3
+
+
+def test_max_cost_and_max_hours_stop_with_their_reason(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    r = cli("run", "--headless", "--workspace", ws, "--max-cost", "0")
+    assert r.returncode == 0 and "session stopped: reached --max-cost $0" in r.stdout
+    r = cli("run", "--headless", "--workspace", ws, "--max-hours", "0")
+    assert r.returncode == 0 and "session stopped: reached --max-hours 0" in r.stdout
+    bad = cli("run", "--headless", "--workspace", ws, "--budget", "nan")
+    assert bad.returncode != 0 and "finite" in bad.stderr
