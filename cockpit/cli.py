@@ -302,6 +302,10 @@ def build_engine(args, out=None):
     if tc.kind == "gpt":
         cache = cache_root(getattr(args, "cache_dir", None))
         dataset = ensure_prepared(cache)
+        from harness.integrity import verify_harness
+
+        verify_harness(cache)  # refuse now, in one line, rather than after the session started
+        dataset.verify()
         prof = _profile(args.device, args.budget if args.budget is not None else tc.budget)
         if prof.name == "cpu":
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
@@ -335,6 +339,9 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         engine.control.stop("now")
         raise
+    if engine.error:
+        print(f"cockpit: error: {engine.error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -54,6 +54,7 @@ class Engine:
         self._ran = 0
         self._crashes = 0
         self._stop_reason: str | None = None
+        self.error: str | None = None  # set when the session stopped on an error, not a limit
 
     # ---- events ----
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
@@ -115,7 +116,7 @@ class Engine:
         except _Stop as e:
             reason = str(e)
         except HarnessError as e:  # integrity failures and the like: stop with the one-line reason
-            reason = str(e)
+            reason = self.error = str(e)
             self.emit(ev.Error(text=reason))
         finally:
             s = self.session

@@ -226,6 +226,7 @@ def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_
     assert seen["status"] == "vetoed"
     assert seen["pids"] and not seen["alive"]
     assert seen["done"] - seen["t"] < 2.0
+    print(f"veto -> process group gone and recorded: {seen['done'] - seen['t']:.3f}s")
     s = eng.journal.session_by_tag("v")
     e2 = eng.journal.experiment(s.id, 2)
     assert e2.status == "vetoed" and e2.reason == "looks like it will diverge"
@@ -352,7 +353,7 @@ def test_a_dirty_tree_is_refused_naming_the_file(tmp_path, tiny_cache):
     assert _snapshot(ws) == before and not (ws / ".cockpit").exists()
 
 
-@pytest.mark.parametrize("case", ["no_repo", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure"])
+@pytest.mark.parametrize("case", ["no_repo", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure", "missing_data"])
 def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache, case):
     ws = tmp_path / "ws"
     extra = []
@@ -371,6 +372,15 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache,
         elif case == "unknown_key":
             (ws / "cockpit.toml").write_text("[decision]\nnoise_kk = 2\n")
             needle = "unknown key [decision].noise_kk"
+        elif case == "missing_data":
+            import shutil
+
+            broken = tmp_path / "cache"
+            shutil.copytree(tiny_cache, broken)
+            for f in (broken / "datasets").glob("*/val.bin"):
+                f.unlink()
+            tiny_cache = broken
+            needle = "prepared data file missing"
         elif case == "missing_measure":
             (ws / "cockpit.toml").write_text('[target]\nkind = "command"\neditable = ["trainer/train.py"]\nrun = "true"\nmeasure = "python3 measure.py"\n')
             needle = "measure.py, which does not exist"
