@@ -64,6 +64,8 @@ def _add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--max-experiments", type=int)
     r.add_argument("--max-hours", type=float)
     r.add_argument("--max-cost", type=float, help="USD")
+    r.add_argument("--model", help="Claude model (default: cockpit.toml, $COCKPIT_MODEL, or a current Sonnet)")
+    r.add_argument("--base-url", help="Messages API base URL, for proxies and gateways (default: $ANTHROPIC_BASE_URL)")
 
 
 def _undumpable() -> None:
@@ -264,23 +266,27 @@ def cmd_init(args) -> int:
     return 0
 
 
-def select_agent(name: str | None, config_name: str = "auto"):
-    """The agent to run, and the one line that says why."""
-    import os
-
+def select_agent(name: str | None, ws_config=None, model: str | None = None, base_url: str | None = None):
+    """The agent to run, and the one line that says which and why. The key is read here and
+    handed to the SDK client; it is never printed, journaled or passed to training."""
+    from engine.agents.claude import DEFAULT_MODEL, Claude, ClaudeConfig
     from engine.agents.tuner import Tuner
 
-    name = name or config_name or "auto"
-    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
-    if name == "auto":
-        if has_key:
-            return Tuner(), "ANTHROPIC_API_KEY is set but the Claude agent is not in this version yet: offline tuner"
-        return Tuner(), "no API key: offline tuner"
-    if name == "tuner":
-        return Tuner(), "agent: offline tuner (--agent tuner)"
-    if name == "claude":
-        raise HarnessError("the claude agent is not in this version yet; use --agent tuner")
-    raise HarnessError(f"unknown agent {name!r}; choose tuner or claude")
+    name = name or (ws_config.agent if ws_config else None) or "auto"
+    key = os.environ.get("ANTHROPIC_API_KEY", "")
+    if name not in ("auto", "tuner", "claude"):
+        raise HarnessError(f"unknown agent {name!r}; choose tuner or claude")
+    if name == "tuner" or (name == "auto" and not key):
+        why = "no API key: offline tuner" if name == "auto" else "agent: offline tuner (--agent tuner)"
+        return Tuner(), why
+    if not key:
+        raise HarnessError("--agent claude needs ANTHROPIC_API_KEY in the environment")
+    model = model or (ws_config.model if ws_config else None) or os.environ.get("COCKPIT_MODEL") or DEFAULT_MODEL
+    base_url = base_url or (ws_config.base_url if ws_config else None) or os.environ.get("ANTHROPIC_BASE_URL") or None
+    cfg = ClaudeConfig(model=model, base_url=base_url)
+    why = f"agent: claude ({model}{', via ' + base_url if base_url else ''})" + (
+        " - ANTHROPIC_API_KEY is set" if name == "auto" else "")
+    return Claude(key, cfg), why
 
 
 def build_engine(args, out=None):
@@ -296,7 +302,7 @@ def build_engine(args, out=None):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
     ws.git.ensure_clean(allow=("program.md",))  # before anything is written; the human's program.md edits are committed
-    agent, why = select_agent(args.agent, ws.config.agent)
+    agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why]
     tc = ws.config.target
     if tc.kind == "gpt":

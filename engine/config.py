@@ -41,6 +41,8 @@ class Config:
     target: TargetConfig = field(default_factory=TargetConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     agent: str = "auto"
+    model: str | None = None
+    base_url: str | None = None
     max_consecutive_crashes: int = 5
 
 
@@ -80,7 +82,15 @@ def load(root: Path) -> Config:
     target = _section(data, "target", TargetConfig, path)
     decision = _section(data, "decision", DecisionConfig, path)
     agent_tbl = data.get("agent", {})
-    agent = agent_tbl.get("name", "auto") if isinstance(agent_tbl, dict) else "auto"
+    if not isinstance(agent_tbl, dict):
+        raise ConfigError(f"{path}: [agent] must be a table")
+    unknown_agent = sorted(set(agent_tbl) - {"name", "model", "base_url"})
+    if unknown_agent:
+        raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: base_url, model, name)")
+    for k in ("name", "model", "base_url"):
+        if k in agent_tbl and not isinstance(agent_tbl[k], str):
+            raise ConfigError(f"{path}: [agent].{k} must be a string")
+    agent = agent_tbl.get("name", "auto")
     stop = data.get("stop", {})
     crashes = stop.get("max_consecutive_crashes", 5) if isinstance(stop, dict) else 5
     if target.kind not in ("gpt", "command"):
@@ -93,7 +103,7 @@ def load(root: Path) -> Config:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     if decision.baseline_runs < 1:
         raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
-    return Config(target, decision, agent, int(crashes))
+    return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes))
 
 
 DEFAULT_TOML = """\
@@ -112,4 +122,6 @@ noise_k = 2.0                     # max(min_delta, noise_k * noise)
 
 [agent]
 name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else "tuner"
+# model = "claude-sonnet-5-5"     # or --model, or $COCKPIT_MODEL
+# base_url = "https://..."        # a proxy or gateway; or --base-url, or $ANTHROPIC_BASE_URL
 """

@@ -17,7 +17,7 @@ from typing import Callable
 from harness.errors import HarnessError
 
 from . import events as ev
-from .agents.base import Context, PastExperiment
+from .agents.base import Context, PastExperiment, ProposalRejected
 from .control import Control
 from .decide import decide, noise_of
 from .journal import KEPT, Journal, Session, write_results_tsv
@@ -196,12 +196,23 @@ class Engine:
         self._ran += 1
         try:
             proposal = self.agent.propose(self._context(n), tools, self.emit)
+        except HarnessError:
+            self._record_usage(n)
+            raise
+        except ProposalRejected as e:  # nothing valid after the agent's own retries: skipped
+            self._record_usage(n)
+            self._save_notes(tools)
+            self.git.discard_changes(keep=self.human_files)
+            self._finish(n, "invalid", f"proposal rejected {e}", description="(no valid change)")
+            return
         except Exception as e:  # the agent's own failure is recorded, not fatal
+            self._record_usage(n)
+            self._save_notes(tools)
             self.git.discard_changes(keep=self.human_files)
             self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)")
             return
-        for text in tools.notes:
-            j.add_note(s.id, "agent", "note", text)
+        self._record_usage(n)
+        self._save_notes(tools)
         if proposal is None:
             self.git.discard_changes(keep=self.human_files)
             j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
@@ -243,6 +254,27 @@ class Engine:
         status = "keep" if d.keep else ("forced" if forced else "discard")
         reason = None if d.keep else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
         self._finish(n, status, reason, sha=sha, out=out, decision=d)
+
+    def _record_usage(self, n: int) -> None:
+        u = getattr(self.agent, "last_usage", None)
+        if u is not None:
+            self.journal.update_experiment(self.session.id, n, tokens_in=u.input_tokens, tokens_out=u.output_tokens,
+                                           cache_write=u.cache_write_tokens, cache_read=u.cache_read_tokens,
+                                           cost_usd=u.cost_usd)
+
+    def _save_notes(self, tools: Tools) -> None:
+        for text in tools.notes:
+            self.journal.add_note(self.session.id, "agent", "note", text)
+        tools.notes.clear()
+
+    def _show(self, number: int) -> str:
+        e = self.journal.experiment(self.session.id, number)
+        if e is None or not e.log_path:
+            return ""
+        from harness.runner import _tail
+
+        tail = _tail(Path(e.log_path), 30)
+        return f"\nlog tail:\n{tail}" if tail else ""
 
     def _sync_human_files(self) -> bool:
         """Commit the human's edits to program.md on the session branch; the best commit moves
@@ -351,6 +383,11 @@ class Engine:
             profile=getattr(self.target, "profile_name", ""),
             seed=s.id,
             n=n,
+            metric=self.target.metric_name,
+            best_metric=s.best_metric,
+            noise=s.noise,
+            budget=getattr(getattr(self.target, "profile", None), "time_budget", None) or getattr(self.target, "budget", None),
+            show=self._show,
         )
 
     def _write_results(self) -> None:

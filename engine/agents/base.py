@@ -38,11 +38,34 @@ class Context:
     profile: str  # "cuda" | "cpu" | "mps" | "" (non-ML targets)
     seed: int
     n: int  # number of the experiment being proposed
+    metric: str = "val_bpb"
+    best_metric: float | None = None
+    noise: float | None = None  # standard deviation of repeated baseline runs
+    budget: float | None = None  # seconds of training per experiment
+    show: Callable[[int], str] | None = None  # extra detail on a past experiment (its log tail)
+
+
+@dataclass
+class Usage:
+    """Tokens and dollars an agent spent on one proposal."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0
+
+
+class ProposalRejected(Exception):
+    """The agent could not produce a valid change (it changed nothing or it does not compile,
+    after its retries): the experiment is recorded `invalid` with this reason and skipped."""
 
 
 @dataclass(frozen=True)
 class Proposal:
     description: str
+    usage: Usage | None = None
 
 
 class Agent(Protocol):
