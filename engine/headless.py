@@ -16,16 +16,39 @@ class Printer:
         self.metric = metric
         self.progress_every = progress_every
         self._last_progress = 0.0
+        self._stream: tuple[str, int, list[str], float] | None = None  # (kind, n, parts, ts) of streamed deltas
 
     def __call__(self, e: ev.Event) -> None:
         if self.json:
             self.out.write(e.to_json() + "\n")
             self.out.flush()
             return
+        if isinstance(e, (ev.AgentThinking, ev.AgentText)):
+            kind = "thinking" if isinstance(e, ev.AgentThinking) else "agent"
+            if self._stream and self._stream[:2] == (kind, e.n):
+                self._stream[2].append(e.text)
+            else:
+                self._flush()
+                self._stream = (kind, e.n, [e.text], e.ts)
+            return
+        self._flush()
         line = self.format(e)
         if line:
-            self.out.write(time.strftime("%H:%M:%S ", time.localtime(e.ts)) + line + "\n")
-            self.out.flush()
+            self._write(e.ts, line)
+
+    def _write(self, ts: float, line: str) -> None:
+        self.out.write(time.strftime("%H:%M:%S ", time.localtime(ts)) + line + "\n")
+        self.out.flush()
+
+    def _flush(self) -> None:
+        """Streamed deltas become one line once the stream moves on."""
+        if self._stream:
+            kind, n, parts, ts = self._stream
+            text = " ".join("".join(parts).split())
+            if len(text) > 400:
+                text = text[:400] + "..."
+            self._write(ts, f"#{n} {kind}: {text}")
+            self._stream = None
 
     def format(self, e: ev.Event) -> str | None:
         m = self.metric
@@ -56,8 +79,6 @@ class Printer:
             return f"#{e.n} {e.status.upper()}{val}{delta}  {e.description}{why}"
         if isinstance(e, ev.BestChanged):
             return f"#{e.n} is the new best: {m} {e.metric:.6f} at {e.commit[:7]}" + (" (force-kept)" if e.forced else "")
-        if isinstance(e, ev.AgentText):
-            return f"#{e.n} agent: {e.text}"
         if isinstance(e, ev.ToolCalled):
             return f"#{e.n} tool {e.name}: {e.summary}" + ("" if e.ok else " (refused)")
         if isinstance(e, ev.Notice):

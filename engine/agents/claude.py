@@ -26,6 +26,7 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 
 # USD per million tokens: (input, output). Cache writes cost 1.25x input, cache reads 0.1x.
 PRICES = {"opus": (5.0, 25.0), "sonnet": (3.0, 15.0), "haiku": (1.0, 5.0), "fable": (3.0, 15.0), "mythos": (15.0, 75.0)}
+ADAPTIVE_THINKING = ("opus-4-6", "opus-4-7", "opus-4-8", "mythos")  # models that take adaptive thinking
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 RULES = """You are an ML researcher running experiments inside cockpit, an autonomous research loop.
@@ -167,9 +168,12 @@ class Claude:
             except A.APIStatusError as e:
                 if e.status_code in (401, 403):
                     raise AuthError(f"the Anthropic API refused the key ({e.status_code}); check ANTHROPIC_API_KEY") from None
-                if e.status_code not in RETRYABLE_STATUS:
+                if e.status_code == 200:  # an error event in the middle of a streamed reply
+                    what, hint = f"stream error: {getattr(e, 'type', None) or 'error'}", None
+                elif e.status_code not in RETRYABLE_STATUS:
                     raise
-                what, hint = f"API error {e.status_code}", _retry_after(e)
+                else:
+                    what, hint = f"API error {e.status_code}", _retry_after(e)
             except (A.APIConnectionError, A.APITimeoutError):
                 what, hint = "connection lost", None
             except A.APIError as e:  # an error event in the middle of a stream
@@ -184,7 +188,10 @@ class Claude:
     def _stream(self, system, messages, emit, n: int):
         kwargs = dict(model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=system, messages=messages, tools=TOOLS)
         if self.cfg.thinking_budget:
-            kwargs["thinking"] = {"type": "enabled", "budget_tokens": self.cfg.thinking_budget}
+            if any(m in self.cfg.model for m in ADAPTIVE_THINKING):
+                kwargs["thinking"] = {"type": "adaptive"}
+            else:
+                kwargs["thinking"] = {"type": "enabled", "budget_tokens": self.cfg.thinking_budget}
         with self.client.messages.stream(**kwargs) as stream:
             for event in stream:
                 if event.type == "content_block_delta":
