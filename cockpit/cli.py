@@ -283,7 +283,8 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
         raise HarnessError("--agent claude needs ANTHROPIC_API_KEY in the environment")
     model = model or (ws_config.model if ws_config else None) or os.environ.get("COCKPIT_MODEL") or DEFAULT_MODEL
     base_url = base_url or (ws_config.base_url if ws_config else None) or os.environ.get("ANTHROPIC_BASE_URL") or None
-    cfg = ClaudeConfig(model=model, base_url=base_url)
+    numbers = dict(ws_config.agent_numbers) if ws_config else {}
+    cfg = ClaudeConfig(model=model, base_url=base_url, **{k: type(getattr(ClaudeConfig, k))(v) for k, v in numbers.items()})
     why = f"agent: claude ({model}{', via ' + base_url if base_url else ''})" + (
         " - ANTHROPIC_API_KEY is set" if name == "auto" else "")
     return Claude(key, cfg), why

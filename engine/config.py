@@ -44,6 +44,7 @@ class Config:
     model: str | None = None
     base_url: str | None = None
     max_consecutive_crashes: int = 5
+    agent_numbers: dict = field(default_factory=dict)  # context_tokens, max_api_wait, thinking_budget, max_tokens
 
 
 def _section(data: dict, name: str, cls, path: Path):
@@ -84,9 +85,15 @@ def load(root: Path) -> Config:
     agent_tbl = data.get("agent", {})
     if not isinstance(agent_tbl, dict):
         raise ConfigError(f"{path}: [agent] must be a table")
-    unknown_agent = sorted(set(agent_tbl) - {"name", "model", "base_url"})
+    numbers = {"context_tokens", "max_api_wait", "thinking_budget", "max_tokens"}
+    known_agent = {"name", "model", "base_url"} | numbers
+    unknown_agent = sorted(set(agent_tbl) - known_agent)
     if unknown_agent:
-        raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: base_url, model, name)")
+        raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: {', '.join(sorted(known_agent))})")
+    for k in numbers & set(agent_tbl):
+        v = agent_tbl[k]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{path}: [agent].{k} must be a number >= 0")
     for k in ("name", "model", "base_url"):
         if k in agent_tbl and not isinstance(agent_tbl[k], str):
             raise ConfigError(f"{path}: [agent].{k} must be a string")
@@ -103,7 +110,8 @@ def load(root: Path) -> Config:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     if decision.baseline_runs < 1:
         raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
-    return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes))
+    return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes),
+                  {k: agent_tbl[k] for k in numbers & set(agent_tbl)})
 
 
 DEFAULT_TOML = """\
@@ -124,4 +132,7 @@ noise_k = 2.0                     # max(min_delta, noise_k * noise)
 name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else "tuner"
 # model = "claude-sonnet-5-5"     # or --model, or $COCKPIT_MODEL
 # base_url = "https://..."        # a proxy or gateway; or --base-url, or $ANTHROPIC_BASE_URL
+# context_tokens = 60000          # each proposal's prompt stays under this (older history condenses)
+# max_api_wait = 1800             # seconds of back-off on API outages before a proposal is given up
+# thinking_budget = 8000          # extended thinking tokens; 0 turns it off
 """

@@ -220,3 +220,14 @@ def test_a_refused_key_stops_with_a_clear_reason(ws):
     with FakeAnthropic([HttpError(401, "authentication_error", "invalid x-api-key")]) as fake:
         with pytest.raises(AuthError, match="refused the key"):
             run_propose(agent(fake), ws)
+
+
+def test_near_the_budget_the_prompt_is_measured_with_count_tokens(ws):
+    hist = [PastExperiment(i, "discard", 10.0, 0.001, f"idea {i} " + "y" * 60, "-a\n+b\n" * 50) for i in range(1, 120)]
+    with FakeAnthropic(value_edit()) as fake:
+        a = agent(fake, context_tokens=9000)
+        run_propose(a, ws, make_ctx(ws, n=120, history=hist))
+        counts = [q for q in fake.requests if q["path"].endswith("/count_tokens")]
+        first = [q for q in fake.requests if q["path"].endswith("/v1/messages")][0]["body"]
+    assert counts, "a prompt near the budget is counted by the API"
+    assert len(json.dumps(first)) // 4 <= 9000  # the fake counts a token per 4 characters of the request

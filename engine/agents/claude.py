@@ -122,7 +122,7 @@ class Claude:
         usage = self.last_usage = Usage()
         system = [{"type": "text", "text": RULES + "\n\n# program.md (the human's instructions)\n\n" + ctx.program,
                    "cache_control": {"type": "ephemeral"}}]
-        messages = [{"role": "user", "content": self.build_prompt(ctx)}]
+        messages = [{"role": "user", "content": self._fitted_prompt(ctx, system)}]
         self._last_program = ctx.program
         bad_submits = 0
         for _turn in range(self.cfg.max_turns):
@@ -239,7 +239,27 @@ class Claude:
             return f"error: {e}", False, None
 
     # ---- the prompt, under a token budget ----
-    def build_prompt(self, ctx: Context) -> str:
+    def _fitted_prompt(self, ctx: Context, system) -> str:
+        """The prompt, shrunk until the API's own count (asked only near the limit) fits."""
+        budget = self.cfg.context_tokens
+        prompt = self.build_prompt(ctx, budget)
+        for _ in range(4):
+            if estimate_tokens(prompt) < 0.6 * self.cfg.context_tokens:
+                return prompt
+            try:
+                counted = self.client.messages.count_tokens(
+                    model=self.cfg.model, system=system, messages=[{"role": "user", "content": prompt}], tools=TOOLS
+                ).input_tokens
+            except self._anthropic.APIError:
+                return prompt  # the estimate already kept it under budget
+            if counted <= self.cfg.context_tokens:
+                return prompt
+            budget = int(budget * 0.85)
+            prompt = self.build_prompt(ctx, budget)
+        return prompt
+
+    def build_prompt(self, ctx: Context, budget: int | None = None) -> str:
+        budget = budget or self.cfg.context_tokens
         changed = None
         if self._last_program is not None and self._last_program != ctx.program:
             changed = "".join(difflib.unified_diff(self._last_program.splitlines(True), ctx.program.splitlines(True),
@@ -249,7 +269,7 @@ class Claude:
         notes_h, notes_a = ctx.human_notes[-20:], ctx.agent_notes[-30:]
         while True:
             text = _render(ctx, recent, rows, notes_h, notes_a, changed)
-            if estimate_tokens(text) <= self.cfg.context_tokens:
+            if estimate_tokens(text) <= budget:
                 return text
             if recent:
                 recent = recent[1:]  # oldest diffs go first; their rows stay in the table
