@@ -172,8 +172,7 @@ class Engine:
                 if self.control.stop_mode:
                     raise _Stop("stopped by the human during the baseline")
                 raise _Stop(f"the baseline run failed ({out.status}: {out.reason}); fix the code at the base commit")
-            values.append(out.metric)
-            self._ran += 0  # baselines do not count against --max-experiments
+            values.append(out.metric)  # baselines do not count against --max-experiments
         best = sum(values) / len(values)
         noise = noise_of(values)
         last = self.journal.experiments(s.id)[-1].n
@@ -271,9 +270,9 @@ class Engine:
         e = self.journal.experiment(self.session.id, number)
         if e is None or not e.log_path:
             return ""
-        from harness.runner import _tail
+        from harness.runner import log_tail
 
-        tail = _tail(Path(e.log_path), 30)
+        tail = log_tail(Path(e.log_path), 30)
         return f"\nlog tail:\n{tail}" if tail else ""
 
     def _sync_human_files(self) -> bool:

@@ -96,7 +96,7 @@ class CommandTarget:
             status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel)
             train_s = time.monotonic() - t0
             if status != "ok":
-                return Outcome(status, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+                return Outcome(status, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
             out = subprocess.run(
                 self.cfg.measure, shell=True, cwd=self.root, env=env, capture_output=True, text=True,
                 timeout=max(60.0, self.budget), start_new_session=True,
@@ -104,13 +104,13 @@ class CommandTarget:
             log.write(out.stdout.encode() + out.stderr.encode())
         if out.returncode != 0:
             return Outcome("crash", None, f"measure script exited with status {out.returncode}", train_s,
-                           time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+                           time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
         values = [m.group(1) for line in out.stdout.splitlines() if (m := _METRIC_LINE.match(line))]
         try:
             metric = float(values[-1])
         except (IndexError, ValueError):
             return Outcome("crash", None, "measure script printed no `metric: <number>` line", train_s,
-                           time.monotonic() - t0, None, str(log_path), runner._tail(log_path))
+                           time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
         if not math.isfinite(metric):
             return Outcome("crash", None, f"metric is {metric}", train_s, time.monotonic() - t0, None, str(log_path))
         return Outcome("ok", metric, None, train_s, time.monotonic() - t0, None, str(log_path))

@@ -210,7 +210,7 @@ def run(
         tokens_per_second=tok_s,
         mfu=mfu,
         log_path=str(log_path),
-        log_tail=None if status == "ok" else _tail(log_path),
+        log_tail=None if status == "ok" else log_tail(log_path),
         exit_code=exit_code,
         profile=profile.name,
         budget=profile.time_budget,
@@ -366,7 +366,7 @@ def _median(xs: list) -> float | None:
     return s[len(s) // 2]
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
