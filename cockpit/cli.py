@@ -329,10 +329,16 @@ def cmd_run(args) -> int:
     from engine.headless import Printer
 
     engine, notices = build_engine(args)
+    if not args.headless and not args.json:
+        from cockpit.app import CockpitApp
+
+        CockpitApp(engine, notices).run()
+        if engine.error:
+            print(f"cockpit: error: {engine.error}", file=sys.stderr)
+            return 1
+        return 0
     printer = Printer(json_lines=args.json, metric=engine.target.metric_name)
     engine.subscribe(printer)
-    if not args.headless and not args.json:
-        notices.insert(0, "the TUI is not in this version yet: running headless")
     for text in notices:
         printer(ev.Notice(text=text))
     import signal
@@ -386,7 +392,9 @@ def cmd_status(args) -> int:
 # ---- default: what `cockpit` does with no subcommand ----
 
 def cmd_default(args) -> int:
-    """`cockpit` resumes the workspace's latest session or starts one. Until the TUI lands it runs
-    the loop headless, printing readable lines."""
-    argv = ([] if args.cache_dir is None else ["--cache-dir", args.cache_dir]) + ["run", "--headless"]
+    """`cockpit` resumes the workspace's latest session or starts one, in the TUI when stdout is a
+    terminal (headless, printing readable lines, when it is not)."""
+    argv = ([] if args.cache_dir is None else ["--cache-dir", args.cache_dir]) + ["run"]
+    if not sys.stdout.isatty():
+        argv.append("--headless")
     return cmd_run(build_parser().parse_args(argv))

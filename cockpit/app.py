@@ -1,0 +1,335 @@
+"""The cockpit TUI: the engine runs in a worker thread; the UI renders its events and sends
+Control commands. The UI never blocks the loop (events cross through EngineBridge) and every
+buffer it keeps is bounded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import traceback
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer
+
+from engine import events as ev
+from engine.gpu import Telemetry
+
+from .bridge import EngineBridge, Flush
+from .screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
+from .widgets.diff import DiffPane
+from .widgets.gpu import GpuPanel
+from .widgets.header import HeaderBar
+from .widgets.plot import MetricPlot
+from .widgets.reasoning import ReasoningLog
+from .widgets.run_panel import RunPanel
+from .widgets.table import ExperimentTable
+
+
+class ProgramChanged(Message):
+    """program.md changed on disk (another pane, an editor that replaces the file)."""
+
+
+class CockpitApp(App):
+    TITLE = "cockpit"
+    CSS = """
+    #top { height: 1fr; }
+    #left { width: 3fr; }
+    #right { width: 2fr; }
+    #bottom { height: 7; }
+    #bottom > * { width: 1fr; }
+    """
+    BINDINGS = [
+        Binding("v", "veto", "Veto", id="veto"),
+        Binding("k", "force_keep", "Keep", id="force-keep"),
+        Binding("e", "edit_program", "Edit program", id="edit-program"),
+        Binding("E", "external_edit", "$EDITOR", id="external-edit"),
+        Binding("r", "toggle_review", "Review gate", id="review"),
+        Binding("a", "approve", "Approve", id="approve"),
+        Binding("p", "toggle_pause", "Pause", id="pause"),
+        Binding("enter", "open_selected", "Open", id="open", show=False),
+        Binding("question_mark", "help", "Help", id="help", key_display="?"),
+        Binding("q", "quit_prompt", "Quit", id="quit"),
+    ]
+
+    def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None):
+        super().__init__()
+        self.engine = engine
+        self.control = engine.control
+        self.notices = list(notices)
+        self.telemetry = telemetry
+        self.bridge = EngineBridge(self)
+        self.running_n: int | None = None
+        self.awaiting_n: int | None = None
+        self.stop_reason: str | None = None
+        self._observer = None
+        metric = engine.target.metric_name
+        self.header_bar = HeaderBar(metric)
+        self.table = ExperimentTable(metric)
+        self.diff = DiffPane()
+        self.reasoning = ReasoningLog()
+        self.run_panel = RunPanel()
+        self.gpu = GpuPanel()
+        self.plot = MetricPlot(engine.target.direction)
+
+    def compose(self) -> ComposeResult:
+        yield self.header_bar
+        with Horizontal(id="top"):
+            with Vertical(id="left"):
+                yield self.table
+                yield self.reasoning
+            with Vertical(id="right"):
+                yield self.diff
+        with Horizontal(id="bottom"):
+            yield self.run_panel
+            yield self.gpu
+            yield self.plot
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for text in self.notices:
+            self.reasoning.line(text, "bold")
+        self.engine.subscribe(self.bridge)
+        if self.telemetry is None:
+            self.telemetry = Telemetry()
+        self.set_interval(1.0, self.sample_device)
+        self.set_interval(5.0, self.header_bar.refresh_text)
+        self.watch_program()
+        self.run_engine()
+
+    # ---- the engine, in a worker thread ----
+    @work(thread=True, exclusive=True, group="engine")
+    def run_engine(self) -> None:
+        try:
+            reason = self.engine.run()
+        except Exception as e:  # shown and logged; the journal already has every record
+            traceback.print_exc()
+            reason = f"engine error: {type(e).__name__}: {e}"
+        self.call_from_thread(self.engine_stopped, reason)
+
+    def engine_stopped(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.header_bar.state = "stopped"
+        self.header_bar.refresh_text()
+        self.reasoning.line(f"session stopped: {reason}", "bold")
+        if self.control.stop_mode:
+            self.exit(reason)
+
+    def on_flush(self, message: Flush) -> None:
+        for e in self.bridge.drain():
+            try:
+                self.render_event(e)
+            except Exception:  # a rendering bug must never take the loop or the journal down
+                self.log.error(traceback.format_exc())
+
+    def render_event(self, e: ev.Event) -> None:
+        hb = self.header_bar
+        if isinstance(e, ev.SessionStarted):
+            hb.tag = e.tag
+            hb.best = e.best_metric
+            self._load_history(e.session_id)
+        elif isinstance(e, ev.AgentThinking):
+            self.reasoning.delta("thinking", e.text)
+        elif isinstance(e, ev.AgentText):
+            self.reasoning.delta("text", e.text)
+        elif isinstance(e, ev.ToolCalled):
+            self.reasoning.line(f"→ {e.name} {e.summary}", "cyan" if e.ok else "red")
+        elif isinstance(e, ev.DiffUpdated):
+            self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
+        elif isinstance(e, ev.ExperimentProposed):
+            self.table.upsert(e.n, description=e.description, status="proposing")
+            self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold")
+        elif isinstance(e, ev.AwaitingApproval):
+            self.awaiting_n = e.n
+            self.notify(f"#{e.n} waits for approval: a approves, v vetoes", timeout=10)
+        elif isinstance(e, ev.ExperimentStarted):
+            self.running_n, self.awaiting_n = e.n, None
+            self.table.upsert(e.n, commit=e.commit, status="running")
+            self.run_panel.start(e.n)
+        elif isinstance(e, ev.RunProgress):
+            self.run_panel.tick(e.n, e.step, e.loss, e.tokens_per_second, e.mfu, e.fraction, e.elapsed)
+        elif isinstance(e, ev.ExperimentFinished):
+            self._finished(e)
+        elif isinstance(e, ev.BestChanged):
+            hb.best = e.metric
+            self.table.set_best(e.n)
+            if e.forced:
+                self.table.upsert(e.n, status="forced")
+        elif isinstance(e, ev.Notice):
+            self.reasoning.line(e.text, "bold")
+        elif isinstance(e, ev.Waiting):
+            self.reasoning.line(f"waiting: {e.reason}", "yellow")
+        elif isinstance(e, ev.Error):
+            self.reasoning.line(f"error: {e.text}", "bold red")
+            self.notify(e.text, severity="error")
+        elif isinstance(e, ev.SessionStopped):
+            hb.state = "stopped"
+        hb.refresh_text()
+
+    def _finished(self, e: ev.ExperimentFinished) -> None:
+        hb = self.header_bar
+        if self.running_n == e.n:
+            self.running_n = None
+        self.table.upsert(e.n, commit=e.commit or None, status=e.status, metric=e.metric, delta=e.delta, conf=e.confidence,
+                          description=e.description, seconds=time.monotonic() - self.table.data_rows.get(e.n, {}).get("started", time.monotonic()))
+        if e.kind == "baseline":
+            hb.baseline = e.metric if hb.baseline is None else hb.baseline
+        else:
+            hb.counts[e.status] = hb.counts.get(e.status, 0) + 1
+            hb.finished_times.append(time.monotonic())
+        if e.metric is not None:
+            self.plot.add(e.metric, e.best_metric)
+        hb.best = e.best_metric if e.best_metric is not None else hb.best
+        self.run_panel.done(f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""))
+        hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
+
+    def _load_history(self, sid: int) -> None:
+        """On resume, the table starts with what the journal already holds."""
+        s = self.engine.journal.session(sid)
+        self.table.best_n = s.best_n
+        for x in self.engine.journal.experiments(sid):
+            self.table.upsert(x.n, commit=x.commit_sha or "", status=x.status, metric=x.metric, delta=x.delta,
+                              conf=x.confidence, description=x.description or "", seconds=x.total_seconds, memory=x.memory_gb)
+            if x.kind == "experiment":
+                self.header_bar.counts[x.status] = self.header_bar.counts.get(x.status, 0) + 1
+            elif x.metric is not None and self.header_bar.baseline is None:
+                self.header_bar.baseline = x.metric
+            if x.metric is not None:
+                self.plot.add(x.metric, s.best_metric)
+
+    # ---- device telemetry ----
+    def sample_device(self) -> None:
+        try:
+            self.gpu.show(self.telemetry.sample())
+        except Exception:
+            self.log.error(traceback.format_exc())
+
+    # ---- program.md, watched on disk ----
+    def watch_program(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        path = self.engine.ws.program_path
+        app = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                paths = {getattr(event, "src_path", ""), getattr(event, "dest_path", "")}
+                if any(os.path.basename(str(p)) == path.name for p in paths) and event.event_type in ("modified", "created", "moved"):
+                    app.post_message(ProgramChanged())
+
+        self._program_text = path.read_text(encoding="utf-8") if path.exists() else ""
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def on_program_changed(self, message: ProgramChanged) -> None:
+        path = self.engine.ws.program_path
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text != self._program_text:
+            self._program_text = text
+            self.control.instructions_changed()
+            self.notify("program.md changed: the agent is told at its next proposal")
+            self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
+
+    def on_unmount(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+
+    # ---- keys ----
+    def action_veto(self) -> None:
+        n = self.running_n or self.awaiting_n
+        if n is None:
+            self.notify("nothing is running to veto", severity="warning")
+            return
+
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self.control.veto(reason)
+                self.reasoning.line(f"#{n} vetoed: {reason}", "yellow")
+
+        self.push_screen(VetoScreen(n), done)
+
+    def action_force_keep(self) -> None:
+        n = self.table.selected_number()
+        if n is not None and n != self.running_n:
+            row = self.table.data_rows.get(n, {})
+            if row.get("metric") is None:
+                self.notify(f"#{n} has no measured result to keep", severity="warning")
+                return
+            self.control.force_keep(n)
+            self.notify(f"#{n} will become the best before the next experiment")
+        else:
+            self.control.force_keep(None)
+            self.notify(f"#{self.running_n} will be kept when it finishes" if self.running_n else "the next result will be kept")
+
+    def action_edit_program(self) -> None:
+        def done(saved: bool | None) -> None:
+            if saved:
+                self._program_text = self.engine.ws.program_path.read_text(encoding="utf-8")
+                self.control.instructions_changed()
+                self.notify("program.md saved: the agent is told at its next proposal")
+
+        self.push_screen(ProgramEditor(self.engine.ws.program_path), done)
+
+    def action_external_edit(self) -> None:
+        editor = os.environ.get("EDITOR") or os.environ.get("VISUAL") or "vi"
+        with self.suspend():
+            subprocess.run([*editor.split(), str(self.engine.ws.program_path)])
+        self.post_message(ProgramChanged())
+
+    def action_toggle_review(self) -> None:
+        on = not self.control.review
+        self.control.set_review(on)
+        self.notify(f"review gate {'on: each proposal waits for a (approve) or v (veto)' if on else 'off'}")
+
+    def action_approve(self) -> None:
+        self.control.approve()
+        if self.awaiting_n is not None:
+            self.notify(f"#{self.awaiting_n} approved")
+
+    def action_toggle_pause(self) -> None:
+        if self.control.paused:
+            self.control.resume()
+            self.header_bar.state = ""
+            self.notify("resumed")
+        else:
+            self.control.pause()
+            self.header_bar.state = "pausing after this run"
+            self.notify("paused: takes effect after the current run")
+        self.header_bar.refresh_text()
+
+    def action_open_selected(self) -> None:
+        n = self.table.selected_number()
+        if n is None:
+            return
+        e = self.engine.journal.experiment(self.engine.session.id, n)
+        if e is None:
+            return
+        diff = self.engine.git.diff(e.parent_commit, e.commit_sha) if e.commit_sha and e.parent_commit and e.kind == "experiment" else ""
+        from harness.runner import log_tail
+        from pathlib import Path
+
+        tail = log_tail(Path(e.log_path), 40) if e.log_path else ""
+        self.diff.show(f"#{n} {e.status}: {e.description or ''}"[:80], diff, tail, n=n)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.BINDINGS))
+
+    def action_quit_prompt(self) -> None:
+        if self.stop_reason is not None:
+            self.exit(self.stop_reason)
+            return
+
+        def done(mode: str | None) -> None:
+            if mode:
+                self.control.stop(mode)
+                self.header_bar.state = "stopping " + ("now" if mode == "now" else "after this run")
+                self.header_bar.refresh_text()
+
+        self.push_screen(QuitScreen(), done)

@@ -1,0 +1,34 @@
+"""The diff pane: the running experiment against the best, or the selected experiment's diff
+and log tail."""
+
+from __future__ import annotations
+
+from rich.syntax import Syntax
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+MAX_CHARS = 20000
+
+
+class DiffPane(VerticalScroll):
+    DEFAULT_CSS = """
+    DiffPane { height: 1fr; border: round $primary; }
+    DiffPane > Static { width: 1fr; }
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.body = Static("waiting for the first proposal")
+        self.title_text = "diff"
+        self.shown_n: int | None = None
+
+    def compose(self):
+        yield self.body
+
+    def show(self, title: str, diff: str, tail: str = "", n: int | None = None) -> None:
+        self.border_title = title
+        self.shown_n = n
+        text = diff[:MAX_CHARS] + ("\n... (truncated)" if len(diff) > MAX_CHARS else "")
+        if tail:
+            text += "\n\n--- log tail ---\n" + tail[-4000:]
+        self.body.update(Syntax(text or "(no changes)", "diff", theme="ansi_dark", word_wrap=True))

@@ -1,0 +1,42 @@
+"""The header line: tag, best metric and its gain since the baseline, counts, pace, cost, uptime."""
+
+from __future__ import annotations
+
+import time
+
+from textual.widgets import Static
+
+
+class HeaderBar(Static):
+    DEFAULT_CSS = """
+    HeaderBar { height: 1; background: $primary-background; color: $text; padding: 0 1; }
+    """
+
+    def __init__(self, metric: str = "val_bpb", **kw):
+        super().__init__("", **kw)
+        self.metric = metric
+        self.tag = "-"
+        self.best: float | None = None
+        self.baseline: float | None = None
+        self.counts: dict[str, int] = {}
+        self.finished_times: list[float] = []
+        self.cost = 0.0
+        self.started = time.monotonic()
+        self.state = ""
+
+    def refresh_text(self) -> None:
+        best = f"{self.best:.6f}" if self.best is not None else "-"
+        gain = ""
+        if self.best is not None and self.baseline is not None:
+            gain = f" ({self.best - self.baseline:+.6f})"
+        c = self.counts
+        crashes = c.get("crash", 0) + c.get("timeout", 0)
+        up = time.monotonic() - self.started
+        rate = len(self.finished_times) / (up / 3600) if up > 60 else 0.0
+        h, m = divmod(int(up) // 60, 60)
+        state = f" [{self.state}]" if self.state else ""
+        self.update(
+            f"[b]{self.tag}[/b]{state}  best {self.metric} [b]{best}[/b]{gain}  "
+            f"[green]{c.get('keep', 0) + c.get('forced', 0)} keep[/] / {c.get('discard', 0)} discard / "
+            f"[red]{crashes} crash[/]  {rate:.1f}/h  ${self.cost:.2f}  up {h}:{m:02d}"
+        )

@@ -1,0 +1,54 @@
+"""The run panel: budget progress, live loss and tokens/s with a sparkline, and the ETA."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, Sparkline, Static
+
+HISTORY = 120
+
+
+class RunPanel(Vertical):
+    DEFAULT_CSS = """
+    RunPanel { border: round $accent; height: 100%; }
+    RunPanel > Static { height: 1; }
+    RunPanel > Sparkline { height: 2; }
+    RunPanel ProgressBar { width: 1fr; }
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.border_title = "run"
+        self.losses: deque[float] = deque(maxlen=HISTORY)
+        self.stats = Static("idle")
+        self.bar = ProgressBar(total=100, show_eta=False)
+        self.spark = Sparkline([], summary_function=min)
+
+    def compose(self):
+        yield self.bar
+        yield self.stats
+        yield self.spark
+
+    def start(self, n: int) -> None:
+        self.losses.clear()
+        self.spark.data = []
+        self.bar.update(progress=0)
+        self.stats.update(f"#{n} starting")
+
+    def tick(self, n: int, step: int, loss: float, tok_s: float | None, mfu: float | None, fraction: float, elapsed: float) -> None:
+        self.losses.append(loss)
+        self.spark.data = list(self.losses)
+        frac = max(0.0, min(fraction, 1.0))
+        self.bar.update(progress=100 * frac)
+        rate = f" {tok_s / 1e3:.1f}k tok/s" if tok_s else ""
+        mfu_s = f" MFU {100 * mfu:.0f}%" if mfu else ""
+        eta = ""
+        if 0.02 < frac < 1:
+            eta = f" ETA {elapsed * (1 - frac) / frac:.0f}s"
+        self.stats.update(f"#{n} step {step} loss {loss:.4f}{rate}{mfu_s}{eta}")
+
+    def done(self, text: str) -> None:
+        self.bar.update(progress=100)
+        self.stats.update(text)

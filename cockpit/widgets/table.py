@@ -1,0 +1,80 @@
+"""The experiment table: one row per experiment, status in colour, the best row marked, and the
+cursor following new rows unless the human moved it."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+STATUS_STYLE = {
+    "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red", "timeout": "red",
+    "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
+}
+COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
+
+
+class ExperimentTable(DataTable):
+    DEFAULT_CSS = """
+    ExperimentTable { height: 1fr; }
+    """
+
+    def __init__(self, metric: str = "val_bpb", **kw):
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.metric = metric
+        self.data_rows: dict[int, dict] = {}
+        self.best_n: int | None = None
+        self.follow = True
+
+    def on_mount(self) -> None:
+        for c in COLUMNS:
+            self.add_column(self.metric if c == "metric" else c, key=c)
+
+    def upsert(self, n: int, **fields) -> None:
+        row = self.data_rows.setdefault(n, {"n": n, "commit": "", "metric": None, "delta": None, "conf": None,
+                                       "status": "proposing", "started": time.monotonic(), "seconds": None,
+                                       "memory": None, "description": ""})
+        row.update({k: v for k, v in fields.items() if v is not None})
+        cells = self._cells(row)
+        key = str(n)
+        if row.get("_added"):
+            for col, value in zip(COLUMNS, cells):
+                self.update_cell(key, col, value)
+        else:
+            row["_added"] = True
+            self.add_row(*cells, key=key)
+            if self.follow:
+                self.move_cursor(row=self.row_count - 1)
+
+    def set_best(self, n: int | None) -> None:
+        old, self.best_n = self.best_n, n
+        for m in (old, n):
+            if m is not None and m in self.data_rows:
+                self.upsert(m)
+
+    def _cells(self, r: dict):
+        st = r["status"]
+        best = r["n"] == self.best_n
+        mark = "★" if best else ""
+        metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
+        delta = f"{r['delta']:+.6f}" if r["delta"] is not None else ""
+        conf = f"{r['conf']:+.1f}σ" if r["conf"] is not None else ""
+        secs = r["seconds"]
+        dur = f"{secs:.0f}s" if secs is not None else ""
+        mem = f"{r['memory']:.1f}G" if r["memory"] else ""
+        style = "reverse " if best else ""
+        return (
+            Text(f"{mark}{r['n']}", style=style), r["commit"][:7], Text(metric, style="bold" if best else ""),
+            delta, conf, Text(st, style=STATUS_STYLE.get(st, "")), dur, mem, r["description"][:80],
+        )
+
+    def selected_number(self) -> int | None:
+        if self.row_count == 0:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return int(key.value)
+
+    def on_data_table_row_highlighted(self, event) -> None:
+        # The cursor stops following new rows once the human moves it off the last row.
+        self.follow = self.cursor_row >= self.row_count - 1

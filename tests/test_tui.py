@@ -1,0 +1,229 @@
+"""The TUI driven with Textual's pilot: the real app, a real engine, a temporary workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cockpit.app import CockpitApp
+from cockpit.screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
+from engine.agents.tuner import Tuner
+from engine.control import Control
+from engine.journal import Journal
+from engine.loop import Engine, Limits
+from engine.targets import CommandTarget, GptTarget
+from engine.workspace import init_workspace, open_workspace
+from harness.dataset import current_dataset
+from harness.profiles import CPU
+
+
+def git(ws: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def value_workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=ws, check=True)
+    (ws / "value.py").write_text("VALUE = 10.0\nOTHER = 3\n")
+    (ws / "measure.py").write_text("import time, value\ntime.sleep(0.3)\nprint(f'metric: {value.VALUE + 0.001 * value.OTHER}')\n")
+    (ws / "program.md").write_text("# program\nlower the metric\n")
+    (ws / ".gitignore").write_text(".cockpit/\n__pycache__/\n")
+    (ws / "cockpit.toml").write_text(textwrap.dedent("""
+        [target]
+        kind = "command"
+        editable = ["value.py"]
+        run = "python3 -c pass"
+        measure = "python3 measure.py"
+        metric = "metric"
+        budget = 30
+        [decision]
+        baseline_runs = 1
+    """))
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "setup"], cwd=ws, check=True)
+    return ws
+
+
+def value_app(ws: Path, max_experiments=None, tag="ui") -> CockpitApp:
+    w = open_workspace(ws)
+    engine = Engine(w, Tuner(), CommandTarget(w.root, w.config.target, None), control=Control(), tag=tag,
+                    limits=Limits(max_experiments=max_experiments))
+    return CockpitApp(engine, ["test session"])
+
+
+async def wait_for(pilot, cond, timeout=60.0, what="condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def rows(app):
+    return app.table.data_rows
+
+
+# ---- keys ----
+
+async def test_force_keep_of_a_discarded_row_advances_the_branch(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: any(r["status"] == "discard" for r in rows(app).values()), what="a discard")
+        n = next(k for k, r in rows(app).items() if r["status"] == "discard")
+        await pilot.press("p")  # hold the loop so the table stays put while we select
+        app.table.follow = False
+        app.table.move_cursor(row=list(rows(app)).index(n))
+        await pilot.press("k")
+        await pilot.press("p")
+        j = app.engine.journal
+        await wait_for(pilot, lambda: j.session(app.engine.session.id).best_n == n, what="force-keep applied")
+        e = j.experiment(app.engine.session.id, n)
+        assert e.status == "forced"
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+    s = Journal(ws / ".cockpit/journal.sqlite").session_by_tag("ui")
+    assert s.best_commit == e.commit_sha
+    assert git(ws, "rev-parse", "cockpit/ui") == e.commit_sha
+
+
+async def test_review_gate_holds_the_run_until_approved(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.press("r")
+        assert app.control.review
+        await wait_for(pilot, lambda: app.awaiting_n is not None, what="a proposal awaiting approval")
+        n = app.awaiting_n
+        await pilot.pause(1.0)
+        assert rows(app)[n]["status"] == "proposing"  # nothing runs
+        assert app.running_n is None
+        await pilot.press("a")
+        await wait_for(pilot, lambda: rows(app)[n]["status"] not in ("proposing", "running"), what="the approved run")
+        await pilot.press("r", "q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+async def test_edit_program_writes_the_file_and_the_agent_is_told(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.engine.session is not None, what="session")
+        await pilot.press("e")
+        assert isinstance(app.screen, ProgramEditor)
+        area = app.screen.query_one("TextArea")
+        area.text = "# program\nlower the metric; try OTHER first\n"
+        await pilot.press("ctrl+s")
+        assert not isinstance(app.screen, ProgramEditor)
+        assert (ws / "program.md").read_text() == "# program\nlower the metric; try OTHER first\n"
+        j = app.engine.journal
+        await wait_for(pilot, lambda: any(x["kind"] == "instructions" for x in j.notes(app.engine.session.id)),
+                       what="the agent's note about program.md")
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+    assert git(ws, "show", "cockpit/ui:program.md").endswith("try OTHER first")
+
+
+async def test_an_external_edit_of_program_md_is_noticed(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.engine.session is not None, what="session")
+        tmp = ws / "program.md.swp"
+        tmp.write_text("# program\nreplaced by an editor\n")
+        tmp.replace(ws / "program.md")  # editors that replace the file
+        await wait_for(pilot, lambda: app.control._instructions or any(
+            x["kind"] == "instructions" for x in app.engine.journal.notes(app.engine.session.id)), what="watchdog")
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+async def test_pause_holds_the_next_experiment(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: len(rows(app)) >= 2, what="a first experiment")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.running_n is None and all(r["status"] not in ("running", "proposing") for r in rows(app).values()),
+                       what="the current run to finish")
+        count = len(rows(app))
+        await pilot.pause(1.5)
+        assert len(rows(app)) == count  # paused: nothing new
+        await pilot.press("p")
+        await wait_for(pilot, lambda: len(rows(app)) > count, what="resume")
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+async def test_quit_then_restart_resumes_the_session(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: len(rows(app)) >= 3, what="some experiments")
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("a")  # stop after this run
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop after the run")
+    j = Journal(ws / ".cockpit/journal.sqlite")
+    s = j.session_by_tag("ui")
+    before = len(j.experiments(s.id))
+    assert all(e.status != "running" for e in j.experiments(s.id))
+    w = open_workspace(ws)
+    engine = Engine(w, Tuner(), CommandTarget(w.root, w.config.target, None), control=Control(), limits=Limits(max_experiments=1))
+    app2 = CockpitApp(engine, [])
+    async with app2.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app2.stop_reason is not None, what="the resumed session's one experiment")
+        assert len(rows(app2)) == before + 1  # the table starts with the history, then continues
+    assert engine.session.tag == "ui"
+    assert max(e.n for e in j.experiments(s.id)) == before + 1
+
+
+async def test_help_lists_every_key(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = "\n".join(app.screen.lines)
+        for b in app.BINDINGS:
+            assert b.description in text
+        await pilot.press("escape")
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+async def test_veto_kills_the_training_process_and_is_journaled(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "one"], cwd=ws, check=True)
+    w = open_workspace(ws)
+    target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
+    engine = Engine(w, Tuner(), target, control=Control(), tag="veto")
+    app = CockpitApp(engine, [])
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: any(r["status"] == "keep" for r in rows(app).values()), what="the baseline", timeout=120)
+        target.profile = CPU.with_budget(120)
+        await wait_for(pilot, lambda: app.running_n == 2 and app.run_panel.losses, what="experiment 2 training", timeout=120)
+        kids = [p for p in psutil.Process().children(recursive=True) if "harness.child" in " ".join(p.cmdline())]
+        assert kids
+        await pilot.press("v")
+        assert isinstance(app.screen, VetoScreen)
+        await pilot.press(*"too slow")
+        t0 = time.monotonic()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: rows(app)[2]["status"] == "vetoed", what="vetoed", timeout=10)
+        assert time.monotonic() - t0 < 2.0
+        assert not [p for p in kids if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop", timeout=60)
+    e = Journal(ws / ".cockpit/journal.sqlite").experiment(engine.session.id, 2)
+    assert e.status == "vetoed" and e.reason == "too slow"
