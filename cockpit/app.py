@@ -46,9 +46,9 @@ class CockpitApp(App):
     BINDINGS = [
         Binding("v", "veto", "Veto", id="veto"),
         Binding("k", "force_keep", "Keep", id="force-keep"),
-        Binding("e", "edit_program", "Edit program", id="edit-program"),
-        Binding("E", "external_edit", "$EDITOR", id="external-edit"),
-        Binding("r", "toggle_review", "Review gate", id="review"),
+        Binding("e", "edit_program", "Edit", id="edit-program", tooltip="edit program.md in the app"),
+        Binding("E", "external_edit", "$EDITOR", id="external-edit", tooltip="edit program.md in $EDITOR"),
+        Binding("r", "toggle_review", "Review", id="review", tooltip="review gate: hold each run for approval"),
         Binding("a", "approve", "Approve", id="approve"),
         Binding("p", "toggle_pause", "Pause", id="pause"),
         Binding("enter", "open_selected", "Open", id="open", show=False),
@@ -88,7 +88,7 @@ class CockpitApp(App):
             yield self.run_panel
             yield self.gpu
             yield self.plot
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ctrl+p still opens it; ? lists it
 
     def on_mount(self) -> None:
         for text in self.notices:

@@ -20,7 +20,8 @@ class HelpScreen(ModalScreen[None]):
 
     def __init__(self, bindings):
         super().__init__()
-        self.lines = [f"[b]{b.key_display or b.key:>7}[/b]  {b.description}" for b in bindings if b.description]
+        self.lines = [f"[b]{b.key_display or b.key:>7}[/b]  {b.description}" + (f" — {b.tooltip}" if b.tooltip else "")
+                      for b in bindings if b.description]
 
     def compose(self):
         yield Static("[b]cockpit keys[/b]\n\n" + "\n".join(self.lines) + "\n\nctrl+p: command palette   escape: close")

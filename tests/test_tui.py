@@ -227,3 +227,20 @@ async def test_veto_kills_the_training_process_and_is_journaled(tmp_path, tiny_c
         await wait_for(pilot, lambda: app.stop_reason is not None, what="stop", timeout=60)
     e = Journal(ws / ".cockpit/journal.sqlite").experiment(engine.session.id, 2)
     assert e.status == "vetoed" and e.reason == "too slow"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+async def test_the_main_screen_renders_a_live_session_at_size(tmp_path, size):
+    """Snapshot-style: the real session on screen, at the smallest and a large terminal."""
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: len([r for r in rows(app).values() if r["metric"] is not None]) >= 3, what="results")
+        await pilot.pause(0.3)
+        svg = app.export_screenshot()
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+    text = svg.replace("&#160;", " ")
+    for needle in ("ui", "best metric", "keep", "Veto", "Quit", "#", "status"):
+        assert needle in text, needle
+    assert "Traceback" not in text
