@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 import traceback
+from dataclasses import replace
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -28,6 +29,9 @@ from .widgets.plot import MetricPlot
 from .widgets.reasoning import ReasoningLog
 from .widgets.run_panel import RunPanel
 from .widgets.table import ExperimentTable
+
+
+FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
 
 
 class ProgramChanged(Message):
@@ -67,6 +71,8 @@ class CockpitApp(App):
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
         self._observer = None
+        self._last_render = 0.0
+        self._render_scheduled = False
         metric = engine.target.metric_name
         self.header_bar = HeaderBar(metric)
         self.table = ExperimentTable(metric)
@@ -120,11 +126,41 @@ class CockpitApp(App):
             self.exit(reason)
 
     def on_flush(self, message: Flush) -> None:
+        """At most FRAME_RATE renders a second: a flush that comes sooner is deferred to the next
+        frame (the bridge keeps collecting meanwhile and posts nothing more until it is drained)."""
+        wait = self._last_render + 1 / FRAME_RATE - time.monotonic()
+        if wait > 0:
+            if not self._render_scheduled:
+                self._render_scheduled = True
+                self.set_timer(wait, self._render_pending)
+            return
+        self._render_pending()
+
+    def _render_pending(self) -> None:
+        """Render everything pending at once: only the newest progress tick and diff are drawn,
+        and streamed deltas are joined, so a flood costs a bounded amount of work per frame."""
+        self._render_scheduled = False
+        self._last_render = time.monotonic()
+        progress: ev.RunProgress | None = None
+        diff: ev.DiffUpdated | None = None
+        batch: list[ev.Event] = []
         for e in self.bridge.drain():
+            if isinstance(e, ev.RunProgress):
+                progress = e
+            elif isinstance(e, ev.DiffUpdated):
+                diff = e
+            elif isinstance(e, (ev.AgentThinking, ev.AgentText)) and batch and type(batch[-1]) is type(e) and batch[-1].n == e.n:
+                batch[-1] = replace(batch[-1], text=batch[-1].text + e.text)
+            else:
+                batch.append(e)
+        for e in batch + [x for x in (diff, progress) if x is not None]:
+            if isinstance(e, ev.RunProgress) and e.n != self.running_n:
+                continue
             try:
                 self.render_event(e)
             except Exception:  # a rendering bug must never take the loop or the journal down
                 self.log.error(traceback.format_exc())
+        self.header_bar.refresh_text()
 
     def render_event(self, e: ev.Event) -> None:
         hb = self.header_bar
@@ -168,7 +204,6 @@ class CockpitApp(App):
             self.notify(e.text, severity="error")
         elif isinstance(e, ev.SessionStopped):
             hb.state = "stopped"
-        hb.refresh_text()
 
     def _finished(self, e: ev.ExperimentFinished) -> None:
         hb = self.header_bar
@@ -238,6 +273,8 @@ class CockpitApp(App):
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
 
     def on_unmount(self) -> None:
+        if self.stop_reason is None and self.control.stop_mode is None:
+            self.control.stop("now")  # the app is going away (ctrl+c, a crash): end the run cleanly
         if self._observer is not None:
             self._observer.stop()
 

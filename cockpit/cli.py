@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="session summary from the journal")
     st.add_argument("--workspace", default=".")
     st.add_argument("--tag")
+
+    rp = sub.add_parser("report", help="progress.png + markdown summary of a session")
+    rp.add_argument("--workspace", default=".", help="the research workspace (default: here)")
+    rp.add_argument("--tag", help="the session (default: the latest)")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/.cockpit/report/)")
     return ap
 
 
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_default(args)
     except HarnessError as e:
         print(f"cockpit: error: {e}", file=sys.stderr)
@@ -386,6 +393,15 @@ def cmd_status(args) -> int:
         val = f"{e.metric:.6f}" if e.metric is not None else "-"
         delta = f"{e.delta:+.6f}" if e.delta is not None else ""
         print(f"  #{e.n:<4} {(e.commit_sha or '')[:7]:7} {e.status:11} {val:>9} {delta:>10}  {e.description or ''}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from engine.report import write_report
+
+    paths = write_report(args.workspace, args.tag, args.out)
+    print(paths.png)
+    print(paths.markdown)
     return 0
 
 
