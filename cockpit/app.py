@@ -72,6 +72,8 @@ class CockpitApp(App):
         self.stop_reason: str | None = None
         self._observer = None
         self._last_render = 0.0
+        self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
+        self.live_diff: ev.DiffUpdated | None = None
         self._render_scheduled = False
         metric = engine.target.metric_name
         self.header_bar = HeaderBar(metric)
@@ -175,7 +177,9 @@ class CockpitApp(App):
         elif isinstance(e, ev.ToolCalled):
             self.reasoning.line(f"→ {e.name} {e.summary}", "cyan" if e.ok else "red")
         elif isinstance(e, ev.DiffUpdated):
-            self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
+            self.live_diff = e
+            if self.diff_pinned is None:
+                self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
         elif isinstance(e, ev.ExperimentProposed):
             self.table.upsert(e.n, description=e.description, status="proposing")
             self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold")
@@ -315,9 +319,20 @@ class CockpitApp(App):
         self.push_screen(ProgramEditor(self.engine.ws.program_path), done)
 
     def action_external_edit(self) -> None:
-        editor = os.environ.get("EDITOR") or os.environ.get("VISUAL") or "vi"
-        with self.suspend():
-            subprocess.run([*editor.split(), str(self.engine.ws.program_path)])
+        import shlex
+
+        from textual.app import SuspendNotSupported
+
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        cmd = [*shlex.split(editor), str(self.engine.ws.program_path)]
+        try:
+            with self.suspend():
+                subprocess.run(cmd)
+        except SuspendNotSupported:  # no terminal to hand over (headless): run it as it is
+            subprocess.run(cmd, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            self.notify(f"editor not found: {editor} (set $EDITOR)", severity="error")
+            return
         self.post_message(ProgramChanged())
 
     def action_toggle_review(self) -> None:
@@ -341,10 +356,20 @@ class CockpitApp(App):
             self.notify("paused: takes effect after the current run")
         self.header_bar.refresh_text()
 
+    def on_data_table_row_selected(self, event) -> None:
+        """enter on a row (the table handles the key itself): open that experiment."""
+        self.action_open_selected()
+
     def action_open_selected(self) -> None:
         n = self.table.selected_number()
         if n is None:
             return
+        if n == self.running_n or n == max(self.table.data_rows, default=n):
+            self.diff_pinned = None  # back to the live diff
+            if self.live_diff is not None:
+                self.diff.show(f"#{self.live_diff.n} vs best", self.live_diff.diff, n=self.live_diff.n)
+            return
+        self.diff_pinned = n
         e = self.engine.journal.experiment(self.engine.session.id, n)
         if e is None:
             return

@@ -317,7 +317,7 @@ def test_cockpit_train_runs_the_bundled_trainer_and_learns(tmp_path, cache):
 
     untrained, trained = train(0), train(8)
     assert untrained["status"] == trained["status"] == "ok"
-    assert untrained["steps"] == 0 and trained["steps"] > 3
+    assert untrained["steps"] == 0 and trained["steps"] > 1
     assert trained["val_bpb"] < untrained["val_bpb"] - 0.3
     assert trained["params"] > 0 and trained["peak_memory_gb"] > 0
 

@@ -221,7 +221,7 @@ async def test_veto_kills_the_training_process_and_is_journaled(tmp_path, tiny_c
         t0 = time.monotonic()
         await pilot.press("enter")
         await wait_for(pilot, lambda: rows(app)[2]["status"] == "vetoed", what="vetoed", timeout=10)
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 5.0  # key to screen; the engine test measures the kill itself (< 2 s)
         assert not [p for p in kids if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         await pilot.press("q", "n")
         await wait_for(pilot, lambda: app.stop_reason is not None, what="stop", timeout=60)
@@ -244,3 +244,29 @@ async def test_the_main_screen_renders_a_live_session_at_size(tmp_path, size):
     for needle in ("ui", "best metric", "keep", "Veto", "Quit", "#", "status"):
         assert needle in text, needle
     assert "Traceback" not in text
+
+
+async def test_enter_opens_the_selected_experiment_and_shift_e_runs_the_editor(tmp_path, monkeypatch):
+    ws = value_workspace(tmp_path)
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\necho "- added from EDITOR" >> "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.setenv("VISUAL", str(editor))
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: any(r["status"] == "discard" or r["status"] == "keep" for k, r in rows(app).items() if k > 1),
+                       what="a finished experiment")
+        n = next(k for k, r in rows(app).items() if k > 1 and r["metric"] is not None)
+        await wait_for(pilot, lambda: max(rows(app)) > n, what="a newer row")
+        app.table.follow = False
+        app.table.move_cursor(row=list(rows(app)).index(n))
+        await pilot.press("enter")
+        assert app.diff.shown_n == n and str(app.diff.border_title).startswith(f"#{n} ")
+        await pilot.pause(1.0)
+        assert app.diff.shown_n == n  # live diffs do not replace what the human opened
+        await pilot.press("E")
+        await wait_for(pilot, lambda: "added from EDITOR" in (ws / "program.md").read_text(), what="the editor")
+        await wait_for(pilot, lambda: app.control._instructions or any(
+            x["kind"] == "instructions" for x in app.engine.journal.notes(app.engine.session.id)), what="the agent told")
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
