@@ -389,6 +389,9 @@ def cmd_status(args) -> int:
         print(f"best {m} {s.best_metric:.6f} at {(s.best_commit or '')[:7]} (#{s.best_n}){gain}  noise {s.noise or 0:.6f}")
     print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
           + f"  cost ${j.total_cost(s.id):.2f}")
+    from engine.journal import duty_cycle
+
+    print(duty_cycle(exps).summary())
     for e in exps[-15:]:
         val = f"{e.metric:.6f}" if e.metric is not None else "-"
         delta = f"{e.delta:+.6f}" if e.delta is not None else ""

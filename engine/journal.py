@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS experiments(
   training_seconds REAL, total_seconds REAL, memory_gb REAL,
   tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0,
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
-  started REAL, finished REAL, log_path TEXT, UNIQUE(session_id, n));
+  started REAL, finished REAL, log_path TEXT,
+  propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS notes(
@@ -63,6 +64,9 @@ class Experiment:
     started: float | None
     finished: float | None
     log_path: str | None
+    propose_seconds: float | None = None
+    startup_seconds: float | None = None
+    eval_seconds: float | None = None
 
 
 @dataclass
@@ -93,6 +97,14 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Journals written by an earlier version gain the newer columns (nothing is rewritten)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
+        for col in ("propose_seconds", "startup_seconds", "eval_seconds"):
+            if col not in have:
+                self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -194,3 +206,41 @@ def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: st
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class DutyCycle:
+    """Where a session's wall-clock time went: training is research; the rest is overhead."""
+
+    wall: float
+    training: float
+    propose: float
+    startup: float
+    eval: float
+    experiments: int
+
+    @property
+    def ratio(self) -> float:
+        return self.training / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def other(self) -> float:
+        return max(0.0, self.wall - self.training - self.propose - self.startup - self.eval)
+
+    def summary(self) -> str:
+        if not self.experiments:
+            return "duty cycle: no finished runs yet"
+        k = self.experiments
+        return (f"duty cycle {100 * self.ratio:.1f}% (training {self.training:.0f}s of {self.wall:.0f}s wall); per run: "
+                f"propose {self.propose / k:.1f}s, startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, "
+                f"eval {self.eval / k:.1f}s, other {self.other / k:.1f}s")
+
+
+def duty_cycle(experiments: list[Experiment]) -> DutyCycle:
+    """Training seconds over wall-clock seconds, from the first run's start to the last finish."""
+    done = [e for e in experiments if e.started and e.finished and e.training_seconds is not None]
+    if not done:
+        return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    wall = max(e.finished for e in done) - min(e.started for e in done)
+    s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
+    return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done))

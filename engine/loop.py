@@ -164,6 +164,7 @@ class Engine:
             e = self.journal.update_experiment(
                 s.id, n, status=status, reason=out.reason, metric=out.metric, training_seconds=out.training_seconds,
                 total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
+                startup_seconds=out.startup_seconds, eval_seconds=out.eval_seconds,
             )
             self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
                                             best_metric=None, description=e.description, reason=out.reason, kind="baseline"))
@@ -193,8 +194,10 @@ class Engine:
             j.add_note(s.id, "human", "instructions", "program.md was changed by the human; re-read it")
         tools = Tools(self.ws.root, self.editable)
         self._ran += 1
+        t_propose = time.monotonic()
         try:
             proposal = self.agent.propose(self._context(n), tools, self.emit)
+            j.update_experiment(s.id, n, propose_seconds=time.monotonic() - t_propose)
         except HarnessError:
             self._record_usage(n)
             raise
@@ -324,7 +327,8 @@ class Engine:
             fields["diff_stat"] = diff_stat
         if out is not None:
             fields.update(metric=out.metric, training_seconds=out.training_seconds, total_seconds=out.total_seconds,
-                          memory_gb=out.memory_gb, log_path=out.log_path)
+                          memory_gb=out.memory_gb, log_path=out.log_path, startup_seconds=out.startup_seconds,
+                          eval_seconds=out.eval_seconds)
         if decision is not None:
             fields.update(delta=decision.delta, confidence=decision.confidence)
         e = j.update_experiment(s.id, n, **fields)

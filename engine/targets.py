@@ -36,6 +36,8 @@ class Outcome:
     memory_gb: float | None
     log_path: str
     log_tail: str | None = None
+    startup_seconds: float | None = None  # spawn -> first step (imports, compile)
+    eval_seconds: float | None = None
 
 
 class GptTarget:
@@ -50,7 +52,8 @@ class GptTarget:
 
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
         r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress, cancel=cancel)
-        return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path, r.log_tail)
+        return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
+                       r.log_tail, r.startup_seconds, r.eval_seconds)
 
 
 _METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")

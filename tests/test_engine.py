@@ -464,3 +464,45 @@ def test_max_cost_and_max_hours_stop_with_their_reason(tmp_path):
     assert r.returncode == 0 and "session stopped: reached --max-hours 0" in r.stdout
     bad = cli("run", "--headless", "--workspace", ws, "--budget", "nan")
     assert bad.returncode != 0 and "finite" in bad.stderr
+
+
+def test_duty_cycle_and_phases_are_recorded_and_reported(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c 'import time; time.sleep(0.5)'", "python3 measure.py", baseline_runs=1)
+    eng = command_engine(ws, max_experiments=2)
+    eng.run()
+    exps = eng.journal.experiments(eng.session.id)
+    assert all(e.training_seconds and e.training_seconds >= 0.5 for e in exps if e.status in ("keep", "discard"))
+    assert all(e.propose_seconds is not None for e in exps if e.kind == "experiment")
+    from engine.journal import duty_cycle
+
+    d = duty_cycle(exps)
+    assert d.experiments == len(exps) and 0 < d.ratio < 1
+    assert d.training <= d.wall
+    st = cli("status", "--workspace", ws)
+    assert f"duty cycle {100 * d.ratio:.1f}%" in st.stdout and "per run: propose" in st.stdout
+
+
+def test_an_older_journal_gains_the_new_columns_without_losing_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE sessions(id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
+          agent TEXT, target TEXT, created REAL, updated REAL, best_n INTEGER, best_commit TEXT, best_metric REAL, noise REAL,
+          status TEXT DEFAULT 'running', stop_reason TEXT);
+        CREATE TABLE experiments(id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL, n INTEGER NOT NULL,
+          kind TEXT NOT NULL DEFAULT 'experiment', parent_commit TEXT, commit_sha TEXT, diff_stat TEXT, description TEXT,
+          status TEXT NOT NULL, reason TEXT, metric REAL, delta REAL, confidence REAL, training_seconds REAL, total_seconds REAL,
+          memory_gb REAL, tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0,
+          cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0, started REAL, finished REAL, log_path TEXT, UNIQUE(session_id, n));
+        INSERT INTO sessions(tag, branch, base_commit) VALUES('old', 'cockpit/old', 'abc');
+        INSERT INTO experiments(session_id, n, status, metric) VALUES(1, 1, 'keep', 1.5);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(path)
+    e = j.experiment(1, 1)
+    assert e.metric == 1.5 and e.propose_seconds is None
+    j.update_experiment(1, 1, propose_seconds=2.0)
+    assert j.experiment(1, 1).propose_seconds == 2.0
