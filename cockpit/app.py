@@ -72,6 +72,7 @@ class CockpitApp(App):
         self.stop_reason: str | None = None
         self._observer = None
         self._last_render = 0.0
+        self._baselines: list[float] = []
         self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
         self.live_diff: ev.DiffUpdated | None = None
         self._render_scheduled = False
@@ -216,7 +217,9 @@ class CockpitApp(App):
         self.table.upsert(e.n, commit=e.commit or None, status=e.status, metric=e.metric, delta=e.delta, conf=e.confidence,
                           description=e.description, seconds=time.monotonic() - self.table.data_rows.get(e.n, {}).get("started", time.monotonic()))
         if e.kind == "baseline":
-            hb.baseline = e.metric if hb.baseline is None else hb.baseline
+            if e.metric is not None:
+                self._baselines.append(e.metric)
+                hb.baseline = sum(self._baselines) / len(self._baselines)
         else:
             hb.counts[e.status] = hb.counts.get(e.status, 0) + 1
             hb.finished_times.append(time.monotonic())
@@ -235,8 +238,9 @@ class CockpitApp(App):
                               conf=x.confidence, description=x.description or "", seconds=x.total_seconds, memory=x.memory_gb)
             if x.kind == "experiment":
                 self.header_bar.counts[x.status] = self.header_bar.counts.get(x.status, 0) + 1
-            elif x.metric is not None and self.header_bar.baseline is None:
-                self.header_bar.baseline = x.metric
+            elif x.metric is not None:
+                self._baselines.append(x.metric)
+                self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
             if x.metric is not None:
                 self.plot.add(x.metric, s.best_metric)
 

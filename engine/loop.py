@@ -180,6 +180,7 @@ class Engine:
         self.journal.update_session(s.id, best_metric=best, noise=noise, best_n=last)
         self.session = self.journal.session(s.id)
         self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))
+        self.emit(ev.BestChanged(n=last, commit=s.best_commit, metric=best))
 
     # ---- one experiment ----
     def _experiment(self) -> None:
