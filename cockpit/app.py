@@ -214,6 +214,8 @@ class CockpitApp(App):
         hb = self.header_bar
         if self.running_n == e.n:
             self.running_n = None
+        if self.awaiting_n == e.n:
+            self.awaiting_n = None
         self.table.upsert(e.n, commit=e.commit or None, status=e.status, metric=e.metric, delta=e.delta, conf=e.confidence,
                           description=e.description, seconds=time.monotonic() - self.table.data_rows.get(e.n, {}).get("started", time.monotonic()))
         if e.kind == "baseline":
@@ -281,7 +283,7 @@ class CockpitApp(App):
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
 
     def on_unmount(self) -> None:
-        if self.stop_reason is None and self.control.stop_mode is None:
+        if self.stop_reason is None:
             self.control.stop("now")  # the app is going away (ctrl+c, a crash): end the run cleanly
         if self._observer is not None:
             self._observer.stop()
@@ -295,7 +297,7 @@ class CockpitApp(App):
 
         def done(reason: str | None) -> None:
             if reason is not None:
-                self.control.veto(reason)
+                self.control.veto(reason, n)
                 self.reasoning.line(f"#{n} vetoed: {reason}", "yellow")
 
         self.push_screen(VetoScreen(n), done)
@@ -309,9 +311,11 @@ class CockpitApp(App):
                 return
             self.control.force_keep(n)
             self.notify(f"#{n} will become the best before the next experiment")
+        elif self.running_n is not None:
+            self.control.force_keep(self.running_n)
+            self.notify(f"#{self.running_n} will be kept when it finishes")
         else:
-            self.control.force_keep(None)
-            self.notify(f"#{self.running_n} will be kept when it finishes" if self.running_n else "the next result will be kept")
+            self.notify("select a finished experiment to keep", severity="warning")
 
     def action_edit_program(self) -> None:
         def done(saved: bool | None) -> None:

@@ -309,7 +309,12 @@ def build_engine(args, out=None):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
-    ws.git.ensure_clean(allow=("program.md",))  # before anything is written; the human's program.md edits are committed
+    # Before anything is written. program.md edits are the human's and get committed; dirty
+    # editable files are judged by the engine (an unfinished proposal, or the human's edit).
+    from engine.journal import unfinished_proposal
+
+    leftover = unfinished_proposal(ws.journal_path, getattr(args, "tag", None))
+    ws.git.ensure_clean(allow=("program.md", *(ws.config.target.editable if leftover else ())))
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why]
     tc = ws.config.target

@@ -11,6 +11,7 @@ class Control:
     def __init__(self, review: bool = False):
         self._cv = threading.Condition()
         self.cancel_run = threading.Event()  # handed to the runner: set => kill the training group
+        self.stopping = threading.Event()  # set by stop("now"): agents abandon their proposal and back-off
         self._paused = False
         self._stop: str | None = None  # None | "after_run" | "now"
         self._veto: str | None = None
@@ -18,11 +19,15 @@ class Control:
         self._approved = False
         self._review = review
         self._instructions = False
+        self._current: int | None = None
 
     # ---- commands ----
-    def veto(self, reason: str = "") -> None:
-        """Discard the current experiment (kill it if it is running)."""
+    def veto(self, reason: str = "", n: int | None = None) -> None:
+        """Discard experiment n (None: the current one); kill it if it is running. A veto that
+        names an experiment which is no longer the current one is ignored."""
         with self._cv:
+            if n is not None and self._current is not None and n != self._current:
+                return
             self._veto = reason or "vetoed by the human"
             self.cancel_run.set()
             self._cv.notify_all()
@@ -51,6 +56,7 @@ class Control:
                 self._stop = mode
             if mode == "now":
                 self.cancel_run.set()
+                self.stopping.set()
             self._cv.notify_all()
 
     def approve(self) -> None:
@@ -109,18 +115,20 @@ class Control:
             hit, self._instructions = self._instructions, False
             return hit
 
-    def begin_run(self) -> None:
-        """A new experiment starts: forget the previous one's cancel and approval."""
+    def begin_run(self, n: int | None = None) -> None:
+        """Experiment n starts: forget the previous one's cancel, veto and approval."""
         with self._cv:
             if self._stop != "now":
                 self.cancel_run.clear()
             self._approved = False
+            self._veto = None
+            self._current = n
 
     def wait_for_approval(self, poll: float = 0.5) -> str:
         """Block until approve, veto or stop-now. Returns 'approved', 'vetoed' or 'stopped'."""
         with self._cv:
             while True:
-                if self._stop == "now":
+                if self._stop is not None:
                     return "stopped"
                 if self._veto is not None:
                     return "vetoed"

@@ -54,16 +54,27 @@ class GitRepo:
             more = f" (+{len(dirty) - 3} more)" if len(dirty) > 3 else ""
             raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}{more}; commit or stash them first")
 
-    def changed_files(self) -> list[str]:
-        """Files changed in the working tree relative to HEAD, untracked ones included."""
-        out = self.g.status("--porcelain", "--untracked-files=all")
+    def changed_files(self, new_allowed: list[str] = ()) -> list[str]:
+        """Tracked files changed relative to HEAD, plus untracked files among `new_allowed` (the
+        editable paths): other untracked files (editor swap files, logs) are not the agent's."""
+        out = self.g.status("--porcelain", "--untracked-files=no")
         files = []
         for line in out.splitlines():
             path = line[3:]
             if " -> " in path:
                 path = path.split(" -> ", 1)[1]
             files.append(path.strip('"'))
-        return sorted(files)
+        if new_allowed:
+            untracked = self.g.ls_files("--others", "--exclude-standard", "--", *new_allowed)
+            files.extend(p for p in untracked.splitlines() if p)
+        return sorted(set(files))
+
+    def discard_paths(self, paths: list[str]) -> None:
+        """Restore `paths` to HEAD (an unfinished proposal left by a killed cockpit)."""
+        tracked = [p for p in paths if self.g.ls_files("--", p)]
+        if tracked:
+            self.g.checkout("HEAD", "--", *tracked)
+        self.g.clean("-fq", "--", *paths)
 
     # ---- branches and refs ----
     def checkout_session_branch(self, tag: str, start: str | None = None) -> str:
@@ -105,10 +116,12 @@ class GitRepo:
             if not p.is_file() or p.read_bytes() != data:
                 p.write_bytes(data)
 
-    def discard_changes(self, keep: tuple[str, ...] = ()) -> None:
-        """Drop uncommitted edits (the agent's unsubmitted proposal) and files it created."""
+    def discard_changes(self, keep: tuple[str, ...] = (), paths: list[str] = ()) -> None:
+        """Drop uncommitted edits (the agent's unsubmitted proposal) and the files it created
+        among `paths`; untracked files elsewhere (the human's) are left alone."""
         self.reset_hard("HEAD", keep)
-        self.g.clean("-fd", "-e", ".cockpit", *[x for k in keep for x in ("-e", k)])
+        if paths:
+            self.g.clean("-fq", "--", *paths)
 
     # ---- diffs ----
     def diff(self, a: str, b: str | None = None) -> str:

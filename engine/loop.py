@@ -20,10 +20,12 @@ from . import events as ev
 from .agents.base import Context, PastExperiment, ProposalRejected
 from .control import Control
 from .decide import decide, noise_of
+from .git import GitError
 from .journal import KEPT, Journal, Session, write_results_tsv
 from .tools import Tools
 from .workspace import Workspace
 
+MAX_AGENT_FAILURES = 20  # consecutive agent failures (with back-off between them) before the session stops
 HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
 DIFF_CHARS = 4000
 
@@ -54,6 +56,9 @@ class Engine:
         self._ran = 0
         self._crashes = 0
         self._stop_reason: str | None = None
+        self._agent_failures = 0
+        if hasattr(agent, "interrupt"):
+            agent.interrupt = self.control.stopping  # stop-now reaches an agent waiting on the API
         self.error: str | None = None  # set when the session stopped on an error, not a limit
 
     # ---- events ----
@@ -71,10 +76,18 @@ class Engine:
 
     # ---- the session ----
     def start(self) -> Session:
-        self.git.ensure_clean(allow=self.human_files)
+        self.git.ensure_clean(allow=(*self.human_files, *self.editable))
         j = self.journal
         s = j.session_by_tag(self.tag) if self.tag else j.latest_session()
         resumed = s is not None
+        dirty = [f for f in self.git.changed_files(self.editable) if f in self.editable]
+        if dirty:
+            unfinished = s is not None and any(e.status in ("proposing", "running") for e in j.experiments(s.id)[-1:])
+            if not unfinished:  # nobody was proposing: these edits are the human's
+                raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}; commit or stash them first")
+            # A cockpit killed mid-proposal left the agent's unsubmitted edit: never an experiment.
+            self.git.discard_paths(self.editable)
+            self.emit(ev.Notice(text=f"discarded the unsubmitted proposal left in {', '.join(dirty)}"))
         if s is None:
             tag = self.tag or time.strftime("%b%d-%H%M").lower()
             base = self.git.head()
@@ -96,17 +109,19 @@ class Engine:
         return s
 
     def run(self) -> str:
-        """Run until a stop condition; returns the reason."""
-        if self.session is None:
-            self.start()
+        """Run until a stop condition; returns the reason. Any failure ends the session with its
+        reason recorded, the unfinished experiment `interrupted` and the tree at the best commit."""
         reason = "stopped"
         try:
+            if self.session is None:
+                self.start()
             if self._baseline_needed():
                 self._baseline()
             while True:
                 self._apply_past_force_keeps()
-                reason = self._stop_condition()
-                if reason:
+                stop = self._stop_condition()
+                if stop:
+                    reason = stop
                     break
                 self.control.wait_while_paused()
                 if self.control.stop_mode:
@@ -115,15 +130,30 @@ class Engine:
                 self._experiment()
         except _Stop as e:
             reason = str(e)
-        except HarnessError as e:  # integrity failures and the like: stop with the one-line reason
-            reason = self.error = str(e)
+        except Exception as e:  # integrity failures, git, disk, the database: stop with one clear line
+            reason = self.error = str(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, HarnessError):
+                traceback.print_exc()
             self.emit(ev.Error(text=reason))
         finally:
             s = self.session
-            self.journal.update_session(s.id, status="stopped", stop_reason=reason)
-            self._write_results()
-            self.emit(ev.SessionStopped(session_id=s.id, reason=reason))
+            if s is not None:
+                self._repair(s)
+                self.journal.update_session(s.id, status="stopped", stop_reason=reason)
+                self._write_results()
+                self.emit(ev.SessionStopped(session_id=s.id, reason=reason))
         return reason
+
+    def _repair(self, s) -> None:
+        """After a failure mid-experiment: nothing stays `running`, the tree is at the best."""
+        try:
+            self.journal.mark_interrupted(s.id)
+            best = self.journal.session(s.id).best_commit
+            if best and self.git.head() != best:
+                self.git.reset_hard(best, keep=self.human_files)
+            self.git.discard_paths(self.editable)
+        except Exception:  # best effort: the next start repairs what is left
+            traceback.print_exc()
 
     def _stop_condition(self) -> str | None:
         L, s = self.limits, self.session
@@ -156,6 +186,7 @@ class Engine:
             if self.control.stop_mode:
                 raise _Stop("stopped by the human during the baseline")
             n = self.journal.next_number(s.id)
+            self.control.begin_run(n)
             self.journal.add_experiment(s.id, n, "baseline", s.base_commit, "running", f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}")
             self.journal.update_experiment(s.id, n, commit_sha=s.best_commit, diff_stat="")
             self.emit(ev.ExperimentProposed(n=n, description=f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}", diff_stat="", kind="baseline"))
@@ -169,6 +200,9 @@ class Engine:
             self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
                                             best_metric=None, description=e.description, reason=out.reason, kind="baseline"))
             self._write_results()
+            if out.status == "cancelled" and self.control.take_veto() is not None:
+                self.emit(ev.Notice(text=f"baseline run #{n} was vetoed; running it again"))
+                continue
             if out.status != "ok":
                 if self.control.stop_mode:
                     raise _Stop("stopped by the human during the baseline")
@@ -189,7 +223,7 @@ class Engine:
         if self._sync_human_files():
             s = self.session
         n = j.next_number(s.id)
-        self.control.begin_run()
+        self.control.begin_run(n)
         j.add_experiment(s.id, n, "experiment", s.best_commit, "proposing")
         if self.control.take_instructions_changed():
             j.add_note(s.id, "human", "instructions", "program.md was changed by the human; re-read it")
@@ -201,33 +235,41 @@ class Engine:
             j.update_experiment(s.id, n, propose_seconds=time.monotonic() - t_propose)
         except HarnessError:
             self._record_usage(n)
+            self.git.discard_changes(keep=self.human_files, paths=self.editable)
             raise
         except ProposalRejected as e:  # nothing valid after the agent's own retries: skipped
             self._record_usage(n)
             self._save_notes(tools)
-            self.git.discard_changes(keep=self.human_files)
+            self.git.discard_changes(keep=self.human_files, paths=self.editable)
             self._finish(n, "invalid", f"proposal rejected {e}", description="(no valid change)")
             return
         except Exception as e:  # the agent's own failure is recorded, not fatal
             self._record_usage(n)
             self._save_notes(tools)
-            self.git.discard_changes(keep=self.human_files)
-            self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)")
+            self.git.discard_changes(keep=self.human_files, paths=self.editable)
+            self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)", agent_error=True)
+            self._agent_failures += 1
+            if self._agent_failures >= MAX_AGENT_FAILURES:
+                raise _Stop(f"the agent failed {self._agent_failures} times in a row (last: {type(e).__name__}: {e})")
+            wait = min(600.0, 30.0 * 2 ** (self._agent_failures - 1))
+            self.emit(ev.Waiting(reason=f"the agent failed ({type(e).__name__}); next proposal in {wait:.0f}s", seconds=wait))
+            self.control.stopping.wait(wait)
             return
+        self._agent_failures = 0
         self._record_usage(n)
         self._save_notes(tools)
         if proposal is None:
-            self.git.discard_changes(keep=self.human_files)
+            self.git.discard_changes(keep=self.human_files, paths=self.editable)
             j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
             raise _Stop("the agent has nothing left to propose")
         description = proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)"
         problem = self._validate()
         if problem:
             stat = self.git.diff_stat("HEAD")
-            self.git.discard_changes(keep=self.human_files)
+            self.git.discard_changes(keep=self.human_files, paths=self.editable)
             self._finish(n, "invalid", problem, description=description, diff_stat=stat)
             return
-        changed = [f for f in self.git.changed_files() if f not in self.human_files]
+        changed = [f for f in self.git.changed_files(self.editable) if f not in self.human_files]
         sha = self.git.commit_all(changed, f"cockpit {s.tag} #{n}: {description}")
         self.git.pin(s.tag, n, sha)
         stat = self.git.diff_stat(s.best_commit, sha)
@@ -294,7 +336,7 @@ class Engine:
         return True
 
     def _validate(self) -> str | None:
-        changed = [f for f in self.git.changed_files() if f not in self.human_files]
+        changed = [f for f in self.git.changed_files(self.editable) if f not in self.human_files]
         if not changed:
             return "the proposal changed nothing"
         outside = [f for f in changed if f not in self.editable]
@@ -318,7 +360,8 @@ class Engine:
 
         return self.target.run(log, self.control.cancel_run, progress)
 
-    def _finish(self, n, status, reason, description=None, diff_stat=None, sha=None, out=None, decision=None) -> None:
+    def _finish(self, n, status, reason, description=None, diff_stat=None, sha=None, out=None, decision=None,
+                agent_error=False) -> None:
         """Record the outcome, then move the tree: advance on keep/forced, else reset to the best."""
         s, j = self.session, self.journal
         fields = dict(status=status, reason=reason, finished=time.time())
@@ -332,15 +375,20 @@ class Engine:
                           eval_seconds=out.eval_seconds)
         if decision is not None:
             fields.update(delta=decision.delta, confidence=decision.confidence)
-        e = j.update_experiment(s.id, n, **fields)
-        if status in KEPT and out is not None and out.metric is not None:
-            j.update_session(s.id, best_n=n, best_commit=sha, best_metric=out.metric)
+        self.control.take_force(n)  # a force-keep of this experiment ends with it, whatever the outcome
+        kept = status in KEPT and out is not None and out.metric is not None
+        with j.transaction():
+            e = j.update_experiment(s.id, n, **fields)
+            if kept:
+                j.update_session(s.id, best_n=n, best_commit=sha, best_metric=out.metric)
+        if kept:
             self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == "forced"))
         else:
             self.git.reset_hard(s.best_commit, keep=self.human_files)
         if status == "vetoed":
             j.add_note(s.id, "human", "veto", f"experiment #{n} ({e.description}) was vetoed: {reason}")
-        self._crashes = self._crashes + 1 if status in ("crash", "timeout") else 0
+        if not agent_error:  # the agent's failures (API outages) have their own counter and back-off
+            self._crashes = self._crashes + 1 if status in ("crash", "timeout") else 0
         self.session = j.session(s.id)
         self._write_results()
         self.emit(ev.ExperimentFinished(n=n, commit=sha or "", status=status, metric=e.metric, delta=e.delta,

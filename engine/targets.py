@@ -100,15 +100,16 @@ class CommandTarget:
             train_s = time.monotonic() - t0
             if status != "ok":
                 return Outcome(status, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
-            out = subprocess.run(
-                self.cfg.measure, shell=True, cwd=self.root, env=env, capture_output=True, text=True,
-                timeout=max(60.0, self.budget), start_new_session=True,
-            )
-            log.write(out.stdout.encode() + out.stderr.encode())
-        if out.returncode != 0:
-            return Outcome("crash", None, f"measure script exited with status {out.returncode}", train_s,
-                           time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
-        values = [m.group(1) for line in out.stdout.splitlines() if (m := _METRIC_LINE.match(line))]
+            measured = log_path.with_name("measure.out")
+            with open(measured, "wb") as mout:
+                # the measure step runs like the run step: its own group, cancellable, with a deadline
+                mstatus, mreason = _run_group(self.cfg.measure, self.root, env, mout, max(60.0, self.budget), cancel)
+            text = measured.read_text(errors="replace")
+            log.write(text.encode())
+        if mstatus != "ok":
+            reason = mreason.replace("the run command", "the measure script") if mreason else mreason
+            return Outcome(mstatus, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
+        values = [m.group(1) for line in text.splitlines() if (m := _METRIC_LINE.match(line))]
         try:
             metric = float(values[-1])
         except (IndexError, ValueError):

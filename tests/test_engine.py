@@ -506,3 +506,64 @@ def test_an_older_journal_gains_the_new_columns_without_losing_rows(tmp_path):
     assert e.metric == 1.5 and e.propose_seconds is None
     j.update_experiment(1, 1, propose_seconds=2.0)
     assert j.experiment(1, 1).propose_seconds == 2.0
+
+
+# ---- regressions from the engine review ----
+
+def test_a_restart_after_a_kill_mid_proposal_discards_the_unsubmitted_edit(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    eng = command_engine(ws, max_experiments=1)
+    eng.run()
+    # as a kill -9 during the next proposal leaves things: a `proposing` row and the agent's edit
+    eng.journal.add_experiment(eng.session.id, eng.journal.next_number(eng.session.id), "experiment", eng.session.best_commit, "proposing")
+    (ws / "value.py").write_text("VALUE = 1.0  # half-finished agent edit\nOTHER = 3\n")
+    (ws / ".value.py.swp").write_text("an editor's swap file")  # the human's untracked file
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
+    assert r.returncode == 0, r.stderr
+    assert "half-finished" not in (ws / "value.py").read_text()
+    assert (ws / ".value.py.swp").exists()  # untracked files elsewhere are never touched
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    assert all(e.status != "invalid" for e in j.experiments(j.latest_session().id))
+
+
+def test_a_stale_veto_for_another_experiment_is_ignored_and_stop_ends_an_approval_wait():
+    c = Control(review=True)
+    c.begin_run(5)
+    c.veto("meant for #4", n=4)
+    assert c.peek_veto() is None
+    c.stop("after_run")
+    assert c.wait_for_approval() == "stopped"
+
+
+class _BrokenTarget:
+    metric_name, direction, label, profile_name = "metric", "min", "broken", ""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def run(self, log_path, cancel, on_progress=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError(28, "No space left on device")
+        return self.inner.run(log_path, cancel, on_progress)
+
+
+def test_an_unexpected_error_stops_with_its_reason_and_leaves_nothing_running(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    w = open_workspace(ws)
+    eng = Engine(w, Tuner(), _BrokenTarget(CommandTarget(w.root, w.config.target, None)), tag="t", limits=Limits(max_experiments=3))
+    reason = eng.run()
+    assert "No space left on device" in reason and eng.error == reason
+    s = eng.journal.session_by_tag("t")
+    assert s.stop_reason == reason
+    assert all(e.status != "running" for e in eng.journal.experiments(s.id))
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit and git(ws, "status", "--porcelain") == ""
+
+
+def test_an_uncommitted_human_edit_of_an_editable_file_is_refused_not_discarded(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    command_engine(ws, max_experiments=1).run()
+    (ws / "value.py").write_text("VALUE = 2.0  # the human's idea\nOTHER = 3\n")
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
+    assert r.returncode != 0 and "value.py" in r.stderr
+    assert "the human's idea" in (ws / "value.py").read_text()

@@ -114,6 +114,7 @@ class Claude:
         self.client = anthropic.Anthropic(api_key=api_key, base_url=cfg.base_url, max_retries=cfg.sdk_retries,
                                           timeout=cfg.timeout)
         self.sleep = sleep
+        self.interrupt = None  # a threading.Event the engine sets on stop-now
         self.last_usage = Usage()
         self._last_program: str | None = None
 
@@ -126,6 +127,8 @@ class Claude:
         self._last_program = ctx.program
         bad_submits = 0
         for _turn in range(self.cfg.max_turns):
+            if self.interrupt is not None and self.interrupt.is_set():
+                raise AgentGaveUp("stopped by the human")
             msg = self._request(system, messages, emit, ctx.n, usage)
             messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]})
             results, submitted = [], None
@@ -183,7 +186,11 @@ class Claude:
             if time.monotonic() - t0 + wait > self.cfg.max_api_wait:
                 raise AgentGaveUp(f"the API stayed unavailable for {self.cfg.max_api_wait:g}s ({what})")
             emit(ev.Waiting(reason=f"waiting for API ({what}), retry in {wait:.0f}s", seconds=wait))
-            self.sleep(wait)
+            if self.interrupt is not None:
+                if self.interrupt.wait(wait):
+                    raise AgentGaveUp("stopped by the human")
+            else:
+                self.sleep(wait)
 
     def _stream(self, system, messages, emit, n: int):
         kwargs = dict(model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=system, messages=messages, tools=TOOLS)
