@@ -25,6 +25,7 @@ class GitRepo:
             raise GitError(f"{root} is a bare git repository")
         self.root = Path(self.repo.working_tree_dir)
         self.g = self.repo.git
+        self.removed_stale_lock = self._remove_stale_index_lock()
         try:
             self.g.config("user.email")
         except git.GitCommandError:  # no identity configured (a fresh CI box): commit as cockpit
@@ -32,6 +33,28 @@ class GitRepo:
                 GIT_AUTHOR_NAME="cockpit", GIT_AUTHOR_EMAIL="cockpit@localhost",
                 GIT_COMMITTER_NAME="cockpit", GIT_COMMITTER_EMAIL="cockpit@localhost",
             )
+
+    def _remove_stale_index_lock(self) -> bool:
+        """A cockpit killed inside a git command leaves .git/index.lock, and every later git
+        command fails. Remove it only when no git process is working in this repository."""
+        lock = Path(self.repo.git_dir) / "index.lock"
+        if not lock.exists():
+            return False
+        import psutil
+
+        root = str(self.root)
+        for p in psutil.process_iter(["name", "cwd", "cmdline"]):
+            try:
+                busy = (p.info["name"] or "").startswith("git") and "cat-file" not in (p.info["cmdline"] or [])
+                if busy and (p.info["cwd"] or "").startswith(root):  # GitPython's readers take no lock
+                    return False
+            except (psutil.Error, TypeError):
+                continue
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     # ---- state ----
     def head(self) -> str:

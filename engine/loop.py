@@ -102,6 +102,8 @@ class Engine:
             s = j.session(s.id)
         self.session = s
         self.tag = s.tag
+        if self.git.removed_stale_lock:
+            self.emit(ev.Notice(text="removed a stale .git/index.lock left by a git command that was killed"))
         self._sync_human_files()
         self._write_results()
         self.emit(ev.SessionStarted(session_id=s.id, tag=s.tag, branch=s.branch, agent=self.agent.name, resumed=resumed,

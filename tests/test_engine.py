@@ -567,3 +567,13 @@ def test_an_uncommitted_human_edit_of_an_editable_file_is_refused_not_discarded(
     r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
     assert r.returncode != 0 and "value.py" in r.stderr
     assert "the human's idea" in (ws / "value.py").read_text()
+
+
+def test_a_stale_index_lock_from_a_killed_git_command_does_not_block_resume(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    command_engine(ws, max_experiments=1).run()
+    (ws / ".git" / "index.lock").write_text("")  # as a kill -9 during `git commit` leaves it
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
+    assert r.returncode == 0, r.stderr
+    assert "removed a stale .git/index.lock" in r.stdout
+    assert not (ws / ".git" / "index.lock").exists()
