@@ -4,6 +4,7 @@ Messages API (tests/fake_anthropic.py) that streams scripted SSE replies."""
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from engine.journal import Journal
 from engine.tools import Tools
 from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
 
-KEY = "fake-key-placeholder-0000"
+KEY = "fake-key-" + secrets.token_hex(12)  # made up per run: never a real key
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -251,8 +251,8 @@ def test_cancel_kills_the_process_group_within_two_seconds(tmp_path, cache):
 
 def test_no_secret_reaches_the_training_subprocess(tmp_path, cache, monkeypatch):
     secrets = {
-        "ANTHROPIC_API_KEY": "fake-secret-1",
-        "OPENAI_API_KEY": "fake-secret-2",
+        "ANTHROPIC_API_KEY": "fake-secret-1-" + os.urandom(8).hex(),
+        "OPENAI_API_KEY": "fake-secret-2-" + os.urandom(8).hex(),
         "GITHUB_TOKEN": "ghp-test-secret-3",
         "AWS_SECRET_ACCESS_KEY": "aws-test-secret-4",
         "ANTHROPIC_AUTH_TOKEN": "auth-test-secret-5",
