@@ -18,7 +18,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace

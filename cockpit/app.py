@@ -9,6 +9,7 @@ import subprocess
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -19,6 +20,7 @@ from textual.widgets import Footer
 
 from engine import events as ev
 from engine.gpu import Telemetry
+from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
 from .screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
@@ -382,9 +384,6 @@ class CockpitApp(App):
         if e is None:
             return
         diff = self.engine.git.diff(e.parent_commit, e.commit_sha) if e.commit_sha and e.parent_commit and e.kind == "experiment" else ""
-        from harness.runner import log_tail
-        from pathlib import Path
-
         tail = log_tail(Path(e.log_path), 40) if e.log_path else ""
         self.diff.show(f"#{n} {e.status}: {e.description or ''}"[:80], diff, tail, n=n)
 

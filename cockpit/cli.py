@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -170,7 +169,7 @@ def ensure_prepared(cache: Path):
 # ---- train ----
 
 def _profile(device: str, budget: float | None):
-    from harness.profiles import CPU, MPS, by_name, detect
+    from harness.profiles import CPU, MPS, detect
 
     if device == "auto":
         prof = detect()
@@ -297,8 +296,8 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
     return Claude(key, cfg), why
 
 
-def build_engine(args, out=None):
-    """Workspace, target, agent and engine for `cockpit run` (and the TUI later)."""
+def build_engine(args):
+    """Workspace, target, agent and engine for `cockpit run`, headless or in the TUI."""
     from engine.loop import Engine, Limits
     from engine.targets import CommandTarget, GptTarget
     from engine.workspace import open_workspace
@@ -337,41 +336,39 @@ def build_engine(args, out=None):
 
 
 def cmd_run(args) -> int:
-    from engine import events as ev
-    from engine.headless import Printer
-
     engine, notices = build_engine(args)
-    if not args.headless and not args.json:
+    if args.headless or args.json:
+        _run_headless(engine, notices, args.json)
+    else:
         from cockpit.app import CockpitApp
 
         CockpitApp(engine, notices).run()
-        if engine.error:
-            print(f"cockpit: error: {engine.error}", file=sys.stderr)
-            return 1
-        return 0
-    printer = Printer(json_lines=args.json, metric=engine.target.metric_name)
-    engine.subscribe(printer)
-    for text in notices:
-        printer(ev.Notice(text=text))
-    import signal
-
-    def on_term(signum, frame):
-        engine.control.stop("now")
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        engine.run()
-    except KeyboardInterrupt:
-        engine.control.stop("now")
-        raise
     if engine.error:
         print(f"cockpit: error: {engine.error}", file=sys.stderr)
         return 1
     return 0
 
 
+def _run_headless(engine, notices: list[str], json_lines: bool) -> None:
+    import signal
+
+    from engine import events as ev
+    from engine.headless import Printer
+
+    printer = Printer(json_lines=json_lines, metric=engine.target.metric_name)
+    engine.subscribe(printer)
+    for text in notices:
+        printer(ev.Notice(text=text))
+    signal.signal(signal.SIGTERM, lambda signum, frame: engine.control.stop("now"))
+    try:
+        engine.run()
+    except KeyboardInterrupt:
+        engine.control.stop("now")
+        raise
+
+
 def cmd_status(args) -> int:
-    from engine.journal import Journal
+    from engine.journal import Journal, duty_cycle
     from engine.workspace import open_workspace
 
     ws = open_workspace(args.workspace)
@@ -394,8 +391,6 @@ def cmd_status(args) -> int:
         print(f"best {m} {s.best_metric:.6f} at {(s.best_commit or '')[:7]} (#{s.best_n}){gain}  noise {s.noise or 0:.6f}")
     print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
           + f"  cost ${j.total_cost(s.id):.2f}")
-    from engine.journal import duty_cycle
-
     print(duty_cycle(exps).summary())
     for e in exps[-15:]:
         val = f"{e.metric:.6f}" if e.metric is not None else "-"

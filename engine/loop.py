@@ -232,23 +232,24 @@ class Engine:
         tools = Tools(self.ws.root, self.editable)
         self._ran += 1
         t_propose = time.monotonic()
+        failure: Exception | None = None
         try:
             proposal = self.agent.propose(self._context(n), tools, self.emit)
+        except Exception as e:  # recorded below; only a HarnessError (a refused key) ends the session
+            failure, proposal = e, None
+        else:
             j.update_experiment(s.id, n, propose_seconds=time.monotonic() - t_propose)
-        except HarnessError:
-            self._record_usage(n)
+        self._record_usage(n)
+        self._save_notes(tools)
+        if proposal is None:
             self.git.discard_changes(keep=self.human_files, paths=self.editable)
-            raise
-        except ProposalRejected as e:  # nothing valid after the agent's own retries: skipped
-            self._record_usage(n)
-            self._save_notes(tools)
-            self.git.discard_changes(keep=self.human_files, paths=self.editable)
-            self._finish(n, "invalid", f"proposal rejected {e}", description="(no valid change)")
+        if isinstance(failure, HarnessError):
+            raise failure
+        if isinstance(failure, ProposalRejected):  # nothing valid after the agent's own retries: skipped
+            self._finish(n, "invalid", f"proposal rejected {failure}", description="(no valid change)")
             return
-        except Exception as e:  # the agent's own failure is recorded, not fatal
-            self._record_usage(n)
-            self._save_notes(tools)
-            self.git.discard_changes(keep=self.human_files, paths=self.editable)
+        if failure is not None:  # the agent's own failure is recorded, not fatal
+            e = failure
             self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)", agent_error=True)
             self._agent_failures += 1
             if self._agent_failures >= MAX_AGENT_FAILURES:
@@ -258,10 +259,7 @@ class Engine:
             self.control.stopping.wait(wait)
             return
         self._agent_failures = 0
-        self._record_usage(n)
-        self._save_notes(tools)
         if proposal is None:
-            self.git.discard_changes(keep=self.human_files, paths=self.editable)
             j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
             raise _Stop("the agent has nothing left to propose")
         description = proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)"

@@ -8,11 +8,9 @@ other locked files are hashed when the session starts and re-checked before ever
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -22,6 +20,7 @@ from typing import Callable
 
 from harness import runner
 from harness.errors import IntegrityError
+from harness.integrity import file_hash
 
 from .config import TargetConfig
 
@@ -80,12 +79,7 @@ class CommandTarget:
         self.hashes = self._hash()
 
     def _hash(self) -> dict[str, str]:
-        out = {}
-        for rel in self.locked:
-            p = self.root / rel
-            if p.is_file():
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        return out
+        return {rel: file_hash(self.root / rel) for rel in self.locked if (self.root / rel).is_file()}
 
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
         now = self._hash()
@@ -95,32 +89,37 @@ class CommandTarget:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = runner.scrub_env(dict(os.environ))
         t0 = time.monotonic()
+
+        def outcome(status, reason=None, metric=None, tail=True):
+            return Outcome(status, metric, reason, train_s, time.monotonic() - t0, None, str(log_path),
+                           runner.log_tail(log_path) if tail else None)
+
         with open(log_path, "ab") as log:
-            status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel)
+            status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel, "the run command")
             train_s = time.monotonic() - t0
             if status != "ok":
-                return Outcome(status, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
+                return outcome(status, reason)
             measured = log_path.with_name("measure.out")
             with open(measured, "wb") as mout:
                 # the measure step runs like the run step: its own group, cancellable, with a deadline
-                mstatus, mreason = _run_group(self.cfg.measure, self.root, env, mout, max(60.0, self.budget), cancel)
+                mstatus, mreason = _run_group(self.cfg.measure, self.root, env, mout, max(60.0, self.budget), cancel,
+                                              "the measure script")
             text = measured.read_text(errors="replace")
             log.write(text.encode())
         if mstatus != "ok":
-            reason = mreason.replace("the run command", "the measure script") if mreason else mreason
-            return Outcome(mstatus, None, reason, train_s, time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
+            return outcome(mstatus, mreason)
         values = [m.group(1) for line in text.splitlines() if (m := _METRIC_LINE.match(line))]
         try:
             metric = float(values[-1])
         except (IndexError, ValueError):
-            return Outcome("crash", None, "measure script printed no `metric: <number>` line", train_s,
-                           time.monotonic() - t0, None, str(log_path), runner.log_tail(log_path))
+            return outcome("crash", "measure script printed no `metric: <number>` line")
         if not math.isfinite(metric):
-            return Outcome("crash", None, f"metric is {metric}", train_s, time.monotonic() - t0, None, str(log_path))
-        return Outcome("ok", metric, None, train_s, time.monotonic() - t0, None, str(log_path))
+            return outcome("crash", f"metric is {metric}", tail=False)
+        return outcome("ok", metric=metric, tail=False)
 
 
-def _run_group(cmd: str, cwd: Path, env: dict, log, budget: float, cancel: threading.Event) -> tuple[str, str | None]:
+def _run_group(cmd: str, cwd: Path, env: dict, log, budget: float, cancel: threading.Event,
+               what: str) -> tuple[str, str | None]:
     proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + budget
@@ -129,14 +128,10 @@ def _run_group(cmd: str, cwd: Path, env: dict, log, budget: float, cancel: threa
             if cancel.is_set():
                 return "cancelled", "cancelled by request"
             if time.monotonic() > deadline:
-                return "timeout", f"the run command ran past its {budget:g}s budget and was killed"
+                return "timeout", f"{what} ran past its {budget:g}s budget and was killed"
             cancel.wait(0.1)
         if proc.returncode != 0:
-            return "crash", f"the run command exited with status {proc.returncode}"
+            return "crash", f"{what} exited with status {proc.returncode}"
         return "ok", None
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        runner.kill_group(proc)

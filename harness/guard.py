@@ -73,8 +73,9 @@ def check(source: str, filename: str = "train.py") -> str | None:
             return f"{filename} line {node.lineno}: uses .{node.attr}, which train.py may not use"
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_ATTRS:
             return f"{filename} line {node.lineno}: uses {node.id}, which train.py may not use"
-    modules = _import_aliases(tree)
-    TORCH_NAMES = {a for a in modules if _imports_torch(tree, a)}
+    imported = _import_aliases(tree)  # alias -> the top-level module it comes from
+    modules = set(imported)
+    torch_names = {a for a, root in imported.items() if root == "torch"}
     bases = {("runtime",) if a == "runtime" else (a,) for a in runtime_aliases if a != "harness"}
     if "harness" in runtime_aliases:
         bases.add(("harness", "runtime"))
@@ -87,7 +88,7 @@ def check(source: str, filename: str = "train.py") -> str | None:
                 return f"{filename} line {node.lineno}: reaches into harness.{node.attr}"
             root = base[0] if base else None
             if (node.attr.startswith("_") and not node.attr.startswith("__") and root in modules
-                    and root not in TORCH_NAMES):
+                    and root not in torch_names):
                 return f"{filename} line {node.lineno}: uses the private name {node.attr} of {'.'.join(base)}"
         targets = []
         if isinstance(node, ast.Assign):
@@ -104,21 +105,23 @@ def check(source: str, filename: str = "train.py") -> str | None:
                 continue
             while isinstance(t, ast.Subscript):
                 t = t.value
-            if isinstance(t, ast.Attribute) and _root_name(t) in modules:
-                chain = _chain(t)
+            chain = _chain(t) if isinstance(t, ast.Attribute) else []
+            if chain and chain[0] in modules:
                 if not SETTABLE_SEGMENTS & set(chain[1:-1]):
                     return f"{filename} line {node.lineno}: assigns to {'.'.join(chain)}, changing an imported module"
     return None
 
 
-def _import_aliases(tree: ast.AST) -> set[str]:
-    """Names bound by import statements (modules and names imported from them)."""
-    names = set()
+def _import_aliases(tree: ast.AST) -> dict[str, str]:
+    """Names bound by import statements, each with the top-level module it comes from."""
+    names = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update((a.asname or a.name.split(".")[0]) for a in node.names)
+            for a in node.names:
+                names[a.asname or a.name.split(".")[0]] = a.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom):
-            names.update((a.asname or a.name) for a in node.names)
+            for a in node.names:
+                names[a.asname or a.name] = (node.module or "").split(".")[0]
     return names
 
 
@@ -130,22 +133,3 @@ def _chain(node: ast.AST) -> list[str]:
     if isinstance(node, ast.Name):
         parts.append(node.id)
     return parts[::-1]
-
-
-def _imports_torch(tree: ast.AST, alias: str) -> bool:
-    """Whether `alias` names torch or a torch submodule (whose private names train.py may tune)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                if (a.asname or a.name.split(".")[0]) == alias and a.name.split(".")[0] == "torch":
-                    return True
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
-            if any((a.asname or a.name) == alias for a in node.names):
-                return True
-    return False
-
-
-def _root_name(node: ast.AST) -> str | None:
-    while isinstance(node, ast.Attribute):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None

@@ -169,7 +169,7 @@ def run(
     finally:  # whatever happened here, the training process group does not outlive the call
         os.close(rfd)
         if proc is not None:
-            _kill_group(proc)
+            kill_group(proc)
     exit_code = proc.returncode
     t_end = time.monotonic()
 
@@ -347,7 +347,7 @@ def _exit_reason(code: int | None) -> str:
     return f"the training process exited with status {code} without a result"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     """Kill the child's whole process group (it leads its own session) and reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

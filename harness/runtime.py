@@ -16,14 +16,12 @@ the arrival times of these messages, and a run over budget is `invalid`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import resource
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch

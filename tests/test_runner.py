@@ -21,9 +21,7 @@ from harness.dataset import current_dataset
 from harness.errors import IntegrityError
 from harness.integrity import lock_harness
 from harness.paths import HARNESS_DIR
-from harness.prepare import prepare
 from harness.profiles import CPU
-from harness.sources import text_source
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 2.0
@@ -434,7 +432,7 @@ def _watch_subprocess(code: str, **kw):
         out = runner._watch(proc, rfd, w, CPU.with_budget(5), FAST, threading.Event(), None)
     finally:
         os.close(rfd)
-        runner._kill_group(proc)
+        runner.kill_group(proc)
     return out, time.monotonic() - t0
 
 
