@@ -20,6 +20,7 @@ from textual.widgets import Footer
 
 from engine import events as ev
 from engine.gpu import Telemetry
+from engine.journal import duty_cycle
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
@@ -230,8 +231,25 @@ class CockpitApp(App):
         if e.metric is not None:
             self.plot.add(e.metric, e.best_metric)
         hb.best = e.best_metric if e.best_metric is not None else hb.best
-        self.run_panel.done(f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""))
+        if e.status == "interrupted" and e.description == "(not run)":
+            return  # a proposal prepared during the last run, abandoned at the stop: no run to show
+        self.run_panel.done(f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""),
+                            self._phases(e.n))
         hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
+
+    def _phases(self, n: int) -> str | None:
+        """Where run n's time went, and the session's duty cycle so far, from the journal."""
+        s = self.engine.session
+        if s is None:
+            return None
+        exps = self.engine.journal.experiments(s.id)
+        x = next((r for r in exps if r.n == n), None)
+        if x is None or x.training_seconds is None:
+            return None
+        f = lambda v: "-" if v is None else f"{v:.1f}s"  # noqa: E731
+        d = duty_cycle(exps)
+        return (f"startup {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} │ "
+                f"duty {100 * d.ratio:.1f}% over {d.experiments} runs")
 
     def _load_history(self, sid: int) -> None:
         """On resume, the table starts with what the journal already holds."""

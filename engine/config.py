@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from harness.errors import HarnessError
 
@@ -45,6 +46,7 @@ class Config:
     base_url: str | None = None
     max_consecutive_crashes: int = 5
     agent_numbers: dict = field(default_factory=dict)  # context_tokens, max_api_wait, thinking_budget, max_tokens
+    pipeline: bool = True  # the agent prepares the next experiment while one trains
 
 
 def _section(data: dict, name: str, cls, path: Path):
@@ -86,7 +88,7 @@ def load(root: Path) -> Config:
     if not isinstance(agent_tbl, dict):
         raise ConfigError(f"{path}: [agent] must be a table")
     numbers = {"context_tokens", "max_api_wait", "thinking_budget", "max_tokens"}
-    known_agent = {"name", "model", "base_url"} | numbers
+    known_agent = {"name", "model", "base_url", "pipeline"} | numbers
     unknown_agent = sorted(set(agent_tbl) - known_agent)
     if unknown_agent:
         raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: {', '.join(sorted(known_agent))})")
@@ -97,6 +99,8 @@ def load(root: Path) -> Config:
     for k in ("name", "model", "base_url"):
         if k in agent_tbl and not isinstance(agent_tbl[k], str):
             raise ConfigError(f"{path}: [agent].{k} must be a string")
+    if not isinstance(agent_tbl.get("pipeline", True), bool):
+        raise ConfigError(f"{path}: [agent].pipeline must be true or false")
     agent = agent_tbl.get("name", "auto")
     stop = data.get("stop", {})
     crashes = stop.get("max_consecutive_crashes", 5) if isinstance(stop, dict) else 5
@@ -111,7 +115,7 @@ def load(root: Path) -> Config:
     if decision.baseline_runs < 1:
         raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes),
-                  {k: agent_tbl[k] for k in numbers & set(agent_tbl)})
+                  {k: agent_tbl[k] for k in numbers & set(agent_tbl)}, agent_tbl.get("pipeline", True))
 
 
 DEFAULT_TOML = """\
@@ -135,4 +139,5 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # context_tokens = 60000          # each proposal's prompt stays under this (older history condenses)
 # max_api_wait = 1800             # seconds of back-off on API outages before a proposal is given up
 # thinking_budget = 8000          # extended thinking tokens; 0 turns it off
+# pipeline = true                 # propose the next experiment while one trains (false: one at a time)
 """

@@ -161,5 +161,33 @@ class GitRepo:
         except git.GitCommandError:
             return False
 
-    def show(self, sha: str, path: str) -> str:
-        return self.g.show(f"{sha}:{path}")
+    def show(self, sha: str, path: str) -> str | None:
+        """The file's content at sha, or None when the commit has no such file."""
+        try:
+            return self.g.show(f"{sha}:{path}", strip_newline_in_stdout=False)
+        except git.GitCommandError:
+            return None
+
+    def files_changed(self, a: str, b: str) -> list[str]:
+        return [p for p in self.g.diff("--name-only", a, b).splitlines() if p]
+
+    # ---- the agent's tree ----
+    def agent_worktree(self, path: Path, sha: str) -> "GitRepo":
+        """A second working tree of this repository at `path`, detached at sha: the agent edits
+        there while a run uses the main tree. Made (or repaired) on demand; left clean at sha."""
+        path = Path(path)
+        if (path / ".git").is_file():
+            try:
+                wt = GitRepo(path)
+                wt.g.reset("--hard", sha)
+                wt.g.clean("-fdq")
+                return wt
+            except (GitError, git.GitCommandError):
+                pass
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        self.g.worktree("prune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.g.worktree("add", "--detach", "-f", str(path), sha)
+        return GitRepo(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -17,8 +18,13 @@ class Printer:
         self.progress_every = progress_every
         self._last_progress = 0.0
         self._stream: tuple[str, int, list[str], float] | None = None  # (kind, n, parts, ts) of streamed deltas
+        self._lock = threading.Lock()  # the agent streams from its own thread while a run reports progress
 
     def __call__(self, e: ev.Event) -> None:
+        with self._lock:
+            self._print(e)
+
+    def _print(self, e: ev.Event) -> None:
         if self.json:
             self.out.write(e.to_json() + "\n")
             self.out.flush()

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS experiments(
   tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0,
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
   started REAL, finished REAL, log_path TEXT,
-  propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, UNIQUE(session_id, n));
+  propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS notes(
@@ -68,6 +68,7 @@ class Experiment:
     propose_seconds: float | None = None
     startup_seconds: float | None = None
     eval_seconds: float | None = None
+    run_started: float | None = None  # when its training process started (the row is made at proposal time)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Journal:
     def _migrate(self) -> None:
         """Journals written by an earlier version gain the newer columns (nothing is rewritten)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
-        for col in ("propose_seconds", "startup_seconds", "eval_seconds"):
+        for col in ("propose_seconds", "startup_seconds", "eval_seconds", "run_started"):
             if col not in have:
                 self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} REAL")
 
@@ -238,23 +239,27 @@ class DutyCycle:
 
     @property
     def other(self) -> float:
-        return max(0.0, self.wall - self.training - self.propose - self.startup - self.eval)
+        """Wall time outside the runs' own phases: the engine's work between runs, and waiting
+        for a proposal that was not ready when the previous run ended."""
+        return max(0.0, self.wall - self.training - self.startup - self.eval)
 
     def summary(self) -> str:
         if not self.experiments:
             return "duty cycle: no finished runs yet"
         k = self.experiments
         return (f"duty cycle {100 * self.ratio:.1f}% (training {self.training:.0f}s of {self.wall:.0f}s wall); per run: "
-                f"propose {self.propose / k:.1f}s, startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, "
-                f"eval {self.eval / k:.1f}s, other {self.other / k:.1f}s")
+                f"startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, eval {self.eval / k:.1f}s, "
+                f"other {self.other / k:.1f}s (between runs, incl. waiting for the agent); agent {self.propose / k:.1f}s "
+                "per proposal")
 
 
 def duty_cycle(experiments: list[Experiment]) -> DutyCycle:
-    """Training seconds over wall-clock seconds, from the first run's start to the last finish."""
+    """Training seconds over wall-clock seconds, from the first run's start to the last finish.
+    Proposals made while a run trains (pipelining) overlap the runs and cost no wall time."""
     done = [e for e in experiments if e.started and e.finished and e.training_seconds is not None]
     if not done:
         return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    wall = max(e.finished for e in done) - min(e.started for e in done)
+    wall = max(e.finished for e in done) - min(e.run_started or e.started for e in done)
     s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
     return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done))
 

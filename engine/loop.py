@@ -8,6 +8,7 @@ experiment becomes `interrupted`, the tree returns to the best commit, numbering
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .control import Control
 from .decide import decide, noise_of
 from .git import GitError
 from .journal import KEPT, Journal, Session, write_results_tsv
+from .merge import merge3
 from .tools import Tools
 from .workspace import Workspace
 
@@ -59,6 +61,9 @@ class Engine:
         self._agent_failures = 0
         if hasattr(agent, "interrupt"):
             agent.interrupt = self.control.stopping  # stop-now reaches an agent waiting on the API
+        self.pipeline = ws.config.pipeline
+        self.wt = None  # the agent's working tree (a git worktree under .cockpit/)
+        self._pending: _Attempt | None = None  # the next experiment, proposed while one trains
         self.error: str | None = None  # set when the session stopped on an error, not a limit
 
     # ---- events ----
@@ -102,6 +107,7 @@ class Engine:
             s = j.session(s.id)
         self.session = s
         self.tag = s.tag
+        self._agent_tree(s.best_commit)  # an unsubmitted edit left there by a killed cockpit goes
         if self.git.removed_stale_lock:
             self.emit(ev.Notice(text="removed a stale .git/index.lock left by a git command that was killed"))
         self._sync_human_files()
@@ -140,6 +146,10 @@ class Engine:
         finally:
             s = self.session
             if s is not None:
+                try:
+                    self._abandon_pending()
+                except Exception:  # best effort: _repair marks what is left `interrupted`
+                    traceback.print_exc()
                 self._repair(s)
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
                 self._write_results()
@@ -192,6 +202,8 @@ class Engine:
             self.journal.add_experiment(s.id, n, "baseline", s.base_commit, "running", f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}")
             self.journal.update_experiment(s.id, n, commit_sha=s.best_commit, diff_stat="")
             self.emit(ev.ExperimentProposed(n=n, description=f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}", diff_stat="", kind="baseline"))
+            if len(values) == self.dcfg.baseline_runs - 1:
+                self._start_next()  # the first proposal is prepared during the last baseline run
             out = self._run(n, s.best_commit, kind="baseline")
             status = "keep" if out.status == "ok" else ("vetoed" if out.status == "cancelled" else out.status)
             e = self.journal.update_experiment(
@@ -224,58 +236,25 @@ class Engine:
         j = self.journal
         if self._sync_human_files():
             s = self.session
-        n = j.next_number(s.id)
-        self.control.begin_run(n)
-        j.add_experiment(s.id, n, "experiment", s.best_commit, "proposing")
-        if self.control.take_instructions_changed():
-            j.add_note(s.id, "human", "instructions", "program.md was changed by the human; re-read it")
-        tools = Tools(self.ws.root, self.editable)
-        self._ran += 1
-        t_propose = time.monotonic()
-        failure: Exception | None = None
-        try:
-            proposal = self.agent.propose(self._context(n), tools, self.emit)
-        except Exception as e:  # recorded below; only a HarnessError (a refused key) ends the session
-            failure, proposal = e, None
+        a, self._pending = self._pending, None
+        if a is None:
+            n = j.next_number(s.id)
+            self.control.begin_run(n)
+            self._new_row(n, s.best_commit)
+            a = self._propose(n, s.best_commit, background=False)
         else:
-            j.update_experiment(s.id, n, propose_seconds=time.monotonic() - t_propose)
-        self._record_usage(n)
-        self._save_notes(tools)
-        if proposal is None:
-            self.git.discard_changes(keep=self.human_files, paths=self.editable)
-        if isinstance(failure, HarnessError):
-            raise failure
-        if isinstance(failure, ProposalRejected):  # nothing valid after the agent's own retries: skipped
-            self._finish(n, "invalid", f"proposal rejected {failure}", description="(no valid change)")
+            n = a.n
+            self._await(a)
+            self.control.begin_run(n)
+        self._ran += 1
+        sha = self._take(a)
+        if sha is _CONFLICT:  # the proposal cannot be merged onto the new best: ask again, now knowing why
+            best = self.session.best_n
+            self.emit(ev.Notice(text=f"#{n}'s change conflicts with the new best #{best}; asking the agent again"))
+            a = self._propose(n, self.session.best_commit, background=False)
+            sha = self._take(a)
+        if sha is None or sha is _CONFLICT:
             return
-        if failure is not None:  # the agent's own failure is recorded, not fatal
-            e = failure
-            self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)", agent_error=True)
-            self._agent_failures += 1
-            if self._agent_failures >= MAX_AGENT_FAILURES:
-                raise _Stop(f"the agent failed {self._agent_failures} times in a row (last: {type(e).__name__}: {e})")
-            wait = min(600.0, 30.0 * 2 ** (self._agent_failures - 1))
-            self.emit(ev.Waiting(reason=f"the agent failed ({type(e).__name__}); next proposal in {wait:.0f}s", seconds=wait))
-            self.control.stopping.wait(wait)
-            return
-        self._agent_failures = 0
-        if proposal is None:
-            j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
-            raise _Stop("the agent has nothing left to propose")
-        description = proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)"
-        problem = self._validate()
-        if problem:
-            stat = self.git.diff_stat("HEAD")
-            self.git.discard_changes(keep=self.human_files, paths=self.editable)
-            self._finish(n, "invalid", problem, description=description, diff_stat=stat)
-            return
-        changed = [f for f in self.git.changed_files(self.editable) if f not in self.human_files]
-        sha = self.git.commit_all(changed, f"cockpit {s.tag} #{n}: {description}")
-        self.git.pin(s.tag, n, sha)
-        stat = self.git.diff_stat(s.best_commit, sha)
-        j.update_experiment(s.id, n, commit_sha=sha, diff_stat=stat, description=description, status="running")
-        self.emit(ev.DiffUpdated(n=n, diff=self.git.diff(s.best_commit, sha)))
-        self.emit(ev.ExperimentProposed(n=n, description=description, diff_stat=stat))
         if self.control.review:
             self.emit(ev.AwaitingApproval(n=n))
         verdict = self.control.wait_for_approval()
@@ -283,6 +262,7 @@ class Engine:
             reason = self.control.take_veto() if verdict == "vetoed" else "stopped before the run"
             self._finish(n, "vetoed" if verdict == "vetoed" else "interrupted", reason, sha=sha)
             return
+        self._start_next()  # the agent prepares the next experiment while this one trains
         out = self._run(n, sha)
         veto = self.control.take_veto()
         if veto is not None:
@@ -300,12 +280,176 @@ class Engine:
         reason = None if d.keep else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
         self._finish(n, status, reason, sha=sha, out=out, decision=d)
 
-    def _record_usage(self, n: int) -> None:
-        u = getattr(self.agent, "last_usage", None)
-        if u is not None:
-            self.journal.update_experiment(self.session.id, n, tokens_in=u.input_tokens, tokens_out=u.output_tokens,
-                                           cache_write=u.cache_write_tokens, cache_read=u.cache_read_tokens,
-                                           cost_usd=u.cost_usd)
+    # ---- proposals: the agent works in its own tree, in the background while a run trains ----
+    def _new_row(self, n: int, base: str) -> None:
+        self.journal.add_experiment(self.session.id, n, "experiment", base, "proposing")
+        if self.control.take_instructions_changed():
+            self.journal.add_note(self.session.id, "human", "instructions", "program.md was changed by the human; re-read it")
+
+    def _agent_tree(self, base: str):
+        """The agent's working tree (.cockpit/agent), clean at `base`."""
+        if self.wt is not None:
+            try:
+                self.wt.reset_hard(base)
+                self.wt.g.clean("-fdq")
+                return self.wt
+            except Exception:  # a broken tree is made again
+                traceback.print_exc()
+        self.wt = self.git.agent_worktree(self.ws.state / "agent", base)
+        return self.wt
+
+    def _propose(self, n: int, base: str, background: bool) -> "_Attempt":
+        """Ask the agent for experiment n against `base`, now or in a background thread."""
+        wt = self._agent_tree(base)
+        tools = Tools(wt.root, self.editable)
+        ctx = self._context(n)
+        a = _Attempt(n, base, tools, threading.Event())
+        if hasattr(self.agent, "interrupt"):
+            self.agent.interrupt = _AnyOf(self.control.stopping, a.cancel)
+
+        def work() -> None:
+            t0 = time.monotonic()
+            try:
+                a.proposal = self.agent.propose(ctx, tools, self.emit)
+            except Exception as e:  # handled by the loop when the proposal is taken
+                a.failure = e
+            a.seconds = time.monotonic() - t0
+            a.usage = getattr(self.agent, "last_usage", None)
+
+        if background:
+            a.thread = threading.Thread(target=work, name=f"cockpit-propose-{n}", daemon=True)
+            a.thread.start()
+        else:
+            work()
+        return a
+
+    def _start_next(self) -> None:
+        """While the run about to start trains, the agent prepares the next experiment against the
+        current best (the run's parent). Not when a limit or a stop would end the session first."""
+        L = self.limits
+        if (not self.pipeline or self._pending is not None or self._agent_failures or self.control.stop_mode
+                or self.control.paused or self._stop_condition()
+                or (L.max_experiments is not None and self._ran >= L.max_experiments)):
+            return
+        s = self.session
+        m = self.journal.next_number(s.id)
+        self._new_row(m, s.best_commit)
+        self._pending = self._propose(m, s.best_commit, background=True)
+
+    def _await(self, a: "_Attempt") -> None:
+        """Wait for a background proposal; the GPU is idle meanwhile, so say so."""
+        if a.thread is None or not a.thread.is_alive():
+            return
+        self.emit(ev.Waiting(reason=f"the GPU is idle: waiting for the agent's proposal #{a.n}", seconds=0.0))
+        while a.thread.is_alive():
+            if self.control.stop_mode == "now":
+                self._pending = a  # abandoned by run()'s cleanup
+                raise _Stop("stopped by the human (now)")
+            a.thread.join(0.2)
+
+    def _abandon_pending(self) -> None:
+        a, self._pending = self._pending, None
+        if a is None:
+            return
+        a.cancel.set()
+        if a.thread is not None:
+            a.thread.join(10.0)
+        self._record_usage(a.n, a.usage)
+        self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(),
+                                       reason="prepared while the previous run trained; the session stopped before it ran")
+        self.emit(ev.ExperimentFinished(n=a.n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
+                                        best_metric=self.session.best_metric, description="(not run)",
+                                        reason="the session stopped before it ran"))
+
+    def _take(self, a: "_Attempt"):
+        """Record the agent's answer and land it as the run's commit on the session branch.
+        Returns the commit, None when the experiment ended here (recorded), or _CONFLICT."""
+        s, j, n = self.session, self.journal, a.n
+        if a.proposal is not None:
+            j.update_experiment(s.id, n, propose_seconds=a.seconds)
+        self._record_usage(n, a.usage)
+        self._save_notes(a.tools)
+        failure = a.failure
+        if isinstance(failure, HarnessError):
+            raise failure
+        if isinstance(failure, ProposalRejected):  # nothing valid after the agent's own retries: skipped
+            self._finish(n, "invalid", f"proposal rejected {failure}", description="(no valid change)")
+            return None
+        if failure is not None:  # the agent's own failure is recorded, not fatal
+            e = failure
+            self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)", agent_error=True)
+            self._agent_failures += 1
+            if self._agent_failures >= MAX_AGENT_FAILURES:
+                raise _Stop(f"the agent failed {self._agent_failures} times in a row (last: {type(e).__name__}: {e})")
+            wait = min(600.0, 30.0 * 2 ** (self._agent_failures - 1))
+            self.emit(ev.Waiting(reason=f"the agent failed ({type(e).__name__}); next proposal in {wait:.0f}s", seconds=wait))
+            self.control.stopping.wait(wait)
+            return None
+        self._agent_failures = 0
+        if a.proposal is None:
+            j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
+            raise _Stop("the agent has nothing left to propose")
+        text = a.proposal.description.strip()
+        description = text.splitlines()[0][:200] if text else "(no description)"
+        wt = self.wt
+        problem = self._validate(wt)
+        if problem:
+            self._finish(n, "invalid", problem, description=description, diff_stat=wt.diff_stat("HEAD"))
+            return None
+        changed = [f for f in wt.changed_files(self.editable) if f not in self.human_files]
+        message = f"cockpit {s.tag} #{n}: {description}"
+        sha = wt.commit_all(changed, message)
+        if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
+            sha = self._rebase(sha, a.base, s.best_commit, message)
+            if sha is None:
+                return _CONFLICT
+        self.git.reset_hard(sha, keep=self.human_files)
+        self.git.pin(s.tag, n, sha)
+        stat = self.git.diff_stat(s.best_commit, sha)
+        j.update_experiment(s.id, n, parent_commit=s.best_commit, commit_sha=sha, diff_stat=stat, description=description,
+                            status="running")
+        self.emit(ev.DiffUpdated(n=n, diff=self.git.diff(s.best_commit, sha)))
+        self.emit(ev.ExperimentProposed(n=n, description=description, diff_stat=stat))
+        return sha
+
+    def _rebase(self, sha: str, base: str, best: str, message: str) -> str | None:
+        """Re-apply commit `sha` (made on `base`) onto `best` with a 3-way merge of each file it
+        changed; None on a conflict."""
+        wt = self.wt
+        merged = {}
+        for f in wt.files_changed(base, sha):
+            b, ours, theirs = wt.show(base, f), wt.show(best, f), wt.show(sha, f)
+            if theirs is None or ours is None or b is None:  # created or deleted on a side
+                m = theirs if ours == b else (ours if theirs == b or theirs == ours else None)
+                if m is None and (theirs is not None or ours is not None):
+                    return None
+            else:
+                m = merge3(b, ours, theirs)
+                if m is None:
+                    return None
+            merged[f] = m
+        wt.reset_hard(best)
+        for f, text in merged.items():
+            p = wt.root / f
+            if text is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(text, encoding="utf-8")
+        changed = wt.changed_files(self.editable)
+        if not changed:
+            return None  # the new best already holds this change: ask again
+        return wt.commit_all(changed, message)
+
+    def _record_usage(self, n: int, u) -> None:
+        """Add one proposal's tokens and cost to experiment n (a re-asked proposal costs twice)."""
+        if u is None:
+            return
+        e = self.journal.experiment(self.session.id, n)
+        self.journal.update_experiment(self.session.id, n, tokens_in=e.tokens_in + u.input_tokens,
+                                       tokens_out=e.tokens_out + u.output_tokens,
+                                       cache_write=e.cache_write + u.cache_write_tokens,
+                                       cache_read=e.cache_read + u.cache_read_tokens, cost_usd=e.cost_usd + u.cost_usd)
 
     def _save_notes(self, tools: Tools) -> None:
         for text in tools.notes:
@@ -335,8 +479,8 @@ class Engine:
         self.emit(ev.Notice(text=f"{', '.join(dirty)} changed: committed at {sha[:7]}; the agent is told"))
         return True
 
-    def _validate(self) -> str | None:
-        changed = [f for f in self.git.changed_files(self.editable) if f not in self.human_files]
+    def _validate(self, tree) -> str | None:
+        changed = [f for f in tree.changed_files(self.editable) if f not in self.human_files]
         if not changed:
             return "the proposal changed nothing"
         outside = [f for f in changed if f not in self.editable]
@@ -345,12 +489,13 @@ class Engine:
         for f in changed:
             if f.endswith(".py"):
                 try:
-                    compile((self.ws.root / f).read_text(encoding="utf-8"), f, "exec")
+                    compile((tree.root / f).read_text(encoding="utf-8"), f, "exec")
                 except SyntaxError as e:
                     return f"{f} does not compile: {e.msg} (line {e.lineno})"
         return None
 
     def _run(self, n: int, sha: str, kind: str = "experiment"):
+        self.journal.update_experiment(self.session.id, n, run_started=time.time())
         self.emit(ev.ExperimentStarted(n=n, commit=sha, kind=kind))
         log = self.ws.run_dir(self.session.tag, n) / "run.log"
 
@@ -423,7 +568,7 @@ class Engine:
         notes = self.journal.notes(s.id)
         files = {}
         for rel in self.editable:
-            p = self.ws.root / rel
+            p = self.wt.root / rel  # the agent's tree, at the best commit
             files[rel] = p.read_text(encoding="utf-8") if p.is_file() else ""
         return Context(
             program=self.ws.program(),
@@ -449,3 +594,40 @@ class Engine:
 
 class _Stop(Exception):
     """Ends the session with a clear reason."""
+
+
+_CONFLICT = object()  # a pipelined proposal that does not merge onto the new best
+
+
+@dataclass
+class _Attempt:
+    """One proposal for experiment n, made against the best commit `base`."""
+
+    n: int
+    base: str
+    tools: Tools
+    cancel: threading.Event  # set when the engine no longer needs this proposal
+    proposal: object = None
+    failure: Exception | None = None
+    seconds: float = 0.0
+    usage: object = None
+    thread: threading.Thread | None = None
+
+
+class _AnyOf:
+    """An agent's interrupt: set when stop-now is pressed or its proposal is abandoned."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.events[0].wait(0.1 if left is None else min(0.1, left))
+        return True

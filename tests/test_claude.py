@@ -215,6 +215,17 @@ def test_the_prompt_stays_under_the_token_budget_with_a_long_history(ws):
     assert "earlier experiments" in prompt and "| 399 |" in prompt  # old rows condensed, newest kept
 
 
+def test_a_proposal_made_while_a_run_trains_is_told_what_is_in_flight(ws):
+    hist = [PastExperiment(1, "keep", 10.0, None, "baseline 1/1", ""),
+            PastExperiment(2, "running", None, None, "VALUE 10 -> 9", "-VALUE = 10.0\n+VALUE = 9.0\n")]
+    with FakeAnthropic([]) as fake:
+        a = agent(fake)
+        pipelined = a.build_prompt(make_ctx(ws, n=3, history=hist))
+        alone = a.build_prompt(make_ctx(ws, n=3, history=hist[:1]))
+    assert "In flight: #2 is training now (VALUE 10 -> 9)" in pipelined and "Do not repeat #2's change" in pipelined
+    assert "In flight" not in alone
+
+
 def test_a_refused_key_stops_with_a_clear_reason(ws):
     from engine.agents.claude import AuthError
 

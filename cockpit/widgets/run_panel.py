@@ -1,4 +1,5 @@
-"""The run panel: budget progress, live loss and tokens/s with a sparkline, and the ETA."""
+"""The run panel: budget progress, live loss and tokens/s with a sparkline, the ETA, and where the
+last run's time went (startup, training, evaluation) with the session's duty cycle."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ class RunPanel(Vertical):
         self.border_title = "run"
         self.losses: deque[float] = deque(maxlen=HISTORY)
         self.stats = Static("idle")
+        self.phases = Static("")
         self.bar = ProgressBar(total=100, show_eta=False)
         self.spark = Sparkline([], summary_function=min)
 
     def compose(self):
         yield self.bar
         yield self.stats
+        yield self.phases
         yield self.spark
 
     def start(self, n: int) -> None:
@@ -49,6 +52,8 @@ class RunPanel(Vertical):
             eta = f" ETA {elapsed * (1 - frac) / frac:.0f}s"
         self.stats.update(f"#{n} step {step} loss {loss:.4f}{rate}{mfu_s}{eta}")
 
-    def done(self, text: str) -> None:
+    def done(self, text: str, phases: str | None = None) -> None:
         self.bar.update(progress=100)
         self.stats.update(text)
+        if phases is not None:
+            self.phases.update(phases)

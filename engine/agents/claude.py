@@ -201,6 +201,8 @@ class Claude:
                 kwargs["thinking"] = {"type": "enabled", "budget_tokens": self.cfg.thinking_budget}
         with self.client.messages.stream(**kwargs) as stream:
             for event in stream:
+                if self.interrupt is not None and self.interrupt.is_set():
+                    raise AgentGaveUp("stopped")  # stop-now, or the engine no longer needs this proposal
                 if event.type == "content_block_delta":
                     d = event.delta
                     if d.type == "thinking_delta":
@@ -311,6 +313,12 @@ def _render(ctx: Context, recent, rows: int, notes_h, notes_a, changed: str | No
         out += ["", "## Notes and vetoes from the human"] + [f"- {t}" for t in notes_h]
     if notes_a:
         out += ["", "## Your research notes"] + [f"- {t}" for t in notes_a]
+    running = [e for e in ctx.history if e.status in ("running", "proposing")]
+    if running:
+        r = running[-1]
+        out += ["", f"## In flight: #{r.n} is training now ({r.description})",
+                f"Its result is not known yet. Your change is made against the best code above and applied after #{r.n} "
+                f"finishes; if #{r.n} is kept, your change is merged on top of it. Do not repeat #{r.n}'s change."]
     out += ["", "## Your task",
             "Propose experiment #%d: one focused change that you expect to beat the best by more than the noise. "
             "Do not repeat a discarded idea without a new reason. Edit with the tools, then call submit." % ctx.n]
