@@ -4,7 +4,9 @@
 
 Prints one row per run: status, val_bpb, steps, tokens/s, MFU, training seconds and the seconds
 outside training (startup + first compiled step, evaluation). Run 1 is cold (empty compile
-cache when the cache dir is new); later runs are warm. --out writes the results as JSON.
+cache when the cache dir is new); later runs are warm, and each one after the first is handed to
+the spare child that the run before it started (--no-spare: a fresh child every time, as
+before). --out writes the results as JSON.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> int:
     ap.add_argument("--script", default=str(ROOT / "trainer" / "train.py"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-prepare", action="store_true", help="use the cache's current dataset as it is")
+    ap.add_argument("--no-spare", action="store_true", help="start every run's child fresh (no spare)")
     a = ap.parse_args()
 
     cache = cache_root(a.cache_dir)
@@ -47,26 +50,29 @@ def main() -> int:
     c = ds.manifest["counts"]
     print(f"data: {ds.manifest['source']['spec']}: {c['train_tokens']:,} train / {c['val_tokens']:,} val tokens", flush=True)
     prof = _profile(a.device, a.budget)
-    rows = []
+    rows, calls = [], []
     for i in range(a.runs):
         log = ROOT / ".cockpit" / "bench" / f"run{i + 1}-{int(time.time())}.log"
-        r = runner.run(Path(a.script), ds, prof, log, cache)
+        t0 = time.monotonic()
+        r = runner.run(Path(a.script), ds, prof, log, cache, spare=not a.no_spare)
+        calls.append(time.monotonic() - t0)
         rows.append(r)
         print(f"run {i + 1}: {r.status} {r.reason or ''}", flush=True)
         if r.log_tail:
             print(r.log_tail, flush=True)
     print()
-    print(f"{'run':>3} {'status':>7} {'val_bpb':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} {'train_s':>7} {'outside':>7} {'startup':>7} {'ready':>6} {'eval':>6} {'mem_GB':>6}")
-    for i, r in enumerate(rows):
+    print(f"{'run':>3} {'status':>7} {'val_bpb':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} {'train_s':>7} {'outside':>7} {'startup':>7} {'ready':>6} {'eval':>6} {'verify':>6} {'spare':>6} {'mem_GB':>6}")
+    for i, (r, call) in enumerate(zip(rows, calls)):
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu else "-"
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         print(
             f"{i + 1:>3} {r.status:>7} {fmt(r.val_bpb, '.4f'):>8} {r.steps:>6} {fmt(r.tokens_per_second, ',.0f'):>10} {mfu:>6} "
             f"{fmt(r.training_seconds, '.1f'):>7} {fmt(r.outside_training_seconds, '.1f'):>7} {fmt(r.startup_seconds, '.1f'):>7} "
-            f"{fmt(r.ready_seconds, '.1f'):>6} {fmt(r.eval_seconds, '.1f'):>6} {fmt(r.peak_memory_gb, '.1f'):>6}"
+            f"{fmt(r.ready_seconds, '.1f'):>6} {fmt(r.eval_seconds, '.1f'):>6} {call - r.total_seconds:>6.2f} "
+            f"{fmt(r.spare_seconds, '.1f'):>6} {fmt(r.peak_memory_gb, '.1f'):>6}"
         )
     if a.out:
-        Path(a.out).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        Path(a.out).write_text(json.dumps([dict(asdict(r), call_seconds=c) for r, c in zip(rows, calls)], indent=1))
     return 0 if all(r.status == "ok" for r in rows) else 1
 
 

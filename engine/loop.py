@@ -108,6 +108,11 @@ class Engine:
         self.session = s
         self.tag = s.tag
         self._agent_tree(s.best_commit)  # an unsubmitted edit left there by a killed cockpit goes
+        if hasattr(self.target, "warm_up"):
+            try:
+                self.target.warm_up()
+            except Exception as e:  # only a head start: the first run starts its own process
+                self.emit(ev.Notice(text=f"could not start the first run's process early: {e}"))
         if self.git.removed_stale_lock:
             self.emit(ev.Notice(text="removed a stale .git/index.lock left by a git command that was killed"))
         self._sync_human_files()

@@ -1,13 +1,21 @@
-"""The training subprocess's driver: `python -m harness.child --script train.py ...`.
+"""The training subprocess's driver: `python -m harness.child --fd N --parent PID [--preload-compile]`.
 
-It checks the script against the guard, sets up harness.runtime (profile, data, the channel to
-the runner), runs the script as __main__, and turns whatever happens into one verdict message.
-The runner kills this process's whole group when it is done, cancelled or out of time.
+Two phases. Before "go" it imports what every run needs (torch, the harness's runtime, and for
+compiling profiles Dynamo and Inductor) and then blocks on stdin; the runner may start it this
+way ahead of time, as a spare, while the previous run still trains. Nothing here touches the GPU
+before "go": importing torch creates no CUDA context, and the child checks that it did not.
+On "go" (one JSON line: script, data, profile, budget, warm-up, log, cwd) it attaches its output
+to the run's log, checks the script against the guard, sets up harness.runtime (profile, data,
+the channel to the runner), runs the script as __main__, and turns whatever happens into one
+verdict message. The runner kills this process's whole group when it is done, cancelled or out
+of time, and a spare that is no longer wanted.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import runpy
@@ -17,6 +25,13 @@ import time
 import traceback
 from pathlib import Path
 
+# What a run imports anyway, loaded before "go" so that a spare has it ready. Dynamo comes with
+# the first torch.optim optimizer even without compiling; Inductor (seconds) only where the
+# profile compiles; triton only where it is installed.
+PRELOAD = ("torch", "torch.nn.functional", "torch._dynamo", "harness.guard", "harness.profiles", "harness.runtime")
+PRELOAD_COMPILE = ("torch._inductor.compile_fx", "torch._functorch.aot_autograd")
+SPARE_EXIT = 0  # stdin closed before "go": the runner no longer wants this spare
+
 
 def _send(fd: int, kind: str, **fields) -> None:
     os.write(fd, (json.dumps({"type": kind, **fields}) + "\n").encode())
@@ -25,42 +40,93 @@ def _send(fd: int, kind: str, **fields) -> None:
 def _orphan_watchdog(parent: int) -> None:
     """If the runner dies (kill -9), take the whole process group down with us."""
     while True:
-        time.sleep(1.0)
+        time.sleep(0.5)
         if os.getppid() != parent:
             os.killpg(0, 9)
 
 
+def _preload(compile_: bool) -> None:
+    for name in PRELOAD + (PRELOAD_COMPILE if compile_ else ()):
+        importlib.import_module(name)
+    if compile_:
+        if importlib.util.find_spec("triton") is not None:
+            importlib.import_module("triton")
+        codecache = importlib.import_module("torch._inductor.codecache")
+        if hasattr(codecache, "torch_key"):
+            codecache.torch_key()  # a hash of torch's own files, part of every compile cache key (cached)
+    import torch
+
+    if torch.cuda.is_initialized():  # a run must never share the GPU: a spare holds no context
+        raise RuntimeError("harness: CUDA was initialised before the run started")
+
+
+def _attach_log(log: str, cwd: str) -> None:
+    """Send stdout/stderr to the run's log (with what was printed while preloading, e.g.
+    warnings), stdin to /dev/null, and move into the run's folder."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(1, 0, os.SEEK_END)
+        early = os.pread(1, size, 0) if size else b""
+        os.ftruncate(1, 0)  # moved, not copied: the runner appends only what a dead child left there
+    except OSError:  # stdout is not a file (started by hand): nothing was kept to copy
+        early = b""
+    if early:
+        os.write(out, early)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.chdir(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
     ap = argparse.ArgumentParser(prog="harness.child")
-    ap.add_argument("--script", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--profile", required=True)
-    ap.add_argument("--budget", type=float, required=True)
-    ap.add_argument("--warmup", type=float, required=True)
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--preload-compile", action="store_true")
     a = ap.parse_args(argv)
     fd = a.fd
     threading.Thread(target=_orphan_watchdog, args=(a.parent,), daemon=True).start()
 
+    _preload(a.preload_compile)
+    t_loaded = time.monotonic()
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return SPARE_EXIT
+    go = json.loads(line)
+    # The runner's clock (CLOCK_MONOTONIC is system-wide): the moment the run was asked for.
+    t_go = min(float(go.get("t_go", time.monotonic())), time.monotonic())
+    _attach_log(go["log"], go["cwd"])
+
     from . import guard
 
-    script = Path(a.script)
+    script = Path(go["script"])
     rule = guard.check(script.read_text(encoding="utf-8"), script.name)
     if rule:
         _send(fd, "invalid", reason=rule)
         print(f"harness: {rule}", flush=True)
         return 2
 
+    from dataclasses import replace
+
     from . import runtime
     from .profiles import by_name
 
-    from dataclasses import replace
-
-    prof = replace(by_name(a.profile).with_budget(a.budget), warmup_allowance=a.warmup)
-    session = runtime._configure(prof, Path(a.data), fd)
-    _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget)
-    print(f"harness: profile {prof.name}, budget {prof.time_budget:g}s, data {a.data}", flush=True)
+    prof = replace(by_name(go["profile"]).with_budget(go["budget"]), warmup_allowance=go["warmup"])
+    session = runtime._configure(prof, Path(go["data"]), fd, t_go=t_go)
+    _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget,
+          preload_seconds=t_loaded - t_start, idle_seconds=max(0.0, t_go - t_loaded))
+    print(
+        f"harness: profile {prof.name}, budget {prof.time_budget:g}s, data {go['data']}; "
+        f"imports {t_loaded - t_start:.1f}s, " + (f"then {t_go - t_loaded:.1f}s waiting for the run, " if t_go > t_loaded else "")
+        + f"ready {session.t_ready - t_go:.2f}s after the run was asked for",
+        flush=True,
+    )
     sys.argv = [str(script)]
     try:
         runpy.run_path(str(script), run_name="__main__")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 from .errors import IntegrityError
@@ -50,7 +52,8 @@ def lock_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> bool:
     return True
 
 
-def verify_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> None:
+def verify_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
+    """Refuse when a harness file differs from the lock; return the files' hashes."""
     path = lock_path(cache, harness_dir)
     if not path.exists():
         raise IntegrityError("the harness is not locked in this cache; run `cockpit prepare`")
@@ -63,13 +66,41 @@ def verify_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> None:
             + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
             + "; restore it, or review the change and run `cockpit prepare` to re-lock"
         )
+    return now
+
+
+# Data files this process has hashed and found as recorded: (path, recorded hash) -> the file's
+# identity when it was hashed. Hashing a large corpus costs seconds per run; re-stat'ing costs
+# microseconds. The identity holds the change time (ctime), which the kernel sets to "now" on any
+# write to the file (write(2), a write through a shared mapping, truncate) and on any change of
+# its metadata (utime, chmod, rename onto it). No unprivileged process can set ctime back, so a
+# file with the same (device, inode, size, mtime, ctime) as when its bytes hashed right is the
+# same file with the same bytes. Timestamps are coarse (one kernel tick), so a file whose ctime
+# is within STAT_CACHE_MIN_AGE of now is re-hashed every time: a write in the same tick as the
+# hash could otherwise leave ctime unchanged. The cache lives only in this process's memory (the
+# runner's), where the training subprocess cannot reach it.
+_verified: dict[tuple[str, str], tuple[int, ...]] = {}
+STAT_CACHE_MIN_AGE = 2.0  # seconds
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def verify_dataset(folder: Path, manifest: dict) -> None:
-    """Re-hash every file the manifest lists; refuse on the first mismatch."""
+    """Check every file the manifest lists against its recorded hash; refuse on the first mismatch.
+    A file hashed earlier by this process and not changed since (see _verified) is not re-read."""
     for name, rec in manifest["files"].items():
         p = folder / name
-        if not p.exists():
-            raise IntegrityError(f"prepared data file missing: {p}; run `cockpit prepare --force`")
-        if p.stat().st_size != rec["size"] or file_hash(p) != rec["hash"]:
+        try:
+            st = p.stat()  # before hashing: a write during the hash changes ctime after this
+        except FileNotFoundError:
+            raise IntegrityError(f"prepared data file missing: {p}; run `cockpit prepare --force`") from None
+        key, ident = (str(p), rec["hash"]), _identity(st)
+        if st.st_size == rec["size"] and _verified.get(key) == ident:
+            continue
+        if st.st_size != rec["size"] or file_hash(p) != rec["hash"]:
+            _verified.pop(key, None)
             raise IntegrityError(f"prepared data file changed since it was built: {p}; run `cockpit prepare --force`")
+        if time.time_ns() - st.st_ctime_ns > STAT_CACHE_MIN_AGE * 1e9:
+            _verified[key] = ident

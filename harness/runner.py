@@ -1,14 +1,23 @@
 """The runner: one experiment = one training subprocess, watched from outside.
 
-It verifies the harness and the data, starts `python -m harness.child` in its own process group
-with a scrubbed environment and the log on disk, streams progress to a callback, enforces the
-time budget with its own clock (arrival times of the child's messages), and kills the whole
-group on timeout or cancel. What train.py prints is never parsed: the verdict arrives as typed
-messages on a private pipe, and the metric is computed by harness code.
+It verifies the harness and the data, hands the run to `python -m harness.child` in its own
+process group with a scrubbed environment and the log on disk, streams progress to a callback,
+enforces the time budget with its own clock (arrival times of the child's messages), and kills
+the whole group on timeout or cancel. What train.py prints is never parsed: the verdict arrives
+as typed messages on a private pipe, and the metric is computed by harness code.
+
+The spare: a child spends seconds importing torch (and Dynamo/Inductor) before it can start a
+run. So while one run trains, the runner starts the next run's child (same scrubbed environment,
+own process group, orphan watchdog), which imports and then waits on its stdin for "go". The next
+`run()` with the same environment and harness hands it the run; any other `run()` discards it and
+starts a fresh child as before. A spare never touches the GPU before "go" (the child checks), is
+used for one run only, dies with the runner (the watchdog), at interpreter exit (atexit) and on
+`shutdown_spare()`. All times of a run count from "go", the moment `run()` asked for it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -17,6 +26,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -25,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import Dataset
-from .integrity import verify_harness
+from .integrity import harness_files, verify_harness
 from .paths import HARNESS_DIR, inductor_cache
 from .profiles import Profile
 
@@ -62,9 +72,9 @@ class RunResult:
     reason: str | None
     val_bpb: float | None
     training_seconds: float | None
-    total_seconds: float
-    startup_seconds: float | None  # spawn -> first step reported (imports, setup, compile)
-    ready_seconds: float | None  # spawn -> harness ready (interpreter, torch and harness imports)
+    total_seconds: float  # go -> end (go: run() asked the child to start this run)
+    startup_seconds: float | None  # go -> first step reported (imports left, setup, compile)
+    ready_seconds: float | None  # go -> harness ready (the imports a spare has not done already)
     eval_seconds: float | None  # trained -> result (causality probe + val_bpb)
     peak_memory_gb: float | None
     steps: int
@@ -77,6 +87,7 @@ class RunResult:
     exit_code: int | None
     profile: str
     budget: float
+    spare_seconds: float | None = None  # how long the spare child had been warming before go; None: fresh
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,7 +113,7 @@ class Limits:
 
 @dataclass
 class _Watch:
-    t_spawn: float
+    t_go: float
     t_ready: float | None = None
     t_first: float | None = None
     t_trained: float | None = None
@@ -126,50 +137,43 @@ def run(
     limits: Limits | None = None,
     harness_dir: Path = HARNESS_DIR,
     on_spawn: Callable[[int], None] | None = None,
+    spare: bool = True,
 ) -> RunResult:
     """Run one training script under the harness. Raises IntegrityError before starting when the
-    harness or the data changed; every other outcome is a RunResult."""
-    verify_harness(cache, harness_dir)
+    harness or the data changed; every other outcome is a RunResult. With `spare`, the run uses
+    the waiting spare child when it fits, and starts the next run's spare while it trains."""
+    hashes = verify_harness(cache, harness_dir)
     dataset.verify()
     limits = limits or Limits.for_profile(profile)
     cancel = cancel or threading.Event()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.touch()
 
-    env = scrub_env(dict(os.environ))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    ind = inductor_cache(cache)
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
-    env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-
-    rfd, wfd = os.pipe()
-    # -P: neither the working directory nor the script's folder goes on sys.path, so nothing
-    # planted next to train.py can shadow the harness or its dependencies.
-    cmd = [
-        sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "harness.child",
-        "--script", str(script), "--data", str(dataset.folder), "--profile", profile.name,
-        "--budget", repr(profile.time_budget), "--warmup", repr(limits.warmup),
-        "--fd", str(wfd), "--parent", str(os.getpid()),
-    ]
-    w = _Watch(time.monotonic())
-    proc = None
+    env = child_env(cache, harness_dir)
+    key = _key(env, harness_dir, hashes)
+    args = {
+        "script": str(script), "data": str(dataset.folder), "profile": profile.name,
+        "budget": profile.time_budget, "warmup": limits.warmup, "log": str(log_path), "cwd": str(log_path.parent),
+    }
+    child = _take_spare(key) if spare else None
+    t_go = time.monotonic()  # CLOCK_MONOTONIC is one clock for all processes: the child's timeline uses it
+    if child is not None and not _send_go(child, dict(args, t_go=t_go)):
+        _discard(child)  # it died after all: a fresh one takes the run
+        child = None
+    spare_s = None if child is None else t_go - child.t_spawn
+    if child is None:
+        t_go = time.monotonic()
+        child = _spawn(env, key, harness_dir, preload_compile=profile.compile)
+        _send_go(child, dict(args, t_go=t_go))  # a child that died at once is judged by its exit status below
+    proc = child.proc
+    w = _Watch(t_go)
+    prestart = _prestarter(spare, profile, env, key, harness_dir)
     try:
-        with open(log_path, "ab") as log:
-            try:
-                proc = subprocess.Popen(
-                    cmd, cwd=str(log_path.parent), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, pass_fds=(wfd,), start_new_session=True,
-                )
-            finally:
-                os.close(wfd)
         if on_spawn:
             on_spawn(proc.pid)
-        status, reason = _watch(proc, rfd, w, profile, limits, cancel, on_progress)
+        status, reason = _watch(proc, child.rfd, w, profile, limits, cancel, on_progress, on_message=prestart)
     finally:  # whatever happened here, the training process group does not outlive the call
-        os.close(rfd)
-        if proc is not None:
-            kill_group(proc)
+        _discard(child, log_path)
     exit_code = proc.returncode
     t_end = time.monotonic()
 
@@ -199,9 +203,9 @@ def run(
         reason=reason,
         val_bpb=v.get("val_bpb") if status == "ok" else None,
         training_seconds=train_s,
-        total_seconds=t_end - w.t_spawn,
-        startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_spawn if w.t_ready else None,
-        ready_seconds=w.t_ready - w.t_spawn if w.t_ready else None,
+        total_seconds=t_end - w.t_go,
+        startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_go if w.t_ready else None,
+        ready_seconds=w.t_ready - w.t_go if w.t_ready else None,
         eval_seconds=(w.verdict_time - w.t_trained) if status == "ok" and w.t_trained else None,
         peak_memory_gb=v["peak_memory_bytes"] / 1e9 if "peak_memory_bytes" in v else None,
         steps=int(w.trained.get("steps") or (w.last_progress or {}).get("step", -1) + 1),
@@ -214,7 +218,162 @@ def run(
         exit_code=exit_code,
         profile=profile.name,
         budget=profile.time_budget,
+        spare_seconds=spare_s,
     )
+
+
+# ---- the child process: started fresh, or ahead of time as the spare ----
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    rfd: int  # read end of its message pipe
+    early: object  # the temporary file holding what it printed before "go"
+    key: tuple  # what it was started with; it serves only a run that needs the same
+    t_spawn: float
+
+
+_spare: _Child | None = None
+_spare_lock = threading.Lock()
+_atexit_registered = False
+
+
+def child_env(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
+    """The training subprocess's environment: this one without secrets, plus the harness's
+    import path and the compile caches under the cache dir."""
+    env = scrub_env(dict(os.environ))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    ind = inductor_cache(cache)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
+    env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    return env
+
+
+def _key(env: dict[str, str], harness_dir: Path, hashes: dict[str, str]) -> tuple:
+    return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())))
+
+
+def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool) -> _Child:
+    rfd, wfd = os.pipe()
+    early = tempfile.TemporaryFile(prefix="cockpit-child-")
+    # -P: neither the working directory nor the script's folder goes on sys.path, so nothing
+    # planted next to train.py can shadow the harness or its dependencies.
+    cmd = [
+        sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "harness.child",
+        "--fd", str(wfd), "--parent", str(os.getpid()), *(["--preload-compile"] if preload_compile else []),
+    ]
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=str(harness_dir.parent), env=env, stdin=subprocess.PIPE, stdout=early,
+            stderr=subprocess.STDOUT, pass_fds=(wfd,), start_new_session=True,
+        )
+    except BaseException:
+        os.close(rfd)
+        early.close()
+        raise
+    finally:
+        os.close(wfd)
+    return _Child(proc, rfd, early, key, time.monotonic())
+
+
+def _send_go(child: _Child, go: dict) -> bool:
+    """Hand the run to the child; False when it is gone."""
+    try:
+        child.proc.stdin.write((json.dumps(go) + "\n").encode())
+        child.proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        return False
+    return True
+
+
+def _discard(child: _Child, log_path: Path | None = None) -> None:
+    """Kill the child's group, close our ends, and keep in the log what it printed before it
+    reached the log (a child that died while importing)."""
+    kill_group(child.proc)
+    try:
+        child.proc.stdin.close()
+    except OSError:  # the pipe broke: the child is gone, nothing left to flush
+        pass
+    os.close(child.rfd)
+    if log_path is not None:
+        child.early.seek(0)
+        early = child.early.read()
+        if early:
+            with open(log_path, "ab") as log:
+                log.write(early)
+    child.early.close()
+
+
+def _take_spare(key: tuple) -> _Child | None:
+    """The waiting spare if it is alive and was started for runs like this one (else it goes)."""
+    global _spare
+    with _spare_lock:
+        child, _spare = _spare, None
+    if child is None:
+        return None
+    if child.key != key or child.proc.poll() is not None:
+        _discard(child)
+        return None
+    return child
+
+
+def _keep_spare(child: _Child) -> None:
+    global _spare, _atexit_registered
+    with _spare_lock:
+        old, _spare = _spare, child
+        if not _atexit_registered:
+            atexit.register(shutdown_spare)
+            _atexit_registered = True
+    if old is not None:
+        _discard(old)
+
+
+def start_spare(cache: Path, harness_dir: Path = HARNESS_DIR, preload_compile: bool = False) -> int:
+    """Start a spare child now, for the next `run()` with this cache and harness; returns its pid."""
+    env = child_env(cache, harness_dir)
+    child = _spawn(env, _key(env, harness_dir, harness_files(harness_dir)), harness_dir, preload_compile)
+    _keep_spare(child)
+    return child.proc.pid
+
+
+def shutdown_spare() -> None:
+    """Kill the waiting spare, if any (also run at interpreter exit)."""
+    global _spare
+    with _spare_lock:
+        child, _spare = _spare, None
+    if child is not None:
+        _discard(child)
+
+
+def spare_pid() -> int | None:
+    """The waiting spare's pid, or None."""
+    child = _spare
+    return None if child is None else child.proc.pid
+
+
+def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_dir: Path):
+    """When to start the next run's spare: on an accelerator as soon as this run has finished its
+    first step (compilation done, the CPU mostly idle); on the CPU profile only once this run has
+    its verdict, so that the spare's imports do not take cores from training or evaluation."""
+    started = not enabled
+
+    def check(w: _Watch) -> None:
+        nonlocal started
+        if started:
+            return
+        moment = w.verdict if profile.device == "cpu" else (w.t_first or w.t_trained or w.verdict)
+        if moment is not None:
+            started = True
+            try:
+                child = _spawn(env, key, harness_dir, preload_compile=profile.compile)
+            except OSError as e:  # out of processes or memory: this run goes on, the next starts fresh
+                print(f"harness: could not start the next run's spare child: {e}", file=sys.stderr)
+                return
+            _keep_spare(child)
+
+    return check
 
 
 def _eval_cap(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> float:
@@ -231,12 +390,12 @@ def _eval_cap(w: _Watch, profile: Profile, limits: Limits, train_s: float | None
 
 def _training_seconds(w: _Watch, limits: Limits) -> float:
     """The runner's own measure, mirroring runtime._Session.training_seconds."""
-    ready = w.t_ready if w.t_ready is not None else w.t_spawn
+    ready = w.t_ready if w.t_ready is not None else w.t_go
     warm = (w.t_first if w.t_first is not None else w.t_trained) - ready
     return (w.t_trained - ready) - min(warm, limits.warmup)
 
 
-def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_progress):
+def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_progress, on_message=None):
     sel = selectors.DefaultSelector()
     os.set_blocking(rfd, False)
     sel.register(rfd, selectors.EVENT_READ)
@@ -284,6 +443,8 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
                         _handle(msg, w, profile, on_progress)
                     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
                         return "invalid", f"malformed harness message: {type(e).__name__}"
+                    if on_message:
+                        on_message(w)
             if eof:
                 time.sleep(0.05)
     finally:
@@ -305,7 +466,7 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
             w.mfu.append(msg["mfu"])
         if on_progress:
             p = Progress(int(msg["step"]), float(msg["loss"]), int(msg["tokens"]), msg.get("tok_s"), msg.get("mfu"),
-                         float(msg["fraction"]), now - w.t_spawn)
+                         float(msg["fraction"]), now - w.t_go)
             try:
                 on_progress(p)
             except Exception:  # a broken display must not take the run down
@@ -326,7 +487,7 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
 
 def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
     if w.t_ready is None:
-        return w.t_spawn + limits.startup, f"no start within {limits.startup:g}s"
+        return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
     if w.t_trained is None:
         slack = limits.over_budget_tolerance + max(5.0, 0.1 * profile.time_budget)
         return (

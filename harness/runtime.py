@@ -38,11 +38,13 @@ DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size
 class _Session:
     """The state of one run inside the training subprocess."""
 
-    def __init__(self, profile: Profile, dataset: Dataset, channel_fd: int | None = None):
+    def __init__(self, profile: Profile, dataset: Dataset, channel_fd: int | None = None, t_go: float | None = None):
         self.profile = profile
         self.dataset = dataset
         self.fd = channel_fd
         self.t_ready = time.monotonic()
+        self.t_go = self.t_ready if t_go is None else t_go  # when the runner asked for this run
+        self.marks: dict[str, float] = {"ready": self.t_ready - self.t_go}  # seconds after go, for the log
         self.t_first: float | None = None
         self.steps = 0
         self.tokens = 0
@@ -63,6 +65,13 @@ class _Session:
         line = json.dumps({"type": kind, **fields}) + "\n"
         os.write(self.fd, line.encode())
 
+    def mark(self, name: str) -> None:
+        """Note when a phase of the run ended (first time only), for the timeline in the log."""
+        self.marks.setdefault(name, time.monotonic() - self.t_go)
+
+    def timeline(self) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in self.marks.items())
+
     # ---- the clock ----
     def training_seconds(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -78,10 +87,10 @@ class _Session:
 _session: _Session | None = None
 
 
-def _configure(profile: Profile, dataset_dir, channel_fd: int | None) -> _Session:
+def _configure(profile: Profile, dataset_dir, channel_fd: int | None, t_go: float | None = None) -> _Session:
     """Called by the harness's child driver before train.py runs."""
     global _session
-    _session = _Session(profile, open_dataset(dataset_dir), channel_fd)
+    _session = _Session(profile, open_dataset(dataset_dir), channel_fd, t_go)
     return _session
 
 
@@ -126,7 +135,9 @@ def autocast():
 
 def model_info(flops_per_token: float | None = None) -> None:
     """Tell the harness the training FLOPs per token, so it can report MFU."""
-    _get().flops_per_token = flops_per_token
+    S = _get()
+    S.flops_per_token = flops_per_token
+    S.mark("model")
 
 
 # ---- data ----
@@ -160,6 +171,8 @@ def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     for x, y in _batches(stream, starts, batch_size, T, device, g):
         S.batches += 1
+        if S.batches == 1:
+            S.mark("data")
         S.loader_tokens += batch_size * T
         if S.batches == 2 and S.t_first is None:
             # A second batch means training has begun: the warm-up ends here even if train.py
@@ -171,7 +184,7 @@ def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
 
 def _batches(stream, starts, batch_size: int, T: int, device, g):
     if device.type == "cuda" and len(stream) <= DEVICE_RESIDENT_MAX_TOKENS:
-        data = torch.from_numpy(np.asarray(stream).astype(np.int32)).to(device)
+        data = evaluate.tokens_to_device(stream, device, torch.int32)
         starts_t = torch.from_numpy(starts).to(device)
         offs = torch.arange(T + 1, device=device)
         while True:
@@ -219,6 +232,7 @@ def progress(step: int, loss, tokens: int) -> None:
         return
     value = float(loss)  # sync point
     now = time.monotonic()
+    S.mark("first_step")
     if first:
         S.t_first = now
     if S.first_loss is None:
@@ -248,6 +262,16 @@ def _peak_memory_bytes(device: str) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
+def _print_compile_stats() -> None:
+    """With COCKPIT_COMPILE_STATS=1: Dynamo's compile times and the compile caches' hits, in the log."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    if not os.environ.get("COCKPIT_COMPILE_STATS") or dynamo is None:
+        return
+    print(dynamo.compile_times(repr="str"), flush=True)
+    for name in ("inductor", "aot_autograd", "stats"):
+        print(f"harness: counters[{name}] = {dict(dynamo.counters[name])}", flush=True)
+
+
 def submit(model) -> dict:
     """Hand the trained model to the harness. It checks causality, computes val_bpb from
     model(idx) logits, reports to the runner, and returns the summary (for printing)."""
@@ -257,6 +281,7 @@ def submit(model) -> dict:
     elif S.profile.device == "mps":
         torch.mps.synchronize()
     train_s = S.training_seconds()
+    S.mark("trained")
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
            flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens)
@@ -272,6 +297,7 @@ def submit(model) -> dict:
         t0 = time.monotonic()
         leak, probe_tokens = evaluate.causality_probe(model, val, D.vocab_size, B, T, P.device, P.autocast)
         probe_s = time.monotonic() - t0
+        S.mark("probed")
         if leak:
             S.send("invalid", reason=leak)
             print(f"harness: {leak}", flush=True)
@@ -285,6 +311,7 @@ def submit(model) -> dict:
         S.send("crash", reason=str(e))
         print(f"harness: {e}", flush=True)
         os._exit(3)
+    S.mark("evaluated")
     if isinstance(model, torch.nn.Module) and was_training:
         model.train()
     summary = {
@@ -302,4 +329,6 @@ def submit(model) -> dict:
     }
     S.send("result", **summary)
     S.submitted = True
+    print(f"harness: timeline, seconds after the run was asked to start: {S.timeline()}", flush=True)
+    _print_compile_stats()
     return summary

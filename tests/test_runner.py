@@ -474,3 +474,121 @@ def test_the_guard_accepts_the_bundled_trainer_and_its_settings():
 
     assert check((ROOT / "trainer" / "train.py").read_text()) is None
     assert check("import torch\ntorch.backends.cuda.matmul.allow_tf32 = True\ntorch._inductor.config.coordinate_descent_tuning = True") is None
+
+
+# ---- the spare: the next run's child, started while this one trains ----
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_spare_outlives_this_module():
+    yield
+    runner.shutdown_spare()
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    """True once the process has exited (a zombie counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_next_run_takes_the_spare_and_a_used_child_is_never_reused(tmp_path, cache):
+    runner.shutdown_spare()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = run_script(tmp_path / "a", cache, bigram())
+    assert first.status == "ok" and first.spare_seconds is None  # nothing was waiting: a fresh child
+    spare = runner.spare_pid()
+    assert spare is not None  # started for the next run once this one had its verdict (CPU profile)
+    pids = []
+    second = run_script(tmp_path / "b", cache, bigram(), on_spawn=pids.append)
+    assert second.status == "ok", second.log_tail
+    assert pids == [spare] and second.spare_seconds is not None and second.spare_seconds > 0
+    assert second.ready_seconds is not None and second.ready_seconds < second.startup_seconds
+    assert "harness: profile cpu" in Path(second.log_path).read_text()
+    assert gone(spare)
+    assert runner.spare_pid() not in (None, spare)  # the run after it gets a new process
+
+
+def test_a_spare_started_for_another_environment_is_not_used(tmp_path, cache, monkeypatch):
+    old = runner.start_spare(cache)
+    monkeypatch.setenv("COCKPIT_SOMETHING_NEW", "1")
+    pids = []
+    r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
+    assert r.status == "ok" and r.spare_seconds is None
+    assert pids[0] != old and gone(old)
+
+
+def test_a_spare_that_died_is_replaced_by_a_fresh_child(tmp_path, cache):
+    pid = runner.start_spare(cache)
+    os.kill(pid, 9)
+    assert gone(pid)
+    pids = []
+    r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
+    assert r.status == "ok", r.log_tail
+    assert r.spare_seconds is None and pids[0] != pid
+
+
+def test_no_secret_reaches_a_spare(tmp_path, cache, monkeypatch):
+    secrets = {"ANTHROPIC_API_KEY": "fake-secret-s1-" + os.urandom(8).hex(), "GH_TOKEN": "fake-secret-s2"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    pid = runner.start_spare(cache)
+    env = Path(f"/proc/{pid}/environ").read_bytes()
+    pids = []
+    r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
+    assert r.status == "ok" and pids == [pid]  # the secrets do not make it incompatible: they never reach it
+    for k, v in secrets.items():
+        assert k.encode() not in env and v.encode() not in env
+
+
+SPARE_OWNER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from harness import runner
+print(runner.start_spare(Path({cache!r})), flush=True)
+{then}
+"""
+
+
+def _spare_owner(cache, then: str):
+    code = SPARE_OWNER.format(root=str(ROOT), cache=str(cache), then=then)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def test_a_spare_dies_when_its_runner_is_killed(cache):
+    owner, pid = _spare_owner(cache, "time.sleep(60)")
+    assert not gone(pid, timeout=0.5)
+    owner.kill()  # SIGKILL: no atexit, only the spare's orphan watchdog
+    owner.wait()
+    assert gone(pid)
+
+
+def test_a_spare_is_shut_down_when_its_runner_exits(cache):
+    owner, pid = _spare_owner(cache, "time.sleep(0.5)")
+    assert owner.wait(timeout=30) == 0
+    assert gone(pid, timeout=2.0)
+
+
+def test_shutdown_spare_kills_the_waiting_spare(cache):
+    pid = runner.start_spare(cache)
+    runner.shutdown_spare()
+    assert runner.spare_pid() is None and gone(pid, timeout=1.0)
+
+
+def test_a_child_that_dies_while_importing_leaves_its_error_in_the_log(tmp_path, cache, monkeypatch):
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "torch.py").write_text("raise ImportError('planted: torch is broken here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    r = run_script(tmp_path, cache, bigram())
+    assert r.status == "crash" and "exited with status" in r.reason
+    assert "planted: torch is broken here" in r.log_tail
