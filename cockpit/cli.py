@@ -308,12 +308,9 @@ def build_engine(args):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
-    # Before anything is written. program.md edits are the human's and get committed; dirty
-    # editable files are judged by the engine (an unfinished proposal, or the human's edit).
-    from engine.journal import unfinished_proposal
-
-    leftover = unfinished_proposal(ws.journal_path, getattr(args, "tag", None))
-    ws.git.ensure_clean(allow=("program.md", *(ws.config.target.editable if leftover else ())))
+    # Before anything is written. program.md edits are the human's and get committed; any other
+    # uncommitted change is refused (the agent edits only its own tree, .cockpit/agent).
+    ws.git.ensure_clean(allow=("program.md",))
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why]
     tc = ws.config.target

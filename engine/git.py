@@ -178,7 +178,7 @@ class GitRepo:
         path = Path(path)
         if (path / ".git").is_file():
             try:
-                wt = GitRepo(path)
+                wt = GitRepo(path)._confined()
                 wt.g.reset("--hard", sha)
                 wt.g.clean("-fdq")
                 return wt
@@ -190,4 +190,11 @@ class GitRepo:
         self.g.worktree("prune")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.g.worktree("add", "--detach", "-f", str(path), sha)
-        return GitRepo(path)
+        return GitRepo(path)._confined()
+
+    def _confined(self) -> "GitRepo":
+        """GitPython runs git in the process's working directory when the tree's folder is gone
+        (someone deleted .cockpit/agent): `git clean` would then clean whatever repository that
+        is. Named explicitly, git acts on this tree or fails."""
+        self.g.update_environment(GIT_DIR=self.repo.git_dir, GIT_WORK_TREE=str(self.root))
+        return self

@@ -262,19 +262,3 @@ def duty_cycle(experiments: list[Experiment]) -> DutyCycle:
     wall = max(e.finished for e in done) - min(e.run_started or e.started for e in done)
     s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
     return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done))
-
-
-def unfinished_proposal(path: Path, tag: str | None) -> bool:
-    """Whether the session (tag, else the latest) ended mid-experiment: read-only, creates nothing."""
-    if not path.exists():
-        return False
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        q = "SELECT id FROM sessions " + ("WHERE tag=?" if tag else "ORDER BY updated DESC, id DESC LIMIT 1")
-        row = db.execute(q, (tag,) if tag else ()).fetchone()
-        if row is None:
-            return False
-        last = db.execute("SELECT status FROM experiments WHERE session_id=? ORDER BY n DESC LIMIT 1", (row[0],)).fetchone()
-        return last is not None and last[0] in ("proposing", "running")
-    finally:
-        db.close()

@@ -86,13 +86,8 @@ class Engine:
         s = j.session_by_tag(self.tag) if self.tag else j.latest_session()
         resumed = s is not None
         dirty = [f for f in self.git.changed_files(self.editable) if f in self.editable]
-        if dirty:
-            unfinished = s is not None and any(e.status in ("proposing", "running") for e in j.experiments(s.id)[-1:])
-            if not unfinished:  # nobody was proposing: these edits are the human's
-                raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}; commit or stash them first")
-            # A cockpit killed mid-proposal left the agent's unsubmitted edit: never an experiment.
-            self.git.discard_paths(self.editable)
-            self.emit(ev.Notice(text=f"discarded the unsubmitted proposal left in {', '.join(dirty)}"))
+        if dirty:  # the agent edits only its own tree (.cockpit/agent): these edits are the human's
+            raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}; commit or stash them first")
         if s is None:
             tag = self.tag or time.strftime("%b%d-%H%M").lower()
             base = self.git.head()
@@ -155,6 +150,8 @@ class Engine:
                     self._abandon_pending()
                 except Exception:  # best effort: _repair marks what is left `interrupted`
                     traceback.print_exc()
+                if hasattr(self.target, "close"):
+                    self.target.close()  # no spare training process outlives the session
                 self._repair(s)
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
                 self._write_results()
@@ -242,6 +239,15 @@ class Engine:
         if self._sync_human_files():
             s = self.session
         a, self._pending = self._pending, None
+        if a is not None and a.base != s.best_commit and self._program_changed_since(a.base):
+            # The human rewrote the instructions while this proposal was prepared: ask again under them.
+            a.cancel.set()
+            self._await(a)
+            self._record_usage(a.n, a.usage)
+            self._save_notes(a.tools)
+            self.emit(ev.Notice(text=f"program.md changed while #{a.n} was prepared; asking the agent again"))
+            self.control.begin_run(a.n)
+            a = self._propose(a.n, s.best_commit, background=False)
         if a is None:
             n = j.next_number(s.id)
             self.control.begin_run(n)
@@ -341,6 +347,9 @@ class Engine:
         self._new_row(m, s.best_commit)
         self._pending = self._propose(m, s.best_commit, background=True)
 
+    def _program_changed_since(self, base: str) -> bool:
+        return any(self.git.show(base, f) != self.git.show(self.session.best_commit, f) for f in self.human_files)
+
     def _await(self, a: "_Attempt") -> None:
         """Wait for a background proposal; the GPU is idle meanwhile, so say so."""
         if a.thread is None or not a.thread.is_alive():
@@ -360,6 +369,8 @@ class Engine:
         if a.thread is not None:
             a.thread.join(10.0)
         self._record_usage(a.n, a.usage)
+        if a.thread is None or not a.thread.is_alive():
+            self._save_notes(a.tools)
         self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(),
                                        reason="prepared while the previous run trained; the session stopped before it ran")
         self.emit(ev.ExperimentFinished(n=a.n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
@@ -397,17 +408,25 @@ class Engine:
         text = a.proposal.description.strip()
         description = text.splitlines()[0][:200] if text else "(no description)"
         wt = self.wt
-        problem = self._validate(wt)
-        if problem:
-            self._finish(n, "invalid", problem, description=description, diff_stat=wt.diff_stat("HEAD"))
+        try:
+            problem = self._validate(wt)
+            if problem:
+                self._finish(n, "invalid", problem, description=description, diff_stat=wt.diff_stat("HEAD"))
+                return None
+            changed = [f for f in wt.changed_files(self.editable) if f not in self.human_files]
+            message = f"cockpit {s.tag} #{n}: {description}"
+            sha = wt.commit_all(changed, message)
+            if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
+                sha = self._rebase(sha, a.base, s.best_commit, message)
+                if sha is None:
+                    return _CONFLICT
+        except Exception as e:
+            if (wt.root / ".git").is_file():
+                raise
+            self.wt = None  # removed under the agent (a person, a clean-up script): made again next time
+            self._finish(n, "crash", f"the agent's tree {wt.root} was removed during the proposal ({type(e).__name__})",
+                         description=description, agent_error=True)
             return None
-        changed = [f for f in wt.changed_files(self.editable) if f not in self.human_files]
-        message = f"cockpit {s.tag} #{n}: {description}"
-        sha = wt.commit_all(changed, message)
-        if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
-            sha = self._rebase(sha, a.base, s.best_commit, message)
-            if sha is None:
-                return _CONFLICT
         self.git.reset_hard(sha, keep=self.human_files)
         self.git.pin(s.tag, n, sha)
         stat = self.git.diff_stat(s.best_commit, sha)
@@ -444,6 +463,12 @@ class Engine:
         changed = wt.changed_files(self.editable)
         if not changed:
             return None  # the new best already holds this change: ask again
+        for f in changed:  # a merge that does not compile is a conflict, not an experiment
+            if f.endswith(".py"):
+                try:
+                    compile((wt.root / f).read_text(encoding="utf-8"), f, "exec")
+                except SyntaxError:
+                    return None
         return wt.commit_all(changed, message)
 
     def _record_usage(self, n: int, u) -> None:

@@ -54,6 +54,9 @@ class GptTarget:
         never touches the GPU before), so even the session's first run starts warm."""
         runner.start_spare(self.cache, preload_compile=self.profile.compile)
 
+    def close(self) -> None:
+        runner.shutdown_spare()
+
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
         r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress, cancel=cancel)
         return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,

@@ -83,7 +83,7 @@ _verified: dict[tuple[str, str], tuple[int, ...]] = {}
 STAT_CACHE_MIN_AGE = 2.0  # seconds
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
+def file_identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -96,7 +96,7 @@ def verify_dataset(folder: Path, manifest: dict) -> None:
             st = p.stat()  # before hashing: a write during the hash changes ctime after this
         except FileNotFoundError:
             raise IntegrityError(f"prepared data file missing: {p}; run `cockpit prepare --force`") from None
-        key, ident = (str(p), rec["hash"]), _identity(st)
+        key, ident = (str(p), rec["hash"]), file_identity(st)
         if st.st_size == rec["size"] and _verified.get(key) == ident:
             continue
         if st.st_size != rec["size"] or file_hash(p) != rec["hash"]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import Dataset
-from .integrity import harness_files, verify_harness
+from .integrity import file_identity, harness_files, verify_harness
 from .paths import HARNESS_DIR, inductor_cache
 from .profiles import Profile
 
@@ -252,7 +252,12 @@ def child_env(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
 
 
 def _key(env: dict[str, str], harness_dir: Path, hashes: dict[str, str]) -> tuple:
-    return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())))
+    """What a child is started for. Besides the hashes, each harness file's identity (inode,
+    mtime, ctime): a spare imports the harness while the previous run's train.py still runs,
+    and a file that code rewrote and then put back hashes right again but has a new ctime."""
+    files = sorted(p for p in harness_dir.rglob("*.py") if "__pycache__" not in p.parts)
+    stats = tuple((str(p), *file_identity(p.stat())) for p in files)
+    return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())), stats)
 
 
 def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool) -> _Child:

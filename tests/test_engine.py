@@ -238,6 +238,9 @@ def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_
     assert git(ws, "rev-parse", "HEAD") == s.best_commit == s.base_commit
     # the agent is told, through its next context
     assert any("looks like it will diverge" in t for t in eng._context(3).human_notes)
+    from harness import runner
+
+    assert runner.spare_pid() is None  # no training process outlives the session
 
 
 def test_force_keep_of_a_discarded_experiment_makes_it_head_and_best(tmp_path):
@@ -524,16 +527,20 @@ def test_a_restart_after_a_kill_mid_proposal_discards_the_unsubmitted_edit(tmp_p
     ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
     eng = command_engine(ws, max_experiments=1)
     eng.run()
-    # as a kill -9 during the next proposal leaves things: a `proposing` row and the agent's edit
-    eng.journal.add_experiment(eng.session.id, eng.journal.next_number(eng.session.id), "experiment", eng.session.best_commit, "proposing")
-    (ws / "value.py").write_text("VALUE = 1.0  # half-finished agent edit\nOTHER = 3\n")
+    # as a kill -9 during the next proposal leaves things: a `proposing` row and the agent's
+    # half-finished edit in its own tree
+    n = eng.journal.next_number(eng.session.id)
+    eng.journal.add_experiment(eng.session.id, n, "experiment", eng.session.best_commit, "proposing")
+    agent_tree = ws / ".cockpit" / "agent"
+    (agent_tree / "value.py").write_text("VALUE = 1.0  # half-finished agent edit\nOTHER = 3\n")
     (ws / ".value.py.swp").write_text("an editor's swap file")  # the human's untracked file
     r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
     assert r.returncode == 0, r.stderr
-    assert "half-finished" not in (ws / "value.py").read_text()
+    assert "half-finished" not in (ws / "value.py").read_text() + (agent_tree / "value.py").read_text()
     assert (ws / ".value.py.swp").exists()  # untracked files elsewhere are never touched
     j = Journal(ws / ".cockpit" / "journal.sqlite")
-    assert all(e.status != "invalid" for e in j.experiments(j.latest_session().id))
+    exps = {e.n: e for e in j.experiments(j.latest_session().id)}
+    assert exps[n].status == "interrupted" and all(e.status != "invalid" for e in exps.values())
 
 
 def test_a_stale_veto_for_another_experiment_is_ignored_and_stop_ends_an_approval_wait():
@@ -574,6 +581,13 @@ def test_an_uncommitted_human_edit_of_an_editable_file_is_refused_not_discarded(
     ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
     command_engine(ws, max_experiments=1).run()
     (ws / "value.py").write_text("VALUE = 2.0  # the human's idea\nOTHER = 3\n")
+    r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
+    assert r.returncode != 0 and "value.py" in r.stderr
+    assert "the human's idea" in (ws / "value.py").read_text()
+    # even when the last session was killed mid-proposal: the agent never edits this tree
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.latest_session()
+    j.add_experiment(s.id, j.next_number(s.id), "experiment", s.best_commit, "proposing")
     r = cli("run", "--headless", "--workspace", ws, "--max-experiments", "1")
     assert r.returncode != 0 and "value.py" in r.stderr
     assert "the human's idea" in (ws / "value.py").read_text()

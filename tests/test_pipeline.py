@@ -140,6 +140,27 @@ def test_pipelining_hides_the_agents_thinking_time_between_runs(tmp_path):
           f"duty (sleep 2 s as 'training') {duty_on.ratio:.0%} vs {duty_off.ratio:.0%}")
 
 
+def test_a_proposal_prepared_before_the_human_rewrote_program_md_is_asked_again(tmp_path):
+    ws = command_workspace(tmp_path, dict(FILES, **{"program.md": "Lower the metric.\n"}), ["value.py"],
+                           "python3 -c 'import time; time.sleep(1.0)'", "python3 measure.py", baseline_runs=1)
+    control = Control()
+    agent = Scripted(ws, [("A = 10", "A = 9"), ("B = 10", "B = 9"), ("C = 10", "C = 9")])
+    eng = engine_for(ws, agent, 2, control=control)
+
+    def on(x):  # while #2 trains (and #3 is prepared), the human changes the instructions
+        if isinstance(x, ev.ExperimentStarted) and x.n == 2:
+            (ws / "program.md").write_text("Never touch B.\n")
+    eng.subscribe(on)
+    progs = []
+    orig = agent.propose
+    agent.propose = lambda ctx, tools, emit: (progs.append(ctx.program), orig(ctx, tools, emit))[1]
+    eng.run()
+    e = {x.n: x for x in eng.journal.experiments(eng.session.id)}
+    assert [c["n"] for c in agent.calls] == [2, 3, 3] and progs[-1] == "Never touch B.\n"
+    assert show(ws, e[3].commit_sha) == "A = 9\nB = 10\nC = 9\n"  # the first #3 (B) never ran
+    assert show(ws, e[3].commit_sha, "program.md") == "Never touch B.\n"
+
+
 def test_stop_after_the_run_abandons_the_prepared_proposal_and_records_it(tmp_path):
     ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(1.0)'", "python3 measure.py",
                            baseline_runs=1)
@@ -173,3 +194,84 @@ def test_merge3_refuses_overlapping_changes():
     assert merge3(base, "a\nx\nb\nc\nd\n", "a\ny\nb\nc\nd\n") is None  # two insertions at one place
     assert merge3(base, "a\nb\nc\nd\n" + "e\n", "a\nd\n") == "a\nd\ne\n"
     assert merge3(base, "a\nB\nC\nd\n", "a\nb\ny\nc\nd\n") is None  # an insertion inside a replaced range
+
+
+def test_merge3_never_drops_or_doubles_a_change_among_repeated_lines():
+    # N (kept) removes one of three identical block lines; N+1, written against the base,
+    # rewrites the first of them. The copies make "which line" a guess: a merge must not undo
+    # N's removal (three blocks again), nor remove two.
+    base = "x = embed(idx)\nx = block(x)\nx = block(x)\nx = block(x)\nreturn x\n"
+    ours = "x = embed(idx)\nx = block(x)\nx = block(x)\nreturn x\n"
+    theirs = "x = embed(idx)\nx = wide_block(x)\nx = block(x)\nx = block(x)\nreturn x\n"
+    m = merge3(base, ours, theirs)
+    assert m is None or m == "x = embed(idx)\nx = wide_block(x)\nx = block(x)\nreturn x\n", m
+    # both sides removed one of the two blank lines, one side also added a line below: the
+    # removal is the same change, made once
+    base = "a = 1\n\n\nb = 2\n\n\nc = 3\n"
+    ours = "a = 1\n\n\nb = 2\n\nd = 4\nc = 3\n"
+    theirs = "a = 1\n\n\nb = 2\n\nc = 3\n"
+    m = merge3(base, ours, theirs)
+    assert m is None or m == ours, m
+    # both sides deleted "the" duplicated line, one also changed another: the line goes once
+    base = "e\nd\ne\na\nd\n"
+    m = merge3(base, "e\ne\nd\n", "e\ne\na\nd\na2\n")
+    assert m is None or m == "e\ne\nd\na2\n", m
+
+
+def test_merge3_agrees_with_git_wherever_git_merges_cleanly(tmp_path):
+    import random
+
+    rnd = random.Random(7)
+
+    def mutate(lines):
+        lines = list(lines)
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randrange(len(lines) + 1)
+            op = rnd.choice("rid")
+            if op == "i":
+                lines.insert(i, rnd.choice("abcdeXYZ") + "\n")
+            elif i < len(lines):
+                if op == "r":
+                    lines[i] = rnd.choice("PQRS") + "\n"
+                else:
+                    del lines[i]
+        return lines
+
+    wrong = []
+    for _ in range(600):
+        base = [rnd.choice("abcde") + "\n" for _ in range(rnd.randint(0, 10))]
+        texts = ["".join(base), "".join(mutate(base)), "".join(mutate(base))]
+        for name, text in zip("bot", texts):
+            (tmp_path / name).write_text(text)
+        r = subprocess.run(["git", "merge-file", "-p", tmp_path / "o", tmp_path / "b", tmp_path / "t"], capture_output=True,
+                           text=True)
+        m = merge3(*texts)
+        if r.returncode == 0 and m is not None and m != r.stdout:
+            wrong.append((texts, m, r.stdout))
+    assert not wrong, wrong[:3]
+
+
+class TreeBreaker(Scripted):
+    """A Scripted agent whose tree is deleted (by a person, a clean-up script) just as its first
+    proposal is done."""
+
+    def propose(self, ctx, tools, emit):
+        p = super().propose(ctx, tools, emit)
+        if len(self.calls) == 1:
+            import shutil
+
+            shutil.rmtree(tools.root)
+        return p
+
+
+def test_a_deleted_agent_tree_costs_one_proposal_not_the_session(tmp_path):
+    ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(0.5)'", "python3 measure.py",
+                           baseline_runs=1)
+    agent = TreeBreaker(ws, [("A = 10", "A = 9"), ("B = 10", "B = 9"), ("C = 10", "C = 9")])
+    eng = engine_for(ws, agent, 3)
+    assert eng.run() == "reached --max-experiments 3", eng.error
+    e = {x.n: x for x in eng.journal.experiments(eng.session.id)}
+    assert e[2].status == "crash" and "agent's tree" in e[2].reason
+    assert [e[n].status for n in (3, 4)] == ["keep", "keep"]
+    assert (ws / "value.py").read_text() == "A = 10\nB = 9\nC = 9\n"
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True).stdout == ""

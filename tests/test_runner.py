@@ -261,7 +261,7 @@ def test_no_secret_reaches_the_training_subprocess(tmp_path, cache, monkeypatch)
     environs = []
 
     def capture(pid):
-        environs.append(Path(f"/proc/{pid}/environ").read_bytes())
+        environs.append(environ(pid))
 
     body = bigram(tail='print("env check")\nrt.submit(model)')
     r = run_script(tmp_path, cache, body, on_spawn=capture)
@@ -535,12 +535,49 @@ def test_a_spare_that_died_is_replaced_by_a_fresh_child(tmp_path, cache):
     assert r.spare_seconds is None and pids[0] != pid
 
 
+def test_a_spare_that_imported_the_harness_while_a_file_was_tampered_with_is_not_used(tmp_path, cache):
+    # The next run's spare starts while a run's train.py (code an LLM wrote; the guard is "not a
+    # sandbox") is still running. If that code rewrites a harness file and puts it back later,
+    # the spare has imported the rewritten harness while the next run's hash check passes: the
+    # spare must not be handed the run. (Here the test itself plays the tampering train.py.)
+    copy = tmp_path / "harness"
+    shutil.copytree(HARNESS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    lock_harness(cache, copy)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    runner.shutdown_spare()
+    original = (copy / "evaluate.py").read_bytes()
+
+    def tamper(p):
+        (copy / "evaluate.py").write_bytes(original + b"\nTAMPERED = True\n")
+
+    first = run_script(tmp_path / "a", cache, bigram(), harness_dir=copy, on_progress=tamper)
+    assert first.status == "ok", first.log_tail
+    spare = runner.spare_pid()
+    assert spare is not None  # started at the verdict, while the file was rewritten
+    time.sleep(6.0)  # it has imported the harness by now
+    (copy / "evaluate.py").write_bytes(original)  # put back: the hashes match the lock again
+    pids = []
+    second = run_script(tmp_path / "b", cache, bigram(), harness_dir=copy, on_spawn=pids.append)
+    assert second.status == "ok", second.log_tail
+    assert second.spare_seconds is None and pids[0] != spare and gone(spare)
+
+
+def environ(pid: int) -> bytes:
+    """A process's environment; read again while the kernel is still setting it up after exec."""
+    deadline = time.monotonic() + 5.0
+    while not (env := Path(f"/proc/{pid}/environ").read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return env
+
+
 def test_no_secret_reaches_a_spare(tmp_path, cache, monkeypatch):
     secrets = {"ANTHROPIC_API_KEY": "fake-secret-s1-" + os.urandom(8).hex(), "GH_TOKEN": "fake-secret-s2"}
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     pid = runner.start_spare(cache)
-    env = Path(f"/proc/{pid}/environ").read_bytes()
+    env = environ(pid)
+    assert b"PYTHONPATH=" in env
     pids = []
     r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
     assert r.status == "ok" and pids == [pid]  # the secrets do not make it incompatible: they never reach it
