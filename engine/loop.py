@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ from .tools import Tools
 from .workspace import Workspace
 
 MAX_AGENT_FAILURES = 20  # consecutive agent failures (with back-off between them) before the session stops
+ABANDON_WAIT = 10.0  # seconds a stopping session waits for an abandoned proposal before leaving it to finish alone
 HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
 DIFF_CHARS = 4000
 
@@ -326,6 +327,15 @@ class Engine:
                 a.failure = e
             a.seconds = time.monotonic() - t0
             a.usage = getattr(self.agent, "last_usage", None)
+            with a.lock:
+                a.done = True
+                late = a.late
+            if late:  # abandoned while it still ran: what it cost is still recorded
+                try:
+                    self._record_usage(a.n, a.usage)
+                    self._save_notes(tools)
+                except Exception:  # the journal may be closed by now
+                    traceback.print_exc()
 
         if background:
             a.thread = threading.Thread(target=work, name=f"cockpit-propose-{n}", daemon=True)
@@ -367,9 +377,12 @@ class Engine:
             return
         a.cancel.set()
         if a.thread is not None:
-            a.thread.join(10.0)
-        self._record_usage(a.n, a.usage)
-        if a.thread is None or not a.thread.is_alive():
+            a.thread.join(ABANDON_WAIT)
+        with a.lock:
+            finished = a.thread is None or a.done
+            a.late = not finished
+        if finished:
+            self._record_usage(a.n, a.usage)
             self._save_notes(a.tools)
         self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(),
                                        reason="prepared while the previous run trained; the session stopped before it ran")
@@ -642,6 +655,9 @@ class _Attempt:
     seconds: float = 0.0
     usage: object = None
     thread: threading.Thread | None = None
+    done: bool = False  # the agent returned (or raised)
+    late: bool = False  # abandoned before it returned: the thread records its own cost
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _AnyOf:

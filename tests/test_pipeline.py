@@ -161,6 +161,36 @@ def test_a_proposal_prepared_before_the_human_rewrote_program_md_is_asked_again(
     assert show(ws, e[3].commit_sha, "program.md") == "Never touch B.\n"
 
 
+def test_a_proposal_still_thinking_when_the_session_stops_records_its_cost_when_it_returns(tmp_path, monkeypatch):
+    import engine.loop
+    from engine.agents.base import Usage
+
+    monkeypatch.setattr(engine.loop, "ABANDON_WAIT", 0.1)
+    ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(0.5)'", "python3 measure.py",
+                           baseline_runs=1)
+
+    class Stubborn(Scripted):  # ignores the interrupt, as a model call in flight would
+        def propose(self, ctx, tools, emit):
+            self.last_usage = Usage(input_tokens=1000, output_tokens=100, cost_usd=0.25)
+            if ctx.n == 3:
+                time.sleep(1.5)
+            return super().propose(ctx, tools, emit)
+
+    control = Control()
+    agent = Stubborn(ws, [("A = 10", "A = 9"), ("B = 10", "B = 9")])
+    eng = engine_for(ws, agent, 10, control=control)
+    eng.subscribe(lambda x: control.stop("after_run") if isinstance(x, ev.ExperimentStarted) and x.n == 2 else None)
+    eng.run()
+    j = eng.journal
+    assert j.experiment(eng.session.id, 3).status == "interrupted"
+    deadline = time.monotonic() + 5
+    while j.experiment(eng.session.id, 3).cost_usd == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    e3 = j.experiment(eng.session.id, 3)
+    assert e3.cost_usd == 0.25 and e3.tokens_in == 1000
+    assert j.total_cost(eng.session.id) == 0.5  # #2's proposal and the abandoned #3's
+
+
 def test_stop_after_the_run_abandons_the_prepared_proposal_and_records_it(tmp_path):
     ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(1.0)'", "python3 measure.py",
                            baseline_runs=1)
