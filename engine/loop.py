@@ -476,12 +476,8 @@ class Engine:
         changed = wt.changed_files(self.editable)
         if not changed:
             return None  # the new best already holds this change: ask again
-        for f in changed:  # a merge that does not compile is a conflict, not an experiment
-            if f.endswith(".py"):
-                try:
-                    compile((wt.root / f).read_text(encoding="utf-8"), f, "exec")
-                except SyntaxError:
-                    return None
+        if _syntax_error(wt.root, changed):  # a merge that does not compile is a conflict, not an experiment
+            return None
         return wt.commit_all(changed, message)
 
     def _record_usage(self, n: int, u) -> None:
@@ -529,13 +525,7 @@ class Engine:
         outside = [f for f in changed if f not in self.editable]
         if outside:
             return f"the proposal changed files outside the editable list: {', '.join(outside[:3])}"
-        for f in changed:
-            if f.endswith(".py"):
-                try:
-                    compile((tree.root / f).read_text(encoding="utf-8"), f, "exec")
-                except SyntaxError as e:
-                    return f"{f} does not compile: {e.msg} (line {e.lineno})"
-        return None
+        return _syntax_error(tree.root, changed)
 
     def _run(self, n: int, sha: str, kind: str = "experiment"):
         self.journal.update_experiment(self.session.id, n, run_started=time.time())
@@ -637,6 +627,17 @@ class Engine:
 
 class _Stop(Exception):
     """Ends the session with a clear reason."""
+
+
+def _syntax_error(root: Path, files: list[str]) -> str | None:
+    """The first Python file among `files` that does not compile, as one line; None if all do."""
+    for f in files:
+        if f.endswith(".py"):
+            try:
+                compile((root / f).read_text(encoding="utf-8"), f, "exec")
+            except SyntaxError as e:
+                return f"{f} does not compile: {e.msg} (line {e.lineno})"
+    return None
 
 
 _CONFLICT = object()  # a pipelined proposal that does not merge onto the new best
