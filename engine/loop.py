@@ -227,7 +227,7 @@ class Engine:
             values.append(out.metric)  # baselines do not count against --max-experiments
         best = sum(values) / len(values)
         noise = noise_of(values)
-        last = self.journal.experiments(s.id)[-1].n
+        last = max(e.n for e in self.journal.experiments(s.id) if e.kind == "baseline")  # the next may be proposing
         self.journal.update_session(s.id, best_metric=best, noise=noise, best_n=last)
         self.session = self.journal.session(s.id)
         self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))

@@ -66,9 +66,11 @@ def test_the_next_proposal_is_prepared_while_a_run_trains_and_merged_onto_a_kept
     # next line: git itself would call that a conflict; the engine's merge applies both.
     agent = Scripted(ws, [("A = 10", "A = 5"), ("B = 10", "B = 5")], latency=0.3)
     eng = engine_for(ws, agent, 2)
-    t = {}
+    t, best = {}, []
     eng.subscribe(lambda x: t.setdefault((type(x).__name__, getattr(x, "n", None)), time.monotonic()))
+    eng.subscribe(lambda x: best.append(x.n) if isinstance(x, ev.BestChanged) else None)
     assert eng.run() == "reached --max-experiments 2"
+    assert best == [1, 2, 3]  # the baseline is the first best, although #3 was already being proposed
     j = eng.journal
     e = {x.n: x for x in j.experiments(eng.session.id)}
     assert [e[n].status for n in (1, 2, 3)] == ["keep", "keep", "keep"]
