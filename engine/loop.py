@@ -260,12 +260,11 @@ class Engine:
             self.control.begin_run(n)
         self._ran += 1
         sha = self._take(a)
-        if sha is _CONFLICT:  # the proposal cannot be merged onto the new best: ask again, now knowing why
-            best = self.session.best_n
-            self.emit(ev.Notice(text=f"#{n}'s change conflicts with the new best #{best}; asking the agent again"))
+        if isinstance(sha, _AskAgain):  # made before the last result was known: ask again, now knowing it
+            self.emit(ev.Notice(text=sha.why))
             a = self._propose(n, self.session.best_commit, background=False)
             sha = self._take(a)
-        if sha is None or sha is _CONFLICT:
+        if sha is None or isinstance(sha, _AskAgain):
             return
         if self.control.review:
             self.emit(ev.AwaitingApproval(n=n))
@@ -392,7 +391,7 @@ class Engine:
 
     def _take(self, a: "_Attempt"):
         """Record the agent's answer and land it as the run's commit on the session branch.
-        Returns the commit, None when the experiment ended here (recorded), or _CONFLICT."""
+        Returns the commit, None when the experiment ended here (recorded), or _AskAgain."""
         s, j, n = self.session, self.journal, a.n
         if a.proposal is not None:
             j.update_experiment(s.id, n, propose_seconds=a.seconds)
@@ -415,6 +414,8 @@ class Engine:
             self.control.stopping.wait(wait)
             return None
         self._agent_failures = 0
+        if a.proposal is None and a.thread is not None:  # it may have counted the run in flight as failed
+            return _AskAgain(f"the agent had nothing to propose for #{n} while the previous run trained; asking again")
         if a.proposal is None:
             j.update_experiment(s.id, n, status="discard", reason="the agent had nothing to propose", finished=time.time())
             raise _Stop("the agent has nothing left to propose")
@@ -432,7 +433,7 @@ class Engine:
             if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
                 sha = self._rebase(sha, a.base, s.best_commit, message)
                 if sha is None:
-                    return _CONFLICT
+                    return _AskAgain(f"#{n}'s change conflicts with the new best #{s.best_n}; asking the agent again")
         except Exception as e:
             if (wt.root / ".git").is_file():
                 raise
@@ -640,7 +641,12 @@ def _syntax_error(root: Path, files: list[str]) -> str | None:
     return None
 
 
-_CONFLICT = object()  # a pipelined proposal that does not merge onto the new best
+@dataclass(frozen=True)
+class _AskAgain:
+    """A proposal made while the previous run trained that must be asked again now that its
+    result is known (it conflicts with the new best, or the agent had nothing to propose)."""
+
+    why: str
 
 
 @dataclass

@@ -40,6 +40,10 @@ class Scripted:
                 "run_tree": (self.ws / "value.py").read_text(), "best_code": ctx.files["value.py"]}
         self.calls.append(call)
         time.sleep(self.latency)
+        if self.edits[0] is None:  # nothing to propose (as a tuner that counts the run in flight as failed)
+            self.edits.pop(0)
+            call["end"] = time.monotonic()
+            return None
         old, new = self.edits.pop(0)
         tools.edit_file("value.py", old, new)
         call["end"] = time.monotonic()
@@ -112,6 +116,20 @@ def _gaps(events) -> list[float]:
     starts = [t for t, x in events if isinstance(x, ev.ExperimentStarted)]
     ends = [t for t, x in events if isinstance(x, ev.ExperimentFinished) and x.status != "interrupted"]
     return [s - e for s, e in zip(starts[1:], ends)]
+
+
+def test_nothing_to_propose_while_a_run_trains_is_asked_again_once_its_result_is_known(tmp_path):
+    ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(0.5)'", "python3 measure.py",
+                           baseline_runs=1)
+    agent = Scripted(ws, [("A = 10", "A = 9"), None, ("A = 9", "A = 8")])
+    eng = engine_for(ws, agent, 2)
+    notices = []
+    eng.subscribe(lambda x: notices.append(x.text) if isinstance(x, ev.Notice) else None)
+    assert eng.run() == "reached --max-experiments 2"
+    e = {x.n: x for x in eng.journal.experiments(eng.session.id)}
+    assert [c["n"] for c in agent.calls] == [2, 3, 3] and agent.calls[2]["history"][2] == "keep"
+    assert any("nothing to propose for #3 while the previous run trained" in t for t in notices)
+    assert e[3].status == "keep" and show(ws, e[3].commit_sha) == "A = 8\nB = 10\nC = 10\n"
 
 
 def test_pipelining_hides_the_agents_thinking_time_between_runs(tmp_path):
