@@ -311,6 +311,7 @@ def build_engine(args):
     # Before anything is written. program.md edits are the human's and get committed; any other
     # uncommitted change is refused (the agent edits only its own tree, .cockpit/agent).
     ws.git.ensure_clean(allow=("program.md",))
+    ws.git.head()  # a repository with no commits is refused here, before any data is prepared
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why]
     tc = ws.config.target

@@ -58,9 +58,11 @@ class GitRepo:
 
     # ---- state ----
     def head(self) -> str:
+        # A fresh `git rev-parse`, not GitPython's long-lived cat-file process: Ctrl-C or a
+        # SIGTERM to cockpit's process group kills that one, and the repair after a stop needs HEAD.
         try:
-            return self.repo.head.commit.hexsha
-        except ValueError:
+            return self.g.rev_parse("--verify", "-q", "HEAD")
+        except git.GitCommandError:
             raise GitError(f"{self.root} has no commits yet; commit the workspace first") from None
 
     def branch(self) -> str | None:

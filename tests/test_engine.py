@@ -361,7 +361,7 @@ def test_a_dirty_tree_is_refused_naming_the_file(tmp_path, tiny_cache):
     assert _snapshot(ws) == before and not (ws / ".cockpit").exists()
 
 
-@pytest.mark.parametrize("case", ["no_repo", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure", "missing_data"])
+@pytest.mark.parametrize("case", ["no_repo", "no_commits", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure", "missing_data"])
 def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache, case):
     ws = tmp_path / "ws"
     extra = []
@@ -369,6 +369,12 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache,
         ws.mkdir()
         (ws / "program.md").write_text("x")
         needle = "not a git repository"
+    elif case == "no_commits":
+        ws.mkdir()
+        subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+        needle = "has no commits yet"
+        empty_cache = tmp_path / "empty-cache"  # nothing may be prepared for a workspace that is refused
+        tiny_cache = empty_cache
     else:
         init_workspace(ws)
         if case == "unknown_agent":
@@ -394,12 +400,14 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache,
             needle = "measure.py, which does not exist"
         commit_all(ws)
     before = sorted(p.name for p in ws.iterdir())
-    head = git(ws, "rev-parse", "HEAD") if case != "no_repo" else None
+    head = git(ws, "rev-parse", "HEAD") if case not in ("no_repo", "no_commits") else None
     r = cli("--cache-dir", tiny_cache, "run", "--headless", "--workspace", ws, "--max-experiments", "1", *extra)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cockpit: error:") and needle in lines[0], r.stderr
     assert sorted(p.name for p in ws.iterdir()) == before
+    if case == "no_commits":
+        assert not empty_cache.exists()
     if head:
         assert git(ws, "rev-parse", "HEAD") == head and git(ws, "status", "--porcelain") == ""
 
@@ -541,6 +549,26 @@ def test_a_restart_after_a_kill_mid_proposal_discards_the_unsubmitted_edit(tmp_p
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     exps = {e.n: e for e in j.experiments(j.latest_session().id)}
     assert exps[n].status == "interrupted" and all(e.status != "invalid" for e in exps.values())
+
+
+def test_ctrl_c_to_the_whole_process_group_stops_cleanly_without_a_traceback(tmp_path):
+    ws = command_workspace(tmp_path, VALUE_FILES, ["value.py"], "python3 -c 'import time; time.sleep(30)'", "python3 measure.py",
+                           baseline_runs=1)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cockpit", "run", "--headless", "--json", "--workspace", str(ws)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "ExperimentStarted":
+            break
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: git helpers die with cockpit
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert '"SessionStopped"' in out
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.latest_session()
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit and git(ws, "status", "--porcelain") == ""
 
 
 def test_a_stale_veto_for_another_experiment_is_ignored_and_stop_ends_an_approval_wait():
