@@ -361,7 +361,7 @@ def test_a_dirty_tree_is_refused_naming_the_file(tmp_path, tiny_cache):
     assert _snapshot(ws) == before and not (ws / ".cockpit").exists()
 
 
-@pytest.mark.parametrize("case", ["no_repo", "no_commits", "unknown_agent", "malformed_toml", "unknown_key", "missing_measure", "missing_data"])
+@pytest.mark.parametrize("case", ["no_repo", "no_commits", "unknown_agent", "malformed_toml", "unknown_key", "bad_pipeline", "missing_measure", "missing_data"])
 def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache, case):
     ws = tmp_path / "ws"
     extra = []
@@ -386,6 +386,9 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(tmp_path, tiny_cache,
         elif case == "unknown_key":
             (ws / "cockpit.toml").write_text("[decision]\nnoise_kk = 2\n")
             needle = "unknown key [decision].noise_kk"
+        elif case == "bad_pipeline":
+            (ws / "cockpit.toml").write_text('[agent]\npipeline = "yes"\n')
+            needle = "[agent].pipeline must be true or false"
         elif case == "missing_data":
             import shutil
 
