@@ -240,15 +240,6 @@ class Engine:
         if self._sync_human_files():
             s = self.session
         a, self._pending = self._pending, None
-        if a is not None and a.base != s.best_commit and self._program_changed_since(a.base):
-            # The human rewrote the instructions while this proposal was prepared: ask again under them.
-            a.cancel.set()
-            self._await(a)
-            self._record_usage(a.n, a.usage)
-            self._save_notes(a.tools)
-            self.emit(ev.Notice(text=f"program.md changed while #{a.n} was prepared; asking the agent again"))
-            self.control.begin_run(a.n)
-            a = self._propose(a.n, s.best_commit, background=False)
         if a is None:
             n = j.next_number(s.id)
             self.control.begin_run(n)
@@ -256,14 +247,20 @@ class Engine:
             a = self._propose(n, s.best_commit, background=False)
         else:
             n = a.n
+            # The human rewrote the instructions while this proposal was prepared: ask again under them.
+            stale = a.base != s.best_commit and self._program_changed_since(a.base)
+            if stale:
+                a.cancel.set()
             self._await(a)
             self.control.begin_run(n)
+            if stale:
+                self._record_usage(n, a.usage)
+                self._save_notes(a.tools)
+                a = self._ask_again(_AskAgain(f"program.md changed while #{n} was prepared; asking the agent again"), n)
         self._ran += 1
         sha = self._take(a)
         if isinstance(sha, _AskAgain):  # made before the last result was known: ask again, now knowing it
-            self.emit(ev.Notice(text=sha.why))
-            a = self._propose(n, self.session.best_commit, background=False)
-            sha = self._take(a)
+            sha = self._take(self._ask_again(sha, n))
         if sha is None or isinstance(sha, _AskAgain):
             return
         if self.control.review:
@@ -355,6 +352,10 @@ class Engine:
         m = self.journal.next_number(s.id)
         self._new_row(m, s.best_commit)
         self._pending = self._propose(m, s.best_commit, background=True)
+
+    def _ask_again(self, why: "_AskAgain", n: int) -> "_Attempt":
+        self.emit(ev.Notice(text=why.why))
+        return self._propose(n, self.session.best_commit, background=False)
 
     def _program_changed_since(self, base: str) -> bool:
         return any(self.git.show(base, f) != self.git.show(self.session.best_commit, f) for f in self.human_files)
@@ -456,16 +457,17 @@ class Engine:
         wt = self.wt
         merged = {}
         for f in wt.files_changed(base, sha):
-            b, ours, theirs = wt.show(base, f), wt.show(best, f), wt.show(sha, f)
-            if theirs is None or ours is None or b is None:  # created or deleted on a side
-                m = theirs if ours == b else (ours if theirs == b or theirs == ours else None)
-                if m is None and (theirs is not None or ours is not None):
-                    return None
+            b, ours, theirs = wt.show(base, f), wt.show(best, f), wt.show(sha, f)  # None: no such file
+            if ours == b or ours == theirs:
+                merged[f] = theirs
+            elif theirs == b:
+                merged[f] = ours
+            elif None in (b, ours, theirs):  # created or deleted on one side, changed on the other
+                return None
             else:
-                m = merge3(b, ours, theirs)
-                if m is None:
+                merged[f] = merge3(b, ours, theirs)
+                if merged[f] is None:
                     return None
-            merged[f] = m
         wt.reset_hard(best)
         for f, text in merged.items():
             p = wt.root / f
