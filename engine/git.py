@@ -95,7 +95,7 @@ class GitRepo:
         return sorted(set(files))
 
     def discard_paths(self, paths: list[str]) -> None:
-        """Restore `paths` to HEAD (an unfinished proposal left by a killed cockpit)."""
+        """Restore `paths` to HEAD, removing untracked ones (the repair after a failure)."""
         tracked = [p for p in paths if self.g.ls_files("--", p)]
         if tracked:
             self.g.checkout("HEAD", "--", *tracked)
@@ -141,27 +141,12 @@ class GitRepo:
             if not p.is_file() or p.read_bytes() != data:
                 p.write_bytes(data)
 
-    def discard_changes(self, keep: tuple[str, ...] = (), paths: list[str] = ()) -> None:
-        """Drop uncommitted edits (the agent's unsubmitted proposal) and the files it created
-        among `paths`; untracked files elsewhere (the human's) are left alone."""
-        self.reset_hard("HEAD", keep)
-        if paths:
-            self.g.clean("-fq", "--", *paths)
-
-    # ---- diffs ----
     def diff(self, a: str, b: str | None = None) -> str:
         return self.g.diff(a, b) if b else self.g.diff(a)
 
     def diff_stat(self, a: str, b: str | None = None) -> str:
         args = ["--shortstat", a] + ([b] if b else [])
         return self.g.diff(*args).strip()
-
-    def is_ancestor(self, a: str, b: str) -> bool:
-        try:
-            self.g.merge_base("--is-ancestor", a, b)
-            return True
-        except git.GitCommandError:
-            return False
 
     def show(self, sha: str, path: str) -> str | None:
         """The file's content at sha, or None when the commit has no such file."""

@@ -1,7 +1,8 @@
-"""The research loop: propose -> validate -> commit -> run -> decide -> record, one at a time.
+"""The research loop: propose -> validate -> commit -> run -> decide -> record, one run at a time.
 
 The engine owns the journal, the git branch and the target; agents only edit files through
-Tools. Every state change is an event; every key the UI offers is a Control command. Records are
+Tools, in their own worktree (.cockpit/agent), where the next proposal is prepared while a run
+trains (pipelining; see _start_next and _take). Every state change is an event; every key the UI offers is a Control command. Records are
 written before the tree moves, so a kill -9 at any instant resumes cleanly: the unfinished
 experiment becomes `interrupted`, the tree returns to the best commit, numbering continues.
 """

@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prof = replace(by_name(go["profile"]).with_budget(go["budget"]), warmup_allowance=go["warmup"])
     session = runtime._configure(prof, Path(go["data"]), fd, t_go=t_go)
-    _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget,
-          preload_seconds=t_loaded - t_start, idle_seconds=max(0.0, t_go - t_loaded))
+    _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget)
     print(
         f"harness: profile {prof.name}, budget {prof.time_budget:g}s, data {go['data']}; "
         f"imports {t_loaded - t_start:.1f}s, " + (f"then {t_go - t_loaded:.1f}s waiting for the run, " if t_go > t_loaded else "")

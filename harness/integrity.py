@@ -24,13 +24,14 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def harness_paths(harness_dir: Path = HARNESS_DIR) -> list[Path]:
+    """Every Python file of the harness package."""
+    return sorted(p for p in harness_dir.rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def harness_files(harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
     """{relative path: hash} for every Python file of the harness package."""
-    return {
-        p.relative_to(harness_dir).as_posix(): file_hash(p)
-        for p in sorted(harness_dir.rglob("*.py"))
-        if "__pycache__" not in p.parts
-    }
+    return {p.relative_to(harness_dir).as_posix(): file_hash(p) for p in harness_paths(harness_dir)}
 
 
 def lock_path(cache: Path, harness_dir: Path = HARNESS_DIR) -> Path:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import Dataset
-from .integrity import file_identity, harness_files, verify_harness
+from .integrity import file_identity, harness_files, harness_paths, verify_harness
 from .paths import HARNESS_DIR, inductor_cache
 from .profiles import Profile
 
@@ -255,8 +255,7 @@ def _key(env: dict[str, str], harness_dir: Path, hashes: dict[str, str]) -> tupl
     """What a child is started for. Besides the hashes, each harness file's identity (inode,
     mtime, ctime): a spare imports the harness while the previous run's train.py still runs,
     and a file that code rewrote and then put back hashes right again but has a new ctime."""
-    files = sorted(p for p in harness_dir.rglob("*.py") if "__pycache__" not in p.parts)
-    stats = tuple((str(p), *file_identity(p.stat())) for p in files)
+    stats = tuple((str(p), *file_identity(p.stat())) for p in harness_paths(harness_dir))
     return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())), stats)
 
 
