@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,8 +74,6 @@ def main() -> int:
     if a.no_pipeline:
         toml += "pipeline = false\n"  # the [agent] table is the file's last
     (ws / "cockpit.toml").write_text(toml)
-    import subprocess
-
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qam", "bench settings"],
                    cwd=ws, check=True)
     w = open_workspace(ws)
