@@ -32,6 +32,7 @@ from .paths import cache_root
 from .profiles import Profile, detect
 
 REPORT_EVERY = 0.5  # seconds between progress reports (each one reads the loss: a device sync)
+PROFILE_STEPS = (10, 3)  # with COCKPIT_PROFILE=DIR: profile 3 optimizer steps from step 10 (compiled, warm)
 DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size lives on the GPU
 
 
@@ -226,6 +227,8 @@ def progress(step: int, loss, tokens: int) -> None:
     S = _get()
     S.steps = step + 1
     S.tokens += int(tokens)
+    if _PROFILE_DIR:
+        _profile_step(step)
     now = time.monotonic()
     first = S.t_first is None
     if not first and now - S._last_report < REPORT_EVERY:
@@ -260,6 +263,65 @@ def _peak_memory_bytes(device: str) -> int:
         return int(torch.cuda.max_memory_allocated())
     rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+_PROFILE_DIR = os.environ.get("COCKPIT_PROFILE")
+_profiler = None  # the running torch.profiler; False once its steps are done
+_KERNEL_KINDS = (  # (kind, substrings of kernel names), first match wins; the rest is "other"
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("embedding", ("embedding", "index", "scatter", "gather", "sort", "radix")),
+    ("optimizer", ("multi_tensor", "adam", "foreach")),
+    ("fused (Inductor/Triton)", ("triton",)),
+    ("copy/cast", ("copy", "cast", "convert")),
+    ("reduce/elementwise", ("reduce", "elementwise", "vectorized")),
+)
+
+
+def _profile_step(step: int) -> None:
+    """With COCKPIT_PROFILE=DIR: profile PROFILE_STEPS optimizer steps with torch.profiler, print
+    the time per step, its split by kernel kind and the top kernels to the log, and write a
+    Chrome trace (open in Perfetto) to DIR. A measuring aid: the run itself is unchanged."""
+    global _profiler
+    start, n = PROFILE_STEPS
+    cuda = _get().profile.device.startswith("cuda")
+    if step == start - 1 and _profiler is None:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        if cuda:
+            torch.cuda.synchronize()
+        _profiler = profile(activities=acts)
+        _profiler.__enter__()
+        _profiler._t0 = time.perf_counter()
+    elif step == start + n - 1 and _profiler:
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - _profiler._t0) / n
+        _profiler.__exit__(None, None, None)
+        prof, _profiler = _profiler, False
+        try:
+            os.makedirs(_PROFILE_DIR, exist_ok=True)
+            path = os.path.join(_PROFILE_DIR, f"trace-{os.getpid()}.json")
+            prof.export_chrome_trace(path)
+        except OSError as e:
+            path = f"not written ({e})"
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+        if cuda:  # kernels only: CPU-side ops also carry device time of the kernels they launch
+            events = [e for e in events if e.device_type.name == "CUDA"]
+        total = sum(getattr(e, key) for e in events) or 1
+        kinds: dict[str, float] = {}
+        for e in events:
+            name = e.key.lower()
+            kind = next((k for k, subs in _KERNEL_KINDS if any(x in name for x in subs)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + getattr(e, key)
+        print(f"harness: profile of steps {start}-{start + n - 1}: {wall * 1e3:.1f} ms per step (wall), "
+              f"{total / n / 1e3:.1f} ms of {'GPU kernels' if cuda else 'CPU ops'} per step; trace {path}", flush=True)
+        split = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        print(f"harness: profile by kind: {split}", flush=True)
+        for e in sorted(events, key=lambda e: -getattr(e, key))[:15]:
+            v = getattr(e, key)
+            print(f"harness: profile {100 * v / total:5.1f}% {v / n / 1e3:7.2f} ms/step x{e.count // n:<4d} {e.key[:100]}", flush=True)
 
 
 def _print_compile_stats() -> None:

@@ -629,3 +629,25 @@ def test_a_child_that_dies_while_importing_leaves_its_error_in_the_log(tmp_path,
     r = run_script(tmp_path, cache, bigram())
     assert r.status == "crash" and "exited with status" in r.reason
     assert "planted: torch is broken here" in r.log_tail
+
+
+def test_cockpit_profile_writes_a_step_profile_to_the_log_and_a_trace(tmp_path, cache, monkeypatch):
+    prof_dir = tmp_path / "prof"
+    monkeypatch.setenv("COCKPIT_PROFILE", str(prof_dir))
+    r = run_script(tmp_path, cache, bigram(), budget=3)
+    assert r.status == "ok" and r.steps > 13
+    log = (tmp_path / "run.log").read_text()
+    summary = next(line for line in log.splitlines() if line.startswith("harness: profile of steps 10-12:"))
+    assert "ms per step" in summary
+    assert "harness: profile by kind:" in log and "matmul" in log  # the bigram's output layer is a matmul
+    traces = list(prof_dir.glob("trace-*.json"))
+    assert len(traces) == 1
+    assert json.loads(traces[0].read_text())["traceEvents"]
+    assert log.count("harness: profile of steps") == 1  # three steps profiled once, not again
+
+
+def test_without_cockpit_profile_nothing_is_profiled(tmp_path, cache, monkeypatch):
+    monkeypatch.delenv("COCKPIT_PROFILE", raising=False)
+    r = run_script(tmp_path, cache, bigram(), budget=1)
+    assert r.status == "ok" and r.steps > 13
+    assert "harness: profile of steps" not in (tmp_path / "run.log").read_text()

@@ -7,8 +7,11 @@ only torch and harness.runtime; train while `rt.done()` is False; hand the model
 `rt.submit(model)`, where `model(idx)` must return logits (B, T, vocab) that depend only on
 earlier positions of the same row.
 
-Model: rotary embeddings, QK-norm, ReLU² MLP, untied embeddings, logit soft-capping.
-Optimiser: Muon for the block matrices, AdamW for the embeddings and the output head.
+Model: rotary embeddings, QK-norm, ReLU² MLP, untied embeddings, logit soft-capping; value
+embeddings (a second token embedding added to the attention values, gated per head) on every
+other layer; before each block the residual stream is re-mixed with the first layer's input by
+two learned scalars.
+Optimiser: Muon for the block matrices, AdamW for the embeddings, the output head and the scalars.
 Schedules are driven by the fraction of the time budget used, not by step counts.
 """
 
@@ -32,15 +35,18 @@ MODEL_DIM = 512 if GPU else 128              # residual stream width
 HEAD_DIM = 128 if GPU else 32                # width of one attention head
 MLP_RATIO = 4                                # MLP hidden width = MLP_RATIO * MODEL_DIM
 LOGIT_CAP = 15.0                             # soft cap: logits = cap * tanh(logits / cap)
-DEVICE_BATCH = 64 if GPU else 16             # rows per micro-batch (row length fixed by the harness)
-TOTAL_BATCH_TOKENS = 2**19 if GPU else 2**12 # tokens per optimizer step (gradient accumulation)
+DEVICE_BATCH = 128 if GPU else 16            # rows per micro-batch (row length fixed by the harness)
+TOTAL_BATCH_TOKENS = 2**18 if GPU else 2**12 # tokens per optimizer step (gradient accumulation)
+VE_GATE_CHANNELS = 32                        # value-embedding gate reads this many residual channels
 MATRIX_LR = 0.04                             # Muon, block matrices
-EMBED_LR = 0.6                               # AdamW, token embedding
+EMBED_LR = 0.6                               # AdamW, token and value embeddings
 UNEMBED_LR = 0.004                           # AdamW, output head
+SCALAR_LR = 0.5                              # AdamW, the x0 mixing scalars (residual scalars: 1/100 of it)
 ADAM_BETAS = (0.8, 0.95)
-MUON_MOMENTUM = 0.95                         # reached after MUON_WARMUP_STEPS, from 0.85
+MUON_MOMENTUM = 0.95                         # reached after MUON_WARMUP_STEPS, from MUON_MOMENTUM_START
+MUON_MOMENTUM_START = 0.85
 MUON_WARMUP_STEPS = 300 if GPU else 30
-WEIGHT_DECAY = 0.0                           # decoupled, on the Muon matrices
+WEIGHT_DECAY = 0.2                           # decoupled, on the Muon matrices (decays with the LR)
 WARMUP_FRAC = 0.0                            # LR warm-up, as a fraction of the budget
 WARMDOWN_FRAC = 0.5                          # linear LR decay over the last part of the budget
 FINAL_LR_FRAC = 0.0                          # LR at the end, relative to the peak
@@ -71,16 +77,21 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, head_dim, rotary):
+    def __init__(self, dim, head_dim, rotary, value_embed):
         super().__init__()
         self.n_head, self.head_dim = dim // head_dim, head_dim
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.rotary = rotary
+        # per-head gate in (0, 2) on the value embedding, read from the first channels of x
+        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, self.n_head, bias=False) if value_embed else None
 
-    def forward(self, x):
+    def forward(self, x, ve=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)  # each (B, T, H, D)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS])).unsqueeze(-1)  # (B, T, H, 1)
+            v = v + gate * ve.view(B, T, self.n_head, self.head_dim).to(v.dtype)
         q, k = self.rotary(norm(q)).to(v.dtype), self.rotary(norm(k)).to(v.dtype)  # QK-norm, then rotary
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -97,13 +108,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, head_dim, rotary):
+    def __init__(self, dim, head_dim, rotary, value_embed):
         super().__init__()
-        self.attn = Attention(dim, head_dim, rotary)
+        self.attn = Attention(dim, head_dim, rotary, value_embed)
         self.mlp = MLP(dim)
 
-    def forward(self, x):
-        x = x + self.attn(norm(x))
+    def forward(self, x, x0, resid_lambda, x0_lambda, ve):
+        x = resid_lambda * x + x0_lambda * x0
+        x = x + self.attn(norm(x), ve)
         return x + self.mlp(norm(x))
 
 
@@ -112,20 +124,40 @@ class GPT(nn.Module):
         super().__init__()
         rotary = Rotary(head_dim, seq_len)
         self.wte = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList([Block(dim, head_dim, rotary) for _ in range(depth)])
+        # value embeddings on alternating layers, the last one included
+        self.ve_layers = [i for i in range(depth) if i % 2 == (depth - 1) % 2]
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab, dim) for i in self.ve_layers})
+        self.blocks = nn.ModuleList([Block(dim, head_dim, rotary, i in self.ve_layers) for i in range(depth)])
+        self.resid_lambdas = nn.Parameter(torch.ones(depth))  # x <- resid_lambda * x + x0_lambda * x0
+        self.x0_lambdas = nn.Parameter(torch.zeros(depth))
         self.lm_head = nn.Linear(dim, vocab, bias=False)  # untied from wte
-        self.head = self._head  # replaced by a compiled version on CUDA
+        self.embed, self.head = self._embed, self._head  # replaced by compiled versions on CUDA
 
     @torch.no_grad()
     def init_weights(self):
         nn.init.normal_(self.wte.weight, std=1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        for ve in self.value_embeds.values():
+            bound = math.sqrt(3.0 / ve.weight.size(1))
+            nn.init.uniform_(ve.weight, -bound, bound)
         for blk in self.blocks:
             for lin in (blk.attn.qkv, blk.mlp.fc):
                 bound = math.sqrt(3.0 / lin.in_features)  # uniform with std 1/sqrt(fan_in)
                 nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(blk.attn.proj.weight)  # each block starts as the identity
             nn.init.zeros_(blk.mlp.proj.weight)
+            if blk.attn.ve_gate is not None:
+                nn.init.zeros_(blk.attn.ve_gate.weight)  # gate 1 at the start
+
+    def _embed(self, idx):
+        """The normed token embedding and each value-embedding layer's lookup (in the autocast
+        dtype when autocast is on: they only ever meet the bf16 attention values)."""
+        x0 = norm(self.wte(idx))
+        dev = idx.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x0.dtype
+        return x0, {i: self.value_embeds[str(i)](idx).to(dt) for i in self.ve_layers}
 
     def _head(self, x, targets):
         logits = self.lm_head(norm(x)).float()
@@ -135,14 +167,16 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def forward(self, idx, targets=None):  # idx: (B, T) -> logits (B, T, V) or the mean loss
-        x = norm(self.wte(idx))
-        for blk in self.blocks:
-            x = blk(x)
+        x0, ves = self.embed(idx)
+        x = x0
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], ves.get(i))
         return self.head(x, targets)
 
     def flops_per_token(self, seq_len):
         """Training FLOPs per token: 6 per matrix weight, plus attention scores (causal, halved)."""
-        n = sum(p.numel() for p in self.parameters()) - self.wte.weight.numel()
+        embeds = [self.wte.weight, *(ve.weight for ve in self.value_embeds.values())]
+        n = sum(p.numel() for p in self.parameters()) - sum(e.numel() for e in embeds)
         attn = 6 * len(self.blocks) * MODEL_DIM * seq_len  # 12 * L * D * T / 2
         return 6 * n + attn
 
@@ -218,15 +252,22 @@ model = GPT(VOCAB, MODEL_DIM, DEPTH, HEAD_DIM, T).to(P.device)
 model.init_weights()
 rt.model_info(flops_per_token=model.flops_per_token(T))
 if P.compile:
-    # Regional compilation: the blocks are identical, so Dynamo compiles one and reuses it.
+    # Regional compilation: the blocks share code, so Dynamo compiles two graphs (with and
+    # without a value embedding) and reuses them.
     for blk in model.blocks:
         blk.compile(dynamic=False)
+    model.embed = torch.compile(model._embed, dynamic=False)
     model.head = torch.compile(model._head, dynamic=False)
 
 matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
 dim_scale = (MODEL_DIM / 768) ** -0.5  # AdamW LRs were tuned at width 768
 adam = torch.optim.AdamW(
-    [dict(params=[model.wte.weight], lr=EMBED_LR * dim_scale), dict(params=[model.lm_head.weight], lr=UNEMBED_LR * dim_scale)],
+    [
+        dict(params=[model.wte.weight, *(ve.weight for ve in model.value_embeds.values())], lr=EMBED_LR * dim_scale),
+        dict(params=[model.lm_head.weight], lr=UNEMBED_LR * dim_scale),
+        dict(params=[model.x0_lambdas], lr=SCALAR_LR),
+        dict(params=[model.resid_lambdas], lr=SCALAR_LR * 0.01),
+    ],
     betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=GPU,
 )
 muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -247,7 +288,8 @@ while not rt.done():
     for opt in optimizers:
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lrm
-    muon.param_groups[0]["momentum"] = 0.85 + 0.10 * min(1.0, step / MUON_WARMUP_STEPS)
+    warm = min(1.0, step / MUON_WARMUP_STEPS)
+    muon.param_groups[0]["momentum"] = MUON_MOMENTUM_START + (MUON_MOMENTUM - MUON_MOMENTUM_START) * warm
     for _ in range(accum):
         x, y = next(batches)
         with rt.autocast():
