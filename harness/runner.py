@@ -248,6 +248,8 @@ def child_env(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
     env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    if env.get("COCKPIT_PROFILE"):  # the child runs in its log's folder: a relative DIR means ours
+        env["COCKPIT_PROFILE"] = os.path.abspath(env["COCKPIT_PROFILE"])
     return env
 
 

@@ -32,6 +32,7 @@ from .paths import cache_root
 from .profiles import Profile, detect
 
 REPORT_EVERY = 0.5  # seconds between progress reports (each one reads the loss: a device sync)
+EVAL_MAX_ROWS = 64  # evaluation follows the training batch's rows up to this many (its log-probs are fp32 B x T x V)
 PROFILE_STEPS = (10, 3)  # with COCKPIT_PROFILE=DIR: profile 3 optimizer steps from step 10 (compiled, warm)
 DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size lives on the GPU
 
@@ -265,8 +266,8 @@ def _peak_memory_bytes(device: str) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
-_PROFILE_DIR = os.environ.get("COCKPIT_PROFILE")
-_profiler = None  # the running torch.profiler; False once its steps are done
+_PROFILE_DIR = os.environ.get("COCKPIT_PROFILE")  # made absolute by the runner
+_prof: dict = {}  # the profiler while it records ("running"), then its result ("done")
 _KERNEL_KINDS = (  # (kind, substrings of kernel names), first match wins; the rest is "other"
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
@@ -278,27 +279,61 @@ _KERNEL_KINDS = (  # (kind, substrings of kernel names), first match wins; the r
 )
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
 def _profile_step(step: int) -> None:
-    """With COCKPIT_PROFILE=DIR: profile PROFILE_STEPS optimizer steps with torch.profiler, print
-    the time per step, its split by kernel kind and the top kernels to the log, and write a
-    Chrome trace (open in Perfetto) to DIR. A measuring aid: the run itself is unchanged."""
-    global _profiler
+    """With COCKPIT_PROFILE=DIR: record PROFILE_STEPS optimizer steps with torch.profiler. Only
+    starting and stopping happen here, inside the training clock; the report is written by
+    _profile_report() once training has ended. A measuring aid, not part of the run's result."""
     start, n = PROFILE_STEPS
-    cuda = _get().profile.device.startswith("cuda")
-    if step == start - 1 and _profiler is None:
-        from torch.profiler import ProfilerActivity, profile
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        if cuda:
-            torch.cuda.synchronize()
-        _profiler = profile(activities=acts)
-        _profiler.__enter__()
-        _profiler._t0 = time.perf_counter()
-    elif step == start + n - 1 and _profiler:
-        if cuda:
-            torch.cuda.synchronize()
-        wall = (time.perf_counter() - _profiler._t0) / n
-        _profiler.__exit__(None, None, None)
-        prof, _profiler = _profiler, False
+    device = _get().profile.device
+    try:
+        if step == start - 1 and not _prof:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+            _sync(device)
+            p = profile(activities=acts)
+            p.__enter__()
+            _prof.update(running=p, t0=time.perf_counter(), first=step + 1)
+        elif step >= start + n - 1 and "running" in _prof:
+            _profile_stop(step)
+    except Exception as e:  # a measuring aid never takes a run down
+        _prof.clear()
+        _prof["done"] = None
+        print(f"harness: profile failed: {type(e).__name__}: {e}", flush=True)
+
+
+def _profile_stop(last_step: int) -> None:
+    _sync(_get().profile.device)
+    p = _prof.pop("running")
+    _prof["wall"] = time.perf_counter() - _prof["t0"]
+    _prof["steps"] = last_step - _prof["first"] + 1  # 0 when training ended right after it started
+    p.__exit__(None, None, None)
+    _prof["done"] = p
+
+
+def _profile_report() -> None:
+    """Print the recorded steps' summary to the log and write the Chrome trace (after training:
+    parsing and writing the trace take seconds that must not come off the training budget). A
+    run that ended before the last profiled step reports the steps it recorded."""
+    if not _PROFILE_DIR or not _prof:
+        return
+    try:
+        if "running" in _prof:
+            _profile_stop(_get().steps - 1)
+        prof, n = _prof.get("done"), _prof.get("steps", 0)
+        if prof is None:
+            return
+        _prof["done"] = None
+        if n < 1:
+            print(f"harness: profile: training ended before step {_prof['first']} finished; nothing recorded", flush=True)
+            return
+        cuda = _get().profile.device.startswith("cuda")
         try:
             os.makedirs(_PROFILE_DIR, exist_ok=True)
             path = os.path.join(_PROFILE_DIR, f"trace-{os.getpid()}.json")
@@ -307,7 +342,7 @@ def _profile_step(step: int) -> None:
             path = f"not written ({e})"
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
         events = [e for e in prof.key_averages() if getattr(e, key) > 0]
-        if cuda:  # kernels only: CPU-side ops also carry device time of the kernels they launch
+        if cuda:  # kernels only: CPU-side ops also carry the device time of the kernels they launch
             events = [e for e in events if e.device_type.name == "CUDA"]
         total = sum(getattr(e, key) for e in events) or 1
         kinds: dict[str, float] = {}
@@ -315,13 +350,16 @@ def _profile_step(step: int) -> None:
             name = e.key.lower()
             kind = next((k for k, subs in _KERNEL_KINDS if any(x in name for x in subs)), "other")
             kinds[kind] = kinds.get(kind, 0.0) + getattr(e, key)
-        print(f"harness: profile of steps {start}-{start + n - 1}: {wall * 1e3:.1f} ms per step (wall), "
+        first = _prof["first"]
+        print(f"harness: profile of steps {first}-{first + n - 1}: {_prof['wall'] / n * 1e3:.1f} ms per step (wall), "
               f"{total / n / 1e3:.1f} ms of {'GPU kernels' if cuda else 'CPU ops'} per step; trace {path}", flush=True)
         split = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
         print(f"harness: profile by kind: {split}", flush=True)
         for e in sorted(events, key=lambda e: -getattr(e, key))[:15]:
             v = getattr(e, key)
             print(f"harness: profile {100 * v / total:5.1f}% {v / n / 1e3:7.2f} ms/step x{e.count // n:<4d} {e.key[:100]}", flush=True)
+    except Exception as e:  # a measuring aid never takes a run down
+        print(f"harness: profile failed: {type(e).__name__}: {e}", flush=True)
 
 
 def _print_compile_stats() -> None:
@@ -344,6 +382,7 @@ def submit(model) -> dict:
         torch.mps.synchronize()
     train_s = S.training_seconds()
     S.mark("trained")
+    _profile_report()
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
            flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens)
@@ -351,6 +390,7 @@ def submit(model) -> dict:
     B, T = S.batch_shape or (8, P.seq_len)
     if T != P.seq_len:
         B, T = 8, P.seq_len
+    B = min(B, EVAL_MAX_ROWS)
     val = D.stream("val")
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):

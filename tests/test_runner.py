@@ -632,18 +632,36 @@ def test_a_child_that_dies_while_importing_leaves_its_error_in_the_log(tmp_path,
 
 
 def test_cockpit_profile_writes_a_step_profile_to_the_log_and_a_trace(tmp_path, cache, monkeypatch):
-    prof_dir = tmp_path / "prof"
-    monkeypatch.setenv("COCKPIT_PROFILE", str(prof_dir))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COCKPIT_PROFILE", "prof")  # relative to where cockpit runs, not the child's folder
     r = run_script(tmp_path, cache, bigram(), budget=3)
     assert r.status == "ok" and r.steps > 13
     log = (tmp_path / "run.log").read_text()
     summary = next(line for line in log.splitlines() if line.startswith("harness: profile of steps 10-12:"))
     assert "ms per step" in summary
     assert "harness: profile by kind:" in log and "matmul" in log  # the bigram's output layer is a matmul
-    traces = list(prof_dir.glob("trace-*.json"))
-    assert len(traces) == 1
+    traces = list((tmp_path / "prof").glob("trace-*.json"))
+    assert len(traces) == 1 and str(traces[0]) in summary
     assert json.loads(traces[0].read_text())["traceEvents"]
     assert log.count("harness: profile of steps") == 1  # three steps profiled once, not again
+
+
+def test_a_run_that_ends_inside_the_profiled_steps_reports_what_it_recorded(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("COCKPIT_PROFILE", str(tmp_path / "prof"))
+    body = bigram().replace("while not rt.done():", "while not rt.done() and step < 11:")
+    r = run_script(tmp_path, cache, body, budget=3)
+    assert r.status == "ok" and r.steps == 11
+    log = (tmp_path / "run.log").read_text()
+    assert "harness: profile of steps 10-10:" in log
+    assert len(list((tmp_path / "prof").glob("trace-*.json"))) == 1
+
+
+def test_a_run_that_ends_as_profiling_starts_says_nothing_was_recorded(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("COCKPIT_PROFILE", str(tmp_path / "prof"))
+    body = bigram().replace("while not rt.done():", "while not rt.done() and step < 10:")
+    r = run_script(tmp_path, cache, body, budget=3)
+    assert r.status == "ok" and r.steps == 10
+    assert "harness: profile: training ended before step 10 finished; nothing recorded" in (tmp_path / "run.log").read_text()
 
 
 def test_without_cockpit_profile_nothing_is_profiled(tmp_path, cache, monkeypatch):
@@ -651,3 +669,18 @@ def test_without_cockpit_profile_nothing_is_profiled(tmp_path, cache, monkeypatc
     r = run_script(tmp_path, cache, bigram(), budget=1)
     assert r.status == "ok" and r.steps > 13
     assert "harness: profile of steps" not in (tmp_path / "run.log").read_text()
+
+
+def test_evaluation_batches_are_capped_at_64_rows_whatever_the_training_batch(tmp_path, cache):
+    """The causality probe holds fp32 rows x T x vocab log-probs: a 128-row training batch must
+    not make evaluation run out of memory after the whole budget."""
+    body = bigram().replace("batches = rt.train_batches(8, 64)", "batches = rt.train_batches(96, rt.profile().seq_len)")
+    body = body.replace(
+        "        return self.out(self.emb(idx))",
+        "        rows.add(idx.size(0)) if not torch.is_grad_enabled() else None\n        return self.out(self.emb(idx))",
+    ).replace("model = Bigram()", "rows = set()\nmodel = Bigram()")
+    body = body.replace("rt.submit(model)", "rt.submit(model)\nprint('eval rows', sorted(rows))")
+    r = run_script(tmp_path, cache, body, budget=1)
+    assert r.status == "ok", r.reason
+    line = next(x for x in (tmp_path / "run.log").read_text().splitlines() if x.startswith("eval rows"))
+    assert max(int(n) for n in line[len("eval rows"):].strip(" []").split(",")) == 64
