@@ -70,6 +70,8 @@ def main() -> int:
     print(f"data: {ds.manifest['source']['spec']}: {c['train_tokens']:,} train / {c['val_tokens']:,} val tokens", flush=True)
     prof = _profile(a.device, a.budget)
     rows, calls, names = [], [], []
+    short = [Path(p).name for p in a.script]  # the file name, or the path where two names clash
+    label = {p: n if short.count(n) == 1 else p for p, n in zip(a.script, short)}
     for script in a.script:
         for _ in range(a.runs):
             i = len(rows)
@@ -78,7 +80,7 @@ def main() -> int:
             r = runner.run(Path(script).resolve(), ds, prof, log, cache, spare=not a.no_spare)
             calls.append(time.monotonic() - t0)
             rows.append(r)
-            names.append(Path(script).name)
+            names.append(label[script])
             print(f"run {i + 1} ({names[-1]}): {r.status} {r.reason or ''}", flush=True)
             if r.log_tail and r.status != "ok":
                 print(r.log_tail, flush=True)
