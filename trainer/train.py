@@ -276,10 +276,13 @@ for opt in optimizers:
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
 
-accum = max(1, TOTAL_BATCH_TOKENS // (DEVICE_BATCH * T))
-batches = rt.train_batches(DEVICE_BATCH, T, seed=SEED)
+rows = DEVICE_BATCH
+if GPU and torch.cuda.get_device_properties(P.device).total_memory < 64e9:
+    rows = max(1, DEVICE_BATCH // 2)  # 128 rows of the default model peak at ~52 GB: halve on smaller cards
+accum = max(1, TOTAL_BATCH_TOKENS // (rows * T))
+batches = rt.train_batches(rows, T, seed=SEED)
 n_params = sum(p.numel() for p in model.parameters())
-print(f"params: {n_params:,}  batch: {accum} x {DEVICE_BATCH} x {T} tokens  budget: {P.time_budget:g}s", flush=True)
+print(f"params: {n_params:,}  batch: {accum} x {rows} x {T} tokens  budget: {P.time_budget:g}s", flush=True)
 
 step = 0
 t_start = time.time()
@@ -298,7 +301,7 @@ while not rt.done():
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
-    rt.progress(step, loss.detach(), tokens=accum * DEVICE_BATCH * T)
+    rt.progress(step, loss.detach(), tokens=accum * rows * T)
     step += 1
     if step % 100 == 0:
         print(f"step {step:5d}  loss {loss.item():.4f}  frac {rt.fraction():.3f}", flush=True)
