@@ -318,9 +318,10 @@ def _profile_stop(last_step: int) -> None:
 
 
 def _profile_report() -> None:
-    """Print the recorded steps' summary to the log and write the Chrome trace (after training:
-    parsing and writing the trace take seconds that must not come off the training budget). A
-    run that ended before the last profiled step reports the steps it recorded."""
+    """Print the recorded steps' summary to the log and write the Chrome trace (once training
+    is over and reported: parsing and writing the trace take seconds that must not come off the
+    training budget or its kill deadline). A run that ended before the last profiled step
+    reports the steps it recorded."""
     if not _PROFILE_DIR or not _prof:
         return
     try:
@@ -376,16 +377,13 @@ def submit(model) -> dict:
     """Hand the trained model to the harness. It checks causality, computes val_bpb from
     model(idx) logits, reports to the runner, and returns the summary (for printing)."""
     S = _get()
-    if S.profile.device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif S.profile.device == "mps":
-        torch.mps.synchronize()
+    _sync(S.profile.device)
     train_s = S.training_seconds()
     S.mark("trained")
-    _profile_report()
     params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
     S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
            flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens)
+    _profile_report()  # after "trained": its seconds count against the evaluation's allowance, not training's
     P, D = S.profile, S.dataset
     B, T = S.batch_shape or (8, P.seq_len)
     if T != P.seq_len:

@@ -139,13 +139,12 @@ class GPT(nn.Module):
         nn.init.normal_(self.lm_head.weight, std=0.001)
         self.resid_lambdas.fill_(1.0)
         self.x0_lambdas.fill_(0.1)
-        for ve in self.value_embeds.values():
-            bound = math.sqrt(3.0 / ve.weight.size(1))
-            nn.init.uniform_(ve.weight, -bound, bound)
+        inputs = [ve.weight for ve in self.value_embeds.values()]
+        inputs += [lin.weight for blk in self.blocks for lin in (blk.attn.qkv, blk.mlp.fc)]
+        for w in inputs:
+            bound = math.sqrt(3.0 / w.size(1))  # uniform with std 1/sqrt(row width)
+            nn.init.uniform_(w, -bound, bound)
         for blk in self.blocks:
-            for lin in (blk.attn.qkv, blk.mlp.fc):
-                bound = math.sqrt(3.0 / lin.in_features)  # uniform with std 1/sqrt(fan_in)
-                nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(blk.attn.proj.weight)  # each block starts as the identity
             nn.init.zeros_(blk.mlp.proj.weight)
             if blk.attn.ve_gate is not None:
