@@ -289,8 +289,11 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
         raise HarnessError("--agent claude needs ANTHROPIC_API_KEY in the environment")
     model = model or (ws_config.model if ws_config else None) or os.environ.get("COCKPIT_MODEL") or DEFAULT_MODEL
     base_url = base_url or (ws_config.base_url if ws_config else None) or os.environ.get("ANTHROPIC_BASE_URL") or None
-    numbers = dict(ws_config.agent_numbers) if ws_config else {}
-    cfg = ClaudeConfig(model=model, base_url=base_url, **{k: type(getattr(ClaudeConfig, k))(v) for k, v in numbers.items()})
+    settings = dict(ws_config.agent_numbers) if ws_config else {}
+    if settings.get("thinking_budget") == 0 and "thinking" not in settings:
+        settings["thinking"] = "off"  # the older spelling of "no thinking"
+        settings.pop("thinking_budget")
+    cfg = ClaudeConfig(model=model, base_url=base_url, **settings)
     why = f"agent: claude ({model}{', via ' + base_url if base_url else ''})" + (
         " - ANTHROPIC_API_KEY is set" if name == "auto" else "")
     return Claude(key, cfg), why
@@ -314,6 +317,8 @@ def build_engine(args):
     ws.git.head()  # a repository with no commits is refused here, before any data is prepared
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why]
+    if hasattr(agent, "prepare"):  # asks the API what the model can do: a bad model or key stops here
+        notices += agent.prepare()
     tc = ws.config.target
     if tc.kind == "gpt":
         cache = cache_root(getattr(args, "cache_dir", None))

@@ -45,7 +45,7 @@ class Config:
     model: str | None = None
     base_url: str | None = None
     max_consecutive_crashes: int = 5
-    agent_numbers: dict = field(default_factory=dict)  # context_tokens, max_api_wait, thinking_budget, max_tokens
+    agent_numbers: dict = field(default_factory=dict)  # ClaudeConfig fields set in [agent] (numbers, thinking, effort, prices)
     pipeline: bool = True  # the agent prepares the next experiment while one trains
 
 
@@ -87,15 +87,30 @@ def load(root: Path) -> Config:
     agent_tbl = data.get("agent", {})
     if not isinstance(agent_tbl, dict):
         raise ConfigError(f"{path}: [agent] must be a table")
-    numbers = {"context_tokens", "max_api_wait", "thinking_budget", "max_tokens"}
-    known_agent = {"name", "model", "base_url", "pipeline"} | numbers
+    ints = {"context_tokens", "thinking_budget", "max_tokens"}
+    floats = {"max_api_wait", "connect_timeout", "read_timeout"}
+    choices = {"thinking": ("auto", "adaptive", "enabled", "off"), "effort": ("low", "medium", "high", "xhigh", "max")}
+    known_agent = {"name", "model", "base_url", "pipeline", "prices"} | ints | floats | set(choices)
     unknown_agent = sorted(set(agent_tbl) - known_agent)
     if unknown_agent:
         raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: {', '.join(sorted(known_agent))})")
-    for k in numbers & set(agent_tbl):
+    settings: dict = {}
+    for k in (ints | floats) & set(agent_tbl):
         v = agent_tbl[k]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"{path}: [agent].{k} must be a number >= 0")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
+            raise ConfigError(f"{path}: [agent].{k} must be a finite number >= 0")
+        if k in ints and v != int(v):
+            raise ConfigError(f"{path}: [agent].{k} must be a whole number")
+        if k in ("connect_timeout", "read_timeout") and v <= 0:
+            raise ConfigError(f"{path}: [agent].{k} must be a number of seconds > 0")
+        settings[k] = int(v) if k in ints else float(v)
+    for k, allowed in choices.items():
+        if k in agent_tbl:
+            if agent_tbl[k] not in allowed:
+                raise ConfigError(f"{path}: [agent].{k} must be one of {', '.join(allowed)}, not {agent_tbl[k]!r}")
+            settings[k] = agent_tbl[k]
+    if "prices" in agent_tbl:
+        settings["prices"] = _prices(agent_tbl["prices"], path)
     for k in ("name", "model", "base_url"):
         if k in agent_tbl and not isinstance(agent_tbl[k], str):
             raise ConfigError(f"{path}: [agent].{k} must be a string")
@@ -115,7 +130,24 @@ def load(root: Path) -> Config:
     if decision.baseline_runs < 1:
         raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes),
-                  {k: agent_tbl[k] for k in numbers & set(agent_tbl)}, agent_tbl.get("pipeline", True))
+                  settings, agent_tbl.get("pipeline", True))
+
+
+def _prices(v, path: Path) -> dict:
+    """[agent.prices]: USD per million tokens for the session's model, all four keys."""
+    keys = ("input", "output", "cache_write", "cache_read")
+    if not isinstance(v, dict):
+        raise ConfigError(f"{path}: [agent.prices] must be a table of {', '.join(keys)} (USD per million tokens)")
+    odd = sorted(set(v) - set(keys))
+    missing = [k for k in keys if k not in v]
+    if odd or missing:
+        raise ConfigError(f"{path}: [agent.prices] needs exactly {', '.join(keys)} (USD per million tokens); "
+                          + (f"unknown: {odd[0]}" if odd else f"missing: {missing[0]}"))
+    for k in keys:
+        x = v[k]
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x < float("inf"):
+            raise ConfigError(f"{path}: [agent.prices].{k} must be a finite number >= 0")
+    return {k: float(v[k]) for k in keys}
 
 
 DEFAULT_TOML = """\
@@ -137,7 +169,18 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # model = "claude-sonnet-5-5"     # or --model, or $COCKPIT_MODEL
 # base_url = "https://..."        # a proxy or gateway; or --base-url, or $ANTHROPIC_BASE_URL
 # context_tokens = 60000          # each proposal's prompt stays under this (older history condenses)
+# thinking = "auto"               # adaptive | enabled | off; auto: adaptive where the model takes it, else enabled
+# effort = "high"                 # low | medium | high | xhigh | max, where the model has an effort setting
+# thinking_budget = 8000          # budget_tokens for thinking = "enabled" (>= 1024, below max_tokens)
+# max_tokens = 16000              # output tokens per reply (raised up to the model's limit when a reply is cut)
 # max_api_wait = 1800             # seconds of back-off on API outages before a proposal is given up
-# thinking_budget = 8000          # extended thinking tokens; 0 turns it off
+# connect_timeout = 5             # seconds to connect to the API
+# read_timeout = 60               # seconds of silence in a streamed reply before it counts as stalled
+#
+# [agent.prices]                  # USD per million tokens, overriding the built-in table for your model
+# input = 2.0
+# output = 10.0
+# cache_write = 2.5
+# cache_read = 0.1
 # pipeline = true                 # propose the next experiment while one trains (false: one at a time)
 """

@@ -19,7 +19,7 @@ from typing import Callable
 from harness.errors import HarnessError
 
 from . import events as ev
-from .agents.base import Context, PastExperiment, ProposalRejected
+from .agents.base import AgentFatal, Context, PastExperiment, ProposalRejected, ProposalSkipped
 from .control import Control
 from .decide import decide, noise_of
 from .git import GitError
@@ -67,6 +67,7 @@ class Engine:
         self.wt = None  # the agent's working tree (a git worktree under .cockpit/)
         self._pending: _Attempt | None = None  # the next experiment, proposed while one trains
         self.error: str | None = None  # set when the session stopped on an error, not a limit
+        self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now
 
     # ---- events ----
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
@@ -210,14 +211,19 @@ class Engine:
                 self._start_next()  # the first proposal is prepared during the last baseline run
             out = self._run(n, s.best_commit, kind="baseline")
             status = "keep" if out.status == "ok" else ("vetoed" if out.status == "cancelled" else out.status)
+            reason = out.reason
+            if out.status == "cancelled" and self._fatal is not None:
+                status, reason = "interrupted", f"the session stopped: {self._fatal}"
             e = self.journal.update_experiment(
-                s.id, n, status=status, reason=out.reason, metric=out.metric, training_seconds=out.training_seconds,
+                s.id, n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
                 total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
                 startup_seconds=out.startup_seconds, eval_seconds=out.eval_seconds,
             )
             self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
-                                            best_metric=None, description=e.description, reason=out.reason, kind="baseline"))
+                                            best_metric=None, description=e.description, reason=reason, kind="baseline"))
             self._write_results()
+            if status == "interrupted":
+                raise self._fatal
             if out.status == "cancelled" and self.control.take_veto() is not None:
                 self.emit(ev.Notice(text=f"baseline run #{n} was vetoed; running it again"))
                 continue
@@ -273,6 +279,9 @@ class Engine:
             return
         self._start_next()  # the agent prepares the next experiment while this one trains
         out = self._run(n, sha)
+        if out.status == "cancelled" and self._fatal is not None:
+            self._finish(n, "interrupted", f"the session stopped: {self._fatal}", sha=sha, out=out)
+            raise self._fatal
         veto = self.control.take_veto()
         if veto is not None:
             self._finish(n, "vetoed", veto, sha=sha, out=out)
@@ -322,6 +331,9 @@ class Engine:
                 a.proposal = self.agent.propose(ctx, tools, self.emit)
             except Exception as e:  # handled by the loop when the proposal is taken
                 a.failure = e
+                if isinstance(e, AgentFatal) and background:  # nothing more can be proposed: end the run now
+                    self._fatal = e
+                    self.control.cancel_run.set()
             a.seconds = time.monotonic() - t0
             a.usage = getattr(self.agent, "last_usage", None)
             with a.lock:
@@ -400,8 +412,14 @@ class Engine:
         self._record_usage(n, a.usage)
         self._save_notes(a.tools)
         failure = a.failure
+        if isinstance(failure, AgentFatal):
+            self._finish(n, "interrupted", f"not proposed: {failure}", description="(not proposed)", agent_error=True)
+            raise failure
         if isinstance(failure, HarnessError):
             raise failure
+        if isinstance(failure, ProposalSkipped):  # the model refused, or its reply did not fit: recorded, not retried
+            self._finish(n, "invalid", str(failure), description="(no proposal)")
+            return None
         if isinstance(failure, ProposalRejected):  # nothing valid after the agent's own retries: skipped
             self._finish(n, "invalid", f"proposal rejected {failure}", description="(no valid change)")
             return None

@@ -136,6 +136,30 @@ class Tools:
         self.notes.append(text)
         return f"noted ({len(self.notes)} this proposal)"
 
+    # -- a fresh start ----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, str | None]:
+        """The editable files' text now (None: absent or unreadable), for restore()."""
+        out: dict[str, str | None] = {}
+        for rel in self.editable:
+            try:
+                out[rel] = self._read(rel, self.resolve(rel))
+            except ToolError:
+                out[rel] = None
+        return out
+
+    def restore(self, snap: dict[str, str | None]) -> None:
+        """Put the files this proposal touched back as they were at snapshot() (a conversation
+        that ended without a proposal leaves nothing behind for the next one)."""
+        for rel in sorted(self.touched):
+            target = self.resolve(rel)
+            before = snap.get(rel)
+            if before is None:
+                target.unlink(missing_ok=True)
+            else:
+                self._write(rel, target, before)
+        self.touched.clear()
+
     # -- disk -------------------------------------------------------------------------------
 
     def _read(self, rel: str, target: Path) -> str:

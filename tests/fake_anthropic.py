@@ -20,17 +20,37 @@ Wire format, matched to the installed SDK (anthropic 2.x, on httpx2):
 * a mid-stream error is ``event: error`` with that same body, after which the stream ends.
 
 Every request (messages, count_tokens, and anything unknown) is recorded in ``fake.requests`` as
-``{"method", "path", "headers" (lower-case keys), "body" (parsed JSON, or the raw text)}``.
+``{"method", "path", "headers" (lower-case keys), "body" (parsed JSON, or the raw text), "time"
+(time.monotonic() on arrival)}``.
+
+Like the real API, the fake rejects what the real API rejects (``validate=True``, the default),
+with the real status, error type and message (tests/fake_models.py has the texts and the models):
+an unknown model (404), a thinking type the model does not take, ``budget_tokens`` out of range,
+``temperature``/``top_k`` with thinking, an effort level the model lacks, ``max_tokens`` over the
+model's limit, a message with empty content, ``tool_result`` ids that do not answer the previous
+turn's ``tool_use`` ids, an assistant turn that is not passed back exactly as it was sent (thinking
+blocks with their signatures), more than 4 ``cache_control`` breakpoints, a prompt longer than the
+model's context window. A rejected request does not use up a scripted reply; it is listed in
+``fake.rejected``. ``GET /v1/models/{id}`` and ``GET /v1/models`` answer like the Models API
+(``models_api=False``: 404 there, as from a gateway without it).
+
+Thinking text is sent only where the model shows it: from 4.7 on the default display is
+"omitted" (an empty ``thinking`` with its signature) unless the request asks for "summarized".
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
+
+from fake_models import MODELS, check_request, model_info
 
 __all__ = [
     "FakeAnthropic",
@@ -41,6 +61,7 @@ __all__ = [
     "ToolUse",
     "HttpError",
     "Hang",
+    "Redacted",
     "OVERLOADED_EVENT",
 ]
 
@@ -71,21 +92,44 @@ class Usage:
 
 @dataclass
 class Thinking:
-    """A thinking block: `thinking_delta` chunks, then one `signature_delta`."""
+    """A thinking block: `thinking_delta` chunks, then one `signature_delta`.
+
+    The signature binds the text the client is shown (empty where the display is "omitted");
+    by default the fake makes it (an HMAC), and a block passed back changed fails its check."""
 
     text: str
-    signature: str = "sig"
+    signature: Optional[str] = None
+    shown: bool = True  # set by the fake per request: False where the model omits thinking text
 
     def start(self) -> dict:
         return {"type": "thinking", "thinking": "", "signature": ""}
 
     def deltas(self) -> list[dict]:
-        out: list[dict] = [{"type": "thinking_delta", "thinking": c} for c in _chunks(self.text)]
+        out: list[dict] = [{"type": "thinking_delta", "thinking": c} for c in _chunks(self._text())] if self._text() else []
         out.append({"type": "signature_delta", "signature": self.signature})
         return out
 
     def full(self) -> dict:
-        return {"type": "thinking", "thinking": self.text, "signature": self.signature}
+        return {"type": "thinking", "thinking": self._text(), "signature": self.signature}
+
+    def _text(self) -> str:
+        return self.text if self.shown else ""
+
+
+@dataclass
+class Redacted:
+    """A redacted_thinking block (encrypted reasoning): sent whole in content_block_start."""
+
+    data: str = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIw"
+
+    def start(self) -> dict:
+        return {"type": "redacted_thinking", "data": self.data}
+
+    def deltas(self) -> list[dict]:
+        return []
+
+    def full(self) -> dict:
+        return {"type": "redacted_thinking", "data": self.data}
 
 
 @dataclass
@@ -129,7 +173,7 @@ class ToolUse:
         return {"type": "tool_use", "id": self.id, "name": self.name, "input": self.input}
 
 
-Block = Union[Thinking, Text, ToolUse]
+Block = Union[Thinking, Redacted, Text, ToolUse]
 
 
 @dataclass
@@ -138,26 +182,37 @@ class Stream:
 
     error_after=N: after N SSE events, send `event: error` (overloaded_error) and end the stream.
       For a non-streaming request it is served as an HTTP 529 overloaded_error instead.
+    drop_after=N: after N SSE events the connection is closed mid-body (no end chunk): a dropped stream.
+    stall_after=N: after N SSE events nothing more is sent for `stall` seconds (or until the fake
+      stops), then the connection is closed: a stalled stream, seen by the client's read timeout.
     delay: seconds to wait before the response headers; chunk_delay: seconds between SSE events.
+    stop_details: sent with a "refusal" stop, e.g. {"type": "refusal", "category": "cyber", "explanation": ...}.
     """
 
     blocks: list = field(default_factory=list)
     stop_reason: str = "end_turn"
     usage: Usage = field(default_factory=Usage)
     error_after: Optional[int] = None
+    drop_after: Optional[int] = None
+    stall_after: Optional[int] = None
+    stall: float = 30.0
     delay: float = 0.0
     chunk_delay: float = 0.0
     model: Optional[str] = None  # default: the request's "model"
+    stop_details: Optional[dict] = None
 
 
 @dataclass
 class HttpError:
-    """An HTTP error reply, e.g. 529 overloaded_error, 429 rate_limit_error, 500 api_error."""
+    """An HTTP error reply, e.g. 529 overloaded_error, 429 rate_limit_error, 500 api_error.
+
+    error_code: the body's error.details.error_code (e.g. "enforced_spend_limit_reached")."""
 
     status: int
     error_type: str
     message: str
     retry_after: Optional[float] = None
+    error_code: Optional[str] = None
 
 
 @dataclass
@@ -167,7 +222,7 @@ class Hang:
     seconds: float
 
 
-Reply = Union[Stream, HttpError, Hang, Thinking, Text, ToolUse]  # a bare block means Stream([block])
+Reply = Union[Stream, HttpError, Hang, Thinking, Redacted, Text, ToolUse]  # a bare block means Stream([block])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,13 +265,10 @@ def stream_events(reply: Stream, msg_id: str, model: str) -> list[dict]:
         for d in block.deltas():
             events.append({"type": "content_block_delta", "index": i, "delta": d})
         events.append({"type": "content_block_stop", "index": i})
-    events.append(
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": reply.usage.output_tokens},
-        }
-    )
+    delta = {"stop_reason": reply.stop_reason, "stop_sequence": None}
+    if reply.stop_details is not None:
+        delta["stop_details"] = reply.stop_details
+    events.append({"type": "message_delta", "delta": delta, "usage": {"output_tokens": reply.usage.output_tokens}})
     events.append({"type": "message_stop"})
     return events
 
@@ -231,6 +283,7 @@ def full_message(reply: Stream, msg_id: str, model: str) -> dict:
         "content": [b.full() for b in reply.blocks],
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
+        **({"stop_details": reply.stop_details} if reply.stop_details is not None else {}),
         "usage": {
             "input_tokens": u.input_tokens,
             "output_tokens": u.output_tokens,
@@ -240,8 +293,11 @@ def full_message(reply: Stream, msg_id: str, model: str) -> dict:
     }
 
 
-def error_body(error_type: str, message: str) -> dict:
-    return {"type": "error", "error": {"type": error_type, "message": message}}
+def error_body(error_type: str, message: str, error_code: Optional[str] = None) -> dict:
+    err: dict = {"type": error_type, "message": message}
+    if error_code is not None:
+        err["details"] = {"error_code": error_code}
+    return {"type": "error", "error": err}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if reply.retry_after is not None:
             headers["retry-after"] = repr(float(reply.retry_after))
-        self._send_json(reply.status, error_body(reply.error_type, reply.message), headers)
+        self._send_json(reply.status, error_body(reply.error_type, reply.message, reply.error_code), headers)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -319,19 +375,48 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         n = fake._record(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         self._request_id = f"req_fake_{n:04d}"
+        headers = fake.requests[n - 1]["headers"]
         try:
-            if method == "POST" and path == "/v1/messages":
+            if not (headers.get("x-api-key") or headers.get("authorization", "").startswith("Bearer ")):
+                self._send_json(401, error_body("authentication_error", "x-api-key header is required"))
+            elif method == "POST" and path == "/v1/messages":
                 self._messages(fake, body if isinstance(body, dict) else {}, n)
             elif method == "POST" and path == "/v1/messages/count_tokens":
-                self._send_json(200, {"input_tokens": max(1, len(json.dumps(body)) // 4)})
+                self._count_tokens(fake, body if isinstance(body, dict) else {})
+            elif method == "GET" and fake.models_api and path == "/v1/models":
+                data = [model_info(m, info) for m, info in fake.models.items()]
+                self._send_json(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                      "last_id": data[-1]["id"] if data else None})
+            elif method == "GET" and fake.models_api and path.startswith("/v1/models/"):
+                mid = path[len("/v1/models/"):]
+                if mid in fake.models:
+                    self._send_json(200, model_info(mid, fake.models[mid]))
+                else:
+                    self._send_json(404, error_body("not_found_error", f"model: {mid}"))
             else:
                 self._send_json(404, error_body("not_found_error", f"fake: no route {method} {path}"))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
+    def _reject(self, fake: "FakeAnthropic", n: int, status: int, error_type: str, message: str) -> None:
+        fake.rejected.append({"request": n, "status": status, "type": error_type, "message": message})
+        self._send_json(status, error_body(error_type, message))
+
+    def _count_tokens(self, fake: "FakeAnthropic", body: dict) -> None:
+        model = body.get("model")
+        if fake.validate and model not in fake.models:
+            self._send_json(404, error_body("not_found_error", f"model: {model}"))
+            return
+        self._send_json(200, {"input_tokens": max(1, len(json.dumps(body)) // 4)})
+
     def _messages(self, fake: "FakeAnthropic", body: dict, n: int) -> None:
+        if fake.validate:
+            problem = check_request(body, fake.models, fake._issued_turn, fake._signed)
+            if problem is not None:
+                self._reject(fake, n, *problem)
+                return
         reply = fake._next_reply()
-        if isinstance(reply, (Thinking, Text, ToolUse)):
+        if isinstance(reply, (Thinking, Redacted, Text, ToolUse)):
             reply = Stream([reply])
         if reply is None:
             self._send_error(HttpError(500, "api_error", "fake: no scripted reply left"))
@@ -345,6 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._stopping.wait(reply.delay)
             msg_id = f"msg_fake{n:04d}"
             model = reply.model or str(body.get("model", "claude-fake"))
+            fake._issue(reply, body)
             if body.get("stream"):
                 self._stream(fake, reply, msg_id, model)
             elif reply.error_after is not None:
@@ -370,6 +456,13 @@ class _Handler(BaseHTTPRequestHandler):
             if i and reply.chunk_delay:
                 if fake._stopping.wait(reply.chunk_delay):
                     break
+            if i == reply.drop_after:  # the connection is cut in the middle of the body
+                self.close_connection = True
+                return
+            if i == reply.stall_after:  # the stream goes silent; the client's read timeout must notice
+                fake._stopping.wait(reply.stall)
+                self.close_connection = True
+                return
             self._chunk(_sse(ev))
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
@@ -377,11 +470,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _shows_thinking(body: dict, model: Optional[dict]) -> bool:
+    display = (body.get("thinking") or {}).get("display")
+    if display is not None:
+        return display == "summarized"
+    return not (model or {}).get("omits_thinking", False)
+
+
 class FakeAnthropic:
     """The fake server. Use as a context manager, or call start()/stop()."""
 
-    def __init__(self, script: Optional[list] = None):
+    def __init__(self, script: Optional[list] = None, models: Optional[dict] = None, models_api: bool = True,
+                 validate: bool = True):
         self._script: list = list(script or [])
+        self.models: dict = dict(MODELS if models is None else models)  # id -> the fake's model facts
+        self.models_api = models_api
+        self.validate = validate
+        self.rejected: list[dict] = []  # requests refused by validation: {"request", "status", "type", "message"}
+        self._secret = uuid.uuid4().bytes
+        self._issued_turn: dict[str, list] = {}  # tool_use id -> the whole assistant content it was sent in
+        self._signed: set[tuple[str, str]] = set()  # (text shown, signature) of every thinking block sent
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: Optional[_Server] = None
@@ -407,9 +515,30 @@ class FakeAnthropic:
         with self._lock:
             return self._script.pop(0) if self._script else None
 
+    def _issue(self, reply: "Stream", body: dict) -> None:
+        """Sign the reply's thinking blocks as this request shows them, and remember each tool
+        call's whole turn, so that what comes back can be checked against what was sent."""
+        shown = _shows_thinking(body, self.models.get(body.get("model")))
+        for b in reply.blocks:
+            if isinstance(b, Thinking):
+                b.shown = shown
+                if b.signature is None:
+                    b.signature = "sig_" + hmac.new(self._secret, b._text().encode(), hashlib.sha256).hexdigest()[:40]
+        with self._lock:
+            for b in reply.blocks:
+                if isinstance(b, Thinking):
+                    self._signed.add((b._text(), b.signature))
+                elif isinstance(b, Redacted):
+                    self._signed.add(("<redacted>", b.data))
+            content = [b.full() for b in reply.blocks]
+            for b in reply.blocks:
+                if isinstance(b, ToolUse):
+                    self._issued_turn[b.id] = content
+
     def _record(self, method: str, path: str, headers: dict, body: Any) -> int:
         with self._lock:
-            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
+            self.requests.append({"method": method, "path": path, "headers": headers, "body": body,
+                                  "time": time.monotonic()})
             return len(self.requests)
 
     @property

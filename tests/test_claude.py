@@ -18,9 +18,16 @@ from engine.agents.claude import Claude, ClaudeConfig
 from engine.journal import Journal
 from engine.tools import Tools
 from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
+from fake_models import prompt_tokens
 
 KEY = "fake-key-" + secrets.token_hex(12)  # made up per run: never a real key
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_text(body: dict) -> str:
+    """The text of the first (prompt) message of a request."""
+    content = body["messages"][0]["content"]
+    return content if isinstance(content, str) else content[0]["text"]
 
 
 def usage(i=1200, o=300, cw=900, cr=0):
@@ -55,6 +62,7 @@ def test_a_scripted_claude_session_edits_train_py_and_the_experiment_is_recorded
         )
         assert r.returncode == 0, r.stderr + r.stdout[-2000:]
         requests = [q for q in fake.requests if q["path"].endswith("/v1/messages")]
+        assert [q["path"] for q in fake.requests][0] == "/v1/models/claude-sonnet-5-5"  # asked once, at the start
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert "agent: claude" in events[0]["text"]
     kinds = {e["type"] for e in events}
@@ -71,15 +79,20 @@ def test_a_scripted_claude_session_edits_train_py_and_the_experiment_is_recorded
     assert "+MATRIX_LR = 0.05" in diff
     # per-experiment token and cost accounting
     assert (e.tokens_in, e.tokens_out, e.cache_write, e.cache_read) == (2700, 380, 900, 900)
-    assert e.cost_usd == pytest.approx((2700 * 3 + 900 * 3 * 1.25 + 900 * 0.3 + 380 * 15) / 1e6)
+    # Sonnet 5.5's published prices: $2 in, $10 out, $2.50 cache writes, $0.10 cache hits per million
+    assert e.cost_usd == pytest.approx((2700 * 2 + 380 * 10 + 900 * 2.5 + 900 * 0.1) / 1e6)
     assert j.total_cost(s.id) == pytest.approx(e.cost_usd)
     # the system prompt carries the rules and program.md, marked for caching; the tools are exact
     body = requests[0]["body"]
     assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert "program.md" in body["system"][0]["text"] and (ws / "program.md").read_text().strip()[:40] in body["system"][0]["text"]
     assert [t["name"] for t in body["tools"]] == ["read_file", "edit_file", "write_file", "results", "show_experiment", "note", "submit"]
-    assert body["thinking"]["type"] == "enabled"
-    assert "MATRIX_LR = 0.04" in body["messages"][0]["content"]  # the best code is in the context
+    # the default model takes adaptive thinking only, with an effort; its thinking text is asked for
+    assert body["model"] == "claude-sonnet-5-5"
+    assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert body["output_config"] == {"effort": "high"}
+    assert fake.rejected == []
+    assert "MATRIX_LR = 0.04" in first_text(body)  # the best code is in the context
     # the key: sent to the API, and nowhere else
     assert any(KEY in json.dumps(q["headers"]) for q in requests)
     hits = [str(p) for p in ws.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
@@ -109,6 +122,23 @@ def ws(tmp_path):
 def agent(fake, sleeps=None, **cfg):
     cfg.setdefault("sdk_retries", 0)
     return Claude(KEY, ClaudeConfig(base_url=fake.base_url, **cfg), sleep=(sleeps.append if sleeps is not None else lambda s: None))
+
+
+@pytest.fixture(autouse=True)
+def _no_rejected_requests(monkeypatch):
+    """Every fake in these tests validates requests as the real API does; a test that does not
+    expect a rejection fails when one happened (its agent would also have stopped on the 400)."""
+    fakes = []
+    real_start = FakeAnthropic.start
+
+    def start(self):
+        fakes.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(FakeAnthropic, "start", start)
+    yield
+    for f in fakes:
+        assert f.validate and f.rejected == [], f.rejected
 
 
 def run_propose(a, ws, ctx=None):
@@ -198,7 +228,7 @@ def test_an_edited_program_md_reaches_the_next_proposal_as_a_diff(ws):
         (ws / "value.py").write_text("VALUE = 10.0\n")
         run_propose(a, ws, make_ctx(ws, n=4, program="Lower the metric. Prefer small steps."))
         bodies = [q["body"] for q in fake.requests if q["path"].endswith("/messages")]
-    first_prompt, next_prompt = bodies[0]["messages"][0]["content"], bodies[2]["messages"][0]["content"]
+    first_prompt, next_prompt = first_text(bodies[0]), first_text(bodies[2])
     assert "changed program.md" not in first_prompt
     assert "The human changed program.md" in next_prompt and "+Lower the metric. Prefer small steps." in next_prompt
     assert "Prefer small steps." in bodies[2]["system"][0]["text"]
@@ -229,7 +259,7 @@ def test_a_proposal_made_while_a_run_trains_is_told_what_is_in_flight(ws):
 def test_a_refused_key_stops_with_a_clear_reason(ws):
     from engine.agents.claude import AuthError
 
-    with FakeAnthropic([HttpError(401, "authentication_error", "invalid x-api-key")]) as fake:
+    with FakeAnthropic([HttpError(401, "authentication_error", "invalid x-api-key")], models_api=False) as fake:
         with pytest.raises(AuthError, match="refused the key"):
             run_propose(agent(fake), ws)
 
@@ -242,4 +272,4 @@ def test_near_the_budget_the_prompt_is_measured_with_count_tokens(ws):
         counts = [q for q in fake.requests if q["path"].endswith("/count_tokens")]
         first = [q for q in fake.requests if q["path"].endswith("/v1/messages")][0]["body"]
     assert counts, "a prompt near the budget is counted by the API"
-    assert len(json.dumps(first)) // 4 <= 9000  # the fake counts a token per 4 characters of the request
+    assert prompt_tokens(first) <= 9000  # the fake counts a token per 4 characters of the request

@@ -11,7 +11,7 @@ import pytest
 
 from fake_anthropic import FakeAnthropic, Hang, HttpError, Stream, Text, Thinking, ToolUse, Usage
 
-MODEL = "claude-fake-1"  # any string; avoid names the SDK warns about (deprecated models)
+MODEL = "claude-haiku-4-5"  # a real id (the fake knows the published models); takes `enabled` thinking
 USER = [{"role": "user", "content": "hi"}]
 RAW_TYPES = {
     "message_start",
@@ -35,7 +35,7 @@ def client(fake: FakeAnthropic, **kw) -> anthropic.Anthropic:
     return anthropic.Anthropic(api_key="fake-test-key", base_url=fake.base_url, **kw)
 
 
-THINK = Thinking("Let me look at the training script first.", signature="sig-abc")
+THINK = Thinking("Let me look at the training script first.", signature="sig_abc")
 
 
 def full_reply() -> tuple[Stream, ToolUse]:
@@ -70,7 +70,7 @@ def test_stream_thinking_text_tool_use(fake):
     assert starts == ["thinking", "text", "tool_use"]
     deltas = [e.delta for e in raw if e.type == "content_block_delta"]
     assert "".join(d.thinking for d in deltas if d.type == "thinking_delta") == THINK.text
-    assert [d.signature for d in deltas if d.type == "signature_delta"] == ["sig-abc"]
+    assert [d.signature for d in deltas if d.type == "signature_delta"] == ["sig_abc"]
     assert len([d for d in deltas if d.type == "text_delta"]) > 1  # really chunked
     assert "".join(d.partial_json for d in deltas if d.type == "input_json_delta") == (
         '{"path": "trainer/train.py", "lines": [1, 20], "deep": {"x": null}}'
@@ -80,7 +80,7 @@ def test_stream_thinking_text_tool_use(fake):
 
     assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
     assert final.content[0].thinking == "Let me look at the training script first."
-    assert final.content[0].signature == "sig-abc"
+    assert final.content[0].signature == "sig_abc"
     assert final.content[1].text == "Reading it now."
     t = final.content[2]
     assert (t.id, t.name) == (tool.id, "read_file")

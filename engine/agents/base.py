@@ -12,6 +12,7 @@ from typing import Protocol
 
 from engine.events import Event
 from engine.tools import Tools
+from harness.errors import HarnessError
 
 KEPT = frozenset({"keep", "forced"})  # statuses whose change became (part of) the best code
 
@@ -60,6 +61,17 @@ class Usage:
 class ProposalRejected(Exception):
     """The agent could not produce a valid change (it changed nothing or it does not compile,
     after its retries): the experiment is recorded `invalid` with this reason and skipped."""
+
+
+class AgentFatal(HarnessError):
+    """No request of this session can succeed (a refused key, an unknown model, no credit, a
+    spent limit, settings the model does not take): the session stops at once with this one
+    line, which says what to do. Never recorded as a crash."""
+
+
+class ProposalSkipped(ProposalRejected):
+    """The agent could not make a proposal this time for a reason of its own (the model refused,
+    its reply or prompt did not fit): recorded `invalid` with this reason; the session goes on."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,16 @@ Each proposal is a fresh, bounded conversation built from the journal (memory li
 in an ever-growing chat): a cached system prompt with the harness rules and program.md, then the
 best code, the results, recent diffs with outcomes, notes and vetoes. Claude edits files only
 through the engine's confined tools and ends with `submit`. Thinking, text and tool calls stream
-out as engine events. API outages, rate limits, malformed tool calls and bad edits are routine:
-they are retried, returned to the model as tool errors, or recorded, never fatal.
+out as engine events.
+
+What the model can do (thinking types, effort, limits) is asked of the Models API once, at
+session start (models.py); every request follows from it. API errors fall into three kinds:
+- transient (429 with retry-after, 408/409/any 5xx, overloaded mid-stream, refused connections,
+  dropped or stalled streams): retried with back-off, for up to max_api_wait per request;
+- deterministic for this request (the prompt too long, the reply cut at max_tokens): the
+  proposal adapts (a smaller context, a larger max_tokens) or is skipped with its reason;
+- fatal for the session (401, 403, 402, an unknown model, a spent limit, any other 400): the
+  session stops at once with one line that says what to do (AgentFatal).
 """
 
 from __future__ import annotations
@@ -16,18 +24,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.errors import HarnessError
-
 from .. import events as ev
 from ..tools import ToolError, Tools
-from .base import Context, Proposal, ProposalRejected, Usage
+from .base import Context, Proposal, ProposalRejected, ProposalSkipped, Usage
+from .models import AgentFatal, ModelSpec, RequestSettings, settings_for, spec_from_family, spec_from_info
+from .prices import Price, price_for
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
-
-# USD per million tokens: (input, output). Cache writes cost 1.25x input, cache reads 0.1x.
-PRICES = {"opus": (5.0, 25.0), "sonnet": (3.0, 15.0), "haiku": (1.0, 5.0), "fable": (3.0, 15.0), "mythos": (15.0, 75.0)}
-ADAPTIVE_THINKING = ("opus-4-6", "opus-4-7", "opus-4-8", "mythos")  # models that take adaptive thinking
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached",
+                               "linked_organization_spend_limit_reached"})
+NUDGE = "Make your change with the tools, then call submit."
 
 RULES = """You are an ML researcher running experiments inside cockpit, an autonomous research loop.
 Each experiment is ONE change to the editable files, trained for a fixed time budget and measured
@@ -74,28 +80,38 @@ TOOLS = [
 class ClaudeConfig:
     model: str = DEFAULT_MODEL
     base_url: str | None = None
-    max_tokens: int = 16000
-    thinking_budget: int = 8000  # 0 turns extended thinking off
-    context_tokens: int = 60000  # the proposal's prompt stays under this
+    max_tokens: int = 16000  # raised (up to the model's limit) when a reply is cut off
+    thinking: str = "auto"  # auto | adaptive | enabled | off (auto: adaptive where the model takes it)
+    effort: str | None = None  # output_config.effort where the model has it (None: "high")
+    thinking_budget: int = 8000  # budget_tokens for "enabled" thinking (>= 1024, below max_tokens)
+    context_tokens: int = 60000  # the proposal's prompt stays under this (and inside the model's window)
     max_turns: int = 30  # model calls per proposal
     max_bad_submits: int = 3  # submits that change nothing / do not compile, before the proposal is skipped
     sdk_retries: int = 2
-    timeout: float = 600.0
+    connect_timeout: float = 5.0  # seconds to connect
+    read_timeout: float = 60.0  # seconds without a byte from the API (between stream events): a stalled stream
     max_api_wait: float = 1800.0  # back off this long in all for one request before giving up on it
+    prices: dict | None = None  # USD per million tokens: input, output, cache_write, cache_read (overrides the table)
 
 
 class AgentGaveUp(RuntimeError):
     """The proposal could not be completed (API unavailable too long, or no submit)."""
 
 
-class AuthError(HarnessError):
-    """The API refused the key: stop the session with that reason."""
+AuthError = AgentFatal  # the API refused the key: one kind of fatal error
+
+
+class _PromptTooLong(Exception):
+    """The API said the prompt does not fit: the proposal starts again with a smaller context."""
+
+
+class _Refused(Exception):
+    """The model refused (stop_reason "refusal"): that conversation ends."""
 
 
 def price(model: str, u: Usage) -> float:
-    pin, pout = next((v for k, v in PRICES.items() if k in model), PRICES["sonnet"])
-    return (u.input_tokens * pin + u.cache_write_tokens * pin * 1.25 + u.cache_read_tokens * pin * 0.1
-            + u.output_tokens * pout) / 1e6
+    """The table price of `u` as one request of `model` (per-request tiers need Price.cost)."""
+    return price_for(model)[0].cost(u.input_tokens, u.output_tokens, u.cache_write_tokens, u.cache_read_tokens)
 
 
 def estimate_tokens(text: str) -> int:
@@ -111,76 +127,201 @@ class Claude:
 
         self._anthropic = anthropic
         self.cfg = cfg
+        # A plain number would set every phase (a dead host would hold a connect for 10 minutes);
+        # the read timeout is the longest silence allowed between two stream events.
+        timeout = anthropic.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
         self.client = anthropic.Anthropic(api_key=api_key, base_url=cfg.base_url, max_retries=cfg.sdk_retries,
-                                          timeout=cfg.timeout)
+                                          timeout=timeout)
         self.sleep = sleep
         self.interrupt = None  # a threading.Event the engine sets on stop-now
         self.last_usage = Usage()
         self._last_program: str | None = None
+        self.spec: ModelSpec | None = None
+        self.settings: RequestSettings | None = None
+        self.price: Price = price_for(cfg.model, cfg.prices)[0]
+        self.notices: list[str] = []
+
+    # ---- session start: what the model can do ----
+    def prepare(self) -> list[str]:
+        """Ask the Models API what the model takes and derive the request settings; the lines to
+        show the human. AgentFatal for an unknown or retired model, a refused key, or settings
+        the model does not take."""
+        A = self._anthropic
+        notices = []
+        try:
+            spec = spec_from_info(self.client.models.retrieve(self.cfg.model))
+        except A.NotFoundError as e:
+            if self._models_api_exists():
+                raise AgentFatal(_unknown_model(self.cfg.model, e)) from None
+            spec = spec_from_family(self.cfg.model)
+            notices.append(f"this API endpoint has no Models API; {self.cfg.model}'s settings come from the built-in "
+                           f"table by model family")
+        except A.APIStatusError as e:
+            kind, line, _ = self._classify(e)
+            if kind == "fatal":
+                raise AgentFatal(line) from None
+            if e.status_code != 405:
+                raise AgentFatal(f"could not ask the Models API about {self.cfg.model}: {line}") from None
+            spec = spec_from_family(self.cfg.model)
+            notices.append(f"this API endpoint has no Models API; {self.cfg.model}'s settings come from the built-in "
+                           f"table by model family")
+        except (A.APIConnectionError, *_transport_errors()) as e:
+            spec = spec_from_family(self.cfg.model)
+            notices.append(f"could not reach the Models API ({type(e).__name__}); {self.cfg.model}'s settings come "
+                           f"from the built-in table by model family")
+        if spec.lifecycle == "retired":
+            raise AgentFatal(f"{spec.id} is retired and answers no requests; choose another model with --model, "
+                             f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
+        if spec.lifecycle == "deprecated":
+            notices.append(f"warning: {spec.id} is deprecated and will be retired; consider another model (--model)")
+        c = self.cfg
+        self.settings = settings_for(spec, c.thinking, c.effort, c.thinking_budget, c.max_tokens, c.context_tokens)
+        self.spec = spec
+        self.price, guessed = price_for(spec.id, c.prices)
+        if guessed:
+            notices.append(guessed)
+        self.notices = notices
+        return notices
+
+    def _models_api_exists(self) -> bool:
+        """A 404 for the model means an unknown id where the Models API answers a listing; a
+        gateway without that API answers 404/405 there too."""
+        try:
+            self.client.models.list(limit=1)
+            return True
+        except self._anthropic.APIStatusError as e:
+            if e.status_code in (404, 405):
+                return False
+            raise AgentFatal(self._classify(e)[1]) from None
 
     # ---- one proposal ----
     def propose(self, ctx: Context, tools: Tools, emit) -> Proposal | None:
         usage = self.last_usage = Usage()
+        if self.settings is None:
+            for line in self.prepare():
+                emit(ev.Notice(text=line))
+        context = self.settings.context_tokens
+        snapshot = tools.snapshot()
+        refused = 0
+        try:
+            while True:
+                try:
+                    return self._conversation(ctx, tools, emit, usage, context)
+                except _PromptTooLong as e:
+                    context = int(context * 0.6)
+                    if context < 4000:
+                        raise ProposalSkipped(f"skipped: the prompt does not fit the model's context ({e})") from None
+                    emit(ev.Notice(text=f"#{ctx.n}: the prompt was too long for {self.cfg.model} ({e}); "
+                                        f"asking again with a context of {context} tokens"))
+                except _Refused as e:
+                    refused += 1
+                    if refused >= 2:
+                        raise ProposalSkipped(f"skipped: the model refused twice ({e})") from None
+                    emit(ev.Notice(text=f"#{ctx.n}: the model refused ({e}); starting a fresh conversation"))
+                tools.restore(snapshot)  # a fresh conversation starts from the best code again
+        finally:
+            self._last_program = ctx.program
+
+    def _conversation(self, ctx: Context, tools: Tools, emit, usage: Usage, context: int) -> Proposal:
         system = [{"type": "text", "text": RULES + "\n\n# program.md (the human's instructions)\n\n" + ctx.program,
                    "cache_control": {"type": "ephemeral"}}]
-        messages = [{"role": "user", "content": self._fitted_prompt(ctx, system)}]
-        self._last_program = ctx.program
+        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": self._fitted_prompt(ctx, system, context)}]}]
+        max_tokens = self.settings.max_tokens
         bad_submits = 0
         for _turn in range(self.cfg.max_turns):
             if self.interrupt is not None and self.interrupt.is_set():
                 raise AgentGaveUp("stopped by the human")
-            msg = self._request(system, messages, emit, ctx.n, usage)
-            messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]})
-            results, submitted = [], None
-            for block in msg.content:
-                if block.type != "tool_use":
-                    continue
-                text, ok, done = self._tool(block.name, block.input, tools, ctx)
-                emit(ev.ToolCalled(n=ctx.n, name=block.name, summary=_summary(block.name, block.input, text), ok=ok))
-                if block.name == "submit" and not ok:
-                    bad_submits += 1
-                    if bad_submits >= self.cfg.max_bad_submits:
-                        raise ProposalRejected(f"after {bad_submits} attempts: {text}")
-                results.append({"type": "tool_result", "tool_use_id": block.id, "content": text, "is_error": not ok})
-                if done:
-                    submitted = done
+            msg = self._request(system, messages, max_tokens, emit, ctx.n, usage)
+            content = [b.model_dump(exclude_none=True) for b in msg.content]
+            stop = msg.stop_reason
+            if stop == "refusal":
+                raise _Refused(_refusal_text(msg))
+            if stop == "model_context_window_exceeded":
+                raise _PromptTooLong("the conversation filled the model's context window")
+            if stop == "max_tokens":
+                # The reply was cut (perhaps inside a tool call): it is dropped, never sent back half-made.
+                if max_tokens >= self.spec.max_tokens:
+                    raise ProposalSkipped(f"skipped: the model's reply was cut off at its limit of {max_tokens} "
+                                          "output tokens")
+                max_tokens = min(self.spec.max_tokens, max_tokens * 2)
+                emit(ev.Notice(text=f"#{ctx.n}: the reply was cut off at the output limit; asking again with "
+                                    f"max_tokens {max_tokens}"))
+                continue
+            if not content:  # nothing to send back: an empty assistant turn is a 400
+                _add_user(messages, {"type": "text", "text": "Your reply was empty. " + NUDGE})
+                continue
+            messages.append({"role": "assistant", "content": content})
+            if stop == "pause_turn":
+                continue  # the API paused a long turn: sending it back lets the model go on
+            uses = [b for b in msg.content if b.type == "tool_use"]
+            if not uses:  # end_turn or stop_sequence without a tool call
+                messages.append({"role": "user", "content": [{"type": "text", "text": NUDGE}]})
+                continue
+            results, submitted, problem = self._tools_turn(uses, tools, ctx, emit)
+            if problem:
+                bad_submits += 1
+                if bad_submits >= self.cfg.max_bad_submits:
+                    raise ProposalRejected(f"after {bad_submits} attempts: {problem}")
             if submitted:
                 return Proposal(submitted, usage)
-            if results:
-                messages.append({"role": "user", "content": results})
-            else:
-                messages.append({"role": "user", "content": "Make your change with the tools, then call submit."})
+            messages.append({"role": "user", "content": results})
         raise AgentGaveUp(f"no submit after {self.cfg.max_turns} model calls")
 
+    def _tools_turn(self, uses, tools: Tools, ctx: Context, emit) -> tuple[list[dict], str | None, str | None]:
+        """Run one assistant turn's tool calls in order; `submit` is checked after all of them,
+        so the compile check sees the files as the whole turn left them. Returns the results (in
+        the calls' order), the submitted description, and why a submit was refused."""
+        results: list[dict | None] = []
+        submits = []
+        for block in uses:
+            if block.name == "submit":
+                results.append(None)
+                submits.append((len(results) - 1, block))
+                continue
+            text, ok, _ = self._tool(block.name, block.input, tools, ctx)
+            emit(ev.ToolCalled(n=ctx.n, name=block.name, summary=_summary(block.name, block.input, text), ok=ok))
+            results.append({"type": "tool_result", "tool_use_id": block.id, "content": text, "is_error": not ok})
+        submitted = problem = None
+        for i, block in submits:
+            if submitted:
+                text, ok = "error: already submitted in this turn", False
+            else:
+                text, ok, done = self._tool(block.name, block.input, tools, ctx)
+                submitted = done
+                if not ok:
+                    problem = text
+            emit(ev.ToolCalled(n=ctx.n, name=block.name, summary=_summary(block.name, block.input, text), ok=ok))
+            results[i] = {"type": "tool_result", "tool_use_id": block.id, "content": text, "is_error": not ok}
+        return results, submitted, problem
+
     # ---- the API, with an outer back-off around the SDK's own retries ----
-    def _request(self, system, messages, emit, n: int, usage: Usage):
-        A = self._anthropic
+    def _request(self, system, messages, max_tokens: int, emit, n: int, usage: Usage):
         t0 = time.monotonic()
         attempt = 0
         while True:
             try:
-                msg = self._stream(system, messages, emit, n)
-                u = msg.usage
-                usage.input_tokens += u.input_tokens or 0
-                usage.output_tokens += u.output_tokens or 0
-                usage.cache_write_tokens += getattr(u, "cache_creation_input_tokens", None) or 0
-                usage.cache_read_tokens += getattr(u, "cache_read_input_tokens", None) or 0
-                usage.requests += 1
-                usage.cost_usd = price(self.cfg.model, usage)
-                return msg
-            except A.APIStatusError as e:
-                if e.status_code in (401, 403):
-                    raise AuthError(f"the Anthropic API refused the key ({e.status_code}); check ANTHROPIC_API_KEY") from None
-                if e.status_code == 200:  # an error event in the middle of a streamed reply
-                    what, hint = f"stream error: {getattr(e, 'type', None) or 'error'}", None
-                elif e.status_code not in RETRYABLE_STATUS:
+                msg = self._stream(system, messages, max_tokens, emit, n)
+            except AgentGaveUp:
+                raise
+            except Exception as e:
+                kind, what, hint = self._classify(e)
+                if kind == "fatal":
+                    raise AgentFatal(what) from None
+                if kind == "too_long":
+                    raise _PromptTooLong(what) from None
+                if kind != "transient":
                     raise
-                else:
-                    what, hint = f"API error {e.status_code}", _retry_after(e)
-            except (A.APIConnectionError, A.APITimeoutError):
-                what, hint = "connection lost", None
-            except A.APIError as e:  # an error event in the middle of a stream
-                what, hint = f"stream error ({type(e).__name__})", None
+            else:
+                u = msg.usage
+                tin, tout = u.input_tokens or 0, u.output_tokens or 0
+                cw, cr = u.cache_creation_input_tokens or 0, u.cache_read_input_tokens or 0
+                usage.input_tokens += tin
+                usage.output_tokens += tout
+                usage.cache_write_tokens += cw
+                usage.cache_read_tokens += cr
+                usage.requests += 1
+                usage.cost_usd += self.price.cost(tin, tout, cw, cr)  # per request: tiers depend on its prompt
+                return msg
             attempt += 1
             wait = max(hint or 0.0, min(60.0, 2.0 ** attempt))
             if time.monotonic() - t0 + wait > self.cfg.max_api_wait:
@@ -192,14 +333,65 @@ class Claude:
             else:
                 self.sleep(wait)
 
-    def _stream(self, system, messages, emit, n: int):
-        kwargs = dict(model=self.cfg.model, max_tokens=self.cfg.max_tokens, system=system, messages=messages, tools=TOOLS)
-        if self.cfg.thinking_budget:
-            if any(m in self.cfg.model for m in ADAPTIVE_THINKING):
-                kwargs["thinking"] = {"type": "adaptive"}
-            else:
-                kwargs["thinking"] = {"type": "enabled", "budget_tokens": self.cfg.thinking_budget}
-        with self.client.messages.stream(**kwargs) as stream:
+    def _classify(self, e: BaseException) -> tuple[str, str, float | None]:
+        """(kind, one line, retry-after seconds): kind is transient, too_long, fatal or unknown."""
+        A = self._anthropic
+        model = self.cfg.model
+        if isinstance(e, A.APIStatusError):
+            code, etype, msg = e.status_code, e.type or "error", e.api_message or str(e)
+            said = f"{code} {etype}: {msg}" if code != 200 else f"{etype} in the stream: {msg}"
+            if code == 200:  # an error event in the middle of a streamed reply (overloaded, api_error)
+                return "transient", f"stream error: {etype}", None
+            if code == 401:
+                return "fatal", f"the Anthropic API refused the key ({said}); check ANTHROPIC_API_KEY", None
+            if code == 403:
+                return "fatal", f"the Anthropic API key may not do this ({said}); check the key's workspace and permissions", None
+            if code == 402:
+                return "fatal", f"the Anthropic account cannot pay for requests ({said}); add credit or fix billing, then run cockpit again", None
+            if code == 404:
+                return "fatal", _unknown_model(model, e), None
+            if code == 413:
+                return "too_long", f"the request is too large ({said})", None
+            if code == 400 and "prompt is too long" in msg:  # the API gives no code for it; its message is stable
+                return "too_long", msg, None
+            if code == 429:
+                after = _retry_after(e)
+                if e.error_code in SPEND_LIMIT_CODES or after is None:
+                    return "fatal", f"the Anthropic API usage limit is reached ({said}); raise the limit or wait, then run cockpit again", None
+                return "transient", f"API error 429 {etype}", after
+            if code in (408, 409) or code >= 500:
+                return "transient", f"API error {code}", _retry_after(e)
+            return "fatal", f"the Anthropic API rejected cockpit's request ({said}); check [agent] in cockpit.toml", None
+        if isinstance(e, A.APITimeoutError):
+            return "transient", "the API did not answer in time", None
+        if isinstance(e, A.APIConnectionError):
+            return "transient", "connection lost", None
+        import httpx2
+
+        if isinstance(e, httpx2.TimeoutException):  # the SDK does not wrap errors once the body is being read
+            return "transient", f"the stream stalled for {self.cfg.read_timeout:g}s", None
+        if isinstance(e, httpx2.TransportError):
+            return "transient", f"the stream was cut ({type(e).__name__})", None
+        if isinstance(e, A.APIError):
+            return "transient", f"stream error ({type(e).__name__})", None
+        return "unknown", f"{type(e).__name__}: {e}", None
+
+    def request_body(self, system, messages, max_tokens: int) -> dict:
+        """The keyword arguments of one Messages request (the wire body, less `stream`)."""
+        st = self.settings
+        body = dict(model=self.cfg.model, max_tokens=max_tokens, system=system, messages=_with_cache_breakpoint(messages),
+                    tools=TOOLS)
+        if st.thinking is not None:
+            thinking = dict(st.thinking)
+            if thinking["type"] == "enabled":
+                thinking["budget_tokens"] = min(thinking["budget_tokens"], max_tokens - 1024)
+            body["thinking"] = thinking
+        if st.output_config is not None:
+            body["output_config"] = st.output_config
+        return body
+
+    def _stream(self, system, messages, max_tokens: int, emit, n: int):
+        with self.client.messages.stream(**self.request_body(system, messages, max_tokens)) as stream:
             for event in stream:
                 if self.interrupt is not None and self.interrupt.is_set():
                     raise AgentGaveUp("stopped")  # stop-now, or the engine no longer needs this proposal
@@ -248,12 +440,12 @@ class Claude:
             return f"error: {e}", False, None
 
     # ---- the prompt, under a token budget ----
-    def _fitted_prompt(self, ctx: Context, system) -> str:
+    def _fitted_prompt(self, ctx: Context, system, budget: int) -> str:
         """The prompt, shrunk until the API's own count (asked only near the limit) fits."""
-        budget = self.cfg.context_tokens
+        limit = budget
         prompt = self.build_prompt(ctx, budget)
         for _ in range(4):
-            if estimate_tokens(prompt) < 0.6 * self.cfg.context_tokens:
+            if estimate_tokens(prompt) < 0.6 * limit:
                 return prompt
             try:
                 counted = self.client.messages.count_tokens(
@@ -261,7 +453,7 @@ class Claude:
                 ).input_tokens
             except self._anthropic.APIError:
                 return prompt  # the estimate already kept it under budget
-            if counted <= self.cfg.context_tokens:
+            if counted <= limit:
                 return prompt
             budget = int(budget * 0.85)
             prompt = self.build_prompt(ctx, budget)
@@ -288,6 +480,50 @@ class Claude:
                 notes_a, notes_h = notes_a[-5:], notes_h[-5:]
             else:
                 return text  # the code itself is the floor
+
+
+def _with_cache_breakpoint(messages: list[dict]) -> list[dict]:
+    """The conversation with a cache breakpoint on the last block of its last message, so each
+    turn reads the earlier turns from the cache (the system prompt holds the other breakpoint;
+    the API allows four). Earlier messages are left as they are: no breakpoint accumulates."""
+    if not messages:
+        return messages
+    last = dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    content = list(content)
+    if content and content[-1].get("type") not in ("thinking", "redacted_thinking"):
+        content[-1] = {**content[-1], "cache_control": {"type": "ephemeral"}}
+    last["content"] = content
+    return [*messages[:-1], last]
+
+
+def _add_user(messages: list[dict], block: dict) -> None:
+    """Add a block to the user's turn at the end of the conversation (a new turn if the last is the model's)."""
+    if messages and messages[-1]["role"] == "user":
+        content = messages[-1]["content"]
+        messages[-1] = {"role": "user", "content": [*([{"type": "text", "text": content}] if isinstance(content, str) else content), block]}
+    else:
+        messages.append({"role": "user", "content": [block]})
+
+
+def _refusal_text(msg) -> str:
+    details = getattr(msg, "stop_details", None)
+    why = getattr(details, "explanation", None) or getattr(details, "category", None)
+    return f"refusal: {why}" if why else "refusal"
+
+
+def _unknown_model(model: str, e) -> str:
+    said = getattr(e, "api_message", None) or str(e)
+    return (f"the Anthropic API does not know the model {model!r} ({said}); choose another with --model, "
+            f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    import httpx2
+
+    return (httpx2.TransportError,)
 
 
 def _render(ctx: Context, recent, rows: int, notes_h, notes_a, changed: str | None) -> str:
