@@ -397,11 +397,12 @@ class Engine:
         if finished:
             self._record_usage(a.n, a.usage)
             self._save_notes(a.tools)
-        self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(),
-                                       reason="prepared while the previous run trained; the session stopped before it ran")
+        reason = ("prepared while the previous run trained; the session stopped before it ran"
+                  if not isinstance(a.failure, AgentFatal) else f"not proposed: {a.failure}")
+        self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(), reason=reason)
         self.emit(ev.ExperimentFinished(n=a.n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
                                         best_metric=self.session.best_metric, description="(not run)",
-                                        reason="the session stopped before it ran"))
+                                        reason=reason))
 
     def _take(self, a: "_Attempt"):
         """Record the agent's answer and land it as the run's commit on the session branch.

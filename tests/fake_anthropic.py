@@ -377,8 +377,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._request_id = f"req_fake_{n:04d}"
         headers = fake.requests[n - 1]["headers"]
         try:
-            if not (headers.get("x-api-key") or headers.get("authorization", "").startswith("Bearer ")):
+            key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+            if not key:
                 self._send_json(401, error_body("authentication_error", "x-api-key header is required"))
+            elif fake.valid_keys is not None and key not in fake.valid_keys:
+                self._send_json(401, error_body("authentication_error", "invalid x-api-key"))
             elif method == "POST" and path == "/v1/messages":
                 self._messages(fake, body if isinstance(body, dict) else {}, n)
             elif method == "POST" and path == "/v1/messages/count_tokens":
@@ -481,8 +484,9 @@ class FakeAnthropic:
     """The fake server. Use as a context manager, or call start()/stop()."""
 
     def __init__(self, script: Optional[list] = None, models: Optional[dict] = None, models_api: bool = True,
-                 validate: bool = True):
+                 validate: bool = True, valid_keys: Optional[set] = None):
         self._script: list = list(script or [])
+        self.valid_keys = valid_keys  # None: any key is accepted; else others get 401 on every route
         self.models: dict = dict(MODELS if models is None else models)  # id -> the fake's model facts
         self.models_api = models_api
         self.validate = validate

@@ -140,6 +140,7 @@ class Claude:
         self.settings: RequestSettings | None = None
         self.price: Price = price_for(cfg.model, cfg.prices)[0]
         self.notices: list[str] = []
+        self._prompt_estimate = cfg.context_tokens  # the size of the last proposal's first prompt
 
     # ---- session start: what the model can do ----
     def prepare(self) -> list[str]:
@@ -202,14 +203,15 @@ class Claude:
                 emit(ev.Notice(text=line))
         context = self.settings.context_tokens
         snapshot = tools.snapshot()
-        refused = 0
+        refused = shrunk = 0
         try:
             while True:
                 try:
                     return self._conversation(ctx, tools, emit, usage, context)
                 except _PromptTooLong as e:
-                    context = int(context * 0.6)
-                    if context < 4000:
+                    shrunk += 1
+                    context = int(min(context, self._prompt_estimate) * 0.6)  # from what was really sent
+                    if shrunk > 3:
                         raise ProposalSkipped(f"skipped: the prompt does not fit the model's context ({e})") from None
                     emit(ev.Notice(text=f"#{ctx.n}: the prompt was too long for {self.cfg.model} ({e}); "
                                         f"asking again with a context of {context} tokens"))
@@ -225,7 +227,9 @@ class Claude:
     def _conversation(self, ctx: Context, tools: Tools, emit, usage: Usage, context: int) -> Proposal:
         system = [{"type": "text", "text": RULES + "\n\n# program.md (the human's instructions)\n\n" + ctx.program,
                    "cache_control": {"type": "ephemeral"}}]
-        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": self._fitted_prompt(ctx, system, context)}]}]
+        prompt = self._fitted_prompt(ctx, system, context)
+        self._prompt_estimate = estimate_tokens(prompt)
+        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
         max_tokens = self.settings.max_tokens
         bad_submits = 0
         for _turn in range(self.cfg.max_turns):

@@ -1,0 +1,146 @@
+"""Whole headless sessions with the Claude agent: `cockpit run --headless` in a subprocess, the
+real SDK over real HTTP against the fake Messages API (validating every request), a real git
+workspace and journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+
+from engine.journal import Journal
+from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
+from test_engine import command_workspace
+
+KEY = "fake-key-" + secrets.token_hex(12)  # made up per run: never a real key
+FILES = {
+    "value.py": "A = 1.0\nB = 1.0\nC = 1.0\n",
+    "measure.py": "import value\nprint(f'metric: {value.A + value.B + value.C}')\n",
+}
+
+
+def workspace(tmp_path, agent_toml: str = ""):
+    ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=1)
+    toml = (ws / "cockpit.toml").read_text() + textwrap.dedent(agent_toml)
+    (ws / "cockpit.toml").write_text(toml)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "agent settings", "--allow-empty"], cwd=ws, check=True)
+    return ws
+
+
+def run(ws, fake, *extra, timeout=120):
+    env = dict(os.environ, ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL=fake.base_url)
+    env.pop("COCKPIT_MODEL", None)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "cockpit", "run", "--headless", "--workspace", str(ws), "--tag", "s", *extra],
+                       capture_output=True, text=True, env=env, timeout=timeout)
+    return r, t0, time.monotonic()
+
+
+def u():
+    return Usage(input_tokens=2000, output_tokens=300, cache_creation_input_tokens=1500, cache_read_input_tokens=0)
+
+
+def change(var: str, think: str):
+    """One proposal: think, edit one line, submit."""
+    return [Stream([Thinking(think), ToolUse("edit_file", {"path": "value.py", "old_string": f"{var} = 1.0", "new_string": f"{var} = 0.5"})],
+                   stop_reason="tool_use", usage=u()),
+            Stream([ToolUse("submit", {"description": f"{var} 1.0 -> 0.5"})], stop_reason="tool_use", usage=u())]
+
+
+def test_a_session_with_the_default_model_runs_three_experiments_through_an_overload_a_drop_and_a_stall(tmp_path):
+    ws = workspace(tmp_path, """
+        [agent]
+        read_timeout = 1
+    """)
+    a, b, c = change("A", "Lower A first."), change("B", "Then B."), change("C", "Then C.")
+    script = [
+        HttpError(529, "overloaded_error", "Overloaded"), HttpError(529, "overloaded_error", "Overloaded"),
+        HttpError(529, "overloaded_error", "Overloaded"),  # the SDK's two retries, then the outer back-off
+        *a,
+        Stream([Thinking("Then B, since A helped."), Text("Editing B")], drop_after=4),  # the connection drops
+        *b,
+        Stream([Thinking("Then C.")], stall_after=3, stall=20),  # the stream goes silent
+        *c,
+    ]
+    with FakeAnthropic(script) as fake:
+        r, _, _ = run(ws, fake, "--max-experiments", "3")
+        assert fake.rejected == []
+        assert fake.remaining == 0
+        paths = [q["path"] for q in fake.requests]
+    assert r.returncode == 0, r.stderr + r.stdout[-3000:]
+    assert paths[0] == "/v1/models/claude-sonnet-5-5"
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("s")
+    rows = [e for e in j.experiments(s.id) if e.kind == "experiment"]
+    assert [e.description for e in rows] == ["A 1.0 -> 0.5", "B 1.0 -> 0.5", "C 1.0 -> 0.5"]
+    assert [e.status for e in rows] == ["keep", "keep", "keep"]
+    assert (ws / "value.py").read_text() == "A = 0.5\nB = 0.5\nC = 0.5\n"
+    out = r.stdout
+    assert "529" in out and "cut" in out and "stalled" in out  # each wait was said
+    assert all(e.cost_usd > 0 for e in rows)
+
+
+def test_a_402_mid_session_stops_it_within_seconds_in_one_line_with_no_crash_row(tmp_path):
+    ws = workspace(tmp_path)
+    script = [*change("A", "Lower A."), HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")]
+    with FakeAnthropic(script) as fake:
+        r, _, end = run(ws, fake, "--max-experiments", "5")
+        billing = [q for q in fake.message_requests][-1]["time"]
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("cockpit: error:")]
+    assert len(errors) == 1 and "credit" in errors[0] and "billing" in errors[0]
+    assert end - billing < 5
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("s")
+    rows = j.experiments(s.id)
+    assert [e.status for e in rows][:1] == ["keep"] and rows[-1].status == "interrupted"
+    assert "crash" not in [e.status for e in rows]
+    assert all("credit" in e.reason for e in rows if e.status == "interrupted")  # #2 too, if it was still running
+    assert s.status == "stopped" and "credit" in s.stop_reason
+
+
+def test_a_402_while_a_run_trains_ends_that_run_at_once(tmp_path):
+    """The next proposal is prepared while a run trains; a fatal answer ends the run too."""
+    ws = workspace(tmp_path)
+    toml = (ws / "cockpit.toml").read_text().replace('run = "python3 -c pass"', 'run = "python3 -c \'import time; time.sleep(60)\'"')
+    (ws / "cockpit.toml").write_text(toml)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a long run"], cwd=ws, check=True)
+    with FakeAnthropic([HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")]) as fake:
+        r, _, end = run(ws, fake, "--max-experiments", "5")
+        billing = fake.message_requests[-1]["time"]
+    assert r.returncode == 1 and end - billing < 5, r.stderr
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    rows = j.experiments(j.session_by_tag("s").id)
+    assert [e.status for e in rows] == ["interrupted", "interrupted"]  # the baseline run, the proposal
+    assert "credit" in rows[0].reason
+
+
+def test_an_unknown_model_or_a_refused_key_stops_before_anything_runs(tmp_path):
+    ws = workspace(tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout
+    with FakeAnthropic([]) as fake:
+        r, t0, end = run(ws, fake, "--model", "claude-sonet-5-5")
+    assert r.returncode == 2 and end - t0 < 5
+    assert r.stderr.count("\n") == 1 and "claude-sonet-5-5" in r.stderr and "--model" in r.stderr
+    assert not (ws / ".cockpit" / "journal.sqlite").exists()  # no session, no branch, nothing run
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout == head
+
+    with FakeAnthropic([], valid_keys={"fake-key-of-someone-else"}) as fake:
+        r, t0, end = run(ws, fake)
+    assert r.returncode == 2 and end - t0 < 5
+    assert r.stderr.count("\n") == 1 and "refused the key" in r.stderr
+    assert not (ws / ".cockpit" / "journal.sqlite").exists()
+
+
+def test_json_events_never_carry_the_key(tmp_path):
+    ws = workspace(tmp_path)
+    with FakeAnthropic(change("A", "Lower A.")) as fake:
+        r, _, _ = run(ws, fake, "--max-experiments", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert KEY not in r.stdout and KEY not in r.stderr
+    events = [json.loads(x) for x in r.stdout.splitlines()]
+    assert any(e["type"] == "AgentThinking" and e["text"] for e in events)
