@@ -386,6 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._messages(fake, body if isinstance(body, dict) else {}, n)
             elif method == "POST" and path == "/v1/messages/count_tokens":
                 self._count_tokens(fake, body if isinstance(body, dict) else {})
+            elif method == "GET" and fake.models_error is not None and path.startswith("/v1/models"):
+                self._send_error(fake.models_error)
             elif method == "GET" and fake.models_api and path == "/v1/models":
                 data = [model_info(m, info) for m, info in fake.models.items()]
                 self._send_json(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
@@ -484,11 +486,12 @@ class FakeAnthropic:
     """The fake server. Use as a context manager, or call start()/stop()."""
 
     def __init__(self, script: Optional[list] = None, models: Optional[dict] = None, models_api: bool = True,
-                 validate: bool = True, valid_keys: Optional[set] = None):
+                 validate: bool = True, valid_keys: Optional[set] = None, models_error: Optional[HttpError] = None):
         self._script: list = list(script or [])
         self.valid_keys = valid_keys  # None: any key is accepted; else others get 401 on every route
         self.models: dict = dict(MODELS if models is None else models)  # id -> the fake's model facts
         self.models_api = models_api
+        self.models_error = models_error  # the Models API answers this error (an outage at session start)
         self.validate = validate
         self.rejected: list[dict] = []  # requests refused by validation: {"request", "status", "type", "message"}
         self._secret = uuid.uuid4().bytes

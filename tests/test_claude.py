@@ -257,10 +257,10 @@ def test_a_proposal_made_while_a_run_trains_is_told_what_is_in_flight(ws):
 
 
 def test_a_refused_key_stops_with_a_clear_reason(ws):
-    from engine.agents.claude import AuthError
+    from engine.agents.base import AgentFatal
 
     with FakeAnthropic([HttpError(401, "authentication_error", "invalid x-api-key")], models_api=False) as fake:
-        with pytest.raises(AuthError, match="refused the key"):
+        with pytest.raises(AgentFatal, match="refused the key"):
             run_propose(agent(fake), ws)
 
 

@@ -444,3 +444,12 @@ def test_a_long_conversation_keeps_at_most_two_breakpoints_the_last_on_the_newes
         propose(agent(fake), ws)
         for b in bodies(fake):
             assert cache_marks(b) == ["system", f"messages.{len(b['messages']) - 1}.content.{len(b['messages'][-1]['content']) - 1}"]
+
+
+def test_an_outage_of_the_models_api_at_start_falls_back_to_the_table_and_says_why(ws):
+    with FakeAnthropic([edit(), submit()], models_error=HttpError(529, "overloaded_error", "Overloaded")) as fake:
+        a = agent(fake)
+        notices = a.prepare()
+        p, _ = propose(a, ws)
+    assert any("529" in x and "built-in table" in x for x in notices)
+    assert p.description == "VALUE 10 -> 9" and bodies(fake)[0]["thinking"]["type"] == "adaptive"

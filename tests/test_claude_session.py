@@ -12,6 +12,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from engine.journal import Journal
 from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
 from test_engine import command_workspace
@@ -144,3 +146,47 @@ def test_json_events_never_carry_the_key(tmp_path):
     assert KEY not in r.stdout and KEY not in r.stderr
     events = [json.loads(x) for x in r.stdout.splitlines()]
     assert any(e["type"] == "AgentThinking" and e["text"] for e in events)
+
+
+def test_agent_settings_in_cockpit_toml_reach_the_requests_and_the_journal(tmp_path):
+    ws = workspace(tmp_path, """
+        [agent]
+        model = "claude-opus-4-7"
+        thinking = "off"
+        max_tokens = 9000
+
+        [agent.prices]
+        input = 1.0
+        output = 2.0
+        cache_write = 4.0
+        cache_read = 8.0
+    """)
+    script = [Stream([ToolUse("edit_file", {"path": "value.py", "old_string": "A = 1.0", "new_string": "A = 0.5"})],
+                     stop_reason="tool_use", usage=u()),
+              Stream([ToolUse("submit", {"description": "A 1.0 -> 0.5"})], stop_reason="tool_use", usage=u())]
+    with FakeAnthropic(script) as fake:
+        r, _, _ = run(ws, fake, "--max-experiments", "1")
+        first = fake.message_requests[0]["body"]
+    assert r.returncode == 0, r.stderr
+    assert first["model"] == "claude-opus-4-7" and first["thinking"] == {"type": "disabled"} and first["max_tokens"] == 9000
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    e = [x for x in j.experiments(j.session_by_tag("s").id) if x.kind == "experiment"][0]
+    assert e.cost_usd == pytest.approx(2 * (2000 * 1.0 + 300 * 2.0 + 1500 * 4.0) / 1e6)
+
+
+@pytest.mark.parametrize("toml, said", [
+    ('[agent]\nthinking = "sometimes"\n', "[agent].thinking must be one of"),
+    ('[agent]\neffort = "extreme"\n', "[agent].effort must be one of"),
+    ('[agent]\nread_timeout = 0\n', "[agent].read_timeout must be a number of seconds > 0"),
+    ('[agent.prices]\ninput = 1.0\noutput = 2.0\n', "missing: cache_write"),
+    ('[agent.prices]\ninput = 1.0\noutput = 2.0\ncache_write = 1\ncache_read = "x"\n', "[agent.prices].cache_read must be"),
+])
+def test_bad_agent_settings_are_one_clear_line_and_change_nothing(tmp_path, toml, said):
+    ws = workspace(tmp_path)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text() + toml)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "bad"], cwd=ws, check=True)
+    with FakeAnthropic([]) as fake:
+        r, _, _ = run(ws, fake)
+        assert fake.requests == []
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
+    assert not (ws / ".cockpit" / "journal.sqlite").exists()

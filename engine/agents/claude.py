@@ -98,20 +98,12 @@ class AgentGaveUp(RuntimeError):
     """The proposal could not be completed (API unavailable too long, or no submit)."""
 
 
-AuthError = AgentFatal  # the API refused the key: one kind of fatal error
-
-
 class _PromptTooLong(Exception):
     """The API said the prompt does not fit: the proposal starts again with a smaller context."""
 
 
 class _Refused(Exception):
     """The model refused (stop_reason "refusal"): that conversation ends."""
-
-
-def price(model: str, u: Usage) -> float:
-    """The table price of `u` as one request of `model` (per-request tiers need Price.cost)."""
-    return price_for(model)[0].cost(u.input_tokens, u.output_tokens, u.cache_write_tokens, u.cache_read_tokens)
 
 
 def estimate_tokens(text: str) -> int:
@@ -159,13 +151,12 @@ class Claude:
                            f"table by model family")
         except A.APIStatusError as e:
             kind, line, _ = self._classify(e)
-            if kind == "fatal":
+            if kind == "fatal" and e.status_code in (401, 402, 403, 429):  # the key or the account: nothing will work
                 raise AgentFatal(line) from None
-            if e.status_code != 405:
-                raise AgentFatal(f"could not ask the Models API about {self.cfg.model}: {line}") from None
+            # 405 (no such route on a gateway), an outage (5xx, 529): the first request will tell the rest
             spec = spec_from_family(self.cfg.model)
-            notices.append(f"this API endpoint has no Models API; {self.cfg.model}'s settings come from the built-in "
-                           f"table by model family")
+            why = "this API endpoint has no Models API" if e.status_code == 405 else f"the Models API answered {line}"
+            notices.append(f"{why}; {self.cfg.model}'s settings come from the built-in table by model family")
         except (A.APIConnectionError, *_transport_errors()) as e:
             spec = spec_from_family(self.cfg.model)
             notices.append(f"could not reach the Models API ({type(e).__name__}); {self.cfg.model}'s settings come "
