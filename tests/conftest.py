@@ -29,3 +29,22 @@ def tiny_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     prepare(text_source(str(src)), cache, vocab_size=512, show_progress=False)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _no_rejected_requests(monkeypatch):
+    """Every fake Messages API validates requests as the real API does; a test that does not
+    clear what it expected fails when the fake rejected a request (the agent would have stopped)."""
+    from fake_anthropic import FakeAnthropic
+
+    fakes = []
+    real_start = FakeAnthropic.start
+
+    def start(self):
+        fakes.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(FakeAnthropic, "start", start)
+    yield
+    for f in fakes:
+        assert f.validate and f.rejected == [], f.rejected

@@ -17,32 +17,9 @@ from engine.agents.prices import price_for
 from engine.tools import Tools
 from fake_anthropic import FakeAnthropic, HttpError, Redacted, Stream, Text, Thinking, ToolUse, Usage
 from fake_models import MODELS
+from test_claude import ws  # noqa: F401 (a fixture: a folder with value.py)
 
 KEY = "fake-key-" + secrets.token_hex(12)  # made up per run: never a real key
-
-
-@pytest.fixture
-def ws(tmp_path):
-    d = tmp_path / "ws"
-    d.mkdir()
-    (d / "value.py").write_text("VALUE = 10.0\n")
-    return d
-
-
-@pytest.fixture(autouse=True)
-def _no_rejected_requests(monkeypatch):
-    """A test that does not say it expects a rejected request fails when the fake rejected one."""
-    fakes = []
-    real_start = FakeAnthropic.start
-
-    def start(self):
-        fakes.append(self)
-        return real_start(self)
-
-    monkeypatch.setattr(FakeAnthropic, "start", start)
-    yield
-    for f in fakes:
-        assert f.validate and f.rejected == [], f.rejected
 
 
 def ctx(ws, n=3, **kw) -> Context:
