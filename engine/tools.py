@@ -138,26 +138,30 @@ class Tools:
 
     # -- a fresh start ----------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, str | None]:
-        """The editable files' text now (None: absent or unreadable), for restore()."""
-        out: dict[str, str | None] = {}
+    def snapshot(self) -> dict[str, bytes | None]:
+        """The editable files' bytes now (None: absent), for restore()."""
+        out: dict[str, bytes | None] = {}
         for rel in self.editable:
             try:
-                out[rel] = self._read(rel, self.resolve(rel))
-            except ToolError:
+                out[rel] = self.resolve(rel).read_bytes()
+            except FileNotFoundError:
                 out[rel] = None
+            except (ToolError, OSError):  # unreadable (a folder, a link): never touched by restore
+                continue
         return out
 
-    def restore(self, snap: dict[str, str | None]) -> None:
+    def restore(self, snap: dict[str, bytes | None]) -> None:
         """Put the files this proposal touched back as they were at snapshot() (a conversation
         that ended without a proposal leaves nothing behind for the next one)."""
         for rel in sorted(self.touched):
+            if rel not in snap:
+                continue
             target = self.resolve(rel)
-            before = snap.get(rel)
+            before = snap[rel]
             if before is None:
                 target.unlink(missing_ok=True)
             else:
-                self._write(rel, target, before)
+                self._write_bytes(rel, target, before)
         self.touched.clear()
 
     # -- disk -------------------------------------------------------------------------------
@@ -193,6 +197,9 @@ class Tools:
             raise ToolError("content is not encodable as UTF-8") from None
         if len(data) > self.max_bytes:
             raise ToolError(f"{rel} would be {len(data)} bytes; the limit is {self.max_bytes}")
+        self._write_bytes(rel, target, data)
+
+    def _write_bytes(self, rel: str, target: Path, data: bytes) -> None:
         try:
             mode = stat.S_IMODE(target.lstat().st_mode)
         except FileNotFoundError:

@@ -183,6 +183,7 @@ class Stream:
     error_after=N: after N SSE events, send `event: error` (overloaded_error) and end the stream.
       For a non-streaming request it is served as an HTTP 529 overloaded_error instead.
     drop_after=N: after N SSE events the connection is closed mid-body (no end chunk): a dropped stream.
+    end_after=N: after N SSE events the body ends cleanly (the end chunk), without the final events.
     stall_after=N: after N SSE events nothing more is sent for `stall` seconds (or until the fake
       stops), then the connection is closed: a stalled stream, seen by the client's read timeout.
     delay: seconds to wait before the response headers; chunk_delay: seconds between SSE events.
@@ -194,6 +195,7 @@ class Stream:
     usage: Usage = field(default_factory=Usage)
     error_after: Optional[int] = None
     drop_after: Optional[int] = None
+    end_after: Optional[int] = None
     stall_after: Optional[int] = None
     stall: float = 30.0
     delay: float = 0.0
@@ -457,6 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
         events = stream_events(reply, msg_id, model)
         if reply.error_after is not None:
             events = events[: reply.error_after] + [OVERLOADED_EVENT]
+        if reply.end_after is not None:
+            events = events[: reply.end_after]
         for i, ev in enumerate(events):
             if i and reply.chunk_delay:
                 if fake._stopping.wait(reply.chunk_delay):

@@ -177,6 +177,8 @@ def _check_messages(body: dict, issued_turn: dict, signed: set):
         for j, b in enumerate(blocks):
             if b.get("type") == "text" and not b.get("text"):
                 return _bad("messages: text content blocks must be non-empty")
+            if b.get("type") == "text" and not b["text"].strip():
+                return _bad("messages: text content blocks must contain non-whitespace text")
             if b.get("type") in ("thinking", "redacted_thinking") and "cache_control" in b:
                 return _bad(f"messages.{i}.content.{j}.{b['type']}.cache_control: Extra inputs are not permitted")
             if b.get("type") == "thinking" and (b.get("thinking", ""), b.get("signature")) not in signed:
@@ -203,6 +205,11 @@ def _check_messages(body: dict, issued_turn: dict, signed: set):
                 if problem:
                     return problem
         else:
+            kinds = [b.get("type") for b in blocks]
+            n_results = kinds.count("tool_result")
+            if n_results and kinds[:n_results] != ["tool_result"] * n_results:
+                return _bad(f"messages.{i}: Did not find {n_results} `tool_result` block(s) at the beginning of the user "
+                            "message. The `tool_result` blocks must come first, before any other content.")
             prev = msgs[i - 1] if i > 0 else None
             prev_ids = {b.get("id") for b in _blocks(prev.get("content")) if b.get("type") == "tool_use"} if prev and prev.get("role") == "assistant" else set()
             for j, b in enumerate(blocks):

@@ -216,6 +216,9 @@ def test_without_a_models_api_an_unknown_model_stops_at_its_first_request(ws):
     (Stream([Text("half a thou")], error_after=3), "stream error"),
     (Stream([Thinking("Let me think about the learning rate"), Text("I will")], drop_after=4), "cut"),
     (Stream([Thinking("Let me think about the learning rate")], stall_after=3), "stalled"),
+    (Stream([Thinking("Let me think"), ToolUse("edit_file", {"path": "value.py", "old_string": "VALUE = 10.0", "new_string": "VALUE = 1.0"})],
+            end_after=6), "ended before its last event"),  # the body ends cleanly, but without its stop reason
+    (HttpError(429, "rate_limit_error", "Number of requests has exceeded your per-minute rate limit"), "429"),  # a gateway's, no retry-after
 ])
 def test_transient_errors_are_waited_out_and_the_proposal_completes(ws, reply, what):
     with FakeAnthropic([reply, edit(), submit()]) as fake:
@@ -224,7 +227,7 @@ def test_transient_errors_are_waited_out_and_the_proposal_completes(ws, reply, w
     waits = [e for e in got if isinstance(e, ev.Waiting)]
     assert p.description == "VALUE 10 -> 9"
     assert len(waits) == 1 and what in waits[0].reason and sleeps == [waits[0].seconds]
-    if what == "429":
+    if what == "429" and reply.retry_after:
         assert sleeps == [3.0]  # the server's retry-after is honoured
     assert (ws / "value.py").read_text() == "VALUE = 9.0\n"
 
@@ -430,3 +433,36 @@ def test_an_outage_of_the_models_api_at_start_falls_back_to_the_table_and_says_w
         p, _ = propose(a, ws)
     assert any("529" in x and "built-in table" in x for x in notices)
     assert p.description == "VALUE 10 -> 9" and bodies(fake)[0]["thinking"]["type"] == "adaptive"
+
+
+def test_an_empty_text_block_is_not_sent_back(ws):
+    turn = Stream([Text(" "), ToolUse("edit_file", {"path": "value.py", "old_string": "VALUE = 10.0", "new_string": "VALUE = 9.0"})],
+                  stop_reason="tool_use", usage=u())
+    with FakeAnthropic([turn, submit()]) as fake:
+        p, _ = propose(agent(fake), ws)
+        sent = bodies(fake)[1]["messages"][1]["content"]
+    assert p.description == "VALUE 10 -> 9" and [b["type"] for b in sent] == ["tool_use"]
+
+
+def test_a_fresh_conversation_restores_the_files_it_touched_and_leaves_others_alone(tmp_path):
+    d = tmp_path / "ws"
+    d.mkdir()
+    (d / "value.py").write_text("VALUE = 10.0\n")
+    (d / "blob.bin").write_bytes(b"\xff\xfe not utf-8")
+    tools = Tools(d, ["value.py", "blob.bin"])
+    snap = tools.snapshot()
+    tools.edit_file("value.py", "VALUE = 10.0", "VALUE = 2.0")
+    tools.write_file("blob.bin", "text now")
+    tools.restore(snap)
+    assert (d / "value.py").read_text() == "VALUE = 10.0\n" and (d / "blob.bin").read_bytes() == b"\xff\xfe not utf-8"
+    assert tools.touched == set()
+
+
+def test_an_id_the_family_table_cannot_read_takes_the_thinking_the_user_sets(ws):
+    odd = dict(MODELS["claude-haiku-4-5"])
+    with FakeAnthropic([edit(think=None), submit()], models={"my-gateway-model": odd}, models_api=False) as fake:
+        a = agent(fake, model="my-gateway-model", thinking="off")
+        a.prepare()
+        propose(a, ws)
+        first = bodies(fake)[0]
+    assert first["thinking"] == {"type": "disabled"} and "output_config" not in first

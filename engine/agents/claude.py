@@ -102,6 +102,10 @@ class _PromptTooLong(Exception):
     """The API said the prompt does not fit: the proposal starts again with a smaller context."""
 
 
+class _StreamEndedEarly(Exception):
+    """The streamed reply ended without its final events (no stop reason): retried."""
+
+
 class _Refused(Exception):
     """The model refused (stop_reason "refusal"): that conversation ends."""
 
@@ -141,14 +145,11 @@ class Claude:
         the model does not take."""
         A = self._anthropic
         notices = []
+        missing = False
         try:
             spec = spec_from_info(self.client.models.retrieve(self.cfg.model))
-        except A.NotFoundError as e:
-            if self._models_api_exists():
-                raise AgentFatal(_unknown_model(self.cfg.model, e)) from None
-            spec = spec_from_family(self.cfg.model)
-            notices.append(f"this API endpoint has no Models API; {self.cfg.model}'s settings come from the built-in "
-                           f"table by model family")
+        except A.NotFoundError:
+            missing = True
         except A.APIStatusError as e:
             kind, line, _ = self._classify(e)
             if kind == "fatal" and e.status_code in (401, 402, 403, 429):  # the key or the account: nothing will work
@@ -161,6 +162,13 @@ class Claude:
             spec = spec_from_family(self.cfg.model)
             notices.append(f"could not reach the Models API ({type(e).__name__}); {self.cfg.model}'s settings come "
                            f"from the built-in table by model family")
+        if missing:  # an unknown id where the Models API answers a listing; a gateway without it answers 404 there too
+            listing = self._models_listing()
+            if listing is True:
+                raise AgentFatal(_unknown_model(self.cfg.model, None))
+            spec = spec_from_family(self.cfg.model)
+            notices.append(f"{'this API endpoint has no Models API' if listing is False else listing}; "
+                           f"{self.cfg.model}'s settings come from the built-in table by model family")
         if spec.lifecycle == "retired":
             raise AgentFatal(f"{spec.id} is retired and answers no requests; choose another model with --model, "
                              f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
@@ -175,16 +183,22 @@ class Claude:
         self.notices = notices
         return notices
 
-    def _models_api_exists(self) -> bool:
-        """A 404 for the model means an unknown id where the Models API answers a listing; a
-        gateway without that API answers 404/405 there too."""
+    def _models_listing(self) -> bool | str:
+        """True when the Models API answers a listing (so a 404 for the model means an unknown
+        id), False when there is no Models API here (404/405), else why it could not be told."""
+        A = self._anthropic
         try:
             self.client.models.list(limit=1)
             return True
-        except self._anthropic.APIStatusError as e:
+        except A.APIStatusError as e:
             if e.status_code in (404, 405):
                 return False
-            raise AgentFatal(self._classify(e)[1]) from None
+            kind, line, _ = self._classify(e)
+            if kind == "fatal" and e.status_code in (401, 402, 403):
+                raise AgentFatal(line) from None
+            return f"the Models API answered {line}"
+        except (A.APIConnectionError, *_transport_errors()) as e:
+            return f"could not reach the Models API ({type(e).__name__})"
 
     # ---- one proposal ----
     def propose(self, ctx: Context, tools: Tools, emit) -> Proposal | None:
@@ -227,7 +241,10 @@ class Claude:
             if self.interrupt is not None and self.interrupt.is_set():
                 raise AgentGaveUp("stopped by the human")
             msg = self._request(system, messages, max_tokens, emit, ctx.n, usage)
-            content = [b.model_dump(exclude_none=True) for b in msg.content]
+            # Text blocks with nothing in them are dropped (the API refuses them when sent back);
+            # thinking blocks go back exactly as they came, with their signatures.
+            content = [b.model_dump(exclude_none=True) for b in msg.content
+                       if not (b.type == "text" and not b.text.strip())]
             stop = msg.stop_reason
             if stop == "refusal":
                 raise _Refused(_refusal_text(msg))
@@ -351,12 +368,16 @@ class Claude:
                 return "too_long", msg, None
             if code == 429:
                 after = _retry_after(e)
-                if e.error_code in SPEND_LIMIT_CODES or after is None:
+                # A spent limit has its own error codes and no retry-after (and the API's wording
+                # "usage limit"); a rate limit says when to come back, or is waited out with back-off.
+                if e.error_code in SPEND_LIMIT_CODES or (after is None and "usage limit" in msg.lower()):
                     return "fatal", f"the Anthropic API usage limit is reached ({said}); raise the limit or wait, then run cockpit again", None
                 return "transient", f"API error 429 {etype}", after
             if code in (408, 409) or code >= 500:
                 return "transient", f"API error {code}", _retry_after(e)
             return "fatal", f"the Anthropic API rejected cockpit's request ({said}); check [agent] in cockpit.toml", None
+        if isinstance(e, _StreamEndedEarly):
+            return "transient", "the stream was cut (it ended before its last event)", None
         if isinstance(e, A.APITimeoutError):
             return "transient", "the API did not answer in time", None
         if isinstance(e, A.APIConnectionError):
@@ -396,7 +417,10 @@ class Claude:
                         emit(ev.AgentThinking(n=n, text=d.thinking))
                     elif d.type == "text_delta":
                         emit(ev.AgentText(n=n, text=d.text))
-            return stream.get_final_message()
+            msg = stream.get_final_message()
+        if msg.stop_reason is None:  # the body ended before message_delta/message_stop: a cut stream
+            raise _StreamEndedEarly()
+        return msg
 
     # ---- tools ----
     def _tool(self, name: str, args, tools: Tools, ctx: Context) -> tuple[str, bool, str | None]:
@@ -510,8 +534,8 @@ def _refusal_text(msg) -> str:
 
 
 def _unknown_model(model: str, e) -> str:
-    said = getattr(e, "api_message", None) or str(e)
-    return (f"the Anthropic API does not know the model {model!r} ({said}); choose another with --model, "
+    said = f" ({getattr(e, 'api_message', None) or e})" if e is not None else ""
+    return (f"the Anthropic API does not know the model {model!r}{said}; choose another with --model, "
             f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
 
 
@@ -611,10 +635,21 @@ def _str(args: dict, key: str) -> str:
 
 
 def _retry_after(e) -> float | None:
-    try:
-        return float(e.response.headers.get("retry-after"))
-    except (AttributeError, TypeError, ValueError):
+    """Seconds the server asks to wait: retry-after-ms, retry-after in seconds, or an HTTP date."""
+    import email.utils
+
+    headers = getattr(getattr(e, "response", None), "headers", None)
+    if headers is None:
         return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers.get(name)) / scale)
+        except (TypeError, ValueError):
+            pass
+    when = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    if when is None:
+        return None
+    return max(0.0, email.utils.mktime_tz(when) - time.time())
 
 
 def _summary(name: str, args, result: str) -> str:

@@ -50,20 +50,28 @@ _NO_XHIGH = ("low", "medium", "high", "max")
 _M1, _K128 = 1_000_000, 128_000
 
 
+_OLD_ID = re.compile(r"claude-(\d)(?:-(\d))?-(opus|sonnet|haiku)")  # claude-3-7-sonnet-20250219
+
+
 def family_version(model: str) -> tuple[str, tuple[int, int]] | None:
-    """("sonnet", (5, 5)) for "claude-sonnet-5-5" or "claude-sonnet-4-5-20250929"; None if unknown."""
-    m = _ID.search(model)
-    if not m:
-        return None
-    return m.group(1), (int(m.group(2)), int(m.group(3) or 0))
+    """("sonnet", (5, 5)) for "claude-sonnet-5-5", "claude-sonnet-4-5-20250929" or a gateway's
+    "anthropic.claude-sonnet-5-5-v1:0"; ("sonnet", (3, 7)) for "claude-3-7-sonnet-20250219"; None if unknown."""
+    m = _ID.search(re.sub(r"(-v\d+(:\d+)?|@\d+)$", "", model))
+    if m:
+        return m.group(1), (int(m.group(2)), int(m.group(3) or 0))
+    m = _OLD_ID.search(model)
+    if m:
+        return m.group(3), (int(m.group(1)), int(m.group(2) or 0))
+    return None
 
 
 def spec_from_family(model: str) -> ModelSpec:
     """A conservative stand-in for the Models API, by family and version.
 
     4.7 and later (Opus 4.7+, every 5.x, Fable, Mythos) take adaptive thinking only; 4.6 takes
-    adaptive and enabled; 4.5 and older take enabled only. An id the table does not know is
-    treated as a current model (adaptive only) with the smaller limits of the 4.5 generation."""
+    adaptive and enabled; 4.5 and older take enabled only. An id the table cannot read is let
+    through with whatever [agent] thinking says (auto: adaptive, no effort setting) and the
+    smaller limits of the 4.5 generation: the API's answer to the first request tells the rest."""
     fv = family_version(model)
     family, v = fv if fv else ("unknown", (99, 0))
 
@@ -94,7 +102,7 @@ def spec_from_family(model: str) -> ModelSpec:
         if v >= (5, 0):
             return spec(True, False, "disabled", _NO_XHIGH)
         return spec(False, True, "disabled", (), 200_000, 64_000)
-    return spec(True, False, None, ("low", "medium", "high"), 200_000, 64_000)
+    return spec(True, True, "disabled", (), 200_000, 64_000)
 
 
 def spec_from_info(info) -> ModelSpec:
