@@ -4,7 +4,9 @@ buffer it keeps is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import time
 import traceback
@@ -63,8 +65,10 @@ class CockpitApp(App):
         Binding("q", "quit_prompt", "Quit", id="quit"),
     ]
 
-    def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None):
+    def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None, stop_signals: tuple = ()):
         super().__init__()
+        self.stop_signals = tuple(stop_signals)  # the CLI's SIGTERM, SIGHUP: they stop the session like a quit, now
+        self.signalled: int | None = None  # the signal that stopped the session, if one did
         self.engine = engine
         self.control = engine.control
         self.notices = list(notices)
@@ -111,6 +115,9 @@ class CockpitApp(App):
         self.set_interval(1.0, self.sample_device)
         self.set_interval(5.0, self.header_bar.refresh_text)
         self.watch_program()
+        loop = asyncio.get_running_loop()
+        for sig in self.stop_signals:
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
         self.run_engine()
 
     # ---- the engine, in a worker thread ----
@@ -205,6 +212,9 @@ class CockpitApp(App):
                 self.table.upsert(e.n, status="forced")
         elif isinstance(e, ev.Notice):
             self.reasoning.line(e.text, "bold")
+        elif isinstance(e, ev.Alert):
+            self.reasoning.line(f"warning: {e.text}", "bold yellow")
+            self.notify(e.text, severity="warning", timeout=30)
         elif isinstance(e, ev.Waiting):
             self.reasoning.line(f"waiting: {e.reason}", "yellow")
         elif isinstance(e, ev.Error):
@@ -302,7 +312,18 @@ class CockpitApp(App):
             self.notify("program.md changed: the agent is told at its next proposal")
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
 
+    def on_stop_signal(self, signum: int) -> None:
+        """SIGTERM or SIGHUP: the session stops now, its run recorded `interrupted` ("stopped by
+        signal SIGTERM during the run"); the app leaves when the engine has stopped (engine_stopped)."""
+        self.signalled = self.signalled or signum
+        self.control.stop("now", by=f"signal {signal.Signals(signum).name}")
+        if self.stop_reason is not None:  # the session had already stopped: nothing to wait for
+            self.exit(self.stop_reason)
+
     def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.stop_signals:
+            loop.remove_signal_handler(sig)
         if self.stop_reason is None:
             self.control.stop("now")  # the app is going away (ctrl+c, a crash): end the run cleanly
         if self._observer is not None:

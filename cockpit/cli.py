@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,9 +25,21 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even when an identical dataset exists")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr, like every other refusal, and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"cockpit: error: {message} (see `{self.prog} --help`)\n")
+
+
+BARE = "bare_"  # where `cockpit` without a subcommand keeps the run options it was given
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cockpit", description="A terminal research cockpit for autonomous ML experiments.")
+    ap = _Parser(prog="cockpit", description="A terminal research cockpit for autonomous ML experiments. "
+                 "Without a subcommand: the research loop, with every option `cockpit run` takes.")
     ap.add_argument("--cache-dir", help="prepared data and tokenizer (default: $COCKPIT_CACHE or the user cache dir)")
+    _add_run_args(ap.add_argument_group("the research loop (the options of `cockpit run`)"), bare=True)
     sub = ap.add_subparsers(dest="command")
 
     p = sub.add_parser("prepare", help="build the data and tokenizer (default: the embedded corpus; offline)")
@@ -45,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the research loop (--headless: without the TUI)")
     _add_run_args(r)
-    r.add_argument("--headless", action="store_true", help="print events instead of the TUI")
-    r.add_argument("--json", action="store_true", help="with --headless: JSON lines, one per event")
 
     st = sub.add_parser("status", help="session summary from the journal")
     st.add_argument("--workspace", default=".")
@@ -59,17 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _add_run_args(r: argparse.ArgumentParser) -> None:
-    r.add_argument("--workspace", default=".", help="the research workspace (default: here)")
-    r.add_argument("--agent", default=None, help="tuner | claude (default: claude with an API key, else tuner)")
-    r.add_argument("--tag", help="start or select this session (default: resume the latest)")
-    r.add_argument("--budget", type=float, help="training seconds per experiment (default: the profile's)")
-    r.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
-    r.add_argument("--max-experiments", type=int)
-    r.add_argument("--max-hours", type=float)
-    r.add_argument("--max-cost", type=float, help="USD")
-    r.add_argument("--model", help="Claude model (default: cockpit.toml, $COCKPIT_MODEL, or a current Sonnet)")
-    r.add_argument("--base-url", help="Messages API base URL, for proxies and gateways (default: $ANTHROPIC_BASE_URL)")
+def _add_run_args(r, bare: bool = False) -> None:
+    """`cockpit run`'s options. `cockpit` without a subcommand takes the same ones (bare=True): they
+    are kept apart there (dest bare_<name>, no default) so that a subcommand's own options, which
+    argparse writes over the same namespace, never mix with them."""
+
+    def add(flag: str, **kw) -> None:
+        if bare:
+            name = flag[2:].replace("-", "_")
+            kw.update(dest=BARE + name, default=argparse.SUPPRESS)
+            if kw.get("action") != "store_true" and "choices" not in kw:
+                kw["metavar"] = name.upper()
+        r.add_argument(flag, **kw)
+
+    add("--workspace", default=".", help="the research workspace (default: here)")
+    add("--agent", default=None, help="tuner | claude (default: claude with an API key, else tuner)")
+    add("--tag", help="start or select this session (default: resume the latest)")
+    add("--budget", type=float, help="training seconds per experiment (default: the profile's)")
+    add("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add("--max-experiments", type=int)
+    add("--max-hours", type=float)
+    add("--max-cost", type=float, help="USD")
+    add("--model", help="Claude model (default: cockpit.toml, $COCKPIT_MODEL, or a current Sonnet)")
+    add("--base-url", help="Messages API base URL, for proxies and gateways (default: $ANTHROPIC_BASE_URL)")
+    add("--headless", action="store_true", help="print events instead of the TUI (the default when stdout is not a terminal)")
+    add("--json", action="store_true", help="headless, JSON lines, one per event")
 
 
 def _undumpable() -> None:
@@ -85,28 +110,41 @@ def _undumpable() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    bare = [k[len(BARE):] for k in vars(args) if k.startswith(BARE)]
+    if bare and args.command is not None:  # `cockpit --tag x status`: that --tag is the loop's, not status's
+        flag = "--" + bare[0].replace("_", "-")
+        ap.error(f"{flag} before `{args.command}` is an option of the research loop (`cockpit {flag} ...`); "
+                 f"options of `cockpit {args.command}` go after it")
     _undumpable()
+    commands = {"prepare": cmd_prepare, "train": cmd_train, "init": cmd_init, "run": cmd_run, "status": cmd_status,
+                "report": cmd_report}
     try:
-        if args.command == "prepare":
-            return cmd_prepare(args)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "init":
-            return cmd_init(args)
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "report":
-            return cmd_report(args)
-        return cmd_default(args)
+        code = commands.get(args.command, cmd_default)(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
+        return code
     except HarnessError as e:
-        print(f"cockpit: error: {e}", file=sys.stderr)
+        _say(f"cockpit: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("cockpit: interrupted", file=sys.stderr)
+        _say("cockpit: interrupted")
         return 130
+    except BrokenPipeError:  # `cockpit status | head -3`: the reader has all it wanted
+        from engine.headless import detach
+
+        detach(sys.stdout)
+        return 128 + signal.SIGPIPE
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that is gone (a hung-up terminal) is no reason for a traceback."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        from engine.headless import detach
+
+        detach(sys.stderr)
 
 
 # ---- prepare ----
@@ -157,13 +195,22 @@ def ensure_prepared(cache: Path):
     from harness.prepare import prepare
     from harness.sources import stdlib_source
 
+    from harness.integrity import ensure_locked
+    from harness.paths import HARNESS_DIR
+
     try:
-        return current_dataset(cache)  # a missing harness lock is refused by the runner, never re-made here
+        dataset = current_dataset(cache)
     except NotPreparedError:
         print("no prepared data: preparing the built-in corpus (the Python standard library) first", file=sys.stderr)
         report = prepare(stdlib_source(), cache)
         print(report.summary(), file=sys.stderr)
-        return current_dataset(cache)
+        dataset = current_dataset(cache)
+    # A clone beside another (or a moved one) shares the cache but has no lock there yet: its
+    # harness is locked now, as it is. An existing lock is never rewritten: a harness that
+    # changed since it was locked is still refused before every run.
+    if ensure_locked(cache):
+        print(f"locked this checkout's harness ({HARNESS_DIR}) in {cache}", file=sys.stderr)
+    return dataset
 
 
 # ---- train ----
@@ -338,23 +385,32 @@ def build_engine(args):
     return engine, notices
 
 
+# `kill`, and a closed SSH connection without tmux: the session stops like a quit, now
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def cmd_run(args) -> int:
+    """The research loop, in the TUI or headless (asked for, or when stdout is not a terminal).
+    Exit status: 0 when a limit or the human ended the session, 1 on an error (a failed
+    baseline, an integrity failure, a fatal API error), 128 + the signal's number on SIGTERM or
+    SIGHUP (which stop the session like a quit, now)."""
     engine, notices = build_engine(args)
-    if args.headless or args.json:
-        _run_headless(engine, notices, args.json)
+    if args.headless or args.json or not sys.stdout.isatty():
+        signum = _run_headless(engine, notices, args.json)
     else:
         from cockpit.app import CockpitApp
 
-        CockpitApp(engine, notices).run()
+        app = CockpitApp(engine, notices, stop_signals=STOP_SIGNALS)
+        app.run()
+        signum = app.signalled
     if engine.error:
-        print(f"cockpit: error: {engine.error}", file=sys.stderr)
+        _say(f"cockpit: error: {engine.error}")
         return 1
-    return 0
+    return 128 + signum if signum else 0
 
 
-def _run_headless(engine, notices: list[str], json_lines: bool) -> None:
-    import signal
-
+def _run_headless(engine, notices: list[str], json_lines: bool) -> int | None:
+    """Run the session, printing its events; returns the stopping signal's number, if one stopped it."""
     from engine import events as ev
     from engine.headless import Printer
 
@@ -362,12 +418,22 @@ def _run_headless(engine, notices: list[str], json_lines: bool) -> None:
     engine.subscribe(printer)
     for text in notices:
         printer(ev.Notice(text=text))
-    signal.signal(signal.SIGTERM, lambda signum, frame: engine.control.stop("now"))
+    got: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        got.append(signum)
+        engine.control.stop("now", by=f"signal {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         engine.run()
     except KeyboardInterrupt:
         engine.control.stop("now")
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return got[0] if got else None
 
 
 def cmd_status(args) -> int:
@@ -415,8 +481,10 @@ def cmd_report(args) -> int:
 
 def cmd_default(args) -> int:
     """`cockpit` resumes the workspace's latest session or starts one, in the TUI when stdout is a
-    terminal (headless, printing readable lines, when it is not)."""
-    argv = ([] if args.cache_dir is None else ["--cache-dir", args.cache_dir]) + ["run"]
-    if not sys.stdout.isatty():
-        argv.append("--headless")
-    return cmd_run(build_parser().parse_args(argv))
+    terminal (headless, printing readable lines, when it is not); it takes every option of `cockpit run`."""
+    run = build_parser().parse_args(["run"])  # run's defaults, then what was given
+    for k, v in vars(args).items():
+        if k.startswith(BARE):
+            setattr(run, k[len(BARE):], v)
+    run.cache_dir = args.cache_dir
+    return cmd_run(run)

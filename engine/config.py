@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,30 @@ class Config:
     pipeline: bool = True  # the agent prepares the next experiment while one trains
 
 
+# The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
+# (whole number, the smallest value allowed, what the number is). Every other key is a string
+# or a list of strings.
+NUMBERS = {
+    ("target", "budget"): (False, 0, "seconds"),
+    ("decision", "baseline_runs"): (True, 1, "runs"),
+    ("decision", "min_delta"): (False, 0, ""),
+    ("decision", "noise_k"): (False, 0, ""),
+    ("stop", "max_consecutive_crashes"): (True, 1, "crashes"),
+}
+
+
+def _number(path: Path, section: str, key: str, v):
+    """A [section].key number as the command line checks it: finite, not below its minimum, whole
+    where whole numbers are meant; anything else is one line naming the key."""
+    whole, least, unit = NUMBERS[(section, key)]
+    kind = "whole number" if whole else "finite number"
+    what = f"a {kind}{' of ' + unit if unit else ''} >= {least}"
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= least
+    if not ok or (whole and v != int(v)):
+        raise ConfigError(f"{path}: [{section}].{key} must be {what}, not {v!r}")
+    return int(v) if whole else float(v)
+
+
 def _section(data: dict, name: str, cls, path: Path):
     raw = data.get(name, {})
     if not isinstance(raw, dict):
@@ -64,11 +89,19 @@ def _section(data: dict, name: str, cls, path: Path):
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ConfigError(f"{path}: [{name}].{k} must be a list of strings")
             v = tuple(v)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ConfigError(f"{path}: [{name}].{k} must be a number")
+        elif (name, k) in NUMBERS:
+            v = _number(path, name, k, v)
+        elif not isinstance(v, str):
+            raise ConfigError(f"{path}: [{name}].{k} must be a string, not {v!r}")
         out[k] = v
     return cls(**out)
+
+
+@dataclass(frozen=True)
+class _StopConfig:
+    """[stop]: when the session ends by itself (the limits on the command line are per run)."""
+
+    max_consecutive_crashes: int = 5
 
 
 def load(root: Path) -> Config:
@@ -117,8 +150,7 @@ def load(root: Path) -> Config:
     if not isinstance(agent_tbl.get("pipeline", True), bool):
         raise ConfigError(f"{path}: [agent].pipeline must be true or false")
     agent = agent_tbl.get("name", "auto")
-    stop = data.get("stop", {})
-    crashes = stop.get("max_consecutive_crashes", 5) if isinstance(stop, dict) else 5
+    crashes = _section(data, "stop", _StopConfig, path).max_consecutive_crashes
     if target.kind not in ("gpt", "command"):
         raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
     if target.direction not in ("min", "max"):
@@ -127,9 +159,7 @@ def load(root: Path) -> Config:
         raise ConfigError(f"{path}: a 'command' target needs both [target].run and [target].measure")
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
-    if decision.baseline_runs < 1:
-        raise ConfigError(f"{path}: [decision].baseline_runs must be at least 1")
-    return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), int(crashes),
+    return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
                   settings, agent_tbl.get("pipeline", True))
 
 
@@ -176,11 +206,11 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # max_api_wait = 1800             # seconds of back-off on API outages before a proposal is given up
 # connect_timeout = 5             # seconds to connect to the API
 # read_timeout = 60               # seconds of silence in a streamed reply before it counts as stalled
+# pipeline = true                 # propose the next experiment while one trains (false: one at a time)
 #
 # [agent.prices]                  # USD per million tokens, overriding the built-in table for your model
 # input = 2.0
 # output = 10.0
 # cache_write = 2.5
 # cache_read = 0.1
-# pipeline = true                 # propose the next experiment while one trains (false: one at a time)
 """

@@ -14,6 +14,7 @@ class Control:
         self.stopping = threading.Event()  # set by stop("now"): agents abandon their proposal and back-off
         self._paused = False
         self._stop: str | None = None  # None | "after_run" | "now"
+        self._by: str | None = None  # who stopped the session when it was not the human ("signal SIGTERM")
         self._veto: str | None = None
         self._force: set[int | None] = set()
         self._approved = False
@@ -48,12 +49,15 @@ class Control:
             self._paused = False
             self._cv.notify_all()
 
-    def stop(self, mode: str = "after_run") -> None:
+    def stop(self, mode: str = "after_run", by: str | None = None) -> None:
+        """Stop after the run or now. `by` names who stopped it when it was not the human (the CLI
+        passes "signal SIGTERM"); it goes into the reasons recorded for the session and its run."""
         if mode not in ("after_run", "now"):
             raise ValueError(f"stop mode must be 'after_run' or 'now', not {mode!r}")
         with self._cv:
             if self._stop != "now":
                 self._stop = mode
+                self._by = by
             if mode == "now":
                 self.cancel_run.set()
                 self.stopping.set()
@@ -86,6 +90,11 @@ class Control:
     @property
     def stop_mode(self) -> str | None:
         return self._stop
+
+    @property
+    def stopped_by(self) -> str:
+        """Who stopped the session, for its reasons: "the human", or what stop(by=...) named."""
+        return self._by or "the human"
 
     def take_veto(self) -> str | None:
         with self._cv:

@@ -52,6 +52,14 @@ class Notice(Event):
 
 
 @dataclass(frozen=True)
+class Alert(Event):
+    """A one-line message the human should act on (the session goes on), e.g. noise so high
+    that no change can be kept."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Waiting(Event):
     reason: str
     seconds: float | None = None

@@ -101,6 +101,30 @@ class GitRepo:
             self.g.checkout("HEAD", "--", *tracked)
         self.g.clean("-fq", "--", *paths)
 
+    # ---- history ----
+    def resolve(self, ref: str) -> str | None:
+        """The commit `ref` names, or None."""
+        try:
+            return self.g.rev_parse("--verify", "-q", f"{ref}^{{commit}}")
+        except git.GitCommandError:
+            return None
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """True when commit a is b or one of its ancestors."""
+        try:
+            self.g.merge_base("--is-ancestor", a, b)
+            return True
+        except git.GitCommandError:
+            return False
+
+    def commits_between(self, a: str, b: str) -> list[str]:
+        """The commits reachable from b but not from a, oldest first."""
+        out = self.g.rev_list("--reverse", f"{a}..{b}")
+        return [x for x in out.splitlines() if x]
+
+    def subject(self, sha: str) -> str:
+        return self.g.log("-1", "--format=%s", sha)
+
     # ---- branches and refs ----
     def checkout_session_branch(self, tag: str, start: str | None = None) -> str:
         """Check out cockpit/<tag>, creating it at `start` (default HEAD) when new."""

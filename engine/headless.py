@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ class Printer:
         self._last_progress = 0.0
         self._stream: tuple[str, int, list[str], float] | None = None  # (kind, n, parts, ts) of streamed deltas
         self._lock = threading.Lock()  # the agent streams from its own thread while a run reports progress
+        self.closed = False  # the reader went away (`| head`, a hung-up terminal): output stops, the session goes on
 
     def __call__(self, e: ev.Event) -> None:
         with self._lock:
@@ -26,8 +28,7 @@ class Printer:
 
     def _print(self, e: ev.Event) -> None:
         if self.json:
-            self.out.write(e.to_json() + "\n")
-            self.out.flush()
+            self._put(e.to_json() + "\n")
             return
         if isinstance(e, (ev.AgentThinking, ev.AgentText)):
             kind = "thinking" if isinstance(e, ev.AgentThinking) else "agent"
@@ -43,8 +44,22 @@ class Printer:
             self._write(e.ts, line)
 
     def _write(self, ts: float, line: str) -> None:
-        self.out.write(time.strftime("%H:%M:%S ", time.localtime(ts)) + line + "\n")
-        self.out.flush()
+        self._put(time.strftime("%H:%M:%S ", time.localtime(ts)) + line + "\n")
+
+    def _put(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError:  # EPIPE (the reader of the pipe left), EIO (the terminal hung up)
+            self.closed = True
+            detach(self.out)
+            try:
+                sys.stderr.write("cockpit: the output was closed; the session goes on without printing\n")
+                sys.stderr.flush()
+            except OSError:  # stderr went with it
+                detach(sys.stderr)
 
     def _flush(self) -> None:
         """Streamed deltas become one line once the stream moves on."""
@@ -89,6 +104,8 @@ class Printer:
             return f"#{e.n} tool {e.name}: {e.summary}" + ("" if e.ok else " (refused)")
         if isinstance(e, ev.Notice):
             return e.text
+        if isinstance(e, ev.Alert):
+            return f"warning: {e.text}"
         if isinstance(e, ev.Waiting):
             return f"waiting: {e.reason}" + (f" (retry in {e.seconds:.0f}s)" if e.seconds else "")
         if isinstance(e, ev.Error):
@@ -96,3 +113,17 @@ class Printer:
         if isinstance(e, ev.SessionStopped):
             return f"session stopped: {e.reason}"
         return None
+
+
+def detach(stream) -> None:
+    """Point a stream whose reader is gone at /dev/null, as Python's documentation advises for
+    EPIPE, so what is still buffered (and the flush at exit) goes nowhere instead of raising."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

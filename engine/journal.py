@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS sessions(
   id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
   agent TEXT, target TEXT, created REAL, updated REAL,
   best_n INTEGER, best_commit TEXT, best_metric REAL, noise REAL,
-  status TEXT DEFAULT 'running', stop_reason TEXT);
+  status TEXT DEFAULT 'running', stop_reason TEXT, harness TEXT, origin TEXT);
 CREATE TABLE IF NOT EXISTS experiments(
   id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id), n INTEGER NOT NULL,
   kind TEXT NOT NULL DEFAULT 'experiment', parent_commit TEXT, commit_sha TEXT, diff_stat TEXT,
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS experiments(
   tokens_in INTEGER DEFAULT 0, tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0,
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
   started REAL, finished REAL, log_path TEXT,
-  propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, UNIQUE(session_id, n));
+  propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, harness TEXT,
+  UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS notes(
@@ -69,6 +70,7 @@ class Experiment:
     startup_seconds: float | None = None
     eval_seconds: float | None = None
     run_started: float | None = None  # when its training process started (the row is made at proposal time)
+    harness: str | None = None  # the version of the harness (or measure script) that measured it
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Session:
     noise: float | None
     status: str
     stop_reason: str | None
+    harness: str | None = None  # the harness version its baseline was measured with
+    origin: str | None = None  # the branch the session started from
 
 
 class Journal:
@@ -104,9 +108,14 @@ class Journal:
     def _migrate(self) -> None:
         """Journals written by an earlier version gain the newer columns (nothing is rewritten)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
-        for col in ("propose_seconds", "startup_seconds", "eval_seconds", "run_started"):
+        for col, kind in (("propose_seconds", "REAL"), ("startup_seconds", "REAL"), ("eval_seconds", "REAL"),
+                          ("run_started", "REAL"), ("harness", "TEXT")):
             if col not in have:
-                self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} REAL")
+                self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {kind}")
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
+        for col in ("harness", "origin"):
+            if col not in have:
+                self.db.execute(f"ALTER TABLE sessions ADD COLUMN {col} TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -187,6 +196,10 @@ class Journal:
         for n in ns:
             self.update_experiment(sid, n, status="interrupted", reason="cockpit stopped during this experiment", finished=time.time())
         return ns
+
+    def set_harness(self, sid: int, version: str) -> None:
+        """Rows measured before versions were recorded are taken as measured by `version`."""
+        self._exec("UPDATE experiments SET harness=? WHERE session_id=? AND harness IS NULL", (version, sid))
 
     def total_cost(self, sid: int) -> float:
         return float(self._exec("SELECT COALESCE(SUM(cost_usd),0) FROM experiments WHERE session_id=?", (sid,)).fetchone()[0])

@@ -29,6 +29,8 @@ from .tools import Tools
 from .workspace import Workspace
 
 MAX_AGENT_FAILURES = 20  # consecutive agent failures (with back-off between them) before the session stops
+BASELINE_TIMING_RETRIES = 3  # a baseline run that broke a timing rule is run again this often (a busy machine)
+NOISY_SHARE = 0.02  # a keep threshold above this share of the metric is said at once
 ABANDON_WAIT = 10.0  # seconds a stopping session waits for an abandoned proposal before leaving it to finish alone
 HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
 DIFF_CHARS = 4000
@@ -67,6 +69,7 @@ class Engine:
         self.wt = None  # the agent's working tree (a git worktree under .cockpit/)
         self._pending: _Attempt | None = None  # the next experiment, proposed while one trains
         self.error: str | None = None  # set when the session stopped on an error, not a limit
+        self.harness: str | None = None  # the target's harness version (set at start)
         self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now
 
     # ---- events ----
@@ -91,17 +94,22 @@ class Engine:
         dirty = [f for f in self.git.changed_files(self.editable) if f in self.editable]
         if dirty:  # the agent edits only its own tree (.cockpit/agent): these edits are the human's
             raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}; commit or stash them first")
+        self.harness = self.target.version() if hasattr(self.target, "version") else None
         if s is None:
             tag = self.tag or time.strftime("%b%d-%H%M").lower()
             base = self.git.head()
+            origin = self.git.branch()
             branch = self.git.checkout_session_branch(tag, base)
             s = j.create_session(tag, branch, base, self.agent.name, self.target.label)
+            j.update_session(s.id, harness=self.harness, origin=origin)
         else:
             for n in j.mark_interrupted(s.id):
                 self.emit(ev.Notice(text=f"experiment #{n} was interrupted when cockpit stopped; recorded `interrupted`"))
             self.git.checkout_session_branch(s.tag)
+            s = self._take_human_commits(s)
             self.git.reset_hard(s.best_commit, keep=self.human_files)
             j.update_session(s.id, status="running", stop_reason=None, agent=self.agent.name)
+            self._check_harness_version(j.session(s.id))
             s = j.session(s.id)
         self.session = s
         self.tag = s.tag
@@ -118,6 +126,60 @@ class Engine:
         self.emit(ev.SessionStarted(session_id=s.id, tag=s.tag, branch=s.branch, agent=self.agent.name, resumed=resumed,
                                     best_commit=s.best_commit, best_metric=s.best_metric, next_experiment=j.next_number(s.id)))
         return s
+
+    def _take_human_commits(self, s):
+        """Commits the human made are never reset away. On the session branch, on top of its best:
+        the session goes on from them (measured again as the new baseline when the code changed).
+        On the branch the session started from, while nothing has been kept yet (a failed
+        baseline, fixed there): the same. Otherwise they are named, with how to use them."""
+        head, best = self.git.head(), s.best_commit
+        if head != best:
+            if not self.git.is_ancestor(best, head):
+                raise GitError(f"the session branch {s.branch} no longer holds the session's best commit {best[:7]} "
+                               f"(it was reset or rewritten): start a new session from it with `cockpit --tag NEW`, "
+                               f"or put it back with `git branch -f {s.branch} {best[:7]}`")
+            ours = set(self.git.pinned(s.tag).values())
+            human = [c for c in self.git.commits_between(best, head)
+                     if c not in ours and not self.git.subject(c).startswith(f"cockpit {s.tag}")]
+            if human:
+                return self._adopt(s, head, f"the human committed {len(human)} change(s) on {s.branch} "
+                                            f"(latest: {self.git.subject(human[-1])[:80]})")
+        tip = self.git.resolve(s.origin) if s.origin else None
+        if tip and tip != s.base_commit and self.git.is_ancestor(s.base_commit, tip) and not self.git.is_ancestor(tip, head):
+            new = self.git.commits_between(s.base_commit, tip)
+            kept = any(e.status in KEPT and e.kind == "experiment" for e in self.journal.experiments(s.id))
+            what = f"{s.origin} has {len(new)} new commit(s) since this session started (latest: {self.git.subject(tip)[:80]})"
+            if best == s.base_commit and not kept:
+                return self._adopt(s, tip, what)
+            self.emit(ev.Notice(text=f"{what}; they are not in this session: `cockpit --tag NEW` starts a new "
+                                     f"session from {s.origin}"))
+        return s
+
+    def _adopt(self, s, sha: str, what: str):
+        """The session goes on from the human's commit `sha`; a changed code is measured again."""
+        code_changed = any(self.git.show(s.best_commit, f) != self.git.show(sha, f) for f in self.editable)
+        self.journal.update_session(s.id, best_commit=sha, **({"noise": None} if code_changed else {}))
+        text = (f"{what}: the session goes on from {sha[:7]}"
+                + ("; its code changed, so it is measured again as the new baseline" if code_changed else ""))
+        self.journal.add_note(s.id, "human", "commit", text)
+        self.emit(ev.Notice(text=text))
+        return self.journal.session(s.id)
+
+    def _check_harness_version(self, s) -> None:
+        """Results measured by another version of the harness (or of the measure script, or with
+        other prepared data) are never compared with new ones: a new version means a new baseline
+        of the best code, and the agent is told."""
+        if self.harness is None or s.harness == self.harness:
+            return
+        if s.harness is None:  # a journal from before versions were recorded: its rows are taken as this version
+            self.journal.update_session(s.id, harness=self.harness)
+            self.journal.set_harness(s.id, self.harness)
+            return
+        self.journal.update_session(s.id, harness=self.harness, noise=None)
+        self.journal.add_note(s.id, "human", "harness", f"the harness changed ({s.harness} -> {self.harness}): results "
+                              "before this point were measured by the old one; the best code is measured again")
+        self.emit(ev.Notice(text=f"the harness changed since this session's baseline ({s.harness} -> {self.harness}): "
+                                 "measuring a new baseline of the best code; earlier results are not compared with new ones"))
 
     def run(self) -> str:
         """Run until a stop condition; returns the reason. Any failure ends the session with its
@@ -153,6 +215,9 @@ class Engine:
                     self._abandon_pending()
                 except Exception:  # best effort: _repair marks what is left `interrupted`
                     traceback.print_exc()
+                if self._fatal is not None and self.error is None:  # a proposal ended it as the session stopped anyway
+                    reason = self.error = str(self._fatal)
+                    self.emit(ev.Error(text=reason))
                 if hasattr(self.target, "close"):
                     self.target.close()  # no spare training process outlives the session
                 self._repair(s)
@@ -176,10 +241,11 @@ class Engine:
         L, s = self.limits, self.session
         if self._stop_reason:
             return self._stop_reason
+        by = self.control.stopped_by  # "the human", or e.g. "signal SIGTERM"
         if self.control.stop_mode == "now":
-            return "stopped by the human (now)"
+            return f"stopped by {by}" + (" (now)" if by == "the human" else "")
         if self.control.stop_mode == "after_run":
-            return "stopped by the human (after the run)"
+            return f"stopped by {by} (after the run)"
         if L.max_experiments is not None and self._ran >= L.max_experiments:
             return f"reached --max-experiments {L.max_experiments}"
         if L.max_hours is not None and time.monotonic() - self._started >= L.max_hours * 3600:
@@ -197,11 +263,14 @@ class Engine:
 
     def _baseline(self) -> None:
         s = self.session
-        done = [e for e in self.journal.experiments(s.id) if e.kind == "baseline" and e.status == "keep"]
+        done = [e for e in self.journal.experiments(s.id)
+                if e.kind == "baseline" and e.status == "keep" and e.harness == self.harness
+                and e.commit_sha == s.best_commit]  # the best code, as measured by this harness
         values = [e.metric for e in done]
+        timing_failures = 0
         while len(values) < self.dcfg.baseline_runs:
             if self.control.stop_mode:
-                raise _Stop("stopped by the human during the baseline")
+                raise _Stop(f"stopped by {self.control.stopped_by} during the baseline")
             n = self.journal.next_number(s.id)
             self.control.begin_run(n)
             self.journal.add_experiment(s.id, n, "baseline", s.base_commit, "running", f"baseline {len(values) + 1}/{self.dcfg.baseline_runs}")
@@ -214,6 +283,8 @@ class Engine:
             reason = out.reason
             if out.status == "cancelled" and self._fatal is not None:
                 status, reason = "interrupted", f"the session stopped: {self._fatal}"
+            elif out.status == "cancelled" and self.control.peek_veto() is None:  # stop-now: the human's or a signal's
+                status, reason = "interrupted", f"stopped by {self.control.stopped_by} during the run"
             e = self.journal.update_experiment(
                 s.id, n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
                 total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
@@ -222,15 +293,23 @@ class Engine:
             self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
                                             best_metric=None, description=e.description, reason=reason, kind="baseline"))
             self._write_results()
-            if status == "interrupted":
+            if status == "interrupted" and self._fatal is not None:
                 raise self._fatal
             if out.status == "cancelled" and self.control.take_veto() is not None:
                 self.emit(ev.Notice(text=f"baseline run #{n} was vetoed; running it again"))
                 continue
             if out.status != "ok":
                 if self.control.stop_mode:
-                    raise _Stop("stopped by the human during the baseline")
-                raise _Stop(f"the baseline run failed ({out.status}: {out.reason}); fix the code at the base commit")
+                    raise _Stop(f"stopped by {self.control.stopped_by} during the baseline")
+                if out.timing and timing_failures < BASELINE_TIMING_RETRIES:  # unchanged code: the machine, not the code
+                    timing_failures += 1
+                    self.emit(ev.Notice(text=f"baseline run #{n} broke a timing rule ({out.reason}); the machine may be "
+                                             f"busy: running it again ({timing_failures}/{BASELINE_TIMING_RETRIES})"))
+                    continue
+                self.error = (f"the baseline run failed ({out.status}: {out.reason}); fix the code and commit it on "
+                              f"{s.branch} (or on {s.origin or 'the branch it started from'}), then run `cockpit` "
+                              "again; or start a new session from HEAD with `cockpit --tag NEW`")
+                raise _Stop(self.error)  # an error, not a limit: the CLI exits non-zero
             values.append(out.metric)  # baselines do not count against --max-experiments
         best = sum(values) / len(values)
         noise = noise_of(values)
@@ -239,6 +318,13 @@ class Engine:
         self.session = self.journal.session(s.id)
         self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))
         self.emit(ev.BestChanged(n=last, commit=s.best_commit, metric=best))
+        threshold = max(self.dcfg.min_delta, self.dcfg.noise_k * noise)
+        if best and threshold > NOISY_SHARE * abs(best):
+            self.emit(ev.Alert(text=(
+                f"the noise is high: repeated runs of the same code differ by {noise:.4g} (std), so a change must beat "
+                f"the best by {threshold:.4g} ({100 * threshold / abs(best):.1f}% of {self.target.metric_name}) to be "
+                "kept, and small gains never will; use a longer --budget, a quieter machine, or more "
+                "[decision] baseline_runs")))
 
     # ---- one experiment ----
     def _experiment(self) -> None:
@@ -263,6 +349,8 @@ class Engine:
             if stale:
                 self._record_usage(n, a.usage)
                 self._save_notes(a.tools)
+                if a.failure is not None and a.failure is self._fatal:
+                    self._fatal = None  # that answer is thrown away with its proposal; the new one will tell
                 a = self._ask_again(_AskAgain(f"program.md changed while #{n} was prepared; asking the agent again"), n)
         self._ran += 1
         sha = self._take(a)
@@ -286,8 +374,8 @@ class Engine:
         if veto is not None:
             self._finish(n, "vetoed", veto, sha=sha, out=out)
             return
-        if out.status == "cancelled":
-            self._finish(n, "interrupted", "stopped by the human during the run", sha=sha, out=out)
+        if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
+            self._finish(n, "interrupted", f"stopped by {self.control.stopped_by} during the run", sha=sha, out=out)
             return
         if out.status != "ok":
             self._finish(n, out.status, out.reason, sha=sha, out=out)
@@ -381,7 +469,7 @@ class Engine:
         while a.thread.is_alive():
             if self.control.stop_mode == "now":
                 self._pending = a  # abandoned by run()'s cleanup
-                raise _Stop("stopped by the human (now)")
+                raise _Stop(f"stopped by {self.control.stopped_by} (now)")
             a.thread.join(0.2)
 
     def _abandon_pending(self) -> None:
@@ -429,7 +517,8 @@ class Engine:
             self._finish(n, "crash", f"agent failed: {type(e).__name__}: {e}", description="(agent error)", agent_error=True)
             self._agent_failures += 1
             if self._agent_failures >= MAX_AGENT_FAILURES:
-                raise _Stop(f"the agent failed {self._agent_failures} times in a row (last: {type(e).__name__}: {e})")
+                self.error = f"the agent failed {self._agent_failures} times in a row (last: {type(e).__name__}: {e})"
+                raise _Stop(self.error)
             wait = min(600.0, 30.0 * 2 ** (self._agent_failures - 1))
             self.emit(ev.Waiting(reason=f"the agent failed ({type(e).__name__}); next proposal in {wait:.0f}s", seconds=wait))
             self.control.stopping.wait(wait)
@@ -551,7 +640,7 @@ class Engine:
         return _syntax_error(tree.root, changed)
 
     def _run(self, n: int, sha: str, kind: str = "experiment"):
-        self.journal.update_experiment(self.session.id, n, run_started=time.time())
+        self.journal.update_experiment(self.session.id, n, run_started=time.time(), harness=self.harness)
         self.emit(ev.ExperimentStarted(n=n, commit=sha, kind=kind))
         log = self.ws.run_dir(self.session.tag, n) / "run.log"
 

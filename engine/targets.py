@@ -37,6 +37,7 @@ class Outcome:
     log_tail: str | None = None
     startup_seconds: float | None = None  # spawn -> first step (imports, compile)
     eval_seconds: float | None = None
+    timing: bool = False  # failed a timing rule (over budget, evaluation cap, a deadline): a busy machine can cause it
 
 
 class GptTarget:
@@ -57,10 +58,18 @@ class GptTarget:
     def close(self) -> None:
         runner.shutdown_spare()
 
+    def version(self) -> str:
+        """The harness, the prepared data, the profile and the budget this target measures with,
+        as one short name: results under another of these are not comparable."""
+        from harness.integrity import harness_files, harness_version
+
+        return harness_version({**harness_files(), "<dataset>": self.dataset.folder.name,
+                                "<profile>": f"{self.profile.name}/{self.profile.time_budget:g}"})
+
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
         r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress, cancel=cancel)
         return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
-                       r.log_tail, r.startup_seconds, r.eval_seconds)
+                       r.log_tail, r.startup_seconds, r.eval_seconds, r.timing)
 
 
 _METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")
@@ -86,6 +95,12 @@ class CommandTarget:
         self.locked = sorted({*named, *cfg.locked})
         self.hashes = self._hash()
 
+    def version(self) -> str:
+        """The measure script and locked files, the run command and the budget, as one short name."""
+        from harness.integrity import harness_version
+
+        return harness_version({**self.hashes, "<run>": f"{self.cfg.run}/{self.budget:g}"})
+
     def _hash(self) -> dict[str, str]:
         return {rel: file_hash(self.root / rel) for rel in self.locked if (self.root / rel).is_file()}
 
@@ -100,7 +115,7 @@ class CommandTarget:
 
         def outcome(status, reason=None, metric=None, tail=True):
             return Outcome(status, metric, reason, train_s, time.monotonic() - t0, None, str(log_path),
-                           runner.log_tail(log_path) if tail else None)
+                           runner.log_tail(log_path) if tail else None, timing=status == "timeout")
 
         with open(log_path, "ab") as log:
             status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel, "the run command")

@@ -57,9 +57,26 @@ def open_workspace(path: str | Path) -> Workspace:
         raise HarnessError(f"workspace {p} does not exist")
     repo = GitRepo(p)
     cfg = configmod.load(repo.root)
+    _ensure_workspace(repo, cfg)
     ws = Workspace(repo.root, repo, cfg)
     _ensure_ignored(ws)
     return ws
+
+
+def _ensure_workspace(repo: GitRepo, cfg: configmod.Config) -> None:
+    """Refuse, before anything is written or a branch is made, a repository that is not a research
+    workspace (no cockpit.toml, no trainer/train.py) or that has none of its editable files (an
+    agent may create a listed file, but it needs one to start from; the GPT target needs its script)."""
+    root = repo.root
+    toml = root / configmod.CONFIG_NAME
+    if not toml.is_file() and not (root / "trainer" / "train.py").is_file():
+        repo.head()  # a repository with no commits yet is told so first (its files may only be uncommitted)
+        raise HarnessError(f"{root} is not a cockpit workspace (no {configmod.CONFIG_NAME}, no trainer/train.py); "
+                           f"create one with `cockpit init DIR`")
+    editable = cfg.target.editable
+    missing = [f for f in editable if not (root / f).is_file()]
+    if missing and (len(missing) == len(editable) or (cfg.target.kind == "gpt" and missing[0] == editable[0])):
+        raise HarnessError(f"{toml}: [target].editable names {missing[0]}, which does not exist in {root}")
 
 
 def _ensure_ignored(ws: Workspace) -> None:

@@ -53,6 +53,23 @@ def lock_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> bool:
     return True
 
 
+def harness_version(files: dict[str, str]) -> str:
+    """A short name for one state of the harness: a digest of all its files' hashes."""
+    h = hashlib.blake2b(digest_size=6)
+    for rel, digest in sorted(files.items()):
+        h.update(f"{rel}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def ensure_locked(cache: Path, harness_dir: Path = HARNESS_DIR) -> bool:
+    """Lock this checkout's harness in `cache` when the cache holds no lock for it (a fresh clone
+    beside another, or a moved one). True when it locked now. An existing lock is never
+    rewritten here: a harness that changed since its lock is still refused by verify_harness."""
+    if lock_path(cache, harness_dir).exists():
+        return False
+    return lock_harness(cache, harness_dir)
+
+
 def verify_harness(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
     """Refuse when a harness file differs from the lock; return the files' hashes."""
     path = lock_path(cache, harness_dir)

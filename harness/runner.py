@@ -24,6 +24,7 @@ import os
 import re
 import selectors
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import psutil
 
 from .dataset import Dataset
 from .integrity import file_identity, harness_files, harness_paths, verify_harness
@@ -87,7 +90,8 @@ class RunResult:
     exit_code: int | None
     profile: str
     budget: float
-    spare_seconds: float | None = None  # how long the spare child had been warming before go; None: fresh
+    spare_seconds: float | None = None
+    timing: bool = False  # the verdict is a timing rule's (over budget, evaluation cap, a deadline): load can cause it  # how long the spare child had been warming before go; None: fresh
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -124,6 +128,10 @@ class _Watch:
     last_progress: dict | None = None
     tok_s: list = field(default_factory=list)
     mfu: list = field(default_factory=list)
+    step_s: list = field(default_factory=list)  # seconds per optimizer step, from successive progress reports
+    last_step: tuple | None = None  # (arrival time, step) of the last progress report
+    pid: int | None = None
+    cpu: dict = field(default_factory=dict)  # the child's CPU seconds when it was ready / trained / judged
 
 
 def run(
@@ -166,7 +174,7 @@ def run(
         child = _spawn(env, key, harness_dir, preload_compile=profile.compile)
         _send_go(child, dict(args, t_go=t_go))  # a child that died at once is judged by its exit status below
     proc = child.proc
-    w = _Watch(t_go)
+    w = _Watch(t_go, pid=proc.pid)
     prestart = _prestarter(spare, profile, env, key, harness_dir)
     try:
         if on_spawn:
@@ -179,21 +187,22 @@ def run(
 
     v = w.verdict or {}
     train_s = _training_seconds(w, limits) if w.t_trained is not None else None
+    timing = status == "timeout"  # every kill deadline is a clock
     if status == "ok":
-        eval_s = w.verdict_time - w.t_trained
-        eval_cap = _eval_cap(w, profile, limits, train_s)
+        tolerance = _tolerance(w, limits)
+        eval_s, eval_cap, unit = _eval_measure(w, profile, limits, train_s)
         if not math.isfinite(v.get("val_bpb", math.nan)):
             status, reason = "crash", "the validation loss is not finite"
-        elif train_s is not None and train_s > profile.time_budget + limits.over_budget_tolerance:
-            status, reason = "invalid", (
+        elif train_s is not None and train_s > profile.time_budget + tolerance:
+            status, reason, timing = "invalid", (
                 f"training took {train_s:.1f}s, over the {profile.time_budget:g}s budget "
-                f"(+{limits.over_budget_tolerance:g}s tolerance)"
-            )
+                f"(+{tolerance:.1f}s tolerance)"
+            ), True
         elif eval_s > eval_cap:
-            status, reason = "invalid", (
-                f"evaluation took {eval_s:.1f}s, over the {eval_cap:.1f}s its size allows at this model's "
+            status, reason, timing = "invalid", (
+                f"evaluation took {eval_s:.1f}{unit}, over the {eval_cap:.1f}{unit} its size allows at this model's "
                 "training speed (work done at evaluation time counts as training)"
-            )
+            ), True
     tok_s = _median(w.tok_s)
     mfu = _median(w.mfu)
     if tok_s is None and train_s and w.trained.get("tokens"):
@@ -219,6 +228,7 @@ def run(
         profile=profile.name,
         budget=profile.time_budget,
         spare_seconds=spare_s,
+        timing=timing,
     )
 
 
@@ -382,16 +392,47 @@ def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_
     return check
 
 
-def _eval_cap(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> float:
-    """Evaluation is forward passes only: at most ~1/3 of a training step's work per token. Allow
-    3x that at the measured training speed, plus a fixed 20 s (compilation for inference, the
-    probe), but never more than the profile's eval allowance."""
+def _tolerance(w: _Watch, limits: Limits) -> float:
+    """How far past the budget training may end: the step in progress when the budget ran out may
+    finish. A few median step times (a loaded machine's steps are slower), or the profile's share
+    of the budget, whichever is larger. The median, so one slow step cannot stretch it."""
+    if not w.step_s:
+        return limits.over_budget_tolerance
+    return max(limits.over_budget_tolerance, 3.0 * statistics.median(w.step_s))
+
+
+def _eval_measure(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> tuple[float, float, str]:
+    """(evaluation's cost, the cap it must stay under, the unit). Evaluation is forward passes
+    only: at most ~1/3 of a training step's work per token. It may take 3x that at the speed this
+    process trained at, plus a fixed 20 s (compilation for inference, the probe), never more than
+    the profile's eval allowance. On the CPU both sides are counted in the process's CPU seconds,
+    so that other programs taking the cores during evaluation do not make unchanged code invalid;
+    on a GPU, in wall seconds."""
+    eval_wall = w.verdict_time - w.t_trained
     tokens = w.trained.get("loader_tokens") or 0
     scored = w.verdict.get("val_tokens", 0) + w.verdict.get("probe_tokens", 0)
     if not tokens or not train_s or train_s <= 0:
-        return limits.eval
+        return eval_wall, limits.eval, "s"
+    cpu = w.cpu
+    if profile.name == "cpu" and {"ready", "trained", "verdict"} <= cpu.keys() and w.t_ready is not None:
+        train_cpu = cpu["trained"] - cpu["ready"]
+        if train_cpu > 0:
+            cores = max(1.0, train_cpu / max(w.t_trained - w.t_ready, 1e-9))  # cores it used while training
+            cap = min(limits.eval, 20.0) * cores + 3.0 * scored / (3.0 * tokens / train_cpu)
+            return cpu["verdict"] - cpu["trained"], cap, " CPU-s"
     rate = tokens / train_s  # tokens the harness's loader handed out, per training second
-    return min(limits.eval, 20.0 + 3.0 * scored / (3.0 * rate))
+    return eval_wall, min(limits.eval, 20.0 + 3.0 * scored / (3.0 * rate)), "s"
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of the training process (all its threads) so far."""
+    if pid is None:
+        return None
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except (psutil.Error, OSError):
+        return None
 
 
 def _training_seconds(w: _Watch, limits: Limits) -> float:
@@ -462,9 +503,17 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     kind = msg.get("type")
     if kind == "ready":
         w.t_ready = now
+        _sample_cpu(w, "ready")
     elif kind == "progress":
         if msg.get("first") and w.t_first is None:
             w.t_first = now
+        step = msg.get("step")
+        if isinstance(step, int) and not msg.get("first"):
+            if w.last_step is not None and step > w.last_step[1]:
+                w.step_s.append((now - w.last_step[0]) / (step - w.last_step[1]))
+                del w.step_s[:-64]  # the recent steps are the ones that tell the machine's speed now
+        if isinstance(step, int):
+            w.last_step = (now, step)
         w.last_progress = msg
         if msg.get("tok_s"):
             w.tok_s.append(msg["tok_s"])
@@ -484,18 +533,26 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
         if w.t_trained is None:
             w.t_trained = now
             w.trained = msg
+            _sample_cpu(w, "trained")
     elif kind in ("result", "crash", "invalid") and w.verdict is None:
         if kind == "result" and w.t_trained is None:
             return  # a result without the trained marker is not the harness's
         w.verdict = msg
         w.verdict_time = now
+        _sample_cpu(w, "verdict")
+
+
+def _sample_cpu(w: _Watch, when: str) -> None:
+    t = _cpu_seconds(w.pid)
+    if t is not None:
+        w.cpu[when] = t
 
 
 def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
     if w.t_ready is None:
         return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
     if w.t_trained is None:
-        slack = limits.over_budget_tolerance + max(5.0, 0.1 * profile.time_budget)
+        slack = _tolerance(w, limits) + max(5.0, 0.1 * profile.time_budget)
         return (
             w.t_ready + limits.warmup + profile.time_budget + slack,
             f"training ran past its {profile.time_budget:g}s budget and was killed",

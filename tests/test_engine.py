@@ -157,7 +157,8 @@ def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, ti
     # first the baseline and one experiment on a short budget, so the kill lands in an experiment
     first = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1", "--tag", "k"], capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
-    proc = subprocess.Popen(base + ["--budget", "30", "--tag", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the same budget: a new one would be a new harness version, measured by a new baseline first
+    proc = subprocess.Popen(base + ["--budget", "1.5", "--tag", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     child_pids = []
     for line in proc.stdout:
         e = json.loads(line)

@@ -684,3 +684,58 @@ def test_evaluation_batches_are_capped_at_64_rows_whatever_the_training_batch(tm
     assert r.status == "ok", r.reason
     line = next(x for x in (tmp_path / "run.log").read_text().splitlines() if x.startswith("eval rows"))
     assert max(int(n) for n in line[len("eval rows"):].strip(" []").split(",")) == 64
+
+
+# ---- a busy machine: verdicts that do not depend on what else runs ----
+
+def test_on_a_slow_machine_the_step_in_progress_may_finish_past_the_budget(tmp_path, cache):
+    """Each step takes 3 s (a loaded machine): the one running when the budget ends finishes
+    up to a step past it. The fixed 1 s tolerance alone would make this honest run invalid."""
+    body = bigram().replace("    rt.progress(step, loss.detach(), tokens=x.numel())",
+                            "    time.sleep(3.0)\n    rt.progress(step, loss.detach(), tokens=x.numel())")
+    r = run_script(tmp_path, cache, body, budget=4)
+    assert r.status == "ok", (r.reason, r.log_tail)
+    assert r.training_seconds > 4 + FAST.over_budget_tolerance  # past the fixed tolerance, within the step-scaled one
+
+
+def test_one_slow_step_does_not_buy_extra_training_time(tmp_path, cache):
+    """The tolerance follows the median step: a single long pause cannot stretch it."""
+    body = bigram().replace("while not rt.done():", "t_end = time.time() + 7.0\nwhile time.time() < t_end:").replace(
+        "    rt.progress(step, loss.detach(), tokens=x.numel())",
+        "    if step == 3:\n        time.sleep(2.5)\n    rt.progress(step, loss.detach(), tokens=x.numel())")
+    r = run_script(tmp_path, cache, body, budget=2)
+    assert r.status == "invalid" and "over the 2s budget" in r.reason and r.timing
+
+
+def test_work_hidden_in_evaluation_is_caught_in_cpu_seconds_and_load_is_not_mistaken_for_it():
+    """The evaluation cap on the CPU compares CPU seconds with CPU seconds: evaluation that waits
+    for the cores (other programs) passes; evaluation that does far more work per token than
+    training did (work moved out of the training clock) does not."""
+    def watch(eval_wall, eval_cpu):
+        # trained 10 s of wall on 2 cores (20 CPU-s) over 1M tokens; 100k tokens to score
+        w = runner._Watch(t_go=0.0, t_ready=1.0, t_trained=11.0, verdict_time=11.0 + eval_wall)
+        w.trained, w.verdict = {"loader_tokens": 1_000_000}, {"val_tokens": 90_000, "probe_tokens": 10_000}
+        w.cpu = {"ready": 1.0, "trained": 21.0, "verdict": 21.0 + eval_cpu}
+        return runner._eval_measure(w, CPU, runner.Limits(60, 10, 120, 2.0), 10.0)
+
+    cost, cap, unit = watch(eval_wall=90.0, eval_cpu=2.0)  # a busy machine: slow in wall time, same work
+    assert unit == " CPU-s" and cost <= cap
+    cost, cap, unit = watch(eval_wall=30.0, eval_cpu=60.0)  # 60 CPU-s to score what trains in 2 CPU-s
+    assert cost > cap
+    gpu = runner._Watch(t_go=0.0, t_ready=1.0, t_trained=11.0, verdict_time=41.0)
+    gpu.trained, gpu.verdict = {"loader_tokens": 1_000_000}, {"val_tokens": 90_000, "probe_tokens": 10_000}
+    from harness.profiles import CUDA
+
+    cost, cap, unit = runner._eval_measure(gpu, CUDA, runner.Limits(60, 10, 300, 2.0), 10.0)
+    assert unit == "s" and cost == 30.0 and cap == pytest.approx(20.0 + 100_000 / 100_000)  # wall seconds on a GPU
+
+
+def test_an_honest_evaluation_passes_while_other_processes_take_the_cores(tmp_path, cache):
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 2))]
+    try:
+        r = run_script(tmp_path, cache, bigram(), budget=3)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert r.status == "ok", (r.reason, r.log_tail)
