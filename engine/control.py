@@ -129,6 +129,8 @@ class Control:
         with self._cv:
             if self._stop != "now":
                 self.cancel_run.clear()
+                if self._stop == "now":  # a signal handler ran stop() in between, on this thread (the lock is reentrant)
+                    self.cancel_run.set()
             self._approved = False
             self._veto = None
             self._current = n

@@ -143,6 +143,27 @@ class GitRepo:
     def pin(self, tag: str, n: int, sha: str) -> None:
         self.g.update_ref(f"refs/cockpit/{tag}/{n}", sha)
 
+    def mark(self, kind: str, tag: str, sha: str) -> None:
+        """Keep sha reachable and known under refs/cockpit-<kind>/<tag>/<sha> (kind: sync for
+        cockpit's program.md commits, human for the human's commits it kept aside)."""
+        self.g.update_ref(f"refs/cockpit-{kind}/{tag}/{sha}", sha)
+
+    def marked(self, kind: str, tag: str) -> set[str]:
+        out = self.g.for_each_ref("--format=%(objectname)", f"refs/cockpit-{kind}/{tag}/")
+        return {x for x in out.split() if x}
+
+    def cherry_pick(self, commits: list[str]) -> bool:
+        """Apply commits onto HEAD in order; False (and nothing applied) on a conflict."""
+        try:
+            self.g.cherry_pick("--allow-empty", "--keep-redundant-commits", *commits)
+            return True
+        except git.GitCommandError:
+            try:
+                self.g.cherry_pick("--abort")
+            except git.GitCommandError:
+                pass
+            return False
+
     def pinned(self, tag: str) -> dict[int, str]:
         out = self.g.for_each_ref("--format=%(refname) %(objectname)", f"refs/cockpit/{tag}/")
         refs = {}

@@ -70,6 +70,7 @@ class Engine:
         self._pending: _Attempt | None = None  # the next experiment, proposed while one trains
         self.error: str | None = None  # set when the session stopped on an error, not a limit
         self.harness: str | None = None  # the target's harness version (set at start)
+        self._head: str | None = None  # where cockpit last put the session branch (anything else there is the human's)
         self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now
 
     # ---- events ----
@@ -94,13 +95,13 @@ class Engine:
         dirty = [f for f in self.git.changed_files(self.editable) if f in self.editable]
         if dirty:  # the agent edits only its own tree (.cockpit/agent): these edits are the human's
             raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}; commit or stash them first")
-        self.harness = self.target.version() if hasattr(self.target, "version") else None
         if s is None:
             tag = self.tag or time.strftime("%b%d-%H%M").lower()
             base = self.git.head()
             origin = self.git.branch()
             branch = self.git.checkout_session_branch(tag, base)
             s = j.create_session(tag, branch, base, self.agent.name, self.target.label)
+            self.harness = self._version()
             j.update_session(s.id, harness=self.harness, origin=origin)
         else:
             for n in j.mark_interrupted(s.id):
@@ -108,9 +109,11 @@ class Engine:
             self.git.checkout_session_branch(s.tag)
             s = self._take_human_commits(s)
             self.git.reset_hard(s.best_commit, keep=self.human_files)
+            self.harness = self._version()  # of the files on the session branch, now checked out
             j.update_session(s.id, status="running", stop_reason=None, agent=self.agent.name)
             self._check_harness_version(j.session(s.id))
             s = j.session(s.id)
+        self._head = self.git.head()
         self.session = s
         self.tag = s.tag
         self._agent_tree(s.best_commit)  # an unsubmitted edit left there by a killed cockpit goes
@@ -127,6 +130,32 @@ class Engine:
                                     best_commit=s.best_commit, best_metric=s.best_metric, next_experiment=j.next_number(s.id)))
         return s
 
+    def _version(self) -> str | None:
+        if hasattr(self.target, "rehash"):
+            self.target.rehash()  # the locked files as the session branch has them
+        return self.target.version() if hasattr(self.target, "version") else None
+
+    def _move(self, sha: str) -> None:
+        """Move the session branch and the tree to sha (a commit cockpit made or recorded). What
+        the human committed or changed in the tree since cockpit last moved it is never reset
+        away: the session stops first, with it kept (the next start takes it into the session)."""
+        self._check_tree()
+        self.git.reset_hard(sha, keep=self.human_files)
+        self._head = sha
+
+    def _check_tree(self) -> None:
+        s = self.session
+        head = self.git.head()
+        if self._head is not None and head != self._head:
+            self.git.mark("human", s.tag, head)
+            raise _Stop(f"a commit was made on {s.branch} while the session ran ({self.git.subject(head)[:80]}); "
+                        "the session stopped so that it is not reset away: run `cockpit` again to go on from it")
+        dirty = [f for f in self.git.dirty_files() if f not in self.human_files]
+        if dirty:
+            raise _Stop(f"{', '.join(dirty[:3])} changed in the working tree while the session ran; the session "
+                        "stopped so that the change is not reset away: commit it (the session then goes on from it) "
+                        "or stash it, and run `cockpit` again")
+
     def _take_human_commits(self, s):
         """Commits the human made are never reset away. On the session branch, on top of its best:
         the session goes on from them (measured again as the new baseline when the code changed).
@@ -138,26 +167,46 @@ class Engine:
                 raise GitError(f"the session branch {s.branch} no longer holds the session's best commit {best[:7]} "
                                f"(it was reset or rewritten): start a new session from it with `cockpit --tag NEW`, "
                                f"or put it back with `git branch -f {s.branch} {best[:7]}`")
-            ours = set(self.git.pinned(s.tag).values())
-            human = [c for c in self.git.commits_between(best, head)
-                     if c not in ours and not self.git.subject(c).startswith(f"cockpit {s.tag}")]
+            ours = set(self.git.pinned(s.tag).values()) | self.git.marked("sync", s.tag)
+            commits = self.git.commits_between(best, head)
+            human = [c for c in commits if c not in ours]
             if human:
-                return self._adopt(s, head, f"the human committed {len(human)} change(s) on {s.branch} "
-                                            f"(latest: {self.git.subject(human[-1])[:80]})")
+                self.git.mark("human", s.tag, head)  # reachable whatever happens next
+                what = f"the human committed {len(human)} change(s) on {s.branch} (latest: {self.git.subject(human[-1])[:80]})"
+                k = len(commits) - len(human)
+                if commits[k:] != human:
+                    raise GitError(f"{what}, mixed with commits of this session's experiments; put yours on top of the "
+                                   f"best commit ({best[:7]}) with `git rebase`, then run `cockpit` again")
+                if k == 0:
+                    return self._adopt(s, head, what)
+                # On top of an experiment that was not kept (a kill during its run): only the human's
+                # commits are taken, re-applied onto the best; that experiment's change is not.
+                self.git.reset_hard(best, keep=self.human_files)
+                if not self.git.cherry_pick(human):
+                    self.git.reset_hard(head, keep=self.human_files)
+                    raise GitError(f"{what}, on top of experiment commit {commits[k - 1][:7]}, which was not kept, and they "
+                                   f"do not apply to the best code: `git rebase --onto {best[:7]} {commits[k - 1][:7]} "
+                                   f"{s.branch}`, then run `cockpit` again")
+                return self._adopt(s, self.git.head(), what + ", re-applied onto the best code without the unkept "
+                                   "experiment under them")
         tip = self.git.resolve(s.origin) if s.origin else None
         if tip and tip != s.base_commit and self.git.is_ancestor(s.base_commit, tip) and not self.git.is_ancestor(tip, head):
             new = self.git.commits_between(s.base_commit, tip)
             kept = any(e.status in KEPT and e.kind == "experiment" for e in self.journal.experiments(s.id))
             what = f"{s.origin} has {len(new)} new commit(s) since this session started (latest: {self.git.subject(tip)[:80]})"
-            if best == s.base_commit and not kept:
+            if not kept:  # nothing of the session's own to keep: it goes on from there
                 return self._adopt(s, tip, what)
             self.emit(ev.Notice(text=f"{what}; they are not in this session: `cockpit --tag NEW` starts a new "
                                      f"session from {s.origin}"))
         return s
 
+    def _same_code(self, a: str, b: str) -> bool:
+        """Commits a and b hold the same editable files (a program.md commit changes no code)."""
+        return a == b or all(self.git.show(a, f) == self.git.show(b, f) for f in self.editable)
+
     def _adopt(self, s, sha: str, what: str):
         """The session goes on from the human's commit `sha`; a changed code is measured again."""
-        code_changed = any(self.git.show(s.best_commit, f) != self.git.show(sha, f) for f in self.editable)
+        code_changed = not self._same_code(s.best_commit, sha)
         self.journal.update_session(s.id, best_commit=sha, **({"noise": None} if code_changed else {}))
         text = (f"{what}: the session goes on from {sha[:7]}"
                 + ("; its code changed, so it is measured again as the new baseline" if code_changed else ""))
@@ -231,9 +280,14 @@ class Engine:
         try:
             self.journal.mark_interrupted(s.id)
             best = self.journal.session(s.id).best_commit
-            if best and self.git.head() != best:
+            head = self.git.head()
+            if self._head is not None and head != self._head:  # the human's commit: kept for the next start
+                self.git.mark("human", s.tag, head)
+                return
+            if self.git.dirty_files() and any(f not in self.human_files for f in self.git.dirty_files()):
+                return  # the human's uncommitted edits: never discarded
+            if best and head != best:
                 self.git.reset_hard(best, keep=self.human_files)
-            self.git.discard_paths(self.editable)
         except Exception:  # best effort: the next start repairs what is left
             traceback.print_exc()
 
@@ -263,9 +317,9 @@ class Engine:
 
     def _baseline(self) -> None:
         s = self.session
-        done = [e for e in self.journal.experiments(s.id)
+        done = [e for e in self.journal.experiments(s.id)  # the best code, as measured by this harness
                 if e.kind == "baseline" and e.status == "keep" and e.harness == self.harness
-                and e.commit_sha == s.best_commit]  # the best code, as measured by this harness
+                and e.commit_sha and self._same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done]
         timing_failures = 0
         while len(values) < self.dcfg.baseline_runs:
@@ -551,8 +605,8 @@ class Engine:
             self._finish(n, "crash", f"the agent's tree {wt.root} was removed during the proposal ({type(e).__name__})",
                          description=description, agent_error=True)
             return None
-        self.git.reset_hard(sha, keep=self.human_files)
-        self.git.pin(s.tag, n, sha)
+        self.git.pin(s.tag, n, sha)  # first: a commit on the branch is always one cockpit knows
+        self._move(sha)
         stat = self.git.diff_stat(s.best_commit, sha)
         j.update_experiment(s.id, n, parent_commit=s.best_commit, commit_sha=sha, diff_stat=stat, description=description,
                             status="running")
@@ -623,7 +677,10 @@ class Engine:
         dirty = [f for f in self.git.dirty_files() if f in self.human_files]
         if not dirty:
             return False
+        self._check_tree()
         sha = self.git.commit_all(dirty, f"cockpit {s.tag}: the human updated {', '.join(dirty)}")
+        self.git.mark("sync", s.tag, sha)
+        self._head = sha
         self.journal.update_session(s.id, best_commit=sha)
         self.journal.add_note(s.id, "human", "instructions", f"the human edited {', '.join(dirty)}; re-read it")
         self.session = self.journal.session(s.id)
@@ -674,7 +731,7 @@ class Engine:
         if kept:
             self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == "forced"))
         else:
-            self.git.reset_hard(s.best_commit, keep=self.human_files)
+            self._move(s.best_commit)
         if status == "vetoed":
             j.add_note(s.id, "human", "veto", f"experiment #{n} ({e.description}) was vetoed: {reason}")
         if not agent_error:  # the agent's failures (API outages) have their own counter and back-off
@@ -692,7 +749,11 @@ class Engine:
             if e is None or e.commit_sha is None or e.metric is None or e.kind != "experiment":
                 self.emit(ev.Error(text=f"cannot force-keep #{n}: it has no measured result"))
                 continue
-            self.git.reset_hard(e.commit_sha, keep=self.human_files)
+            if e.harness != self.harness:
+                self.emit(ev.Error(text=f"cannot force-keep #{n}: it was measured by another harness version "
+                                        f"({e.harness}, now {self.harness}), so its result cannot be the best's"))
+                continue
+            self._move(e.commit_sha)
             self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
             self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
             self.session = self.journal.session(s.id)

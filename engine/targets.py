@@ -95,6 +95,10 @@ class CommandTarget:
         self.locked = sorted({*named, *cfg.locked})
         self.hashes = self._hash()
 
+    def rehash(self) -> None:
+        """Hash the locked files again (the session branch is checked out now)."""
+        self.hashes = self._hash()
+
     def version(self) -> str:
         """The measure script and locked files, the run command and the budget, as one short name."""
         from harness.integrity import harness_version

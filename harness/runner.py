@@ -189,7 +189,7 @@ def run(
     train_s = _training_seconds(w, limits) if w.t_trained is not None else None
     timing = status == "timeout"  # every kill deadline is a clock
     if status == "ok":
-        tolerance = _tolerance(w, limits)
+        tolerance = _tolerance(w, limits, profile.time_budget)
         eval_s, eval_cap, unit = _eval_measure(w, profile, limits, train_s)
         if not math.isfinite(v.get("val_bpb", math.nan)):
             status, reason = "crash", "the validation loss is not finite"
@@ -392,13 +392,14 @@ def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_
     return check
 
 
-def _tolerance(w: _Watch, limits: Limits) -> float:
+def _tolerance(w: _Watch, limits: Limits, budget: float) -> float:
     """How far past the budget training may end: the step in progress when the budget ran out may
     finish. A few median step times (a loaded machine's steps are slower), or the profile's share
     of the budget, whichever is larger. The median, so one slow step cannot stretch it."""
     if not w.step_s:
         return limits.over_budget_tolerance
-    return max(limits.over_budget_tolerance, 3.0 * statistics.median(w.step_s))
+    # capped at a quarter of the budget: train.py reports its own steps, so it could claim long ones
+    return max(limits.over_budget_tolerance, min(3.0 * statistics.median(w.step_s), 0.25 * budget))
 
 
 def _eval_measure(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> tuple[float, float, str]:
@@ -414,11 +415,13 @@ def _eval_measure(w: _Watch, profile: Profile, limits: Limits, train_s: float | 
     if not tokens or not train_s or train_s <= 0:
         return eval_wall, limits.eval, "s"
     cpu = w.cpu
-    if profile.name == "cpu" and {"ready", "trained", "verdict"} <= cpu.keys() and w.t_ready is not None:
-        train_cpu = cpu["trained"] - cpu["ready"]
+    start = "first" if "first" in cpu and w.t_first is not None else "ready"  # after the first step's compile
+    t_start = w.t_first if start == "first" else w.t_ready
+    if profile.name == "cpu" and {start, "trained", "verdict"} <= cpu.keys() and t_start is not None:
+        train_cpu = cpu["trained"] - cpu[start]
         if train_cpu > 0:
-            cores = max(1.0, train_cpu / max(w.t_trained - w.t_ready, 1e-9))  # cores it used while training
-            cap = min(limits.eval, 20.0) * cores + 3.0 * scored / (3.0 * tokens / train_cpu)
+            cores = max(1.0, train_cpu / max(w.t_trained - t_start, 1e-9))  # cores it used while training
+            cap = min(limits.eval * cores, min(limits.eval, 20.0) * cores + 3.0 * scored / (3.0 * tokens / train_cpu))
             return cpu["verdict"] - cpu["trained"], cap, " CPU-s"
     rate = tokens / train_s  # tokens the harness's loader handed out, per training second
     return eval_wall, min(limits.eval, 20.0 + 3.0 * scored / (3.0 * rate)), "s"
@@ -429,8 +432,15 @@ def _cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
+        proc = psutil.Process(pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:  # work handed to a forked worker counts too
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
     except (psutil.Error, OSError):
         return None
 
@@ -507,6 +517,7 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     elif kind == "progress":
         if msg.get("first") and w.t_first is None:
             w.t_first = now
+            _sample_cpu(w, "first")
         step = msg.get("step")
         if isinstance(step, int) and not msg.get("first"):
             if w.last_step is not None and step > w.last_step[1]:
@@ -552,7 +563,7 @@ def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
     if w.t_ready is None:
         return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
     if w.t_trained is None:
-        slack = _tolerance(w, limits) + max(5.0, 0.1 * profile.time_budget)
+        slack = _tolerance(w, limits, profile.time_budget) + max(5.0, 0.1 * profile.time_budget)
         return (
             w.t_ready + limits.warmup + profile.time_budget + slack,
             f"training ran past its {profile.time_budget:g}s budget and was killed",

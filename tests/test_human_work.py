@@ -147,3 +147,66 @@ def test_a_second_checkout_beside_the_first_locks_its_own_harness_and_a_changed_
         f.write("\n# changed after the lock\n")
     changed = train()
     assert changed.returncode != 0 and "harness file changed" in changed.stderr and "evaluate.py" in changed.stderr
+
+
+def _session_in_flight(ws, *args):
+    """`cockpit run` in the background, returned once experiment #2 is running."""
+    import os
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cockpit", "run", "--headless", "--workspace", str(ws), "--agent", "tuner",
+                             "--tag", "t", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if "#2 running at" in line:
+            return proc, lines
+        assert time.monotonic() < deadline, "".join(lines)
+    raise AssertionError("".join(lines) + proc.stderr.read())
+
+
+def test_a_commit_made_while_a_run_trains_stops_the_session_and_is_taken_at_the_next_start(tmp_path):
+    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
+    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import time; time.sleep(3)'", "python3 measure.py",
+                           baseline_runs=1)
+    proc, lines = _session_in_flight(ws, "--max-experiments", "5")
+    (ws / "notes.txt").write_text("written while #2 trained\n")
+    commit_all(ws, "my notes, committed mid-run")
+    mine = git(ws, "rev-parse", "HEAD")
+    out, err = proc.communicate(timeout=120)
+    assert "a commit was made on cockpit/t while the session ran (my notes, committed mid-run)" in out + err
+    assert mine in all_commits(ws) and (ws / "notes.txt").read_text() == "written while #2 trained\n"
+    r = run(ws, "--max-experiments", "1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "the human committed 1 change(s) on cockpit/t (latest: my notes, committed mid-run)" in r.stdout
+    assert git(ws, "show", "cockpit/t:notes.txt") == "written while #2 trained"
+
+
+def test_an_edit_left_uncommitted_in_the_tree_while_a_run_trains_is_never_reset_away(tmp_path):
+    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
+    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import time; time.sleep(3)'", "python3 measure.py",
+                           baseline_runs=1)
+    proc, _ = _session_in_flight(ws, "--max-experiments", "5")
+    (ws / "measure.py").write_text((ws / "measure.py").read_text() + "# the human's edit\n")
+    out, err = proc.communicate(timeout=120)
+    assert "measure.py changed in the working tree while the session ran" in out + err
+    assert (ws / "measure.py").read_text().endswith("# the human's edit\n")
+
+
+def test_a_second_fix_on_the_origin_branch_is_taken_too_while_nothing_was_kept(tmp_path):
+    ws = failed_session(tmp_path)
+    git(ws, "checkout", "-q", "main")
+    (ws / "value.py").write_text((ws / "value.py").read_text().replace("VALUE = 10.0", "VALUE = 11.0"))
+    commit_all(ws, "a first try, still broken")
+    r = run(ws, "--max-experiments", "1")
+    assert r.returncode != 0 and "main has 1 new commit(s)" in r.stdout
+    git(ws, "checkout", "-q", "main")
+    second = fix(ws)
+    r = run(ws, "--max-experiments", "1")
+    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    assert [e.commit_sha for e in j.experiments(j.session_by_tag("t").id) if e.kind == "baseline" and e.status == "keep"] == [second]
