@@ -139,11 +139,11 @@ class Engine:
         """Move the session branch and the tree to sha (a commit cockpit made or recorded). What
         the human committed or changed in the tree since cockpit last moved it is never reset
         away: the session stops first, with it kept (the next start takes it into the session)."""
-        self._check_tree()
-        self.git.reset_hard(sha, keep=self.human_files)
+        others = self._check_tree()
+        self.git.reset_hard(sha, keep=(*self.human_files, *others))
         self._head = sha
 
-    def _check_tree(self) -> None:
+    def _check_tree(self) -> list[str]:
         s = self.session
         head = self.git.head()
         if self._head is not None and head != self._head:
@@ -151,10 +151,12 @@ class Engine:
             raise _Stop(f"a commit was made on {s.branch} while the session ran ({self.git.subject(head)[:80]}); "
                         "the session stopped so that it is not reset away: run `cockpit` again to go on from it")
         dirty = [f for f in self.git.dirty_files() if f not in self.human_files]
-        if dirty:
-            raise _Stop(f"{', '.join(dirty[:3])} changed in the working tree while the session ran; the session "
+        code = [f for f in dirty if f in self.editable]
+        if code:
+            raise _Stop(f"{', '.join(code[:3])} changed in the working tree while the session ran; the session "
                         "stopped so that the change is not reset away: commit it (the session then goes on from it) "
                         "or stash it, and run `cockpit` again")
+        return dirty  # other files (cockpit.toml, notes): cockpit's commits never change them; kept as they are
 
     def _take_human_commits(self, s):
         """Commits the human made are never reset away. On the session branch, on top of its best:

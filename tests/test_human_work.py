@@ -190,11 +190,14 @@ def test_an_edit_left_uncommitted_in_the_tree_while_a_run_trains_is_never_reset_
     files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
     ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import time; time.sleep(3)'", "python3 measure.py",
                            baseline_runs=1)
-    proc, _ = _session_in_flight(ws, "--max-experiments", "5")
-    (ws / "measure.py").write_text((ws / "measure.py").read_text() + "# the human's edit\n")
+    proc, _ = _session_in_flight(ws, "--max-experiments", "4")
+    (ws / "notes.txt").write_text("not committed\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=ws, check=True)  # tracked, not committed: survives every reset
+    (ws / "value.py").write_text((ws / "value.py").read_text() + "# the human's edit\n")
     out, err = proc.communicate(timeout=120)
-    assert "measure.py changed in the working tree while the session ran" in out + err
-    assert (ws / "measure.py").read_text().endswith("# the human's edit\n")
+    assert "value.py changed in the working tree while the session ran" in out + err
+    assert (ws / "value.py").read_text().endswith("# the human's edit\n")
+    assert (ws / "notes.txt").read_text() == "not committed\n"
 
 
 def test_a_second_fix_on_the_origin_branch_is_taken_too_while_nothing_was_kept(tmp_path):

@@ -150,11 +150,13 @@ async def test_pause_holds_the_next_experiment(tmp_path):
     async with app.run_test(size=(160, 48)) as pilot:
         await wait_for(pilot, lambda: len(rows(app)) >= 2, what="a first experiment")
         await pilot.press("p")
-        await wait_for(pilot, lambda: app.running_n is None and all(r["status"] not in ("running", "proposing") for r in rows(app).values()),
+        # the run in flight finishes; the next proposal may already be prepared (pipelining), but
+        # nothing runs while paused
+        await wait_for(pilot, lambda: app.running_n is None and all(r["status"] != "running" for r in rows(app).values()),
                        what="the current run to finish")
         count = len(rows(app))
         await pilot.pause(1.5)
-        assert len(rows(app)) == count  # paused: nothing new
+        assert len(rows(app)) == count and app.running_n is None  # paused: nothing new, nothing running
         await pilot.press("p")
         await wait_for(pilot, lambda: len(rows(app)) > count, what="resume")
         await pilot.press("q", "n")
