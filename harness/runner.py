@@ -394,13 +394,21 @@ def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_
 
 def _tolerance(w: _Watch, limits: Limits, budget: float) -> float:
     """How far past the budget training may end: the step in progress when the budget ran out may
-    finish. A few median step times (a loaded machine's steps are slower), or the profile's share
-    of the budget, whichever is larger. The median, so one slow step cannot stretch it."""
-    if not w.step_s:
-        return limits.over_budget_tolerance
-    # Capped (10 s plus a tenth of the budget): train.py reports its own step numbers, so it
-    # could claim long steps; honest steps of up to ~3 s on a loaded CPU fit under the cap.
-    return max(limits.over_budget_tolerance, min(3.0 * statistics.median(w.step_s), 10.0 + 0.1 * budget))
+    finish. The larger of the profile's share of the budget and, on a loaded machine, three median
+    step times, the last step measured (a spike), or how far the first step ran past its warm-up
+    allowance (when the budget ran out during it). Capped at 10 s plus a tenth of the budget:
+    train.py reports its own step numbers, so it could claim long steps."""
+    candidates = []
+    if w.step_s:
+        candidates += [3.0 * statistics.median(w.step_s), 1.2 * w.step_s[-1]]
+    if w.t_first is not None and w.t_ready is not None:
+        candidates.append(w.t_first - w.t_ready - limits.warmup)
+    cap = _tolerance_cap(budget)
+    return max(limits.over_budget_tolerance, min(max(candidates, default=0.0), cap))
+
+
+def _tolerance_cap(budget: float) -> float:
+    return 10.0 + 0.1 * budget
 
 
 def _eval_measure(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> tuple[float, float, str]:
@@ -565,6 +573,8 @@ def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
         return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
     if w.t_trained is None:
         slack = _tolerance(w, limits, profile.time_budget) + max(5.0, 0.1 * profile.time_budget)
+        if w.t_first is None:  # still in the first step: on a loaded machine it may run past its allowance
+            slack += _tolerance_cap(profile.time_budget)
         return (
             w.t_ready + limits.warmup + profile.time_budget + slack,
             f"training ran past its {profile.time_budget:g}s budget and was killed",

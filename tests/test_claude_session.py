@@ -126,14 +126,16 @@ def test_an_unknown_model_or_a_refused_key_stops_before_anything_runs(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout
     with FakeAnthropic([]) as fake:
         r, t0, end = run(ws, fake, "--model", "claude-sonet-5-5")
-    assert r.returncode == 2 and end - t0 < 5
+        asked = fake.requests[0]["time"]  # from the API's answer (Python's own start-up is not the session's)
+    assert r.returncode == 2 and end - asked < 5
     assert r.stderr.count("\n") == 1 and "claude-sonet-5-5" in r.stderr and "--model" in r.stderr
     assert not (ws / ".cockpit" / "journal.sqlite").exists()  # no session, no branch, nothing run
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout == head
 
     with FakeAnthropic([], valid_keys={"fake-key-of-someone-else"}) as fake:
         r, t0, end = run(ws, fake)
-    assert r.returncode == 2 and end - t0 < 5
+        asked = fake.requests[0]["time"]
+    assert r.returncode == 2 and end - asked < 5
     assert r.stderr.count("\n") == 1 and "refused the key" in r.stderr
     assert not (ws / ".cockpit" / "journal.sqlite").exists()
 
