@@ -144,19 +144,33 @@ class Engine:
         self._head = sha
 
     def _check_tree(self) -> list[str]:
+        """Before cockpit moves the branch: stop (keeping it) on the human's commit or edited code;
+        the other files the human changed in the tree, to keep across the move."""
         s = self.session
-        head = self.git.head()
-        if self._head is not None and head != self._head:
-            self.git.mark("human", s.tag, head)
-            raise _Stop(f"a commit was made on {s.branch} while the session ran ({self.git.subject(head)[:80]}); "
+        if self._branch_moved(s):
+            raise _Stop(f"a commit was made on {s.branch} while the session ran ({self.git.subject(self.git.head())[:80]}); "
                         "the session stopped so that it is not reset away: run `cockpit` again to go on from it")
-        dirty = [f for f in self.git.dirty_files() if f not in self.human_files]
-        code = [f for f in dirty if f in self.editable]
+        code, others = self._unsaved()
         if code:
             raise _Stop(f"{', '.join(code[:3])} changed in the working tree while the session ran; the session "
                         "stopped so that the change is not reset away: commit it (the session then goes on from it) "
                         "or stash it, and run `cockpit` again")
-        return dirty  # other files (cockpit.toml, notes): cockpit's commits never change them; kept as they are
+        return others
+
+    def _branch_moved(self, s) -> bool:
+        """The branch is not where cockpit left it: the human committed. Their commit is marked
+        (kept reachable) for the next start."""
+        head = self.git.head()
+        if self._head is None or head == self._head:
+            return False
+        self.git.mark("human", s.tag, head)
+        return True
+
+    def _unsaved(self) -> tuple[list[str], list[str]]:
+        """Tracked files the human changed in the tree: (editable ones, others). cockpit's commits
+        never change the others (cockpit.toml, notes): they are kept as they are across a reset."""
+        dirty = [f for f in self.git.dirty_files() if f not in self.human_files]
+        return [f for f in dirty if f in self.editable], [f for f in dirty if f not in self.editable]
 
     def _take_human_commits(self, s):
         """Commits the human made are never reset away. On the session branch, on top of its best:
@@ -282,14 +296,13 @@ class Engine:
         try:
             self.journal.mark_interrupted(s.id)
             best = self.journal.session(s.id).best_commit
-            head = self.git.head()
-            if self._head is not None and head != self._head:  # the human's commit: kept for the next start
-                self.git.mark("human", s.tag, head)
+            if self._branch_moved(s):  # the human's commit: kept for the next start
                 return
-            if self.git.dirty_files() and any(f not in self.human_files for f in self.git.dirty_files()):
-                return  # the human's uncommitted edits: never discarded
-            if best and head != best:
-                self.git.reset_hard(best, keep=self.human_files)
+            code, others = self._unsaved()
+            if code:
+                return  # the human's edited code: never discarded
+            if best and self.git.head() != best:
+                self.git.reset_hard(best, keep=(*self.human_files, *others))
         except Exception:  # best effort: the next start repairs what is left
             traceback.print_exc()
 

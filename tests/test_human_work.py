@@ -23,6 +23,18 @@ def all_commits(ws) -> set[str]:
     return set(git(ws, "rev-list", "--all").split())
 
 
+def working(tmp_path, run_cmd="python3 -c 'import value'"):
+    """A command workspace whose code runs (one baseline run)."""
+    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
+    return command_workspace(tmp_path, files, ["value.py"], run_cmd, "python3 measure.py", baseline_runs=1)
+
+
+def kept_baselines(ws) -> list[str]:
+    """The commits of session t's kept baseline runs, in order."""
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    return [e.commit_sha for e in j.experiments(j.session_by_tag("t").id) if e.kind == "baseline" and e.status == "keep"]
+
+
 def failed_session(tmp_path):
     ws = command_workspace(tmp_path, BROKEN, ["value.py"], "python3 -c 'import value'", "python3 measure.py", baseline_runs=1)
     r = run(ws, "--max-experiments", "1")
@@ -60,15 +72,12 @@ def test_a_fix_committed_on_the_branch_the_session_started_from_is_taken_while_n
     r = run(ws, "--max-experiments", "1")
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]
     assert "main has 1 new commit(s) since this session started (latest: fix value.py)" in r.stdout
-    j = Journal(ws / ".cockpit" / "journal.sqlite")
-    s = j.session_by_tag("t")
-    assert [e.commit_sha for e in j.experiments(s.id) if e.kind == "baseline" and e.status == "keep"] == [fixed]
+    assert kept_baselines(ws) == [fixed]
     assert git(ws, "rev-parse", "main") == fixed
 
 
 def test_a_human_commit_on_the_branch_mid_session_becomes_its_base_and_no_commit_is_lost(tmp_path):
-    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
-    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import value'", "python3 measure.py", baseline_runs=1)
+    ws = working(tmp_path)
     assert run(ws, "--max-experiments", "2").returncode == 0
     (ws / "notes.txt").write_text("the human's notes\n")
     commit_all(ws, "notes, not code")
@@ -83,14 +92,11 @@ def test_a_human_commit_on_the_branch_mid_session_becomes_its_base_and_no_commit
     assert before <= all_commits(ws)  # every commit the human made is still there
     assert git(ws, "merge-base", "--is-ancestor", notes, "cockpit/t") == ""
     assert git(ws, "merge-base", "--is-ancestor", by_hand, "cockpit/t") == ""
-    j = Journal(ws / ".cockpit" / "journal.sqlite")
-    s = j.session_by_tag("t")
-    assert [e.commit_sha for e in j.experiments(s.id) if e.kind == "baseline" and e.status == "keep"][-1] == by_hand
+    assert kept_baselines(ws)[-1] == by_hand
 
 
 def test_a_rewritten_session_branch_is_refused_in_one_line_and_nothing_moves(tmp_path):
-    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
-    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import value'", "python3 measure.py", baseline_runs=1)
+    ws = working(tmp_path)
     assert run(ws, "--max-experiments", "2").returncode == 0
     git(ws, "reset", "-q", "--hard", "main~0")
     (ws / "other.txt").write_text("x\n")
@@ -102,8 +108,7 @@ def test_a_rewritten_session_branch_is_refused_in_one_line_and_nothing_moves(tmp
 
 
 def test_a_changed_measure_script_starts_a_new_baseline_and_is_journaled(tmp_path):
-    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
-    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import value'", "python3 measure.py", baseline_runs=1)
+    ws = working(tmp_path)
     assert run(ws, "--max-experiments", "1").returncode == 0
     git(ws, "checkout", "-q", "cockpit/t")
     (ws / "measure.py").write_text("import value\nprint(f'metric: {2 * value.VALUE}')\n")
@@ -170,9 +175,7 @@ def _session_in_flight(ws, *args):
 
 
 def test_a_commit_made_while_a_run_trains_stops_the_session_and_is_taken_at_the_next_start(tmp_path):
-    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
-    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import time; time.sleep(3)'", "python3 measure.py",
-                           baseline_runs=1)
+    ws = working(tmp_path, "python3 -c 'import time; time.sleep(3)'")
     proc, lines = _session_in_flight(ws, "--max-experiments", "5")
     (ws / "notes.txt").write_text("written while #2 trained\n")
     commit_all(ws, "my notes, committed mid-run")
@@ -187,9 +190,7 @@ def test_a_commit_made_while_a_run_trains_stops_the_session_and_is_taken_at_the_
 
 
 def test_an_edit_left_uncommitted_in_the_tree_while_a_run_trains_is_never_reset_away(tmp_path):
-    files = dict(BROKEN, **{"value.py": "VALUE = 10.0\nOTHER = 3\n"})
-    ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c 'import time; time.sleep(3)'", "python3 measure.py",
-                           baseline_runs=1)
+    ws = working(tmp_path, "python3 -c 'import time; time.sleep(3)'")
     proc, _ = _session_in_flight(ws, "--max-experiments", "4")
     (ws / "notes.txt").write_text("not committed\n")
     subprocess.run(["git", "add", "notes.txt"], cwd=ws, check=True)  # tracked, not committed: survives every reset
@@ -211,5 +212,4 @@ def test_a_second_fix_on_the_origin_branch_is_taken_too_while_nothing_was_kept(t
     second = fix(ws)
     r = run(ws, "--max-experiments", "1")
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]
-    j = Journal(ws / ".cockpit" / "journal.sqlite")
-    assert [e.commit_sha for e in j.experiments(j.session_by_tag("t").id) if e.kind == "baseline" and e.status == "keep"] == [second]
+    assert kept_baselines(ws) == [second]
