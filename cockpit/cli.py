@@ -377,7 +377,7 @@ def build_engine(args):
         prof = _profile(args.device, args.budget if args.budget is not None else tc.budget)
         if prof.name == "cpu":
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
-        target = GptTarget(ws.root, tc, cache, dataset, prof)
+        target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
     limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)

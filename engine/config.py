@@ -48,6 +48,7 @@ class Config:
     max_consecutive_crashes: int = 5
     agent_numbers: dict = field(default_factory=dict)  # ClaudeConfig fields set in [agent] (numbers, thinking, effort, prices)
     pipeline: bool = True  # the agent prepares the next experiment while one trains
+    sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
 
 
 # The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
@@ -112,7 +113,7 @@ def load(root: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
-    unknown = sorted(set(data) - {"target", "decision", "agent", "stop"})
+    unknown = sorted(set(data) - {"target", "decision", "agent", "stop", "run"})
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
     target = _section(data, "target", TargetConfig, path)
@@ -150,6 +151,14 @@ def load(root: Path) -> Config:
     if not isinstance(agent_tbl.get("pipeline", True), bool):
         raise ConfigError(f"{path}: [agent].pipeline must be true or false")
     agent = agent_tbl.get("name", "auto")
+    run_tbl = data.get("run", {})
+    if not isinstance(run_tbl, dict):
+        raise ConfigError(f"{path}: [run] must be a table")
+    if set(run_tbl) - {"sandbox"}:
+        raise ConfigError(f"{path}: unknown key [run].{sorted(set(run_tbl) - {'sandbox'})[0]} (known: sandbox)")
+    sandbox = run_tbl.get("sandbox", "auto")
+    if sandbox not in ("auto", "required", "off"):
+        raise ConfigError(f"{path}: [run].sandbox must be one of auto, required, off, not {sandbox!r}")
     crashes = _section(data, "stop", _StopConfig, path).max_consecutive_crashes
     if target.kind not in ("gpt", "command"):
         raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
@@ -160,7 +169,7 @@ def load(root: Path) -> Config:
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
-                  settings, agent_tbl.get("pipeline", True))
+                  settings, agent_tbl.get("pipeline", True), sandbox)
 
 
 def _prices(v, path: Path) -> dict:
@@ -207,6 +216,10 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # connect_timeout = 5             # seconds to connect to the API
 # read_timeout = 60               # seconds of silence in a streamed reply before it counts as stalled
 # pipeline = true                 # propose the next experiment while one trains (false: one at a time)
+#
+# [run]
+# sandbox = "auto"                # auto: train in the sandbox where the machine allows; required: refuse
+#                                 # to start without it; off: the agent's code runs with your rights
 #
 # [agent.prices]                  # USD per million tokens, overriding the built-in table for your model
 # input = 2.0

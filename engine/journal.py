@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS experiments(
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
   started REAL, finished REAL, log_path TEXT,
   propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, harness TEXT,
+  holdout REAL, credit REAL,
   UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
@@ -71,6 +72,8 @@ class Experiment:
     eval_seconds: float | None = None
     run_started: float | None = None  # when its training process started (the row is made at proposal time)
     harness: str | None = None  # the version of the harness (or measure script) that measured it
+    holdout: float | None = None  # the metric on the holdout split: for the human and the report, never the agent
+    credit: float | None = None  # a baseline's measured allowance for compilation and export (seconds)
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Journal:
         """Journals written by an earlier version gain the newer columns (nothing is rewritten)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
         for col, kind in (("propose_seconds", "REAL"), ("startup_seconds", "REAL"), ("eval_seconds", "REAL"),
-                          ("run_started", "REAL"), ("harness", "TEXT")):
+                          ("run_started", "REAL"), ("harness", "TEXT"), ("holdout", "REAL"), ("credit", "REAL")):
             if col not in have:
                 self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {kind}")
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}

@@ -253,6 +253,10 @@ class Engine:
         try:
             if self.session is None:
                 self.start()
+            if getattr(self.target, "sandboxed", None) is False:  # said at every start, and kept in the journal
+                from harness.sandbox import OFF_NOTICE
+
+                self.emit(ev.Alert(text=f"{OFF_NOTICE} ({self.target.sandbox_reason})"))
             if self._baseline_needed():
                 self._baseline()
             while True:
@@ -336,6 +340,8 @@ class Engine:
                 if e.kind == "baseline" and e.status == "keep" and e.harness == self.harness
                 and e.commit_sha and self._same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done]
+        if hasattr(self.target, "set_credit"):  # a resumed session keeps its measured allowance
+            self.target.set_credit([e.credit for e in done])
         timing_failures = 0
         while len(values) < self.dcfg.baseline_runs:
             if self.control.stop_mode:
@@ -357,7 +363,7 @@ class Engine:
             e = self.journal.update_experiment(
                 s.id, n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
                 total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
-                startup_seconds=out.startup_seconds, eval_seconds=out.eval_seconds,
+                startup_seconds=out.startup_seconds, eval_seconds=out.eval_seconds, holdout=out.holdout, credit=out.credit,
             )
             self.emit(ev.ExperimentFinished(n=n, commit=s.best_commit, status=status, metric=out.metric, delta=None, confidence=None,
                                             best_metric=None, description=e.description, reason=reason, kind="baseline"))
@@ -720,6 +726,8 @@ class Engine:
             self.emit(ev.RunProgress(n=n, step=p.step, loss=p.loss, tokens_per_second=p.tokens_per_second, mfu=p.mfu,
                                      fraction=p.fraction, elapsed=p.elapsed))
 
+        if kind == "baseline":
+            return self.target.run(log, self.control.cancel_run, progress, baseline=True)
         return self.target.run(log, self.control.cancel_run, progress)
 
     def _finish(self, n, status, reason, description=None, diff_stat=None, sha=None, out=None, decision=None,
@@ -734,7 +742,7 @@ class Engine:
         if out is not None:
             fields.update(metric=out.metric, training_seconds=out.training_seconds, total_seconds=out.total_seconds,
                           memory_gb=out.memory_gb, log_path=out.log_path, startup_seconds=out.startup_seconds,
-                          eval_seconds=out.eval_seconds)
+                          eval_seconds=out.eval_seconds, holdout=out.holdout)
         if decision is not None:
             fields.update(delta=decision.delta, confidence=decision.confidence)
         self.control.take_force(n)  # a force-keep of this experiment ends with it, whatever the outcome

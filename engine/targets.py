@@ -38,22 +38,34 @@ class Outcome:
     startup_seconds: float | None = None  # spawn -> first step (imports, compile)
     eval_seconds: float | None = None
     timing: bool = False  # failed a timing rule (over budget, evaluation cap, a deadline): a busy machine can cause it
+    holdout: float | None = None  # the metric on the holdout split (never shown to the agent)
+    credit: float | None = None  # a baseline's own allowance for compilation and export (seconds)
+    sandbox: bool = False  # whether the run was inside the sandbox
 
 
 class GptTarget:
     metric_name = "val_bpb"
     direction = "min"
 
-    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile):
+    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile, sandbox: str = "auto"):
         self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
         self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
         self.label = f"gpt/{profile.name}"
         self.profile_name = profile.name
+        self.sandbox = sandbox
+        self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
+        self.credits: list[float] = []  # the baselines' measured allowances for compilation and export
+        self.exports: list[float] = []
+
+    def set_credit(self, credits: list[float]) -> None:
+        """The allowances measured by this session's baselines (from the journal on a resume)."""
+        self.credits = [c for c in credits if c is not None]
 
     def warm_up(self) -> None:
         """Start the first run's training process now (imports only; it waits for its run and
         never touches the GPU before), so even the session's first run starts warm."""
-        runner.start_spare(self.cache, preload_compile=self.profile.compile)
+        runner.start_spare(self.cache, self.dataset, preload_compile=self.profile.compile,
+                           gpu=self.profile.device != "cpu", base=self.root / ".cockpit" / "runs", sandbox=self.sandbox)
 
     def close(self) -> None:
         runner.shutdown_spare()
@@ -66,10 +78,22 @@ class GptTarget:
         return harness_version({**harness_files(), "<dataset>": self.dataset.folder.name,
                                 "<profile>": f"{self.profile.name}/{self.profile.time_budget:g}"})
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
-        r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress, cancel=cancel)
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+            baseline: bool = False) -> Outcome:
+        """One run. A baseline measures its own allowance for compilation and export; every other
+        run gets the session's, fixed: the largest a baseline measured."""
+        limits = runner.Limits.for_profile(self.profile)
+        if not baseline and self.credits:
+            limits.credit = max(self.credits)
+            limits.export_estimate = max(self.exports, default=0.0)
+        r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
+                       cancel=cancel, limits=limits, sandbox=self.sandbox)
+        if baseline and r.status == "ok" and r.credit_seconds is not None:
+            self.credits.append(r.credit_seconds)
+            self.exports.append(r.export_seconds or 0.0)
         return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
-                       r.log_tail, r.startup_seconds, r.eval_seconds, r.timing)
+                       r.log_tail, r.startup_seconds, r.eval_seconds, r.timing, r.holdout_bpb,
+                       r.credit_seconds if baseline else None, r.sandbox)
 
 
 _METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")
@@ -108,7 +132,8 @@ class CommandTarget:
     def _hash(self) -> dict[str, str]:
         return {rel: file_hash(self.root / rel) for rel in self.locked if (self.root / rel).is_file()}
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None) -> Outcome:
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+            baseline: bool = False) -> Outcome:
         now = self._hash()
         changed = sorted(k for k in self.hashes.keys() | now.keys() if self.hashes.get(k) != now.get(k))
         if changed:

@@ -60,23 +60,9 @@ def _preload(compile_: bool) -> None:
         raise RuntimeError("harness: CUDA was initialised before the run started")
 
 
-def _attach_log(log: str, cwd: str) -> None:
-    """Send stdout/stderr to the run's log (with what was printed while preloading, e.g.
-    warnings), stdin to /dev/null, and move into the run's folder."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.lseek(1, 0, os.SEEK_END)
-        early = os.pread(1, size, 0) if size else b""
-        os.ftruncate(1, 0)  # moved, not copied: the runner appends only what a dead child left there
-    except OSError:  # stdout is not a file (started by hand): nothing was kept to copy
-        early = b""
-    if early:
-        os.write(out, early)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(out)
+def _enter_run(cwd: str) -> None:
+    """stdin to /dev/null (the go line has been read) and into the run's own folder. stdout and
+    stderr are already the runner's pipe, which writes the run's log (capped)."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -87,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     ap = argparse.ArgumentParser(prog="harness.child")
     ap.add_argument("--fd", type=int, required=True)
-    ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--parent", type=int, default=None)
     ap.add_argument("--preload-compile", action="store_true")
     a = ap.parse_args(argv)
     fd = a.fd
-    threading.Thread(target=_orphan_watchdog, args=(a.parent,), daemon=True).start()
+    # In the sandbox the runner is outside this PID namespace: bwrap --die-with-parent ends the
+    # namespace (and everything in it) when the runner dies; this watchdog covers the unsandboxed case.
+    threading.Thread(target=_orphan_watchdog, args=(a.parent or os.getppid(),), daemon=True).start()
 
     _preload(a.preload_compile)
     t_loaded = time.monotonic()
@@ -101,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     go = json.loads(line)
     # The runner's clock (CLOCK_MONOTONIC is system-wide): the moment the run was asked for.
     t_go = min(float(go.get("t_go", time.monotonic())), time.monotonic())
-    _attach_log(go["log"], go["cwd"])
+    _enter_run(go["cwd"])
 
     from . import guard
 
@@ -118,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from .profiles import by_name
 
     prof = replace(by_name(go["profile"]).with_budget(go["budget"]), warmup_allowance=go["warmup"])
-    session = runtime._configure(prof, Path(go["data"]), fd, t_go=t_go)
+    session = runtime._configure(prof, Path(go["data"]), fd, t_go=t_go, credit=go.get("credit"))
     _send(fd, "ready", pid=os.getpid(), profile=prof.name, budget=prof.time_budget)
     print(
         f"harness: profile {prof.name}, budget {prof.time_budget:g}s, data {go['data']}; "
@@ -130,20 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
-        if not session.submitted and e.code not in (None, 0):
+        if e.code not in (None, 0):
             _send(fd, "crash", reason=f"train.py exited with status {e.code}")
             return 1
     except BaseException as e:  # the script's own failure: record it, with the traceback in the log
         traceback.print_exc()
         sys.stderr.flush()
-        if not session.submitted:
-            lines = traceback.format_exception_only(type(e), e)
-            _send(fd, "crash", reason=lines[-1].strip()[:500])
-            return 1
-    if not session.submitted:
-        _send(fd, "crash", reason="train.py ended without calling runtime.submit(model)")
+        lines = traceback.format_exception_only(type(e), e)
+        _send(fd, "crash", reason=lines[-1].strip()[:500])
         return 1
-    return 0
+    _send(fd, "crash", reason="train.py ended without calling runtime.submit(model)")
+    return 1
 
 
 if __name__ == "__main__":

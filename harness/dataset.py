@@ -41,6 +41,9 @@ class Dataset:
         """The split's uint16 token stream, memory-mapped (read-only)."""
         return np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
 
+    def has_split(self, split: str) -> bool:
+        return f"{split}.bin" in self.manifest["files"]
+
     def doc_offsets(self, split: str) -> np.ndarray:
         return np.load(self.folder / f"{split}_docs.npy")
 

@@ -6,11 +6,9 @@ about its own loss is used. val_bpb = sum(nats) / (ln 2 * sum(bytes)) over targe
 are text (BOS targets carry no bytes and are left out), which makes it independent of the
 vocabulary.
 
-Threat model: train.py runs in the same process, so this is a guardrail against an agent that
-games its metric by accident or by naive tricks, backed by the static guard (harness/guard.py);
-it is not a sandbox. The functions used here are bound when this module is imported, before
-train.py runs, so rebinding torch.nn.functional names later has no effect on the harness; the
-model gets copies of its inputs, so writing to them cannot change the targets.
+This runs in the evaluation process (harness/evaluator.py), where no agent code has run: the
+model is an exported graph of aten operators (harness/modelfile.py), so nothing the agent wrote
+executes here as Python. The model gets copies of its inputs.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ _no_grad = torch.no_grad
 _isfinite = math.isfinite
 _LN2 = math.log(2)
 
+PROBE_BATCHES = 3  # scored batches that also get a hidden causality probe
 CE_CHUNK_ROWS = 8  # rows per cross-entropy chunk: bounds the fp32 copy of the logits
 PROBE_TOL_NATS = 1e-2  # identical prefixes give bit-identical logits in practice; leaks move far more
 LOGPROB_FLOOR = -20.0  # log-probabilities below this are treated as equal (scale-free comparison)
@@ -91,97 +90,106 @@ def tokens_to_device(stream: np.ndarray, device, dtype=torch.int64) -> torch.Ten
     return host.to(device).to(dtype).bitwise_and_(0xFFFF)
 
 
-def _windows_on_device(stream: np.ndarray, n: int, seq_len: int, device: str):
-    """Inputs and targets (n, T) of the n evaluation windows, uploaded once: no host work and no
-    device sync per batch. Window i is tokens [i*T, i*T + T], so the targets are the inputs
-    shifted by one."""
-    ids = tokens_to_device(stream[: n * seq_len + 1], device)
-    return ids[:-1].view(n, seq_len), ids[1:].view(n, seq_len)
+def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: int, seq_len: int, device: str,
+          autocast: str | None, probes: int = PROBE_BATCHES, seed: int | None = None) -> dict:
+    """Score a model (a pure function: logits = model(idx)) on each split's windows.
 
-
-def _batch_nll(model, xs, ys, first, count, batch_size, seq_len, vocab, device, autocast):
-    """Per-token nats (count, T) of one evaluation batch, and its targets."""
-    x, y = xs[first : first + count], ys[first : first + count]
-    if count < batch_size:  # keep the shape the model was compiled for; pad rows are not scored
-        x = torch.cat([x, x[:1].expand(batch_size - count, -1)])
-    logits = _forward(model, x, vocab, device, autocast)[:count]
-    nll = torch.empty((count, seq_len), dtype=torch.float32, device=device)
-    for r in range(0, count, CE_CHUNK_ROWS):
-        lg = logits[r : r + CE_CHUNK_ROWS].float()
-        nll[r : r + CE_CHUNK_ROWS] = _cross_entropy(
-            lg.reshape(-1, vocab), y[r : r + CE_CHUNK_ROWS].reshape(-1), reduction="none"
-        ).view(-1, seq_len)
-    return nll, y
-
-
-def val_bpb(model, stream, token_bytes, vocab, batch_size, seq_len, max_tokens, device, autocast) -> EvalResult:
-    t0 = time.monotonic()
-    n = windows(stream, seq_len, max_tokens)
-    if n == 0:
-        raise ModelContractError("the validation split is shorter than one evaluation window")
+    `splits`: {name: uint16 stream}; each is cut into consecutive windows of T inputs and the next
+    token as the last target, and the windows are scored in a random order, so the rows of one
+    batch are unrelated text. Every call has the batch shape the model was exported with (a short
+    last batch is padded; pad rows are not scored). The causality probe is hidden among the scored
+    batches of the first split: for `probes` random batches, a copy whose rows each continue, after
+    a random cut, with another window's text (real text, so it looks like any batch) is scored too,
+    before or after the real one at random; positions up to the cut must get the same
+    log-probabilities. One probe also permutes the rows (a row must not depend on the others).
+    Finally the first batch is scored again and must match (the model keeps no state).
+    Returns {name: EvalResult} plus "probe_tokens"; raises ModelContractError on a violation."""
+    g = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
     tb = torch.from_numpy(token_bytes.astype(np.int64)).to(device)
-    xs, ys = _windows_on_device(stream, n, seq_len, device)
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    first_nll = None
-    for first in range(0, n, batch_size):
-        count = min(batch_size, n - first)
-        nll, y = _batch_nll(model, xs, ys, first, count, batch_size, seq_len, vocab, device, autocast)
-        if first_nll is None:
-            first_nll = nll
-        nb = tb[y]
-        total_nats += (nll * (nb > 0)).sum(dtype=torch.float64)
-        total_bytes += nb.sum()
-    nats, nbytes = float(total_nats), int(total_bytes)
-    if not _isfinite(nats):
-        raise NonFiniteLogits("the validation loss is not finite (the model diverged)")
-    # The model must be a function: scoring the first batch again must give the same losses.
-    again, _ = _batch_nll(model, xs, ys, 0, min(batch_size, n), batch_size, seq_len, vocab, device, autocast)
-    drift = float((again - first_nll).abs().max())
+    B, T = batch_size, seq_len
+    out: dict = {"probe_tokens": 0}
+    first_call = None
+    for si, (name, stream) in enumerate(splits.items()):
+        t0 = time.monotonic()
+        n = max(0, (len(stream) - 1) // T)
+        if n == 0:
+            raise ModelContractError(f"the {name} split is shorter than one evaluation window")
+        ids = tokens_to_device(stream[: n * T + 1], device)
+        xs, ys = ids[:-1].view(n, T), ids[1:].view(n, T)
+        order = torch.from_numpy(g.permutation(n)).to(device)
+        nb = -(-n // B)
+        probe_at = set(g.choice(nb, size=min(probes, nb), replace=False).tolist()) if si == 0 else set()
+        total_nats = torch.zeros((), dtype=torch.float64, device=device)
+        total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+        for b in range(nb):
+            rows = order[b * B : (b + 1) * B]
+            count = len(rows)
+            if count < B:  # keep the exported shape; pad rows are not scored
+                rows = torch.cat([rows, rows[:1].expand(B - count)])
+            x, y = xs[rows], ys[rows]
+            if b in probe_at:
+                _probe(model, x, xs, n, g, vocab, device, autocast, permute=b == min(probe_at))
+                out["probe_tokens"] += (3 if b == min(probe_at) else 2) * B * T
+            logits = _forward(model, x, vocab, device, autocast)
+            if first_call is None:
+                first_call = (x, logits[: min(B, CE_CHUNK_ROWS)].float())
+            for r in range(0, count, CE_CHUNK_ROWS):
+                k = min(CE_CHUNK_ROWS, count - r)
+                lp = _log_softmax(logits[r : r + k].float(), dim=-1)
+                yy = y[r : r + k]
+                nll = -lp.gather(-1, yy.unsqueeze(-1)).squeeze(-1)
+                nbytes = tb[yy]
+                total_nats += (nll * (nbytes > 0)).sum(dtype=torch.float64)
+                total_bytes += nbytes.sum()
+        nats, nbytes = float(total_nats), int(total_bytes)
+        if not _isfinite(nats):
+            raise NonFiniteLogits(f"the {name} loss is not finite (the model diverged)")
+        if nbytes == 0:
+            raise ModelContractError(f"the {name} split has no text to score")
+        out[name] = EvalResult(nats / (_LN2 * nbytes), nats, nbytes, n * T, time.monotonic() - t0)
+    x, before = first_call
+    again = _forward(model, x, vocab, device, autocast)[: before.shape[0]].float()
+    drift = float((_log_softmax(again, -1) - _log_softmax(before, -1)).abs().max())
     if not _isfinite(drift) or drift > PROBE_TOL_NATS:
         raise ModelContractError(
-            f"the model's losses on the same validation batch changed by {drift:.3g} nats between two "
-            "evaluations (it keeps state or learns during evaluation)"
+            f"the model's log-probabilities on the same batch changed by {drift:.3g} nats between two calls "
+            "(it keeps state, or is random at evaluation)"
         )
-    return EvalResult(nats / (_LN2 * nbytes), nats, nbytes, n * seq_len, time.monotonic() - t0)
+    return out
 
 
-def causality_probe(model, stream, vocab, batch_size, seq_len, device, autocast, seed: int | None = None) -> tuple[str | None, int]:
-    """Changing tokens after position t must not change the distribution at positions <= t, and
-    a row's distribution must not depend on the other rows of its batch (checked by permuting
-    the rows). Returns (the violation or None, tokens scored). Cut points are random per run."""
-    n = max(1, windows(stream, seq_len, 1 << 62))
-    g = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
-    B, T = batch_size, seq_len
-    picks = g.permutation(max(n, B))[:B] % n
-    x = torch.from_numpy(np.stack([np.asarray(stream[p * T : p * T + T], dtype=np.int64) for p in picks]))
-    # Cut points: the first position, the last-but-one (a one-token lookahead), and random ones.
-    cuts = g.integers(0, T - 1, size=B)
+def _probe(model, x, xs, n, g, vocab, device, autocast, permute: bool) -> None:
+    B, T = x.shape
+    cuts = torch.from_numpy(g.integers(0, T - 1, size=B))
     cuts[0] = 0
-    cuts[min(1, B - 1)] = T - 2
-    x_future = x.clone()
-    for r, t in enumerate(cuts):
-        noise = torch.from_numpy(g.integers(0, vocab - 1, size=T - t - 1))
-        x_future[r, t + 1 :] = (x[r, t + 1 :] + 1 + noise) % vocab  # every later token differs
-    base = _logprobs(_forward(model, x.to(device), vocab, device, autocast))
-    fut = _logprobs(_forward(model, x_future.to(device), vocab, device, autocast))
-    # One device sync for all rows, not one per row.
-    diffs = torch.stack([(base[r, : t + 1] - fut[r, : t + 1]).abs().max() for r, t in enumerate(cuts)]).tolist()
-    for t, diff in zip(cuts, diffs):
-        if diff > PROBE_TOL_NATS:
-            return (
-                f"causality probe failed: log-probabilities at positions <= {t} changed by {diff:.3g} nats "
-                f"when only tokens after position {t} changed (the model sees the future)"
-            ), 3 * B * T
-    if B > 1:
+    cuts[min(1, B - 1)] = T - 2  # a one-token lookahead
+    donors = xs[torch.from_numpy(g.integers(0, n, size=B)).to(device)]
+    pos = torch.arange(T)
+    after = (pos[None, :] > cuts[:, None]).to(device)
+    other = torch.where(after, donors, x)
+    same = after & (other == x)  # a donor token equal to the real one: shift it, so every later token differs
+    other = torch.where(same, (other + 1 + torch.from_numpy(g.integers(0, vocab - 1, size=(B, T))).to(device)) % vocab, other)
+    calls = [("real", x), ("other", other)]
+    if permute:
         perm = torch.from_numpy(g.permutation(B))
         if bool((perm == torch.arange(B)).all()):
             perm = torch.roll(torch.arange(B), 1)
-        shuffled = _logprobs(_forward(model, x[perm].to(device), vocab, device, autocast))
-        diff = float((shuffled - base[perm.to(base.device)]).abs().max())
-        if diff > PROBE_TOL_NATS:
-            return (
-                f"causality probe failed: a row's log-probabilities changed by {diff:.3g} nats when the other "
-                "rows of the batch changed (rows must be independent)"
-            ), 3 * B * T
-    return None, 3 * B * T
+        calls.append(("perm", x[perm.to(device)]))
+    g.shuffle(calls)
+    lp = {k: _logprobs(_forward(model, v, vocab, device, autocast)) for k, v in calls}
+    keep = ~after  # positions <= cut
+    diff = ((lp["real"] - lp["other"]).abs().amax(-1) * keep).amax(-1)  # per row
+    worst = int(diff.argmax())
+    if float(diff[worst]) > PROBE_TOL_NATS:
+        t = int(cuts[worst])
+        raise ModelContractError(
+            f"causality probe failed: log-probabilities at positions <= {t} changed by {float(diff[worst]):.3g} nats "
+            f"when only tokens after position {t} (or other rows) changed (the model sees the future)"
+        )
+    if permute:
+        d = float((lp["perm"] - lp["real"][perm.to(device)]).abs().max())
+        if d > PROBE_TOL_NATS:
+            raise ModelContractError(
+                f"causality probe failed: a row's log-probabilities changed by {d:.3g} nats when the other rows of "
+                "the batch changed (rows must be independent)"
+            )

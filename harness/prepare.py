@@ -32,18 +32,30 @@ from .paths import atomic_write_text, current_pointer, datasets_dir
 from .progress import Bar
 from .sources import Source
 
-FORMAT_VERSION = 1  # bump when the on-disk layout or the split/tokenizer rules change
+FORMAT_VERSION = 2  # bump when the on-disk layout or the split/tokenizer rules change (2: the holdout split)
+READABLE_FORMATS = (1, 2)  # format 1 (no holdout) still loads: its sessions just have no holdout figures
 DEFAULT_VOCAB = 8192
 DEFAULT_VAL_FRACTION = 0.05
+HOLDOUT_FRACTION = 0.05  # the holdout split: the next slice of the hash range after validation
 DEFAULT_TOKENIZER_CHARS = 2_000_000_000
 MIN_VAL_TOKENS = 2049  # one CUDA evaluation window: 2048 inputs + 1 target shift
 ENCODE_BATCH_CHARS = 8_000_000
 
 
+def _position(identity: str) -> float:
+    return int.from_bytes(hashlib.sha256(identity.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2**64
+
+
 def is_val(identity: str, fraction: float) -> bool:
     """The pinned split: a stable hash of the document's identity, independent of order and machine."""
-    h = int.from_bytes(hashlib.sha256(identity.encode("utf-8", "surrogatepass")).digest()[:8], "big")
-    return h / 2**64 < fraction
+    return _position(identity) < fraction
+
+
+def split_of(identity: str, val_fraction: float, holdout_fraction: float = HOLDOUT_FRACTION) -> str:
+    """"val" (the first `val_fraction` of the hash range), "holdout" (the next `holdout_fraction`:
+    scored for kept experiments, never shown to the agent) or "train"."""
+    h = _position(identity)
+    return "val" if h < val_fraction else "holdout" if h < val_fraction + holdout_fraction else "train"
 
 
 @dataclass
@@ -84,7 +96,7 @@ def load_manifest(folder: Path) -> dict | None:
         m = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    if not m.get("complete") or m.get("format") != FORMAT_VERSION:
+    if not m.get("complete") or m.get("format") not in READABLE_FORMATS:
         return None
     return m
 
@@ -150,7 +162,7 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
         nonlocal fed
         for ident, text in source.documents():
             bar.advance(len(text))
-            if is_val(ident, val_fraction):
+            if split_of(ident, val_fraction) != "train":
                 continue
             if fed >= tokenizer_chars:
                 return
@@ -172,10 +184,11 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
 
     # ---- pass 2: encode every document into its split's uint16 stream ----
     source.skipped_undecodable, source.skipped_names = 0, []
-    streams = {split: open(out / f"{split}.bin", "wb") for split in ("train", "val")}
-    offsets: dict[str, list[int]] = {"train": [], "val": []}
-    ntok = {"train": 0, "val": 0}
-    nbytes = {"train": 0, "val": 0}
+    splits = ("train", "val", "holdout")
+    streams = {split: open(out / f"{split}.bin", "wb") for split in splits}
+    offsets: dict[str, list[int]] = {k: [] for k in splits}
+    ntok = {k: 0 for k in splits}
+    nbytes = {k: 0 for k in splits}
     bar = Bar("encode", total_bytes, enabled=show)
     threads = max(1, os.cpu_count() or 1)
     batch: list[tuple[str, str]] = []
@@ -185,7 +198,7 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
         nonlocal batch, batch_chars
         ids_list = enc.encode_ordinary_batch([t for _, t in batch], num_threads=threads)
         for (ident, text), ids in zip(batch, ids_list):
-            split = "val" if is_val(ident, val_fraction) else "train"
+            split = split_of(ident, val_fraction)
             offsets[split].append(ntok[split])
             arr = np.empty(len(ids) + 1, dtype=np.uint16)
             arr[0] = bos
@@ -213,10 +226,11 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
     bar.close()
 
     docs = {k: len(v) for k, v in offsets.items()}
-    if docs["train"] == 0 or ntok["val"] < MIN_VAL_TOKENS:
+    if docs["train"] == 0 or ntok["val"] < MIN_VAL_TOKENS or ntok["holdout"] < MIN_VAL_TOKENS:
         raise SourceError(
-            f"corpus too small: {docs['train']} training and {docs['val']} validation documents "
-            f"({ntok['val']} validation tokens, need {MIN_VAL_TOKENS}); add text or raise --val-fraction"
+            f"corpus too small: {docs['train']} training, {docs['val']} validation and {docs['holdout']} holdout "
+            f"documents ({ntok['val']} validation and {ntok['holdout']} holdout tokens, need {MIN_VAL_TOKENS} each); "
+            "add text or raise --val-fraction"
         )
     for split, offs in offsets.items():
         np.save(out / f"{split}_docs.npy", np.asarray(offs, dtype=np.int64))
@@ -238,14 +252,9 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
         "vocab_size": enc.n_vocab,
         "bos_id": bos,
         "val_fraction": val_fraction,
-        "counts": {
-            "train_docs": docs["train"],
-            "val_docs": docs["val"],
-            "train_tokens": ntok["train"],
-            "val_tokens": ntok["val"],
-            "train_bytes": nbytes["train"],
-            "val_bytes": nbytes["val"],
-        },
+        "holdout_fraction": HOLDOUT_FRACTION,
+        "counts": {f"{split}_{what}": n[split] for split in splits
+                   for what, n in (("docs", docs), ("tokens", ntok), ("bytes", nbytes))},
         "files": files,
     }
     _fault("manifest")

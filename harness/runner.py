@@ -1,10 +1,15 @@
-"""The runner: one experiment = one training subprocess, watched from outside.
+"""The runner: one experiment = a training process, then an evaluation process, both watched from outside.
 
-It verifies the harness and the data, hands the run to `python -m harness.child` in its own
-process group with a scrubbed environment and the log on disk, streams progress to a callback,
-enforces the time budget with its own clock (arrival times of the child's messages), and kills
-the whole group on timeout or cancel. What train.py prints is never parsed: the verdict arrives
-as typed messages on a private pipe, and the metric is computed by harness code.
+It verifies the harness and the data, then starts `python -m harness.child` in its own process
+group, inside the sandbox (harness/sandbox.py) when the machine allows one, with a scrubbed
+environment, its own writable folder and its output on a pipe that this process writes to the
+run's log (capped: the head and the tail are kept). It streams progress to a callback, enforces
+the time budget with its own clock (arrival times of the child's messages), and kills the whole
+group on timeout or cancel. The training process ends by exporting the model (an aten graph,
+harness/modelfile.py) into its folder. Then the runner kills it, starts the evaluation process
+(harness/evaluator.py: harness code only, sandboxed, no data files), sends it the validation
+and holdout tokens on its stdin and reads the verdict on a pipe the training process never had.
+What train.py prints is never parsed, and nothing train.py sends is a verdict.
 
 The spare: a child spends seconds importing torch (and Dynamo/Inductor) before it can start a
 run. So while one run trains, the runner starts the next run's child (same scrubbed environment,
@@ -23,6 +28,7 @@ import math
 import os
 import re
 import selectors
+import shutil
 import signal
 import statistics
 import subprocess
@@ -37,14 +43,44 @@ from typing import Callable
 
 import psutil
 
+from . import sandbox as sbx
 from .dataset import Dataset
+from .errors import HarnessError
 from .integrity import file_identity, harness_files, harness_paths, verify_harness
 from .paths import HARNESS_DIR, inductor_cache
 from .profiles import Profile
 
 STATUSES = ("ok", "crash", "timeout", "invalid", "cancelled")
 LOG_TAIL_LINES = 40
-EXIT_GRACE = 30.0  # seconds a finished run may spend printing its summary before it is killed
+LOG_HEAD_BYTES = 8 << 20  # a run's log keeps its first 8 MB ...
+LOG_TAIL_BYTES = 2 << 20  # ... and its last 2 MB; what lies between is cut (and said)
+EARLY_BYTES = 1 << 20  # what a spare may print before its run starts (kept for the log)
+EXPORT_ALLOWANCE = 60.0  # seconds the export may take before the run is killed
+HOLDOUT_MAX_TOKENS = 2 * 1024 * 1024  # the holdout scored per run: at most this many tokens (and eval_tokens)
+# Python loads the harness from its sources only: a planted __pycache__/*.pyc is never read, and
+# -B writes none. The first argument is the harness folder; the rest is the module and its args.
+_BOOT = """import sys, importlib.machinery as m, importlib.util as u
+H = sys.argv[1]
+class L(m.SourceFileLoader):
+    def get_code(self, name):
+        path = self.get_filename(name)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+class F:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "harness" and not name.startswith("harness."):
+            return None
+        spec = m.PathFinder.find_spec(name, path)
+        if spec is None or not (spec.origin or "").endswith(".py") or not spec.origin.startswith(H + "/"):
+            raise ImportError("harness module " + name + " is not a source file under " + H)
+        return u.spec_from_file_location(name, spec.origin, loader=L(name, spec.origin),
+                                         submodule_search_locations=spec.submodule_search_locations)
+sys.meta_path.insert(0, F)
+mod = sys.argv[2]
+sys.argv = [mod] + sys.argv[3:]
+import runpy
+runpy.run_module(mod, run_name="__main__", alter_sys=True)
+"""
 
 _SECRET_NAME = re.compile(
     r"(API_?KEY|_TOKEN|^TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|_KEY$|^ANTHROPIC_|SESSION_ID"
@@ -78,7 +114,7 @@ class RunResult:
     total_seconds: float  # go -> end (go: run() asked the child to start this run)
     startup_seconds: float | None  # go -> first step reported (imports left, setup, compile)
     ready_seconds: float | None  # go -> harness ready (the imports a spare has not done already)
-    eval_seconds: float | None  # trained -> result (causality probe + val_bpb)
+    eval_seconds: float | None  # trained (model exported) -> result (loading, probe, val and holdout)
     peak_memory_gb: float | None
     steps: int
     tokens: int
@@ -90,8 +126,13 @@ class RunResult:
     exit_code: int | None
     profile: str
     budget: float
-    spare_seconds: float | None = None
-    timing: bool = False  # the verdict is a timing rule's (over budget, evaluation cap, a deadline): load can cause it  # how long the spare child had been warming before go; None: fresh
+    spare_seconds: float | None = None  # how long the spare child had been warming before go; None: fresh
+    timing: bool = False  # the verdict is a timing rule's (over budget, a deadline): load can cause it
+    holdout_bpb: float | None = None  # never shown to the agent
+    credit_seconds: float | None = None  # this run's own warm-up (first step, capped) + export: what a baseline fixes
+    export_seconds: float | None = None
+    credit_used: float | None = None  # the allowance taken off this run's clock
+    sandbox: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -103,16 +144,27 @@ class RunResult:
 
 @dataclass
 class Limits:
-    """Kill deadlines around the profile's budget (seconds)."""
+    """Kill deadlines around the profile's budget (seconds), and the run's allowance.
+
+    `credit`: the seconds of compilation and export taken off the run's clock. None: the run
+    measures its own (its first step, up to the warm-up allowance, plus its export, up to
+    EXPORT_ALLOWANCE): that is how a session's baseline runs. Otherwise the session's fixed
+    allowance (measured on its baseline), the same for every run: nothing a run does before its
+    first step or inside its export buys it training time. `export_estimate`: the baseline's
+    export seconds, the part of the credit the run spends after its in-process clock has run out."""
 
     startup: float
     warmup: float
     eval: float
     over_budget_tolerance: float  # finishing this far past the budget is still valid
+    credit: float | None = None
+    export_estimate: float = 0.0
+    memory_bytes: int | None = None  # resident memory of all the run's processes; past it: killed
 
     @classmethod
     def for_profile(cls, p: Profile) -> "Limits":
-        return cls(p.startup_allowance, p.warmup_allowance, p.eval_allowance, max(2.0, 0.05 * p.time_budget))
+        return cls(p.startup_allowance, p.warmup_allowance, p.eval_allowance, max(2.0, 0.05 * p.time_budget),
+                   memory_bytes=int(0.85 * psutil.virtual_memory().total))
 
 
 @dataclass
@@ -120,6 +172,7 @@ class _Watch:
     t_go: float
     t_ready: float | None = None
     t_first: float | None = None
+    t_exporting: float | None = None
     t_trained: float | None = None
     verdict: dict | None = None
     verdict_time: float | None = None
@@ -131,7 +184,26 @@ class _Watch:
     step_s: list = field(default_factory=list)  # seconds per optimizer step, from successive progress reports
     last_step: tuple | None = None  # (arrival time, step) of the last progress report
     pid: int | None = None
-    cpu: dict = field(default_factory=dict)  # the child's CPU seconds when it was ready / trained / judged
+    last_memory_check: float = 0.0
+
+
+class SandboxRequired(HarnessError):
+    """`[run] sandbox = "required"` on a machine where the sandbox does not work."""
+
+
+def sandbox_state(mode: str = "auto") -> tuple[bool, str | None]:
+    """(whether runs are sandboxed, the reason when they are not). Raises SandboxRequired when
+    the mode requires a sandbox this machine cannot give."""
+    if mode not in sbx.MODES:
+        raise HarnessError(f"[run] sandbox must be one of {', '.join(sbx.MODES)}, not {mode!r}")
+    if mode == "off":
+        return False, "turned off by [run] sandbox = \"off\""
+    why = sbx.check()
+    if why is None:
+        return True, None
+    if mode == "required":
+        raise SandboxRequired(f"[run] sandbox = \"required\", but {why}")
+    return False, why
 
 
 def run(
@@ -146,77 +218,112 @@ def run(
     harness_dir: Path = HARNESS_DIR,
     on_spawn: Callable[[int], None] | None = None,
     spare: bool = True,
+    sandbox: str = "auto",
 ) -> RunResult:
     """Run one training script under the harness. Raises IntegrityError before starting when the
-    harness or the data changed; every other outcome is a RunResult. With `spare`, the run uses
-    the waiting spare child when it fits, and starts the next run's spare while it trains."""
+    harness or the data changed, and after the run when the data changed during it; every other
+    outcome is a RunResult. With `spare`, the run uses the waiting spare child when it fits, and
+    starts the next run's spare while it trains."""
     hashes = verify_harness(cache, harness_dir)
     dataset.verify()
+    boxed, _why = sandbox_state(sandbox)
     limits = limits or Limits.for_profile(profile)
     cancel = cancel or threading.Event()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.touch()
+    source = Path(script).read_bytes()
 
-    env = child_env(cache, harness_dir)
-    key = _key(env, harness_dir, hashes)
-    args = {
-        "script": str(script), "data": str(dataset.folder), "profile": profile.name,
-        "budget": profile.time_budget, "warmup": limits.warmup, "log": str(log_path), "cwd": str(log_path.parent),
-    }
+    env = child_env(cache, harness_dir, boxed)
+    key = _key(env, harness_dir, hashes, dataset, boxed, profile)
     child = _take_spare(key) if spare else None
     t_go = time.monotonic()  # CLOCK_MONOTONIC is one clock for all processes: the child's timeline uses it
-    if child is not None and not _send_go(child, dict(args, t_go=t_go)):
-        _discard(child)  # it died after all: a fresh one takes the run
-        child = None
+    credit_train = None if limits.credit is None else max(0.0, limits.credit - limits.export_estimate)
+    go = {"data": str(dataset.folder), "profile": profile.name, "budget": profile.time_budget,
+          "warmup": limits.warmup, "credit": credit_train}
+    if child is not None:
+        _stage(child, source)
+        if not _send_go(child, dict(go, script=str(child.workdir / "train.py"), cwd=str(child.workdir), t_go=t_go)):
+            _discard(child)  # it died after all: a fresh one takes the run
+            child = None
     spare_s = None if child is None else t_go - child.t_spawn
     if child is None:
         t_go = time.monotonic()
-        child = _spawn(env, key, harness_dir, preload_compile=profile.compile)
-        _send_go(child, dict(args, t_go=t_go))  # a child that died at once is judged by its exit status below
+        child = _spawn(env, key, harness_dir, preload_compile=profile.compile, dataset=dataset, boxed=boxed,
+                       gpu=profile.device != "cpu", base=log_path.parent.parent)
+        _stage(child, source)
+        # a child that died at once is judged by its exit status below
+        _send_go(child, dict(go, script=str(child.workdir / "train.py"), cwd=str(child.workdir), t_go=t_go))
+    child.pump.attach(log_path)
     proc = child.proc
     w = _Watch(t_go, pid=proc.pid)
-    prestart = _prestarter(spare, profile, env, key, harness_dir)
+    prestart = _prestarter(spare, profile, env, key, harness_dir, dataset, boxed, log_path.parent.parent)
+    evaluator: _Child | None = None
+
+    def on_message(w: _Watch) -> None:
+        nonlocal evaluator
+        prestart(w)
+        # The evaluation process imports torch while the run trains (on the CPU profile only once
+        # the model is being exported: its imports would take cores from training).
+        moment = w.t_exporting if profile.device == "cpu" else (w.t_first or w.t_exporting)
+        if evaluator is None and moment is not None:
+            evaluator = _spawn_evaluator(env, harness_dir, child.workdir, boxed, profile.device != "cpu")
+
+    eval_s = holdout = result = None
     try:
         if on_spawn:
             on_spawn(proc.pid)
-        status, reason = _watch(proc, child.rfd, w, profile, limits, cancel, on_progress, on_message=prestart)
-    finally:  # whatever happened here, the training process group does not outlive the call
-        _discard(child, log_path)
+        status, reason = _watch(proc, child.rfd, w, profile, limits, cancel, on_progress, on_message=on_message)
+        kill_group(proc)  # trained or not, the training process is done: nothing it does from here counts
+        if status == "trained":
+            if evaluator is None:
+                evaluator = _spawn_evaluator(env, harness_dir, child.workdir, boxed, profile.device != "cpu")
+            evaluator.pump.attach(log_path)
+            status, reason, result = _evaluate(evaluator, child.workdir / "model", dataset, profile, w, limits, cancel)
+            eval_s = time.monotonic() - w.t_trained
+    finally:  # whatever happened here, no process of the run outlives the call
+        _discard(child)
+        if evaluator is not None:
+            _discard(evaluator)
+        _keep_files(child.workdir, log_path.parent)
+    dataset.verify()  # the data the run could have touched is still what was prepared (else IntegrityError)
     exit_code = proc.returncode
     t_end = time.monotonic()
 
-    v = w.verdict or {}
-    train_s = _training_seconds(w, limits) if w.t_trained is not None else None
+    own_credit = None
+    if w.t_trained is not None and w.t_ready is not None:
+        own_credit = _own_credit(w, limits)
+    credit = limits.credit if limits.credit is not None else own_credit
+    train_s = (w.t_trained - w.t_ready - credit) if (w.t_trained is not None and w.t_ready is not None) else None
     timing = status == "timeout"  # every kill deadline is a clock
+    val = holdout = None
     if status == "ok":
         tolerance = _tolerance(w, limits, profile.time_budget)
-        eval_s, eval_cap, unit = _eval_measure(w, profile, limits, train_s)
-        if not math.isfinite(v.get("val_bpb", math.nan)):
+        val = result["val"]["bpb"]
+        holdout = (result.get("holdout") or {}).get("bpb")
+        if not math.isfinite(val):
             status, reason = "crash", "the validation loss is not finite"
         elif train_s is not None and train_s > profile.time_budget + tolerance:
             status, reason, timing = "invalid", (
                 f"training took {train_s:.1f}s, over the {profile.time_budget:g}s budget "
-                f"(+{tolerance:.1f}s tolerance)"
-            ), True
-        elif eval_s > eval_cap:
-            status, reason, timing = "invalid", (
-                f"evaluation took {eval_s:.1f}{unit}, over the {eval_cap:.1f}{unit} its size allows at this model's "
-                "training speed (work done at evaluation time counts as training)"
+                f"(+{tolerance:.1f}s tolerance; compilation and export are allowed {credit:.1f}s)"
             ), True
     tok_s = _median(w.tok_s)
     mfu = _median(w.mfu)
     if tok_s is None and train_s and w.trained.get("tokens"):
         tok_s = w.trained["tokens"] / max(train_s, 1e-9)
+    peak = w.trained.get("peak_memory_bytes")
+    if result and result.get("peak_memory_bytes"):
+        peak = max(peak or 0, result["peak_memory_bytes"])
     return RunResult(
         status=status,
         reason=reason,
-        val_bpb=v.get("val_bpb") if status == "ok" else None,
+        val_bpb=val if status == "ok" else None,
         training_seconds=train_s,
         total_seconds=t_end - w.t_go,
         startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_go if w.t_ready else None,
         ready_seconds=w.t_ready - w.t_go if w.t_ready else None,
-        eval_seconds=(w.verdict_time - w.t_trained) if status == "ok" and w.t_trained else None,
-        peak_memory_gb=v["peak_memory_bytes"] / 1e9 if "peak_memory_bytes" in v else None,
+        eval_seconds=eval_s if status == "ok" else None,
+        peak_memory_gb=peak / 1e9 if isinstance(peak, (int, float)) else None,
         steps=int(w.trained.get("steps") or (w.last_progress or {}).get("step", -1) + 1),
         tokens=int(w.trained.get("tokens") or (w.last_progress or {}).get("tokens", 0)),
         params=int(w.trained.get("params") or 0),
@@ -229,18 +336,176 @@ def run(
         budget=profile.time_budget,
         spare_seconds=spare_s,
         timing=timing,
+        holdout_bpb=holdout if status == "ok" else None,
+        credit_seconds=own_credit,
+        export_seconds=(w.t_trained - w.t_exporting) if w.t_trained and w.t_exporting else None,
+        credit_used=credit if train_s is not None else None,
+        sandbox=boxed,
     )
 
 
+def _own_credit(w: _Watch, limits: Limits) -> float:
+    """This run's own allowance: its first step up to the warm-up allowance, plus its export (from
+    the runner's clock: "exporting" to "trained") up to EXPORT_ALLOWANCE."""
+    warm = (w.t_first if w.t_first is not None else (w.t_exporting or w.t_trained)) - w.t_ready
+    export = (w.t_trained - w.t_exporting) if w.t_exporting is not None else 0.0
+    return min(max(warm, 0.0), limits.warmup) + min(max(export, 0.0), EXPORT_ALLOWANCE)
+
+
+def _evaluate(ev: "_Child", model: Path, dataset: Dataset, profile: Profile, w: _Watch, limits: Limits, cancel):
+    """Send the job and the tokens to the evaluation process and wait for its verdict."""
+    B = int(w.trained.get("batch") or 8)
+    T = int(w.trained.get("seq_len") or profile.seq_len)
+    if T != profile.seq_len or not 1 <= B <= 1024:
+        return "invalid", "the exported model's input shape is not the harness's", None
+    splits = [("val", _eval_stream(dataset.stream("val"), T, profile.eval_tokens))]
+    if dataset.has_split("holdout"):
+        splits.append(("holdout", _eval_stream(dataset.stream("holdout"), T, min(profile.eval_tokens, HOLDOUT_MAX_TOKENS))))
+    job = {"device": profile.device, "autocast": profile.autocast, "vocab": dataset.vocab_size, "batch": B,
+           "seq_len": T, "model": str(model), "splits": [(n, len(x)) for n, x in splits]}
+    payload = [(json.dumps(job) + "\n").encode(), dataset.token_bytes.astype("<i4").tobytes()]
+    payload += [x.astype("<u2").tobytes() for _, x in splits]
+
+    def feed():
+        try:
+            for chunk in payload:
+                ev.proc.stdin.write(chunk)
+            ev.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it died: judged by its exit below
+
+    threading.Thread(target=feed, daemon=True).start()
+    deadline = w.t_trained + limits.eval
+    msg = _read_verdict(ev, deadline, cancel)
+    if msg is None:
+        if cancel.is_set():
+            return "cancelled", "cancelled by request", None
+        if time.monotonic() > deadline:
+            return "timeout", f"evaluation took longer than {limits.eval:g}s", None
+        return "crash", "the evaluation process " + _exit_reason(ev.proc.returncode).removeprefix("the training process "), None
+    if msg["type"] == "result":
+        return "ok", None, msg
+    return ("crash" if msg["type"] == "crash" else "invalid"), str(msg.get("reason"))[:1000], None
+
+
+def _eval_stream(stream, T: int, max_tokens: int):
+    import numpy as np
+
+    n = max(0, min((len(stream) - 1) // T, max(1, max_tokens // T)))
+    return np.asarray(stream[: n * T + 1], dtype=np.uint16)
+
+
+def _read_verdict(ev: "_Child", deadline: float, cancel) -> dict | None:
+    sel = selectors.DefaultSelector()
+    os.set_blocking(ev.rfd, False)
+    sel.register(ev.rfd, selectors.EVENT_READ)
+    buf = b""
+    try:
+        while not cancel.is_set() and time.monotonic() < deadline:
+            for _k, _e in sel.select(timeout=0.1):
+                try:
+                    chunk = os.read(ev.rfd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return None
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(msg, dict) and msg.get("type") in ("result", "invalid", "crash"):
+                        return msg
+            if ev.proc.poll() is not None and not sel.select(timeout=0.2):
+                return None
+        return None
+    finally:
+        sel.close()
+
+
 # ---- the child process: started fresh, or ahead of time as the spare ----
+
+class LogPump(threading.Thread):
+    """Reads a process's stdout+stderr pipe and writes the run's log: everything until the log is
+    attached is held (up to EARLY_BYTES), then the first LOG_HEAD_BYTES go to the file as they
+    come, and past that only the last LOG_TAIL_BYTES are kept, written with a line saying how
+    much was cut when the pump stops."""
+
+    def __init__(self, fd: int):
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.early = bytearray()
+        self.file = None
+        self.written = 0
+        self.tail = bytearray()
+        self.cut = 0
+        self.closed = False
+
+    def attach(self, path: Path) -> None:
+        with self.lock:
+            if self.file is None and not self.closed:
+                self.file = open(path, "ab")
+                early, self.early = bytes(self.early), bytearray()
+                self._write(early)
+
+    def run(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            with self.lock:
+                if self.closed:
+                    continue
+                if self.file is None:
+                    room = EARLY_BYTES - len(self.early)
+                    self.early += chunk[: max(room, 0)]
+                else:
+                    self._write(chunk)
+        os.close(self.fd)
+
+    def _write(self, chunk: bytes) -> None:
+        room = LOG_HEAD_BYTES - self.written
+        if room > 0:
+            self.file.write(chunk[:room])
+            self.file.flush()
+            self.written += min(room, len(chunk))
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > LOG_TAIL_BYTES:
+                drop = len(self.tail) - LOG_TAIL_BYTES
+                self.cut += drop
+                del self.tail[:drop]
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Wait for the pipe to end (every writer is gone), then finish the log."""
+        self.join(timeout)
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.file is not None:
+                if self.cut:
+                    self.file.write(f"\n[... {self.cut:,} bytes of output cut: the log keeps its first "
+                                    f"{LOG_HEAD_BYTES >> 20} MB and last {LOG_TAIL_BYTES >> 20} MB ...]\n".encode())
+                self.file.write(bytes(self.tail))
+                self.file.close()
+
 
 @dataclass
 class _Child:
     proc: subprocess.Popen
     rfd: int  # read end of its message pipe
-    early: object  # the temporary file holding what it printed before "go"
+    pump: LogPump  # its output, on its way to the run's log
     key: tuple  # what it was started with; it serves only a run that needs the same
     t_spawn: float
+    workdir: Path  # its own writable folder (its working directory)
 
 
 _spare: _Child | None = None
@@ -248,50 +513,106 @@ _spare_lock = threading.Lock()
 _atexit_registered = False
 
 
-def child_env(cache: Path, harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
+def child_env(cache: Path, harness_dir: Path = HARNESS_DIR, boxed: bool = False) -> dict[str, str]:
     """The training subprocess's environment: this one without secrets, plus the harness's
-    import path and the compile caches under the cache dir."""
+    import path and the compile caches (in the sandbox: the run's own folder, so that nothing
+    persists from one run to the next; outside it: shared under the cache dir)."""
     env = scrub_env(dict(os.environ))
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    ind = inductor_cache(cache)
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
-    env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
+    if not boxed:
+        ind = inductor_cache(cache)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
+        env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
+    else:
+        for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HOME", "XDG_CACHE_HOME", "TMPDIR"):
+            env.pop(k, None)
+        env["TMPDIR"] = "/tmp"
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if env.get("COCKPIT_PROFILE"):  # the child runs in its log's folder: a relative DIR means ours
+    if env.get("COCKPIT_PROFILE"):  # the child runs in its own folder: a relative DIR means ours
         env["COCKPIT_PROFILE"] = os.path.abspath(env["COCKPIT_PROFILE"])
     return env
 
 
-def _key(env: dict[str, str], harness_dir: Path, hashes: dict[str, str]) -> tuple:
+def _key(env: dict[str, str], harness_dir: Path, hashes: dict[str, str], dataset: Dataset, boxed: bool,
+         profile: Profile) -> tuple:
     """What a child is started for. Besides the hashes, each harness file's identity (inode,
     mtime, ctime): a spare imports the harness while the previous run's train.py still runs,
     and a file that code rewrote and then put back hashes right again but has a new ctime."""
     stats = tuple((str(p), *file_identity(p.stat())) for p in harness_paths(harness_dir))
-    return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())), stats)
+    return (sys.executable, str(harness_dir), tuple(sorted(env.items())), tuple(sorted(hashes.items())), stats,
+            str(dataset.folder), boxed, profile.device, profile.compile)
 
 
-def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool) -> _Child:
-    rfd, wfd = os.pipe()
-    early = tempfile.TemporaryFile(prefix="cockpit-child-")
-    # -P: neither the working directory nor the script's folder goes on sys.path, so nothing
-    # planted next to train.py can shadow the harness or its dependencies.
-    cmd = [
-        sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "harness.child",
-        "--fd", str(wfd), "--parent", str(os.getpid()), *(["--preload-compile"] if preload_compile else []),
-    ]
+# What the training process may read of a prepared dataset: never the validation or holdout split.
+TRAIN_FILES = ("manifest.json", "train.bin", "train_docs.npy", "token_bytes.npy", "tokenizer.tiktoken", "tokenizer.json")
+
+
+def _python(module: str, harness_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-P", "-B", "-c", _BOOT, str(harness_dir), module, *args]
+
+
+def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd) -> tuple[subprocess.Popen, LogPump]:
+    out_r, out_w = os.pipe()
+    if boxed:
+        cmd = sbx.command(cmd, workdir=workdir, read=read, gpu=gpu)
     try:
         proc = subprocess.Popen(
-            cmd, cwd=str(harness_dir.parent), env=env, stdin=subprocess.PIPE, stdout=early,
-            stderr=subprocess.STDOUT, pass_fds=(wfd,), start_new_session=True,
+            cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out_w, stderr=out_w, pass_fds=(rfd_w,),
+            start_new_session=True, preexec_fn=sbx.limit_resources,
         )
     except BaseException:
+        os.close(out_r)
+        raise
+    finally:
+        os.close(out_w)
+    pump = LogPump(out_r)
+    pump.start()
+    return proc, pump
+
+
+def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool, dataset: Dataset,
+           boxed: bool, gpu: bool, base: Path) -> _Child:
+    rfd, wfd = os.pipe()
+    base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".run-", dir=base))
+    cmd = _python("harness.child", harness_dir, "--fd", str(wfd), *([] if boxed else ["--parent", str(os.getpid())]),
+                  *(["--preload-compile"] if preload_compile else []))
+    read = [harness_dir] + [dataset.folder / f for f in TRAIN_FILES if (dataset.folder / f).exists()]
+    env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache")) if boxed else env
+    if boxed:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
+        env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
+    try:
+        proc, pump = _popen(cmd, env, wfd, workdir, boxed, read, gpu, cwd=str(workdir))
+    except BaseException:
         os.close(rfd)
-        early.close()
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
     finally:
         os.close(wfd)
-    return _Child(proc, rfd, early, key, time.monotonic())
+    return _Child(proc, rfd, pump, key, time.monotonic(), workdir)
+
+
+def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxed: bool, gpu: bool) -> _Child:
+    """The evaluation process: harness code, the run's folder read-only, nothing writable."""
+    rfd, wfd = os.pipe()
+    cmd = _python("harness.evaluator", harness_dir, "--fd", str(wfd))
+    env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    try:
+        proc, pump = _popen(cmd, env, wfd, None, boxed, [harness_dir, workdir], gpu, cwd=str(harness_dir.parent))
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    return _Child(proc, rfd, pump, (), time.monotonic(), workdir)
+
+
+def _stage(child: _Child, source: bytes) -> None:
+    """The run's train.py, copied into the child's folder (the child reads it there)."""
+    (child.workdir / "train.py").write_bytes(source)
 
 
 def _send_go(child: _Child, go: dict) -> bool:
@@ -304,22 +625,35 @@ def _send_go(child: _Child, go: dict) -> bool:
     return True
 
 
-def _discard(child: _Child, log_path: Path | None = None) -> None:
-    """Kill the child's group, close our ends, and keep in the log what it printed before it
-    reached the log (a child that died while importing)."""
+def _discard(child: _Child) -> None:
+    """Kill the child's group, close our ends, and finish its log."""
     kill_group(child.proc)
     try:
         child.proc.stdin.close()
-    except OSError:  # the pipe broke: the child is gone, nothing left to flush
+    except (OSError, ValueError):  # the pipe broke: the child is gone, nothing left to flush
         pass
-    os.close(child.rfd)
-    if log_path is not None:
-        child.early.seek(0)
-        early = child.early.read()
-        if early:
-            with open(log_path, "ab") as log:
-                log.write(early)
-    child.early.close()
+    try:
+        os.close(child.rfd)
+    except OSError:
+        pass
+    child.pump.stop()
+
+
+def _keep_files(workdir: Path, run_dir: Path) -> None:
+    """After a run: the exported model goes (the evaluation has read it); anything else the run
+    wrote in its folder is kept under the run's folder as `files/`."""
+    shutil.rmtree(workdir / "model", ignore_errors=True)
+    shutil.rmtree(workdir / ".cache", ignore_errors=True)
+    try:
+        (workdir / "train.py").unlink(missing_ok=True)
+        if any(workdir.iterdir()):
+            dest = run_dir / "files"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(str(workdir), str(dest))
+        else:
+            workdir.rmdir()
+    except OSError:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _take_spare(key: tuple) -> _Child | None:
@@ -331,6 +665,7 @@ def _take_spare(key: tuple) -> _Child | None:
         return None
     if child.key != key or child.proc.poll() is not None:
         _discard(child)
+        shutil.rmtree(child.workdir, ignore_errors=True)
         return None
     return child
 
@@ -344,12 +679,19 @@ def _keep_spare(child: _Child) -> None:
             _atexit_registered = True
     if old is not None:
         _discard(old)
+        shutil.rmtree(old.workdir, ignore_errors=True)
 
 
-def start_spare(cache: Path, harness_dir: Path = HARNESS_DIR, preload_compile: bool = False) -> int:
-    """Start a spare child now, for the next `run()` with this cache and harness; returns its pid."""
-    env = child_env(cache, harness_dir)
-    child = _spawn(env, _key(env, harness_dir, harness_files(harness_dir)), harness_dir, preload_compile)
+def start_spare(cache: Path, dataset: Dataset, harness_dir: Path = HARNESS_DIR, preload_compile: bool = False,
+                gpu: bool = False, base: Path | None = None, sandbox: str = "auto") -> int:
+    """Start a spare child now, for the next `run()` with this cache, data and harness; returns its pid."""
+    boxed, _ = sandbox_state(sandbox)
+    env = child_env(cache, harness_dir, boxed)
+    from .profiles import detect
+
+    prof = detect()
+    key = _key(env, harness_dir, harness_files(harness_dir), dataset, boxed, prof)
+    child = _spawn(env, key, harness_dir, preload_compile, dataset, boxed, gpu, base or cache / "runs")
     _keep_spare(child)
     return child.proc.pid
 
@@ -361,6 +703,7 @@ def shutdown_spare() -> None:
         child, _spare = _spare, None
     if child is not None:
         _discard(child)
+        shutil.rmtree(child.workdir, ignore_errors=True)
 
 
 def spare_pid() -> int | None:
@@ -369,21 +712,22 @@ def spare_pid() -> int | None:
     return None if child is None else child.proc.pid
 
 
-def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_dir: Path):
+def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_dir: Path, dataset: Dataset,
+                boxed: bool, base: Path):
     """When to start the next run's spare: on an accelerator as soon as this run has finished its
     first step (compilation done, the CPU mostly idle); on the CPU profile only once this run has
-    its verdict, so that the spare's imports do not take cores from training or evaluation."""
+    been exported, so that the spare's imports do not take cores from training."""
     started = not enabled
 
     def check(w: _Watch) -> None:
         nonlocal started
         if started:
             return
-        moment = w.verdict if profile.device == "cpu" else (w.t_first or w.t_trained or w.verdict)
+        moment = w.t_exporting if profile.device == "cpu" else (w.t_first or w.t_exporting)
         if moment is not None:
             started = True
             try:
-                child = _spawn(env, key, harness_dir, preload_compile=profile.compile)
+                child = _spawn(env, key, harness_dir, profile.compile, dataset, boxed, profile.device != "cpu", base)
             except OSError as e:  # out of processes or memory: this run goes on, the next starts fresh
                 print(f"harness: could not start the next run's spare child: {e}", file=sys.stderr)
                 return
@@ -411,57 +755,23 @@ def _tolerance_cap(budget: float) -> float:
     return 10.0 + 0.1 * budget
 
 
-def _eval_measure(w: _Watch, profile: Profile, limits: Limits, train_s: float | None) -> tuple[float, float, str]:
-    """(evaluation's cost, the cap it must stay under, the unit). Evaluation is forward passes
-    only: at most ~1/3 of a training step's work per token. It may take 3x that at the speed this
-    process trained at, plus a fixed 20 s (compilation for inference, the probe), never more than
-    the profile's eval allowance. On the CPU both sides are counted in the process's CPU seconds,
-    so that other programs taking the cores during evaluation do not make unchanged code invalid;
-    on a GPU, in wall seconds."""
-    eval_wall = w.verdict_time - w.t_trained
-    tokens = w.trained.get("loader_tokens") or 0
-    scored = w.verdict.get("val_tokens", 0) + w.verdict.get("probe_tokens", 0)
-    if not tokens or not train_s or train_s <= 0:
-        return eval_wall, limits.eval, "s"
-    cpu = w.cpu
-    start = "first" if "first" in cpu and w.t_first is not None else "ready"  # after the first step's compile
-    t_start = w.t_first if start == "first" else w.t_ready
-    if profile.name == "cpu" and {start, "trained", "verdict"} <= cpu.keys() and t_start is not None:
-        train_cpu = cpu["trained"] - cpu[start]
-        if train_cpu > 0:
-            cores = max(1.0, train_cpu / max(w.t_trained - t_start, 1e-9))  # cores it used while training
-            cap = min(limits.eval * cores, min(limits.eval, 20.0) * cores + 3.0 * scored / (3.0 * tokens / train_cpu))
-            return cpu["verdict"] - cpu["trained"], cap, " CPU-s"
-    rate = tokens / train_s  # tokens the harness's loader handed out, per training second
-    return eval_wall, min(limits.eval, 20.0 + 3.0 * scored / (3.0 * rate)), "s"
-
-
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of the training process (all its threads) so far."""
-    if pid is None:
-        return None
+def _memory(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (in the sandbox: the whole run)."""
     try:
         proc = psutil.Process(pid)
-        total = 0.0
-        for p in [proc, *proc.children(recursive=True)]:  # work handed to a forked worker counts too
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
             try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
+                total += p.memory_info().rss
+            except psutil.Error:
                 pass
         return total
-    except (psutil.Error, OSError):
-        return None
-
-
-def _training_seconds(w: _Watch, limits: Limits) -> float:
-    """The runner's own measure, mirroring runtime._Session.training_seconds."""
-    ready = w.t_ready if w.t_ready is not None else w.t_go
-    warm = (w.t_first if w.t_first is not None else w.t_trained) - ready
-    return (w.t_trained - ready) - min(warm, limits.warmup)
+    except psutil.Error:
+        return 0
 
 
 def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_progress, on_message=None):
+    """Follow the training process until its model is exported ("trained") or it fails."""
     sel = selectors.DefaultSelector()
     os.set_blocking(rfd, False)
     sel.register(rfd, selectors.EVENT_READ)
@@ -472,10 +782,16 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
             if cancel.is_set():
                 return "cancelled", "cancelled by request"
             now = time.monotonic()
-            if w.verdict is not None and w.verdict["type"] != "result":
+            if w.verdict is not None:
                 return ("crash" if w.verdict["type"] == "crash" else "invalid"), w.verdict.get("reason")
-            if w.verdict is not None and (proc.poll() is not None or now - w.verdict_time > EXIT_GRACE):
-                return "ok", None
+            if w.t_trained is not None:
+                return "trained", None
+            if limits.memory_bytes and now - w.last_memory_check > 1.0:
+                w.last_memory_check = now
+                used = _memory(proc.pid)
+                if used > limits.memory_bytes:
+                    return "crash", (f"the run used {used / 1e9:.1f} GB of memory, over its limit of "
+                                     f"{limits.memory_bytes / 1e9:.1f} GB, and was killed")
             if proc.poll() is not None:
                 if eof:
                     return "crash", _exit_reason(proc.returncode)
@@ -511,6 +827,8 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
                         return "invalid", f"malformed harness message: {type(e).__name__}"
                     if on_message:
                         on_message(w)
+                    if w.t_trained is not None or w.verdict is not None:
+                        break
             if eof:
                 time.sleep(0.05)
     finally:
@@ -522,11 +840,9 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     kind = msg.get("type")
     if kind == "ready":
         w.t_ready = now
-        _sample_cpu(w, "ready")
     elif kind == "progress":
         if msg.get("first") and w.t_first is None:
             w.t_first = now
-            _sample_cpu(w, "first")
         step = msg.get("step")
         if isinstance(step, int) and not msg.get("first"):
             if w.last_step is not None and step > w.last_step[1]:
@@ -549,37 +865,34 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     elif kind == "warm":
         if w.t_first is None:
             w.t_first = now
+    elif kind == "exporting":
+        if w.t_exporting is None:
+            w.t_exporting = now
     elif kind == "trained":
-        if w.t_trained is None:
+        if w.t_trained is None and w.t_ready is not None:
             w.t_trained = now
             w.trained = msg
-            _sample_cpu(w, "trained")
-    elif kind in ("result", "crash", "invalid") and w.verdict is None:
-        if kind == "result" and w.t_trained is None:
-            return  # a result without the trained marker is not the harness's
+            if w.t_exporting is None:
+                w.t_exporting = now
+    elif kind in ("crash", "invalid") and w.verdict is None:
         w.verdict = msg
         w.verdict_time = now
-        _sample_cpu(w, "verdict")
-
-
-def _sample_cpu(w: _Watch, when: str) -> None:
-    t = _cpu_seconds(w.pid)
-    if t is not None:
-        w.cpu[when] = t
+    # anything else ("result" included) is not the training process's to say
 
 
 def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
     if w.t_ready is None:
         return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
-    if w.t_trained is None:
-        slack = _tolerance(w, limits, profile.time_budget) + max(5.0, 0.1 * profile.time_budget)
-        if w.t_first is None:  # still in the first step: on a loaded machine it may run past its allowance
-            slack += _tolerance_cap(profile.time_budget)
-        return (
-            w.t_ready + limits.warmup + profile.time_budget + slack,
-            f"training ran past its {profile.time_budget:g}s budget and was killed",
-        )
-    return w.t_trained + limits.eval, f"evaluation took longer than {limits.eval:g}s"
+    if w.t_exporting is not None:
+        return w.t_exporting + EXPORT_ALLOWANCE, f"exporting the model took longer than {EXPORT_ALLOWANCE:g}s"
+    slack = _tolerance(w, limits, profile.time_budget) + max(5.0, 0.1 * profile.time_budget)
+    if w.t_first is None:  # still in the first step: on a loaded machine it may run past its allowance
+        slack += _tolerance_cap(profile.time_budget)
+    allowance = limits.warmup if limits.credit is None else max(limits.credit, limits.warmup)
+    return (
+        w.t_ready + allowance + profile.time_budget + slack,
+        f"training ran past its {profile.time_budget:g}s budget and was killed",
+    )
 
 
 def _exit_reason(code: int | None) -> str:

@@ -26,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+from pathlib import Path
+
 from . import evaluate
 from .dataset import Dataset, current_dataset, open_dataset
 from .paths import cache_root
@@ -40,8 +42,10 @@ DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size
 class _Session:
     """The state of one run inside the training subprocess."""
 
-    def __init__(self, profile: Profile, dataset: Dataset, channel_fd: int | None = None, t_go: float | None = None):
+    def __init__(self, profile: Profile, dataset: Dataset, channel_fd: int | None = None, t_go: float | None = None,
+                 credit: float | None = None):
         self.profile = profile
+        self.credit = credit
         self.dataset = dataset
         self.fd = channel_fd
         self.t_ready = time.monotonic()
@@ -77,6 +81,8 @@ class _Session:
     # ---- the clock ----
     def training_seconds(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
+        if self.credit is not None:  # the session's fixed allowance for compilation (see the runner)
+            return now - self.t_ready - self.credit
         warm = (self.t_first if self.t_first is not None else now) - self.t_ready
         return (now - self.t_ready) - min(warm, self.profile.warmup_allowance)
 
@@ -89,10 +95,11 @@ class _Session:
 _session: _Session | None = None
 
 
-def _configure(profile: Profile, dataset_dir, channel_fd: int | None, t_go: float | None = None) -> _Session:
+def _configure(profile: Profile, dataset_dir, channel_fd: int | None, t_go: float | None = None,
+               credit: float | None = None) -> _Session:
     """Called by the harness's child driver before train.py runs."""
     global _session
-    _session = _Session(profile, open_dataset(dataset_dir), channel_fd, t_go)
+    _session = _Session(profile, open_dataset(dataset_dir), channel_fd, t_go, credit)
     return _session
 
 
@@ -373,62 +380,57 @@ def _print_compile_stats() -> None:
         print(f"harness: counters[{name}] = {dict(dynamo.counters[name])}", flush=True)
 
 
-def submit(model) -> dict:
-    """Hand the trained model to the harness. It checks causality, computes val_bpb from
-    model(idx) logits, reports to the runner, and returns the summary (for printing)."""
+def submit(model) -> None:
+    """Hand the trained model to the harness; the run ends here (this call does not return).
+
+    The model's forward is exported with torch.export (a graph of aten operators) and written
+    to the run's folder; the harness then evaluates it in a separate process, where no code of
+    train.py runs. Exporting counts as training time. A model that cannot be exported, or whose
+    forward changes state, makes the run `invalid` with a reason saying how to fix it."""
+    from . import modelfile
+
     S = _get()
     _sync(S.profile.device)
-    train_s = S.training_seconds()
     S.mark("trained")
-    params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
-    S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=train_s,
-           flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens)
-    _profile_report()  # after "trained": its seconds count against the evaluation's allowance, not training's
-    P, D = S.profile, S.dataset
+    S.send("exporting")
+    _profile_report()  # measuring aids (COCKPIT_PROFILE, COCKPIT_COMPILE_STATS): before the runner ends the process
+    _print_compile_stats()
+    P = S.profile
     B, T = S.batch_shape or (8, P.seq_len)
     if T != P.seq_len:
         B, T = 8, P.seq_len
     B = min(B, EVAL_MAX_ROWS)
-    val = D.stream("val")
-    was_training = getattr(model, "training", False)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
+    params = sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        leak, probe_tokens = evaluate.causality_probe(model, val, D.vocab_size, B, T, P.device, P.autocast)
-        probe_s = time.monotonic() - t0
-        S.mark("probed")
-        if leak:
-            S.send("invalid", reason=leak)
-            print(f"harness: {leak}", flush=True)
-            os._exit(4)
-        res = evaluate.val_bpb(model, val, D.token_bytes, D.vocab_size, B, T, P.eval_tokens, P.device, P.autocast)
-    except evaluate.ModelContractError as e:
+        if not isinstance(model, torch.nn.Module):
+            raise modelfile.ModelFileError(f"rt.submit takes the torch.nn.Module, got {type(model).__name__}")
+        model.eval()
+        example = torch.randint(0, S.dataset.vocab_size, (B, T), device=P.device)
+        try:
+            with torch.no_grad(), evaluate.autocast_ctx(P.device, P.autocast):
+                ep = torch.export.export(model, (example,))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise modelfile.ModelFileError(f"torch.export failed ({type(e).__name__}: {first}); {modelfile.HOW_TO_EXPORT}") from e
+        modelfile.write(ep, Path(os.getcwd()) / "model")
+    except modelfile.ModelFileError as e:
+        if e.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(e.__cause__)
         S.send("invalid", reason=str(e))
         print(f"harness: {e}", flush=True)
+        sys.stdout.flush()
         os._exit(4)
-    except evaluate.NonFiniteLogits as e:
-        S.send("crash", reason=str(e))
-        print(f"harness: {e}", flush=True)
-        os._exit(3)
-    S.mark("evaluated")
-    if isinstance(model, torch.nn.Module) and was_training:
-        model.train()
-    summary = {
-        "val_bpb": res.val_bpb,
-        "val_tokens": res.tokens,
-        "val_bytes": res.bytes,
-        "eval_seconds": res.seconds,
-        "probe_seconds": probe_s,
-        "probe_tokens": probe_tokens,
-        "training_seconds": train_s,
-        "steps": S.steps,
-        "tokens": S.tokens,
-        "params": params,
-        "peak_memory_bytes": _peak_memory_bytes(P.device),
-    }
-    S.send("result", **summary)
+    export_s = time.monotonic() - t0
+    S.mark("exported")
+    S.send("trained", steps=S.steps, tokens=S.tokens, params=params, training_seconds=S.training_seconds(),
+           flops_per_token=S.flops_per_token, loader_tokens=S.loader_tokens, batch=B, seq_len=T,
+           export_seconds=export_s, peak_memory_bytes=_peak_memory_bytes(P.device))
     S.submitted = True
-    print(f"harness: timeline, seconds after the run was asked to start: {S.timeline()}", flush=True)
-    _print_compile_stats()
-    return summary
+    print(f"harness: trained {S.steps} steps; model exported in {export_s:.1f}s; timeline, seconds after the run "
+          f"was asked to start: {S.timeline()}", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
