@@ -171,6 +171,7 @@ def write(ep, folder: Path) -> None:
         nodes.append({"op": name, "args": _enc(list(node.args), names),
                       "kwargs": {k: _enc(v, names) for k, v in node.kwargs.items()}})
         names[node] = len(names)
+    check_pure(inputs, [(_op(n["op"]), n["args"], n["kwargs"]) for n in nodes])
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / GRAPH, "w", encoding="utf-8") as f:
         json.dump({"format": 1, "inputs": inputs, "nodes": nodes, "output": output}, f)
@@ -179,6 +180,40 @@ def write(ep, folder: Path) -> None:
 
 # ---- the evaluation side ----
 
+def _refs(v) -> list[int]:
+    if isinstance(v, dict):
+        if "ref" in v:
+            return [v["ref"]] if isinstance(v["ref"], int) else []
+        if "list" in v and isinstance(v["list"], list):
+            return [r for e in v["list"] for r in _refs(e)]
+    return []
+
+
+def check_pure(inputs: list, ops: list) -> None:
+    """Refuse a graph that writes to its inputs (the tokens, a parameter, a buffer) or to a view
+    of one: in-place operators are fine on tensors the graph made itself, never on its state."""
+    state = set(range(len(inputs)))  # env slots that are, or alias, an input
+    for k, (op, args, kwargs) in enumerate(ops):
+        slot = len(inputs) + k
+        if op is operator.getitem:
+            if any(r in state for r in _refs(args)):
+                state.add(slot)
+            continue
+        schema = op._schema
+        given = dict(zip((a.name for a in schema.arguments), (args.get("list") or []) if isinstance(args, dict) else []))
+        given.update(kwargs)
+        for a in schema.arguments:
+            if a.alias_info is not None and a.alias_info.is_write and a.name in given:
+                if any(r in state for r in _refs(given[a.name])):
+                    raise ModelFileError(f"model(idx) changes state when called ({op._opname} writes into a parameter, "
+                                         "buffer or its input): the evaluation calls it many times and every call must "
+                                         f"give the same logits for the same tokens; {HOW_TO_EXPORT}")
+        if any(r.alias_info is not None for r in schema.returns):  # a view: it aliases what it was made from
+            if any(r in state for a in schema.arguments if a.alias_info is not None and a.name in given
+                   for r in _refs(given[a.name])):
+                state.add(slot)
+
+
 class Program:
     """A model file, ready to call: logits = program(idx)."""
 
@@ -186,6 +221,7 @@ class Program:
         self.inputs, self.nodes, self.output, self.device = inputs, nodes, output, device
         self.tensors = tensors
         self.ops = [(_op(n["op"]), n["args"], n["kwargs"]) for n in nodes]
+        check_pure(inputs, self.ops)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         env: list = [idx if i.get("user") else self.tensors[i["tensor"]] for i in self.inputs]
