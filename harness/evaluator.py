@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, count in job["splits"]:
         splits[name] = np.frombuffer(_read_exact(sys.stdin.buffer, 2 * int(count)), dtype=np.uint16)
     device = job["device"]
-    print(f"evaluator: job received {t0 - t_loaded:.2f}s after imports; data {time.monotonic() - t0:.2f}s", flush=True)
+    print(f"evaluator: job received {t0 - t_loaded:.2f}s after imports; data {time.monotonic() - t0:.2f}s; "
+          f"batches of {B} x {T}", flush=True)
     try:
         t1 = time.monotonic()
         program = modelfile.read(Path(job["model"]), device)

@@ -553,10 +553,12 @@ def _python(module: str, harness_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-P", "-B", "-c", _BOOT, str(harness_dir), module, *args]
 
 
-def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd) -> tuple[subprocess.Popen, LogPump]:
+def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd, write=()) -> tuple[subprocess.Popen, LogPump]:
     out_r, out_w = os.pipe()
     if boxed:
-        cmd = sbx.command(cmd, workdir=workdir, read=read, gpu=gpu)
+        # what the user put on PYTHONPATH is importable (read-only), as it would be without the sandbox
+        extra = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isdir(p)]
+        cmd = sbx.command(cmd, workdir=workdir, read=read + extra, gpu=gpu, write=write)
     try:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out_w, stderr=out_w, pass_fds=(rfd_w,),
@@ -584,8 +586,12 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
     if boxed:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
         env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
+    write = ()
+    if boxed and env.get("COCKPIT_PROFILE"):  # a measuring aid: its traces go where the user asked
+        os.makedirs(env["COCKPIT_PROFILE"], exist_ok=True)
+        write = (Path(env["COCKPIT_PROFILE"]),)
     try:
-        proc, pump = _popen(cmd, env, wfd, workdir, boxed, read, gpu, cwd=str(workdir))
+        proc, pump = _popen(cmd, env, wfd, workdir, boxed, read, gpu, cwd=str(workdir), write=write)
     except BaseException:
         os.close(rfd)
         shutil.rmtree(workdir, ignore_errors=True)

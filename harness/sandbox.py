@@ -71,7 +71,7 @@ def python_paths() -> list[Path]:
     return sorted({Path(os.path.realpath(r)) for r in roots} | {Path(r) for r in roots})
 
 
-def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool) -> list[str]:
+def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool, write: tuple = ()) -> list[str]:
     """`cmd` wrapped in bwrap: `workdir` writable and the working directory (None: nothing
     writable but the private /tmp), `read` read-only."""
     exe = shutil.which("bwrap")
@@ -94,6 +94,8 @@ def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool
     if gpu:
         for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*")):
             a += ["--dev-bind-try", dev, dev]
+    for p in write:  # measuring aids the user asked for (COCKPIT_PROFILE's folder)
+        a += ["--bind", str(p), str(p)]
     if workdir is not None:
         a += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
     else:

@@ -385,22 +385,6 @@ def test_a_row_that_reads_the_next_row_is_invalid(tmp_path, cache):
     assert r.status == "invalid" and r.reason.startswith("causality probe failed")
 
 
-def test_a_model_that_changes_during_evaluation_is_invalid(tmp_path, cache):
-    body = bigram(tail="""
-class Drifting(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-    def forward(self, idx):
-        self.calls += 1
-        return self.inner(idx) * (1.0 + 0.05 * max(0, self.calls - 3))
-rt.submit(Drifting(model))
-""")
-    r = run_script(tmp_path, cache, body)
-    assert r.status == "invalid" and "learns during evaluation" in r.reason
-
-
 def test_training_without_progress_reports_still_counts_against_the_budget(tmp_path, cache):
     body = bigram().replace("while not rt.done():", "t_end = time.time() + 6.0\nwhile time.time() < t_end:").replace(
         "    rt.progress(step, loss.detach(), tokens=x.numel())\n", "")
@@ -517,7 +501,7 @@ def test_the_next_run_takes_the_spare_and_a_used_child_is_never_reused(tmp_path,
 
 
 def test_a_spare_started_for_another_environment_is_not_used(tmp_path, cache, monkeypatch):
-    old = runner.start_spare(cache)
+    old = runner.start_spare(cache, current_dataset(cache))
     monkeypatch.setenv("COCKPIT_SOMETHING_NEW", "1")
     pids = []
     r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
@@ -526,7 +510,7 @@ def test_a_spare_started_for_another_environment_is_not_used(tmp_path, cache, mo
 
 
 def test_a_spare_that_died_is_replaced_by_a_fresh_child(tmp_path, cache):
-    pid = runner.start_spare(cache)
+    pid = runner.start_spare(cache, current_dataset(cache))
     os.kill(pid, 9)
     assert gone(pid)
     pids = []
@@ -575,7 +559,7 @@ def test_no_secret_reaches_a_spare(tmp_path, cache, monkeypatch):
     secrets = {"ANTHROPIC_API_KEY": "fake-secret-s1-" + os.urandom(8).hex(), "GH_TOKEN": "fake-secret-s2"}
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
-    pid = runner.start_spare(cache)
+    pid = runner.start_spare(cache, current_dataset(cache))
     env = environ(pid)
     assert b"PYTHONPATH=" in env
     pids = []
@@ -590,7 +574,8 @@ import os, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from harness import runner
-print(runner.start_spare(Path({cache!r})), flush=True)
+from harness.dataset import current_dataset
+print(runner.start_spare(Path({cache!r}), current_dataset(Path({cache!r}))), flush=True)
 {then}
 """
 
@@ -616,7 +601,7 @@ def test_a_spare_is_shut_down_when_its_runner_exits(cache):
 
 
 def test_shutdown_spare_kills_the_waiting_spare(cache):
-    pid = runner.start_spare(cache)
+    pid = runner.start_spare(cache, current_dataset(cache))
     runner.shutdown_spare()
     assert runner.spare_pid() is None and gone(pid, timeout=1.0)
 
@@ -675,18 +660,12 @@ def test_without_cockpit_profile_nothing_is_profiled(tmp_path, cache, monkeypatc
 
 
 def test_evaluation_batches_are_capped_at_64_rows_whatever_the_training_batch(tmp_path, cache):
-    """The causality probe holds fp32 rows x T x vocab log-probs: a 128-row training batch must
-    not make evaluation run out of memory after the whole budget."""
+    """The evaluation holds fp32 rows x T x vocab log-probs: a 96-row training batch must not make
+    evaluation run out of memory after the whole budget. The model is exported for 64 rows."""
     body = bigram().replace("batches = rt.train_batches(8, 64)", "batches = rt.train_batches(96, rt.profile().seq_len)")
-    body = body.replace(
-        "        return self.out(self.emb(idx))",
-        "        rows.add(idx.size(0)) if not torch.is_grad_enabled() else None\n        return self.out(self.emb(idx))",
-    ).replace("model = Bigram()", "rows = set()\nmodel = Bigram()")
-    body = body.replace("rt.submit(model)", "rt.submit(model)\nprint('eval rows', sorted(rows))")
     r = run_script(tmp_path, cache, body, budget=1)
     assert r.status == "ok", r.reason
-    line = next(x for x in (tmp_path / "run.log").read_text().splitlines() if x.startswith("eval rows"))
-    assert max(int(n) for n in line[len("eval rows"):].strip(" []").split(",")) == 64
+    assert f"batches of 64 x {CPU.seq_len}" in (tmp_path / "run.log").read_text()
 
 
 # ---- a busy machine: verdicts that do not depend on what else runs ----
@@ -709,29 +688,6 @@ def test_one_slow_step_does_not_buy_extra_training_time(tmp_path, cache):
         "    if step == 3:\n        time.sleep(2.5)\n    rt.progress(step, loss.detach(), tokens=x.numel())")
     r = run_script(tmp_path, cache, body, budget=2)
     assert r.status == "invalid" and "over the 2s budget" in r.reason and r.timing
-
-
-def test_work_hidden_in_evaluation_is_caught_in_cpu_seconds_and_load_is_not_mistaken_for_it():
-    """The evaluation cap on the CPU compares CPU seconds with CPU seconds: evaluation that waits
-    for the cores (other programs) passes; evaluation that does far more work per token than
-    training did (work moved out of the training clock) does not."""
-    def watch(eval_wall, eval_cpu):
-        # trained 10 s of wall on 2 cores (20 CPU-s) over 1M tokens; 100k tokens to score
-        w = runner._Watch(t_go=0.0, t_ready=1.0, t_trained=11.0, verdict_time=11.0 + eval_wall)
-        w.trained, w.verdict = {"loader_tokens": 1_000_000}, {"val_tokens": 90_000, "probe_tokens": 10_000}
-        w.cpu = {"ready": 1.0, "trained": 21.0, "verdict": 21.0 + eval_cpu}
-        return runner._eval_measure(w, CPU, runner.Limits(60, 10, 120, 2.0), 10.0)
-
-    cost, cap, unit = watch(eval_wall=90.0, eval_cpu=2.0)  # a busy machine: slow in wall time, same work
-    assert unit == " CPU-s" and cost <= cap
-    cost, cap, unit = watch(eval_wall=30.0, eval_cpu=60.0)  # 60 CPU-s to score what trains in 2 CPU-s
-    assert cost > cap
-    gpu = runner._Watch(t_go=0.0, t_ready=1.0, t_trained=11.0, verdict_time=41.0)
-    gpu.trained, gpu.verdict = {"loader_tokens": 1_000_000}, {"val_tokens": 90_000, "probe_tokens": 10_000}
-    from harness.profiles import CUDA
-
-    cost, cap, unit = runner._eval_measure(gpu, CUDA, runner.Limits(60, 10, 300, 2.0), 10.0)
-    assert unit == "s" and cost == 30.0 and cap == pytest.approx(20.0 + 100_000 / 100_000)  # wall seconds on a GPU
 
 
 def test_an_honest_evaluation_passes_while_other_processes_take_the_cores(tmp_path, cache):
