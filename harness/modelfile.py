@@ -222,14 +222,28 @@ class Program:
         self.tensors = tensors
         self.ops = [(_op(n["op"]), n["args"], n["kwargs"]) for n in nodes]
         check_pure(inputs, self.ops)
+        # After node k runs, the slots nothing later reads are freed (as compiled graphs do): the
+        # intermediates of a whole forward pass never sit in memory together.
+        last: dict[int, int] = {}
+        for k, (_op_, args, kwargs) in enumerate(self.ops):
+            for r in _refs(args) + [r for v in kwargs.values() for r in _refs(v)]:
+                last[r] = k
+        keep = set(_refs(output)) | set(range(len(inputs)))
+        self.free: list[list[int]] = [[] for _ in self.ops]
+        for slot, k in last.items():
+            if slot not in keep:
+                self.free[k].append(slot)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         env: list = [idx if i.get("user") else self.tensors[i["tensor"]] for i in self.inputs]
         dev = self.device
-        for op, args, kwargs in self.ops:
+        for (op, args, kwargs), free in zip(self.ops, self.free):
             a = _dec(args, env, dev)
             kw = {k: _dec(v, env, dev) for k, v in kwargs.items()}
             env.append(op(*a, **kw))
+            del a, kw
+            for slot in free:
+                env[slot] = None
         return _dec(self.output, env, dev)
 
 

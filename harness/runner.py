@@ -56,7 +56,7 @@ LOG_HEAD_BYTES = 8 << 20  # a run's log keeps its first 8 MB ...
 LOG_TAIL_BYTES = 2 << 20  # ... and its last 2 MB; what lies between is cut (and said)
 EARLY_BYTES = 1 << 20  # what a spare may print before its run starts (kept for the log)
 EXPORT_ALLOWANCE = 60.0  # seconds the export may take before the run is killed
-HOLDOUT_MAX_TOKENS = 2 * 1024 * 1024  # the holdout scored per run: at most this many tokens (and eval_tokens)
+HOLDOUT_SHARE = 4  # the holdout scored per run: a quarter of the profile's evaluation tokens (2M on CUDA)
 # Python loads the harness from its sources only: a planted __pycache__/*.pyc is never read, and
 # -B writes none. The first argument is the harness folder; the rest is the module and its args.
 _BOOT = """import sys, importlib.machinery as m, importlib.util as u
@@ -285,6 +285,7 @@ def run(
         if evaluator is not None:
             _discard(evaluator)
         _keep_files(child.workdir, log_path.parent)
+    prestart(None)  # the run is over: the next run's spare starts now if it has not yet
     dataset.verify()  # the data the run could have touched is still what was prepared (else IntegrityError)
     exit_code = proc.returncode
     t_end = time.monotonic()
@@ -360,7 +361,7 @@ def _evaluate(ev: "_Child", model: Path, dataset: Dataset, profile: Profile, w: 
         return "invalid", "the exported model's input shape is not the harness's", None
     splits = [("val", _eval_stream(dataset.stream("val"), T, profile.eval_tokens))]
     if dataset.has_split("holdout"):
-        splits.append(("holdout", _eval_stream(dataset.stream("holdout"), T, min(profile.eval_tokens, HOLDOUT_MAX_TOKENS))))
+        splits.append(("holdout", _eval_stream(dataset.stream("holdout"), T, profile.eval_tokens // HOLDOUT_SHARE)))
     job = {"device": profile.device, "autocast": profile.autocast, "vocab": dataset.vocab_size, "batch": B,
            "seq_len": T, "model": str(model), "splits": [(n, len(x)) for n, x in splits]}
     payload = [(json.dumps(job) + "\n").encode(), dataset.token_bytes.astype("<i4").tobytes()]
@@ -721,15 +722,17 @@ def spare_pid() -> int | None:
 def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_dir: Path, dataset: Dataset,
                 boxed: bool, base: Path):
     """When to start the next run's spare: on an accelerator as soon as this run has finished its
-    first step (compilation done, the CPU mostly idle); on the CPU profile only once this run has
-    been exported, so that the spare's imports do not take cores from training."""
+    first step (compilation done, the CPU mostly idle); on the CPU profile only once this run is
+    over (called with None), so that the spare's imports take no cores from training or evaluation."""
     started = not enabled
 
     def check(w: _Watch) -> None:
         nonlocal started
         if started:
             return
-        moment = w.t_exporting if profile.device == "cpu" else (w.t_first or w.t_exporting)
+        if profile.device == "cpu" and w is not None:
+            return  # on the CPU profile: only when the run is over (w is None), not to take cores from it
+        moment = True if w is None else (w.t_first or w.t_exporting)
         if moment is not None:
             started = True
             try:

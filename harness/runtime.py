@@ -82,7 +82,7 @@ class _Session:
     def training_seconds(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         if self.credit is not None:  # the session's fixed allowance for compilation (see the runner)
-            return now - self.t_ready - self.credit
+            return max(0.0, now - self.t_ready - self.credit)
         warm = (self.t_first if self.t_first is not None else now) - self.t_ready
         return (now - self.t_ready) - min(warm, self.profile.warmup_allowance)
 
