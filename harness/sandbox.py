@@ -71,6 +71,24 @@ def python_paths() -> list[Path]:
     return sorted({Path(os.path.realpath(r)) for r in roots} | {Path(r) for r in roots})
 
 
+def toolchain_paths() -> list[Path]:
+    """The C compiler that Triton and Inductor call (on PATH or named by $CC/$CXX), with its own
+    prefix (headers, libraries): it may live outside /usr, e.g. /opt/gcc."""
+    out = set()
+    names = ["cc", "gcc", "c++", "g++", "clang", os.environ.get("CC", ""), os.environ.get("CXX", "")]
+    for name in filter(None, names):
+        exe = shutil.which(name)
+        if exe:
+            for p in {exe, os.path.realpath(exe)}:
+                prefix = Path(p).parent.parent  # <prefix>/bin/gcc -> <prefix>
+                if str(prefix) not in ("/", "/usr", "/usr/local"):
+                    out.add(prefix)
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda and os.path.isdir(cuda):
+        out.add(Path(cuda))
+    return sorted(out)
+
+
 def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool, write: tuple = ()) -> list[str]:
     """`cmd` wrapped in bwrap: `workdir` writable and the working directory (None: nothing
     writable but the private /tmp), `read` read-only."""
@@ -85,9 +103,9 @@ def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool
         a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     a += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     seen: set[str] = set()
-    for p in [*python_paths(), *read]:
+    for p in [*python_paths(), *toolchain_paths(), *read]:
         s = str(p)
-        if s in seen or s.startswith("/usr/") or not os.path.exists(s):
+        if s in seen or s.startswith("/usr/") or not os.path.exists(s):  # /usr is bound whole
             continue
         seen.add(s)
         a += ["--ro-bind", s, s]
