@@ -1,7 +1,8 @@
 """Hashes that make the metric trustworthy: the harness's own files and the prepared data.
 
 `cockpit prepare` locks the harness (records a hash of each of its files in the cache). Before
-every run the runner re-hashes them and the data shards and refuses to run on any difference.
+every run the runner re-hashes them and the data shards and refuses to run on any difference;
+after every run it checks the data again.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ def file_hash(path: Path) -> str:
 
 
 def harness_paths(harness_dir: Path = HARNESS_DIR) -> list[Path]:
-    """Every Python file of the harness package."""
-    return sorted(p for p in harness_dir.rglob("*.py") if "__pycache__" not in p.parts)
+    """Every file of the harness package (sources, and anything planted beside them: a .pth, a .so,
+    a data file), except byte-compiled caches: the runner's processes load the harness from its
+    sources only (runner._BOOT), so a __pycache__ file is never read there."""
+    return sorted(p for p in harness_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
 def harness_files(harness_dir: Path = HARNESS_DIR) -> dict[str, str]:
-    """{relative path: hash} for every Python file of the harness package."""
+    """{relative path: hash} for every file of the harness package."""
     return {p.relative_to(harness_dir).as_posix(): file_hash(p) for p in harness_paths(harness_dir)}
 
 

@@ -466,3 +466,73 @@ def test_training_before_the_first_progress_report_is_counted_against_a_fixed_al
     assert "early" in attacks(r)
     assert r.status == "invalid" and "over the 2s budget" in r.reason and r.credit_used == 0.5
     assert r.training_seconds > 3.0
+
+
+# ---- 4. what stays on disk ----
+
+def _copy_harness(tmp_path, cache):
+    import shutil
+
+    from harness.integrity import lock_harness
+    from harness.paths import HARNESS_DIR
+
+    copy = tmp_path / "pkg" / "harness"
+    shutil.copytree(HARNESS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    lock_harness(cache, copy)
+    return copy
+
+
+def test_a_planted_byte_compiled_harness_file_is_never_loaded(tmp_path, cache, uniform_bpb):
+    """A .pyc beside the harness's sources, valid for Python (the source's size and mtime in its
+    header), that would make the runtime print PLANTED and the evaluation forge its number."""
+    import importlib.util
+    import marshal
+
+    copy = _copy_harness(tmp_path, cache)
+    for name, extra in (("runtime", "print('PLANTED runtime', flush=True)\n"),
+                        ("evaluate", "print('PLANTED evaluate', flush=True)\n")):
+        src = copy / f"{name}.py"
+        code = compile(src.read_text() + "\n" + extra, str(src), "exec")
+        st = src.stat()
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        pyc.parent.mkdir(exist_ok=True)
+        header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little") + int(st.st_mtime).to_bytes(4, "little") \
+            + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+        pyc.write_bytes(header + marshal.dumps(code))
+    import subprocess
+
+    plain = subprocess.run([sys.executable, "-c", "import harness.runtime"], cwd=copy.parent, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(copy.parent), PYTHONDONTWRITEBYTECODE="1"))
+    assert "PLANTED runtime" in plain.stdout  # the plant works on a plain interpreter
+    r = run_attack(tmp_path, cache, "rt.submit(Uniform())", harness_dir=copy)
+    assert r.status == "ok", r.log_tail
+    assert "PLANTED" not in Path(r.log_path).read_text()
+    assert r.val_bpb == pytest.approx(uniform_bpb, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["zz_planted.pth", "native.so", "data/extra.bin"])
+def test_any_file_added_to_the_harness_is_refused(tmp_path, cache, name):
+    copy = _copy_harness(tmp_path, cache)
+    (copy / name).parent.mkdir(exist_ok=True)
+    (copy / name).write_bytes(b"import os\n")
+    with pytest.raises(IntegrityError, match=name.split("/")[0]):
+        run_attack(tmp_path, cache, "rt.submit(Uniform())", harness_dir=copy)
+
+
+def test_validation_data_changed_during_an_unsandboxed_run_is_caught_after_it(tmp_path, cache):
+    """Without the sandbox the process can write the data; the check after the run catches a
+    change it left behind (and the next run's check before it)."""
+    import shutil
+
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own, ignore=shutil.ignore_patterns("inductor", "runs"))
+    d = current_dataset(own)
+    with pytest.raises(IntegrityError, match="val.bin"):
+        run_attack(tmp_path, own, f"""
+        attack("write_val", '''
+        with open({str(d.folder / "val.bin")!r}, "r+b") as f:
+            f.write(b"\\\\x01\\\\x00")
+        result = "overwritten"
+        ''')
+        rt.submit(Uniform())
+        """, sandbox="off")
