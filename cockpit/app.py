@@ -210,6 +210,7 @@ class CockpitApp(App):
             self.table.set_best(e.n)
             if e.forced:
                 self.table.upsert(e.n, status="forced")
+            self._holdout(e.n)
         elif isinstance(e, ev.Notice):
             self.reasoning.line(e.text, "bold")
         elif isinstance(e, ev.Alert):
@@ -247,6 +248,21 @@ class CockpitApp(App):
                             self._phases(e.n))
         hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
 
+    def _holdout(self, best_n: int | None) -> None:
+        """The best code's gain on the holdout beside its gain on validation (from the journal: the
+        holdout is never in what the agent sees)."""
+        from engine.report import holdout_check
+
+        s = self.engine.session
+        if s is None:
+            return
+        hb = self.header_bar
+        hb.holdout = holdout_check(self.engine.journal.experiments(s.id), best_n, self.engine.target.direction)
+        if hb.holdout.carried is False and not getattr(self, "_holdout_warned", False):
+            self._holdout_warned = True
+            self.reasoning.line(f"warning: {hb.holdout.line(self.engine.target.metric_name)}", "bold yellow")
+        hb.refresh_text()
+
     def _phases(self, n: int) -> str | None:
         """Where run n's time went, and the session's duty cycle so far, from the journal."""
         s = self.engine.session
@@ -275,6 +291,7 @@ class CockpitApp(App):
                 self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
             if x.metric is not None:
                 self.plot.add(x.metric, s.best_metric)
+        self._holdout(s.best_n)
 
     # ---- device telemetry ----
     def sample_device(self) -> None:

@@ -261,6 +261,11 @@ def cmd_train(args) -> int:
     log = ws / ".cockpit" / "runs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" / "run.log"
     if not args.json:
         print(f"training {script} on {prof.name} for {prof.time_budget:g}s; log: {log}", file=sys.stderr)
+        boxed, why = runner.sandbox_state("auto")
+        if not boxed:
+            from harness.sandbox import OFF_NOTICE
+
+            print(f"{OFF_NOTICE} ({why})", file=sys.stderr)
 
     def show(p: runner.Progress) -> None:
         if args.json:
@@ -358,6 +363,10 @@ def build_engine(args):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
+    if ws.config.target.kind == "gpt":  # [run] sandbox = "required" where there is none: refused before anything
+        from harness.runner import sandbox_state
+
+        sandbox_state(ws.config.sandbox)
     # Before anything is written. program.md edits are the human's and get committed; any other
     # uncommitted change is refused (the agent edits only its own tree, .cockpit/agent).
     ws.git.ensure_clean(allow=("program.md",))
@@ -377,7 +386,8 @@ def build_engine(args):
         prof = _profile(args.device, args.budget if args.budget is not None else tc.budget)
         if prof.name == "cpu":
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
-        target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox)
+        target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,
+                           compile_cache=ws.config.compile_cache)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
     limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)

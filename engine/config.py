@@ -49,6 +49,7 @@ class Config:
     agent_numbers: dict = field(default_factory=dict)  # ClaudeConfig fields set in [agent] (numbers, thinking, effort, prices)
     pipeline: bool = True  # the agent prepares the next experiment while one trains
     sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
+    compile_cache: str = "private"  # [run] compile_cache: private (per run) | shared (faster; a channel between runs)
 
 
 # The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
@@ -154,11 +155,15 @@ def load(root: Path) -> Config:
     run_tbl = data.get("run", {})
     if not isinstance(run_tbl, dict):
         raise ConfigError(f"{path}: [run] must be a table")
-    if set(run_tbl) - {"sandbox"}:
-        raise ConfigError(f"{path}: unknown key [run].{sorted(set(run_tbl) - {'sandbox'})[0]} (known: sandbox)")
+    if set(run_tbl) - {"sandbox", "compile_cache"}:
+        odd = sorted(set(run_tbl) - {"sandbox", "compile_cache"})[0]
+        raise ConfigError(f"{path}: unknown key [run].{odd} (known: compile_cache, sandbox)")
     sandbox = run_tbl.get("sandbox", "auto")
     if sandbox not in ("auto", "required", "off"):
         raise ConfigError(f"{path}: [run].sandbox must be one of auto, required, off, not {sandbox!r}")
+    compile_cache = run_tbl.get("compile_cache", "private")
+    if compile_cache not in ("private", "shared"):
+        raise ConfigError(f"{path}: [run].compile_cache must be private or shared, not {compile_cache!r}")
     crashes = _section(data, "stop", _StopConfig, path).max_consecutive_crashes
     if target.kind not in ("gpt", "command"):
         raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
@@ -169,7 +174,7 @@ def load(root: Path) -> Config:
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
-                  settings, agent_tbl.get("pipeline", True), sandbox)
+                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache)
 
 
 def _prices(v, path: Path) -> dict:
@@ -220,6 +225,9 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # [run]
 # sandbox = "auto"                # auto: train in the sandbox where the machine allows; required: refuse
 #                                 # to start without it; off: the agent's code runs with your rights
+# compile_cache = "private"       # each run compiles afresh (on an H200, ~22 s more per run of the default
+#                                 # model); "shared": runs reuse torch.compile's cache, which any run can
+#                                 # also write, so state can pass from one run to the next
 #
 # [agent.prices]                  # USD per million tokens, overriding the built-in table for your model
 # input = 2.0

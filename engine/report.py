@@ -238,6 +238,50 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
 
 # ---- the numbers ----
 
+CARRY_SHARE = 0.5  # a validation gain "carries over" when the holdout gains at least half as much
+
+
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """The best code's gain over the baseline on validation (what the agent optimises) and on the
+    holdout (what it never sees), both positive when better. A validation gain that the holdout
+    does not follow (under CARRY_SHARE of it) is the sign of overfitting to the validation set."""
+
+    val_gain: float | None
+    holdout_gain: float | None
+
+    @property
+    def carried(self) -> bool | None:
+        """None when there is nothing to judge (no gain, or no holdout figures)."""
+        if self.val_gain is None or self.holdout_gain is None or self.val_gain <= 0:
+            return None
+        return self.holdout_gain >= CARRY_SHARE * self.val_gain
+
+    def line(self, metric: str) -> str | None:
+        if self.val_gain is None or self.holdout_gain is None:
+            return None
+        text = f"gain on validation {self.val_gain:+.6f}, on the holdout {self.holdout_gain:+.6f}"
+        if self.carried is False:
+            text += (f": the validation gains do not carry over to the holdout (under {CARRY_SHARE:.0%} of them): "
+                     f"the session may be overfitting the validation set")
+        return text
+
+
+def holdout_check(experiments: list[Experiment], best_n: int | None, direction: str = "min") -> HoldoutCheck:
+    sign = 1.0 if direction == "min" else -1.0
+    base = [e for e in experiments if e.kind == "baseline" and _is_kept(e) and e.holdout is not None]
+    best = next((e for e in experiments if e.n == best_n), None)
+    if not base or best is None:
+        return HoldoutCheck(None, None)
+    val0 = sum(e.metric for e in base) / len(base)
+    hold0 = sum(e.holdout for e in base) / len(base)
+    if best.kind == "baseline":
+        return HoldoutCheck(0.0, 0.0)
+    if best.metric is None or best.holdout is None:
+        return HoldoutCheck(None, None)
+    return HoldoutCheck(sign * (val0 - best.metric), sign * (hold0 - best.holdout))
+
+
 @dataclass
 class Summary:
     session: Session
@@ -364,6 +408,12 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
         pct = f" ({sm.improvement_pct:+.2f}%)" if sm.improvement_pct is not None else ""
         L.append(f"- improvement vs baseline: **{sm.improvement:+.6f}**{pct}"
                  + (f", {sm.improvement / s.noise:.1f}x the noise" if s.noise else ""))
+    hc = holdout_check(sm.experiments, s.best_n, sm.direction)
+    if hc.line(m):
+        L.append(f"- holdout (a split the agent never sees): {hc.line(m)}"
+                 + (" **(check this)**" if hc.carried is False else ""))
+    else:
+        L.append("- holdout: - (no holdout figures: data prepared before the holdout split; `cockpit prepare --force`)")
     L += ["", "### Counts by status", "", "| status | experiments |", "|---|---:|"]
     for k in sorted(sm.counts, key=lambda k: (FINAL.index(k) if k in FINAL else len(FINAL), k)):
         L.append(f"| {k} | {sm.counts[k]} |")
@@ -373,12 +423,12 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
     kept = [e for e in sm.experiments if e.kind == "experiment" and e.status in KEPT]
     L += ["## Kept improvements", ""]
     if kept:
-        L += [f"| # | commit | {m} | delta | confidence | description |", "|---:|---|---:|---:|---:|---|"]
+        L += [f"| # | commit | {m} | delta | confidence | holdout | description |", "|---:|---|---:|---:|---:|---:|---|"]
         for e in kept:
             conf = "-" if e.confidence is None else f"{e.confidence:.1f}σ"
             forced = " *(forced)*" if e.status == "forced" else ""
             L.append(f"| {e.n} | `{(e.commit_sha or '')[:7]}` | {_f(e.metric)} | {_f(e.delta, '+.6f')} | {conf} | "
-                     f"{_cell(e.description)}{forced} |")
+                     f"{_f(e.holdout)} | {_cell(e.description)}{forced} |")
     else:
         L.append("None yet.")
     L += ["", "## All experiments", "",

@@ -47,12 +47,13 @@ class GptTarget:
     metric_name = "val_bpb"
     direction = "min"
 
-    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile, sandbox: str = "auto"):
+    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile, sandbox: str = "auto",
+                 compile_cache: str = "private"):
         self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
         self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
         self.label = f"gpt/{profile.name}"
         self.profile_name = profile.name
-        self.sandbox = sandbox
+        self.sandbox, self.compile_cache = sandbox, compile_cache
         self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
         self.credits: list[float] = []  # the baselines' measured allowances for compilation and export
         self.exports: list[float] = []
@@ -65,7 +66,8 @@ class GptTarget:
         """Start the first run's training process now (imports only; it waits for its run and
         never touches the GPU before), so even the session's first run starts warm."""
         runner.start_spare(self.cache, self.dataset, preload_compile=self.profile.compile,
-                           gpu=self.profile.device != "cpu", base=self.root / ".cockpit" / "runs", sandbox=self.sandbox)
+                           gpu=self.profile.device != "cpu", base=self.root / ".cockpit" / "runs", sandbox=self.sandbox,
+                           compile_cache=self.compile_cache, profile=self.profile)
 
     def close(self) -> None:
         runner.shutdown_spare()
@@ -87,7 +89,7 @@ class GptTarget:
             limits.credit = max(self.credits)
             limits.export_estimate = max(self.exports, default=0.0)
         r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
-                       cancel=cancel, limits=limits, sandbox=self.sandbox)
+                       cancel=cancel, limits=limits, sandbox=self.sandbox, compile_cache=self.compile_cache)
         if baseline and r.status == "ok" and r.credit_seconds is not None:
             self.credits.append(r.credit_seconds)
             self.exports.append(r.export_seconds or 0.0)

@@ -219,6 +219,7 @@ def run(
     on_spawn: Callable[[int], None] | None = None,
     spare: bool = True,
     sandbox: str = "auto",
+    compile_cache: str = "private",
 ) -> RunResult:
     """Run one training script under the harness. Raises IntegrityError before starting when the
     harness or the data changed, and after the run when the data changed during it; every other
@@ -233,7 +234,7 @@ def run(
     log_path.touch()
     source = Path(script).read_bytes()
 
-    env = child_env(cache, harness_dir, boxed)
+    env = child_env(cache, harness_dir, boxed, compile_cache == "shared")
     key = _key(env, harness_dir, hashes, dataset, boxed, profile)
     child = _take_spare(key) if spare else None
     t_go = time.monotonic()  # CLOCK_MONOTONIC is one clock for all processes: the child's timeline uses it
@@ -514,20 +515,21 @@ _spare_lock = threading.Lock()
 _atexit_registered = False
 
 
-def child_env(cache: Path, harness_dir: Path = HARNESS_DIR, boxed: bool = False) -> dict[str, str]:
+def child_env(cache: Path, harness_dir: Path = HARNESS_DIR, boxed: bool = False, shared_cache: bool = False) -> dict[str, str]:
     """The training subprocess's environment: this one without secrets, plus the harness's
     import path and the compile caches (in the sandbox: the run's own folder, so that nothing
-    persists from one run to the next; outside it: shared under the cache dir)."""
+    persists from one run to the next, unless `[run] compile_cache = "shared"`; outside it:
+    shared under the cache dir)."""
     env = scrub_env(dict(os.environ))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    if not boxed:
+    if not boxed or shared_cache:
         ind = inductor_cache(cache)
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ind))
         env.setdefault("TRITON_CACHE_DIR", str(ind / "triton"))
-    else:
-        for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HOME", "XDG_CACHE_HOME", "TMPDIR"):
+    if boxed:
+        for k in ("HOME", "XDG_CACHE_HOME", "TMPDIR") + (() if shared_cache else ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")):
             env.pop(k, None)
         env["TMPDIR"] = "/tmp"
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -584,13 +586,17 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
                   *(["--preload-compile"] if preload_compile else []))
     read = [harness_dir] + [dataset.folder / f for f in TRAIN_FILES if (dataset.folder / f).exists()]
     env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache")) if boxed else env
-    if boxed:
+    write: tuple = ()
+    if boxed and "TORCHINDUCTOR_CACHE_DIR" not in env:  # private: nothing persists to the next run
         env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
         env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
-    write = ()
+    elif boxed:  # [run] compile_cache = "shared": writable by every run (a channel between runs)
+        os.makedirs(env["TORCHINDUCTOR_CACHE_DIR"], exist_ok=True)
+        os.makedirs(env["TRITON_CACHE_DIR"], exist_ok=True)
+        write += (Path(env["TORCHINDUCTOR_CACHE_DIR"]), Path(env["TRITON_CACHE_DIR"]))
     if boxed and env.get("COCKPIT_PROFILE"):  # a measuring aid: its traces go where the user asked
         os.makedirs(env["COCKPIT_PROFILE"], exist_ok=True)
-        write = (Path(env["COCKPIT_PROFILE"]),)
+        write += (Path(env["COCKPIT_PROFILE"]),)
     try:
         proc, pump = _popen(cmd, env, wfd, workdir, boxed, read, gpu, cwd=str(workdir), write=write)
     except BaseException:
@@ -690,13 +696,14 @@ def _keep_spare(child: _Child) -> None:
 
 
 def start_spare(cache: Path, dataset: Dataset, harness_dir: Path = HARNESS_DIR, preload_compile: bool = False,
-                gpu: bool = False, base: Path | None = None, sandbox: str = "auto") -> int:
+                gpu: bool = False, base: Path | None = None, sandbox: str = "auto", compile_cache: str = "private",
+                profile: Profile | None = None) -> int:
     """Start a spare child now, for the next `run()` with this cache, data and harness; returns its pid."""
     boxed, _ = sandbox_state(sandbox)
-    env = child_env(cache, harness_dir, boxed)
+    env = child_env(cache, harness_dir, boxed, compile_cache == "shared")
     from .profiles import detect
 
-    prof = detect()
+    prof = profile or detect()
     key = _key(env, harness_dir, harness_files(harness_dir), dataset, boxed, prof)
     child = _spawn(env, key, harness_dir, preload_compile, dataset, boxed, gpu, base or cache / "runs")
     _keep_spare(child)

@@ -193,6 +193,9 @@ def test_headless_output_into_head_stops_but_the_session_goes_on_to_its_limit(tm
     ('[stop]\nmax_consecutive_crashes = "5"\n', "[stop].max_consecutive_crashes must be a whole number of crashes >= 1"),
     ("[stop]\nmax_crashes = 5\n", "unknown key [stop].max_crashes"),
     ("stop = 5\n", "[stop] must be a table"),
+    ('[run]\nsandbox = "maybe"\n', "[run].sandbox must be one of auto, required, off, not 'maybe'"),
+    ("[run]\ncompile_cache = 1\n", "[run].compile_cache must be private or shared, not 1"),
+    ("[run]\nsandbx = 'off'\n", "unknown key [run].sandbx"),
 ])
 def test_a_bad_number_in_cockpit_toml_is_one_line_naming_the_key(tmp_path, toml, needle):
     ws = tmp_path / "ws"
@@ -203,6 +206,22 @@ def test_a_bad_number_in_cockpit_toml_is_one_line_naming_the_key(tmp_path, toml,
     cache = tmp_path / "cache"
     line = one_error_line(cli("--cache-dir", cache, "--workspace", ws, "--headless", "--max-experiments", "1"))
     assert needle in line and "cockpit.toml" in line
+    assert state(ws) == before and not cache.exists()
+
+
+def test_a_required_sandbox_on_a_machine_without_one_is_refused_before_anything(tmp_path):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text() + '\n[run]\nsandbox = "required"\n')
+    commit_all(ws)
+    before = state(ws)
+    bin_ = tmp_path / "bin"  # a PATH with git and no bwrap
+    bin_.mkdir()
+    (bin_ / "git").symlink_to(subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip())
+    cache = tmp_path / "cache"
+    line = one_error_line(cli("--cache-dir", cache, "--workspace", ws, "--headless", "--max-experiments", "1",
+                              env_extra={"PATH": str(bin_)}))
+    assert 'sandbox = "required"' in line and "bubblewrap" in line
     assert state(ws) == before and not cache.exists()
 
 

@@ -633,3 +633,53 @@ def test_a_stale_index_lock_from_a_killed_git_command_does_not_block_resume(tmp_
     assert r.returncode == 0, r.stderr
     assert "removed a stale .git/index.lock" in r.stdout
     assert not (ws / ".git" / "index.lock").exists()
+
+
+# ---- the holdout split, and the sandbox's state at start ----
+
+def test_the_holdout_is_recorded_for_the_human_and_never_reaches_what_the_agent_reads(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
+    commit_all(ws)
+    w = open_workspace(ws)
+    target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
+    contexts = []
+
+    class Watching(Tuner):
+        def propose(self, ctx, tools, emit):
+            contexts.append(repr(ctx))
+            return super().propose(ctx, tools, emit)
+
+    eng = Engine(w, Watching(), target, tag="h", limits=Limits(max_experiments=2))
+    eng.run()
+    s = eng.journal.session_by_tag("h")
+    rows = [e for e in eng.journal.experiments(s.id) if e.metric is not None]
+    assert rows and all(e.holdout is not None and e.holdout > 0 for e in rows)
+    assert all(abs(e.holdout - e.metric) > 1e-9 for e in rows)  # another split, another number
+    readable = "\n".join(contexts) + (ws / "results.tsv").read_text() if (ws / "results.tsv").exists() else "\n".join(contexts)
+    readable += "".join(Path(e.log_path).read_text() for e in rows if e.log_path)
+    for e in rows:
+        for text in (f"{e.holdout:.6f}", f"{e.holdout:.5f}", f"{e.holdout:.4f}", repr(e.holdout)):
+            assert text not in readable, f"#{e.n}'s holdout {text} is where the agent can read it"
+    assert contexts, "the agent was asked for proposals"
+
+
+def test_a_session_without_the_sandbox_says_so_at_start_and_in_the_journal(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1")
+                                     + '\n[run]\nsandbox = "off"\n')
+    commit_all(ws)
+    w = open_workspace(ws)
+    target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5),
+                       sandbox=w.config.sandbox)
+    seen = []
+    eng = Engine(w, Tuner(), target, tag="off", limits=Limits(max_experiments=0))
+    eng.subscribe(lambda e: seen.append(e))
+    eng.run()
+    alerts = [e.text for e in seen if isinstance(e, ev.Alert)]
+    assert any(a.startswith("sandbox: off — the agent's code runs with your rights") for a in alerts), alerts
+    s = eng.journal.session_by_tag("off")
+    stored = eng.journal.db.execute("SELECT data FROM events WHERE session_id=? AND type='Alert'", (s.id,)).fetchall()
+    assert any("sandbox: off" in r[0] for r in stored)

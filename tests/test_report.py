@@ -231,3 +231,39 @@ def test_importing_the_report_module_loads_neither_matplotlib_nor_textual():
     code = "import sys, engine.report; bad = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'textual')]; print(bad)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("holdouts,carried", [
+    ({1: 1.100, 2: 1.102, 3: 1.089, 6: 1.080, 8: 1.085}, True),   # the holdout gains as much as validation
+    ({1: 1.100, 2: 1.102, 3: 1.101, 6: 1.099, 8: 1.104}, False),  # validation gained 0.016, the holdout nothing
+])
+def test_the_report_sets_the_holdout_gain_beside_the_validation_gain_and_flags_overfitting(tmp_path, holdouts, carried):
+    from engine.report import holdout_check
+
+    ws = tmp_path / "ws"
+    base = make_repo(ws)
+    fill_journal(ws, base)
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.latest_session()
+    for n, h in holdouts.items():
+        j.update_experiment(s.id, n, holdout=h)
+    hc = holdout_check(j.experiments(s.id), s.best_n)
+    j.close()
+    assert hc.val_gain == pytest.approx(1.001 - 0.985)
+    assert hc.holdout_gain == pytest.approx(1.101 - holdouts[8])
+    assert hc.carried is carried
+    r = cli("report", "--workspace", ws)
+    assert r.returncode == 0, r.stderr
+    text = (ws / ".cockpit" / "report" / "report.md").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("- holdout"))
+    assert "gain on validation +0.016000" in line and f"on the holdout {hc.holdout_gain:+.6f}" in line
+    assert ("do not carry over" in line) is (not carried)
+    assert f"| {holdouts[6]:.6f} |" in text, "each kept row's holdout in the table"
+
+
+def test_a_report_without_holdout_figures_says_why(tmp_path):
+    ws = tmp_path / "ws"
+    base = make_repo(ws)
+    fill_journal(ws, base)
+    assert cli("report", "--workspace", ws).returncode == 0
+    assert "- holdout: - (no holdout figures" in (ws / ".cockpit" / "report" / "report.md").read_text()
