@@ -37,7 +37,7 @@ class Outcome:
     log_tail: str | None = None
     startup_seconds: float | None = None  # spawn -> first step (imports, compile)
     eval_seconds: float | None = None
-    timing: bool = False  # failed a timing rule (over budget, evaluation cap, a deadline): a busy machine can cause it
+    timing: bool = False  # failed a timing rule (over budget, a deadline): a busy machine can cause it
     holdout: float | None = None  # the metric on the holdout split (never shown to the agent)
     credit: float | None = None  # a baseline's own allowance for compilation and export (seconds)
     sandbox: bool = False  # whether the run was inside the sandbox
