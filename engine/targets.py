@@ -64,7 +64,9 @@ class GptTarget:
 
     def warm_up(self) -> None:
         """Start the first run's training process now (imports only; it waits for its run and
-        never touches the GPU before), so even the session's first run starts warm."""
+        never touches the GPU before), so even the session's first run starts warm. Sandbox
+        folders that a killed cockpit left behind (no process works in them) go first."""
+        _remove_stale_run_folders(self.root / ".cockpit" / "runs")
         runner.start_spare(self.cache, self.dataset, preload_compile=self.profile.compile,
                            gpu=self.profile.device != "cpu", base=self.root / ".cockpit" / "runs", sandbox=self.sandbox,
                            compile_cache=self.compile_cache, profile=self.profile)
@@ -96,6 +98,25 @@ class GptTarget:
         return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
                        r.log_tail, r.startup_seconds, r.eval_seconds, r.timing, r.holdout_bpb,
                        r.credit_seconds if baseline else None, r.sandbox)
+
+
+def _remove_stale_run_folders(runs: Path) -> None:
+    import shutil
+
+    import psutil
+
+    stale = [d for d in list(runs.glob(".run-*")) + list(runs.glob("*/.run-*")) if d.is_dir()]
+    if not stale:
+        return
+    busy = set()
+    for proc in psutil.process_iter():
+        try:
+            busy.add(proc.cwd())
+        except (psutil.Error, OSError):
+            pass
+    for d in stale:
+        if not any(c == str(d) or c.startswith(str(d) + os.sep) for c in busy):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 _METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")

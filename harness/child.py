@@ -4,11 +4,13 @@ Two phases. Before "go" it imports what every run needs (torch, the harness's ru
 compiling profiles Dynamo and Inductor) and then blocks on stdin; the runner may start it this
 way ahead of time, as a spare, while the previous run still trains. Nothing here touches the GPU
 before "go": importing torch creates no CUDA context, and the child checks that it did not.
-On "go" (one JSON line: script, data, profile, budget, warm-up, log, cwd) it attaches its output
-to the run's log, checks the script against the guard, sets up harness.runtime (profile, data,
-the channel to the runner), runs the script as __main__, and turns whatever happens into one
-verdict message. The runner kills this process's whole group when it is done, cancelled or out
-of time, and a spare that is no longer wanted.
+On "go" (one JSON line: script, data, profile, budget, warm-up, allowance, cwd) it moves into the
+run's own folder, checks the script against the guard, sets up harness.runtime (profile, data,
+the channel to the runner), and runs the script as __main__; the script's `rt.submit(model)`
+exports the model and ends the process. A failure becomes one message ("crash", "invalid").
+Its output goes to a pipe that the runner writes to the run's log. The runner kills this
+process's whole group (in the sandbox: its PID namespace) when the model is exported, or the run
+is cancelled or out of time, and a spare that is no longer wanted.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 # What a run imports anyway, loaded before "go" so that a spare has it ready. Dynamo comes with
 # the first torch.optim optimizer even without compiling; Inductor (seconds) only where the
 # profile compiles; triton only where it is installed.
-PRELOAD = ("torch", "torch.nn.functional", "torch._dynamo", "harness.guard", "harness.profiles", "harness.runtime")
+PRELOAD = ("torch", "torch.nn.functional", "torch._dynamo", "torch.export", "harness.guard", "harness.profiles",
+           "harness.runtime", "harness.modelfile")
 PRELOAD_COMPILE = ("torch._inductor.compile_fx", "torch._functorch.aot_autograd")
 SPARE_EXIT = 0  # stdin closed before "go": the runner no longer wants this spare
 

@@ -6,12 +6,16 @@
     while not rt.done():                  # the harness's clock, as a fraction of the budget
         ...one optimizer step...
         rt.progress(step, loss, tokens)   # cheap; syncs the device at most twice a second
-    rt.submit(model)                      # the harness evaluates model(idx) -> logits (B, T, V)
+    rt.submit(model)                      # ends the run: model(idx) -> logits (B, T, V) is exported
 
-The clock: training time is the time since the harness handed control to train.py, minus the
-warm-up before the first `progress` call or the second batch from `train_batches`, whichever
-comes first (the first step, which includes compilation), up to the profile's warm-up allowance. The runner measures the same thing from its own side, from
-the arrival times of these messages, and a run over budget is `invalid`.
+The clock: training time is the time since the harness handed control to train.py, minus an
+allowance for compilation. A session's baseline measures it (its warm-up before the first
+`progress` call or the second batch from `train_batches`, up to the profile's warm-up allowance,
+plus its export); every later run gets that allowance fixed (`credit` from the runner), so
+nothing a run does before its first report buys it time. The runner measures the same thing
+from its own side, from the arrival times of these messages, up to the model being exported,
+and a run over budget is `invalid`. The verdict is not computed here: `submit` exports the model
+and the runner scores it in a separate process (harness/evaluator.py).
 """
 
 from __future__ import annotations

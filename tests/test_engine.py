@@ -590,11 +590,11 @@ class _BrokenTarget:
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
 
-    def run(self, log_path, cancel, on_progress=None):
+    def run(self, log_path, cancel, on_progress=None, baseline=False):
         self.calls += 1
         if self.calls == 2:
             raise OSError(28, "No space left on device")
-        return self.inner.run(log_path, cancel, on_progress)
+        return self.inner.run(log_path, cancel, on_progress, baseline=baseline)
 
 
 def test_an_unexpected_error_stops_with_its_reason_and_leaves_nothing_running(tmp_path):
@@ -683,3 +683,25 @@ def test_a_session_without_the_sandbox_says_so_at_start_and_in_the_journal(tmp_p
     s = eng.journal.session_by_tag("off")
     stored = eng.journal.db.execute("SELECT data FROM events WHERE session_id=? AND type='Alert'", (s.id,)).fetchall()
     assert any("sandbox: off" in r[0] for r in stored)
+
+
+def test_sandbox_folders_left_by_a_killed_cockpit_are_removed_at_the_next_start(tmp_path, tiny_cache):
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    commit_all(ws)
+    w = open_workspace(ws)
+    left = ws / ".cockpit" / "runs" / "old" / ".run-abc"
+    left.mkdir(parents=True)
+    (left / "model").mkdir()
+    (left / "model" / "tensors.pt").write_bytes(b"x" * 1000)
+    busy = ws / ".cockpit" / "runs" / "old" / ".run-busy"
+    busy.mkdir()
+    holder = subprocess.Popen(["sleep", "30"], cwd=busy)  # a run still working there (another cockpit)
+    try:
+        target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
+        target.warm_up()
+        target.close()
+        assert not left.exists() and busy.exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -24,14 +24,14 @@ import pytest
 from harness.dataset import Dataset, current_dataset, open_dataset
 from harness.errors import IntegrityError, NotPreparedError
 from harness.integrity import lock_harness, verify_harness
-from harness.prepare import is_val
+from harness.prepare import is_val, split_of
 from harness.tokenizer import BOS
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 400
 VAL_FRACTION = 0.05  # the CLI default
 DATA_FILES = {
-    "train.bin", "val.bin", "train_docs.npy", "val_docs.npy",
+    "train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "holdout.bin", "holdout_docs.npy",
     "tokenizer.tiktoken", "tokenizer.json", "token_bytes.npy",
 }
 
@@ -191,7 +191,7 @@ def test_prepare_text_succeeds_with_a_summary(prepared, corpus):
     assert str(prepared.ds.folder) in out
     assert "undecodable" not in out
     # every (non-empty, decodable) file became exactly one document
-    assert c["train_docs"] + c["val_docs"] == len(corpus.docs)
+    assert c["train_docs"] + c["val_docs"] + c["holdout_docs"] == len(corpus.docs)
     assert c["val_docs"] >= 1 and c["train_docs"] > c["val_docs"]
     assert prepared.ds.manifest["source"]["kind"] == "text"
     assert prepared.ds.manifest["source"]["files"] == len(corpus.docs)
@@ -275,7 +275,7 @@ def test_is_val_depends_only_on_identity():
     here = [is_val(i, 0.05) for i in ids]
     assert here == [is_val(i, 0.05) for i in reversed(ids)][::-1]  # order does not matter
     # another process, another hash seed: the same answers
-    code = "import json,sys; from harness.prepare import is_val; print(json.dumps([is_val(i, 0.05) for i in json.load(sys.stdin)]))"
+    code = "import json,sys; from harness.prepare import is_val, split_of; print(json.dumps([is_val(i, 0.05) for i in json.load(sys.stdin)]))"
     env = dict(os.environ, PYTHONHASHSEED="12345")
     r = subprocess.run([sys.executable, "-c", code], input=json.dumps(ids), capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -293,15 +293,15 @@ def test_is_val_fraction_is_respected_and_monotone():
 
 def test_documents_land_in_their_pinned_split_exactly(prepared, corpus):
     ordered = sorted(corpus.docs)  # the source's order: sorted relative paths
-    want_val = [corpus.docs[r] for r in ordered if is_val(r, VAL_FRACTION)]
-    want_train = [corpus.docs[r] for r in ordered if not is_val(r, VAL_FRACTION)]
-    assert decoded_docs(prepared.ds, "val") == want_val
-    assert decoded_docs(prepared.ds, "train") == want_train
+    for split in ("val", "holdout", "train"):
+        want = [corpus.docs[r] for r in ordered if split_of(r, VAL_FRACTION) == split]
+        assert decoded_docs(prepared.ds, split) == want, split
+    assert decoded_docs(prepared.ds, "holdout"), "the holdout split holds documents"
 
 
 def test_marker_in_a_val_file_is_only_in_val_and_vice_versa(prepared, corpus):
     assert is_val(corpus.val_marker_file, VAL_FRACTION)
-    assert not is_val(corpus.train_marker_file, VAL_FRACTION)
+    assert split_of(corpus.train_marker_file, VAL_FRACTION) == "train"
     val_text = "".join(decoded_docs(prepared.ds, "val"))
     train_text = "".join(decoded_docs(prepared.ds, "train"))
     assert VAL_MARKER in val_text and VAL_MARKER not in train_text
@@ -329,9 +329,11 @@ def test_split_is_stable_when_the_corpus_grows(tmp_path):
     ds2 = current_dataset(cache)
     assert ds2.folder != ds1.folder
     val2, train2 = decoded_docs(ds2, "val"), decoded_docs(ds2, "train")
-    assert set(val1) <= set(val2) and set(train1) <= set(train2)
+    hold1, hold2 = decoded_docs(ds1, "holdout"), decoded_docs(ds2, "holdout")
+    assert set(val1) <= set(val2) and set(train1) <= set(train2) and set(hold1) <= set(hold2)
     assert set(val2) - set(val1) == {t for rel, t in added.items() if is_val(rel, VAL_FRACTION)}
-    assert len(val2) + len(train2) == len(docs) + len(added)
+    assert set(hold2) - set(hold1) == {t for rel, t in added.items() if split_of(rel, VAL_FRACTION) == "holdout"}
+    assert len(val2) + len(train2) + len(hold2) == len(docs) + len(added)
 
 
 # ---------------------------------------------------------------- 3. idempotent
@@ -381,7 +383,7 @@ def test_killed_prepare_leaves_no_dataset_and_next_one_recovers(stage, corpus, t
     assert leftovers(cache) == []
     ds = current_dataset(cache)
     ds.verify()
-    assert ds.manifest["counts"]["train_docs"] + ds.manifest["counts"]["val_docs"] == len(corpus.docs)
+    assert sum(ds.manifest["counts"][f"{k}_docs"] for k in ("train", "val", "holdout")) == len(corpus.docs)
 
 
 @pytest.mark.parametrize("stage", ["tokenizer", "manifest", "rename"])
@@ -544,7 +546,7 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path):
     assert m["source"]["skipped_undecodable"] == 2
     assert sorted(m["source"]["skipped_examples"]) == ["bad1.txt", "pkg1/bad2.dat"]
     assert m["source"]["files"] == len(docs) + 2
-    assert m["counts"]["train_docs"] + m["counts"]["val_docs"] == len(docs)
+    assert sum(m["counts"][f"{k}_docs"] for k in ("train", "val", "holdout")) == len(docs)
     # the no-op run reports the same
     r2 = ok(prepare_text(folder, cache, "--quiet"))
     assert r2.stdout.startswith("already prepared") and ", 2 undecodable files skipped" in r2.stdout
@@ -589,9 +591,9 @@ def test_parquet_shards(tmp_path):
     c = ds.manifest["counts"]
     assert ds.manifest["source"]["kind"] == "parquet"
     assert ds.manifest["source"]["files"] == 2
-    assert c["train_docs"] + c["val_docs"] == len(expected) < 600
+    assert c["train_docs"] + c["val_docs"] + c["holdout_docs"] == len(expected) < 600
     assert decoded_docs(ds, "val") == [t for ident, t in expected if is_val(ident, VAL_FRACTION)]
-    assert decoded_docs(ds, "train") == [t for ident, t in expected if not is_val(ident, VAL_FRACTION)]
+    assert decoded_docs(ds, "train") == [t for ident, t in expected if split_of(ident, VAL_FRACTION) == "train"]
     ds.verify()
 
     r2 = ok(run_cli(["prepare", "--parquet", shards / "*.parquet", "--vocab-size", VOCAB, "--quiet"], cache))

@@ -356,8 +356,7 @@ class Cheat(torch.nn.Module):
 rt.submit(Cheat(model))
 """)
     r = run_script(tmp_path, cache, body)
-    assert r.status == "ok"
-    assert r.val_bpb > 3.0  # scored against the real targets: a terrible model, not a perfect one
+    assert r.status == "invalid" and "changes state" in r.reason  # it writes into its input: refused at export
 
 
 def test_inflating_the_logit_scale_does_not_hide_a_leak_from_the_probe(tmp_path, cache):
