@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from engine import events as ev
 from engine.gpu import Telemetry
@@ -51,6 +51,7 @@ class CockpitApp(App):
     #right { width: 2fr; }
     #bottom { height: 7; }
     #bottom > * { width: 1fr; }
+    #state { height: 1; background: $boost; padding: 0 1; text-style: bold; }
     """
     BINDINGS = [
         Binding("v", "veto", "Veto", id="veto"),
@@ -91,6 +92,8 @@ class CockpitApp(App):
         self.run_panel = RunPanel()
         self.gpu = GpuPanel()
         self.plot = MetricPlot(engine.target.direction)
+        self.engine_state: str | None = None  # the engine's own line (StateChanged)
+        self.state_bar = Static("state: starting", id="state")
 
     def compose(self) -> ComposeResult:
         yield self.header_bar
@@ -104,6 +107,7 @@ class CockpitApp(App):
             yield self.run_panel
             yield self.gpu
             yield self.plot
+        yield self.state_bar
         yield Footer(compact=True, show_command_palette=False)  # ctrl+p still opens it; ? lists it
 
     def on_mount(self) -> None:
@@ -132,8 +136,8 @@ class CockpitApp(App):
 
     def engine_stopped(self, reason: str) -> None:
         self.stop_reason = reason
-        self.header_bar.state = "stopped"
         self.header_bar.refresh_text()
+        self.refresh_state()
         self.reasoning.line(f"session stopped: {reason}", "bold")
         if self.control.stop_mode:
             self.exit(reason)
@@ -174,6 +178,53 @@ class CockpitApp(App):
             except Exception:  # a rendering bug must never take the loop or the journal down
                 self.log.error(traceback.format_exc())
         self.header_bar.refresh_text()
+        self.refresh_state()
+
+    # ---- the command palette (ctrl+p): every action, with its key ----
+    # What each key does, for the palette (the footer's short labels name them).
+    ACTION_HELP = {
+        "veto": "discard the running (or waiting) experiment now: its training is killed",
+        "force_keep": "keep the selected finished experiment (or the running one when it ends) as the new best",
+        "edit_program": "edit program.md, the agent's instructions, in the app",
+        "external_edit": "edit program.md in $EDITOR",
+        "toggle_review": "review gate: hold each proposal until you approve or veto it",
+        "approve": "approve the proposal waiting at the review gate",
+        "toggle_pause": "pause: no new experiment starts (the running one finishes); again to resume",
+        "open_selected": "open the selected experiment: its diff, reason and log",
+        "help": "every key and what it does",
+        "quit_prompt": "stop the session, after this run or now; `cockpit` resumes it later",
+    }
+
+    def get_system_commands(self, screen):
+        for b in self.BINDINGS:
+            key = b.key_display or b.key
+            yield SystemCommand(f"{b.description} ({key})", self.ACTION_HELP.get(b.action, b.tooltip or b.description),
+                                lambda action=b.action: self.run_action(action))
+        yield from super().get_system_commands(screen)
+
+    # ---- the state line: what the session does now, never fading ----
+    def state_line(self) -> str:
+        """The engine's state with what the human asked for and is still pending."""
+        if self.stop_reason is not None:
+            return f"stopped: {self.stop_reason}"
+        c = self.control
+        if c.stop_mode == "now":
+            return "stopping now"
+        parts = [self.engine_state or "starting"]
+        if self.awaiting_n is not None and not parts[0].startswith("awaiting"):
+            parts[0] = f"awaiting approval of #{self.awaiting_n}"
+        for n in c.force_pending():
+            parts.append(f"force-keep pending for #{self.running_n if n is None else n}")
+        if c.stop_mode == "after_run":
+            parts.append("stopping after this run")
+        elif c.paused and not parts[0].startswith("paused"):
+            parts.append("pausing after this run" if self.running_n is not None else "paused")
+        if c.review and self.awaiting_n is None and self.stop_reason is None:
+            parts.append("review gate on")
+        return " · ".join(parts)
+
+    def refresh_state(self) -> None:
+        self.state_bar.update(f"state: {self.state_line()}")
 
     def render_event(self, e: ev.Event) -> None:
         hb = self.header_bar
@@ -221,8 +272,10 @@ class CockpitApp(App):
         elif isinstance(e, ev.Error):
             self.reasoning.line(f"error: {e.text}", "bold red")
             self.notify(e.text, severity="error")
-        elif isinstance(e, ev.SessionStopped):
-            hb.state = "stopped"
+        elif isinstance(e, ev.StateChanged):
+            self.engine_state = e.text
+            if e.phase in ("export", "eval") and e.n is not None:
+                self.run_panel.phase(e.n, "exporting the model" if e.phase == "export" else "evaluating (a separate process)")
 
     def _finished(self, e: ev.ExperimentFinished) -> None:
         hb = self.header_bar
@@ -347,10 +400,19 @@ class CockpitApp(App):
             self._observer.stop()
 
     # ---- keys ----
+    def _stopped_says(self, what: str) -> bool:
+        """After the session stopped, a key that acts on it says so (and does nothing)."""
+        if self.stop_reason is None:
+            return False
+        self.notify(f"the session has stopped ({self.stop_reason}): {what}; run `cockpit` to resume it", severity="warning")
+        return True
+
     def action_veto(self) -> None:
+        if self._stopped_says("nothing runs to veto"):
+            return
         n = self.running_n or self.awaiting_n
         if n is None:
-            self.notify("nothing is running to veto", severity="warning")
+            self.notify("nothing is running or waiting to veto (the agent is proposing)", severity="warning")
             return
 
         def done(reason: str | None) -> None:
@@ -361,6 +423,8 @@ class CockpitApp(App):
         self.push_screen(VetoScreen(n), done)
 
     def action_force_keep(self) -> None:
+        if self._stopped_says("a keep applies to a running session"):
+            return
         n = self.table.selected_number()
         if n is not None and n != self.running_n:
             row = self.table.data_rows.get(n, {})
@@ -369,9 +433,11 @@ class CockpitApp(App):
                 return
             self.control.force_keep(n)
             self.notify(f"#{n} will become the best before the next experiment")
+            self.refresh_state()
         elif self.running_n is not None:
             self.control.force_keep(self.running_n)
             self.notify(f"#{self.running_n} will be kept when it finishes")
+            self.refresh_state()
         else:
             self.notify("select a finished experiment to keep", severity="warning")
 
@@ -402,25 +468,36 @@ class CockpitApp(App):
         self.post_message(ProgramChanged())
 
     def action_toggle_review(self) -> None:
+        if self._stopped_says("the review gate applies to a running session"):
+            return
         on = not self.control.review
         self.control.set_review(on)
         self.notify(f"review gate {'on: each proposal waits for a (approve) or v (veto)' if on else 'off'}")
+        self.refresh_state()
 
     def action_approve(self) -> None:
+        if self._stopped_says("nothing waits for approval"):
+            return
+        if self.awaiting_n is None:
+            why = "" if self.control.review else " (the review gate is off: r turns it on)"
+            self.notify(f"nothing is waiting for approval{why}", severity="warning")
+            return
         self.control.approve()
-        if self.awaiting_n is not None:
-            self.notify(f"#{self.awaiting_n} approved")
+        self.notify(f"#{self.awaiting_n} approved")
 
     def action_toggle_pause(self) -> None:
+        if self._stopped_says("nothing to pause"):
+            return
         if self.control.paused:
             self.control.resume()
-            self.header_bar.state = ""
             self.notify("resumed")
         else:
             self.control.pause()
-            self.header_bar.state = "pausing after this run"
-            self.notify("paused: takes effect after the current run")
-        self.header_bar.refresh_text()
+            if self.running_n is not None:
+                self.notify(f"pausing: #{self.running_n} finishes, then no new experiment starts until p")
+            else:
+                self.notify("paused: no new experiment starts until p")
+        self.refresh_state()
 
     def on_data_table_row_selected(self, event) -> None:
         """enter on a row (the table handles the key itself): open that experiment."""
@@ -454,7 +531,6 @@ class CockpitApp(App):
         def done(mode: str | None) -> None:
             if mode:
                 self.control.stop(mode)
-                self.header_bar.state = "stopping " + ("now" if mode == "now" else "after this run")
-                self.header_bar.refresh_text()
+                self.refresh_state()
 
         self.push_screen(QuitScreen(), done)

@@ -270,6 +270,11 @@ def cmd_train(args) -> int:
     def show(p: runner.Progress) -> None:
         if args.json:
             return
+        if p.phase != "train":
+            word = "exporting the model" if p.phase == "export" else "evaluating in a separate process"
+            sys.stderr.write(f"\r{word}{' ' * 60}")
+            sys.stderr.flush()
+            return
         rate = f"{p.tokens_per_second / 1e3:8.1f}k tok/s" if p.tokens_per_second else " " * 15
         mfu = f"  mfu {100 * p.mfu:4.1f}%" if p.mfu else ""
         sys.stderr.write(f"\rstep {p.step:6d}  loss {p.loss:7.4f}  {rate}{mfu}  {100 * min(p.fraction, 1):5.1f}% of budget ")
@@ -446,6 +451,25 @@ def _run_headless(engine, notices: list[str], json_lines: bool) -> int | None:
     return got[0] if got else None
 
 
+def session_state(s) -> str:
+    """The session's state line as its engine last wrote it, or what a stopped or killed one is."""
+    if s.status == "stopped":
+        return f"stopped: {s.stop_reason or 'stopped'}"
+    alive = False
+    if s.pid:
+        try:
+            os.kill(s.pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+    if not alive:
+        return "not running (cockpit was killed or the machine restarted; `cockpit` resumes it)" + (
+            f"; last state: {s.state}" if s.state else "")
+    return s.state or "starting"
+
+
 def cmd_status(args) -> int:
     from engine.journal import Journal, duty_cycle
     from engine.workspace import open_workspace
@@ -465,6 +489,7 @@ def cmd_status(args) -> int:
     base = [e.metric for e in exps if e.kind == "baseline" and e.metric is not None]
     m = ws.config.target.metric
     print(f"session {s.tag}  branch {s.branch}  agent {s.agent}  status {s.status}" + (f" ({s.stop_reason})" if s.stop_reason else ""))
+    print(f"state: {session_state(s)}")
     if s.best_metric is not None:
         gain = f"  ({s.best_metric - sum(base) / len(base):+.6f} vs baseline)" if base else ""
         print(f"best {m} {s.best_metric:.6f} at {(s.best_commit or '')[:7]} (#{s.best_n}){gain}  noise {s.noise or 0:.6f}")

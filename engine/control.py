@@ -96,6 +96,11 @@ class Control:
         """Who stopped the session, for its reasons: "the human", or what stop(by=...) named."""
         return self._by or "the human"
 
+    def force_pending(self) -> list[int | None]:
+        """Force-keep requests not yet applied (None: the running experiment, when it finishes)."""
+        with self._cv:
+            return sorted(self._force, key=lambda n: -1 if n is None else n)
+
     def take_veto(self) -> str | None:
         with self._cv:
             reason, self._veto = self._veto, None

@@ -52,6 +52,16 @@ class Notice(Event):
 
 
 @dataclass(frozen=True)
+class StateChanged(Event):
+    """What the engine is doing now, as one line that stays until the next change: running #n
+    (startup / train / export / eval), proposing #n, awaiting approval of #n, paused, stopped."""
+
+    text: str
+    n: int | None = None
+    phase: str | None = None
+
+
+@dataclass(frozen=True)
 class Alert(Event):
     """A one-line message the human should act on (the session goes on), e.g. noise so high
     that no change can be kept."""

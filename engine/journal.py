@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS sessions(
   id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
   agent TEXT, target TEXT, created REAL, updated REAL,
   best_n INTEGER, best_commit TEXT, best_metric REAL, noise REAL,
-  status TEXT DEFAULT 'running', stop_reason TEXT, harness TEXT, origin TEXT);
+  status TEXT DEFAULT 'running', stop_reason TEXT, harness TEXT, origin TEXT, state TEXT, pid INTEGER);
 CREATE TABLE IF NOT EXISTS experiments(
   id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id), n INTEGER NOT NULL,
   kind TEXT NOT NULL DEFAULT 'experiment', parent_commit TEXT, commit_sha TEXT, diff_stat TEXT,
@@ -94,6 +94,8 @@ class Session:
     stop_reason: str | None
     harness: str | None = None  # the harness version its baseline was measured with
     origin: str | None = None  # the branch the session started from
+    state: str | None = None  # the engine's state line, kept current while it runs
+    pid: int | None = None  # the process running the session (its state is stale when that is gone)
 
 
 class Journal:
@@ -116,9 +118,9 @@ class Journal:
             if col not in have:
                 self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {kind}")
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
-        for col in ("harness", "origin"):
+        for col, kind in (("harness", "TEXT"), ("origin", "TEXT"), ("state", "TEXT"), ("pid", "INTEGER")):
             if col not in have:
-                self.db.execute(f"ALTER TABLE sessions ADD COLUMN {col} TEXT")
+                self.db.execute(f"ALTER TABLE sessions ADD COLUMN {col} {kind}")
 
     def close(self) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ experiment becomes `interrupted`, the tree returns to the best commit, numbering
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -76,6 +77,19 @@ class Engine:
     # ---- events ----
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
         self._subscribers.append(fn)
+
+    def set_state(self, text: str, n: int | None = None, phase: str | None = None) -> None:
+        """The one line that says what the session is doing; journaled (for `cockpit status`)
+        and emitted, only when it changes."""
+        if text == getattr(self, "_state", None):
+            return
+        self._state = text
+        if self.session is not None:
+            try:
+                self.journal.update_session(self.session.id, state=text, pid=os.getpid())
+            except Exception:  # the state line is a display: never a reason to stop
+                traceback.print_exc()
+        self.emit(ev.StateChanged(text=text, n=n, phase=phase))
 
     def emit(self, e: ev.Event) -> None:
         if not e.HIGH_RATE and self.session is not None:
@@ -265,6 +279,8 @@ class Engine:
                 if stop:
                     reason = stop
                     break
+                if self.control.paused:
+                    self.set_state("paused")
                 self.control.wait_while_paused()
                 if self.control.stop_mode:
                     reason = self._stop_condition() or "stopped"
@@ -291,6 +307,7 @@ class Engine:
                     self.target.close()  # no spare training process outlives the session
                 self._repair(s)
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
+                self.set_state(f"stopped: {reason}")
                 self._write_results()
                 self.emit(ev.SessionStopped(session_id=s.id, reason=reason))
         return reason
@@ -412,9 +429,12 @@ class Engine:
             n = j.next_number(s.id)
             self.control.begin_run(n)
             self._new_row(n, s.best_commit)
+            self.set_state(f"proposing #{n}", n=n)
             a = self._propose(n, s.best_commit, background=False)
         else:
             n = a.n
+            if not a.done:
+                self.set_state(f"proposing #{n}", n=n)
             # The human rewrote the instructions while this proposal was prepared: ask again under them.
             stale = a.base != s.best_commit and self._program_changed_since(a.base)
             if stale:
@@ -435,6 +455,7 @@ class Engine:
             return
         if self.control.review:
             self.emit(ev.AwaitingApproval(n=n))
+            self.set_state(f"awaiting approval of #{n}", n=n)
         verdict = self.control.wait_for_approval()
         if verdict != "approved":
             reason = self.control.take_veto() if verdict == "vetoed" else "stopped before the run"
@@ -720,11 +741,16 @@ class Engine:
     def _run(self, n: int, sha: str, kind: str = "experiment"):
         self.journal.update_experiment(self.session.id, n, run_started=time.time(), harness=self.harness)
         self.emit(ev.ExperimentStarted(n=n, commit=sha, kind=kind))
+        what = "baseline" if kind == "baseline" else "running"
+        self.set_state(f"{what} #{n} (startup)", n=n, phase="startup")
         log = self.ws.run_dir(self.session.tag, n) / "run.log"
 
         def progress(p):
-            self.emit(ev.RunProgress(n=n, step=p.step, loss=p.loss, tokens_per_second=p.tokens_per_second, mfu=p.mfu,
-                                     fraction=p.fraction, elapsed=p.elapsed))
+            phase = getattr(p, "phase", None) or "train"
+            self.set_state(f"{what} #{n} ({phase})", n=n, phase=phase)
+            if phase == "train":
+                self.emit(ev.RunProgress(n=n, step=p.step, loss=p.loss, tokens_per_second=p.tokens_per_second, mfu=p.mfu,
+                                         fraction=p.fraction, elapsed=p.elapsed))
 
         if kind == "baseline":
             return self.target.run(log, self.control.cancel_run, progress, baseline=True)

@@ -103,6 +103,7 @@ class Progress:
     mfu: float | None
     fraction: float
     elapsed: float
+    phase: str = "train"  # "train"; then "export" (the model is being exported) and "eval" (being scored)
 
 
 @dataclass(frozen=True)
@@ -884,16 +885,30 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     elif kind == "exporting":
         if w.t_exporting is None:
             w.t_exporting = now
+            _phase(w, "export", now, on_progress)
     elif kind == "trained":
         if w.t_trained is None and w.t_ready is not None:
             w.t_trained = now
             w.trained = msg
             if w.t_exporting is None:
                 w.t_exporting = now
+            _phase(w, "eval", now, on_progress)
     elif kind in ("crash", "invalid") and w.verdict is None:
         w.verdict = msg
         w.verdict_time = now
     # anything else ("result" included) is not the training process's to say
+
+
+def _phase(w: _Watch, phase: str, now: float, on_progress) -> None:
+    """Tell the caller the run moved on from training (export, then evaluation)."""
+    if on_progress is None:
+        return
+    last = w.last_progress or {}
+    try:
+        on_progress(Progress(int(last.get("step", 0)), float(last.get("loss", 0.0)), int(last.get("tokens", 0)), None, None,
+                             1.0, now - w.t_go, phase))
+    except Exception:  # a broken display must not take the run down
+        traceback.print_exc()
 
 
 def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:

@@ -270,3 +270,97 @@ async def test_enter_opens_the_selected_experiment_and_shift_e_runs_the_editor(t
             x["kind"] == "instructions" for x in app.engine.journal.notes(app.engine.session.id)), what="the agent told")
         await pilot.press("q", "n")
         await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+# ---- the state line: every state, and what each key answers in it ----
+
+def notices(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_the_state_line_names_each_state_and_every_key_answers_truthfully(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    state = lambda: str(app.state_bar.render())  # noqa: E731
+    async with app.run_test(size=(160, 48)) as pilot:
+        # running, and its phase
+        await wait_for(pilot, lambda: app.running_n is not None and "running #" in state() or "baseline #" in state(),
+                       what="a run in the state line")
+        # a on nothing waiting: says so, and why
+        await pilot.press("a")
+        assert "nothing is waiting for approval (the review gate is off" in notices(app)[-1]
+        # review gate: the state line says it is on, then that a proposal waits
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.awaiting_n is not None, what="a proposal waiting")
+        n = app.awaiting_n
+        await wait_for(pilot, lambda: f"awaiting approval of #{n}" in state(), what="awaiting in the state line")
+        # pause while a proposal waits: lasting, not a fading notice
+        await pilot.press("p")
+        assert "paused" in state()
+        await pilot.pause(3.0)
+        assert "paused" in state() and f"awaiting approval of #{n}" in state()
+        await pilot.press("p")
+        assert "paused" not in state()
+        # force-keep of the waiting proposal's run: pending until it finishes
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.running_n == n, timeout=30, what="the approved run")
+        app.control.force_keep(n)
+        app.refresh_state()
+        assert f"force-keep pending for #{n}" in state()
+        await pilot.press("r")
+        # stop after the run: said until it happens
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("a")  # "after this run"
+        assert "stopping after this run" in state() or state() == "state: stopped: stopped by the human (after the run)"
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+async def test_after_the_session_stopped_by_itself_every_key_says_so_and_does_nothing(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws, max_experiments=1)
+    state = lambda: str(app.state_bar.render())  # noqa: E731
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="the session to reach its limit")
+        assert state() == "state: stopped: reached --max-experiments 1"
+        for key in ("k", "p", "v", "a", "r"):
+            await pilot.press(key)
+            assert "the session has stopped" in notices(app)[-1], key
+        assert not app.control.paused and not app.control.review
+
+
+async def test_the_command_palette_lists_every_action_with_its_key(tmp_path):
+    ws = value_workspace(tmp_path)
+    app = value_app(ws)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.engine.session is not None, what="session")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for b in app.BINDINGS:
+            assert any(t == f"{b.description} ({b.key_display or b.key})" for t in titles), b.action
+        await pilot.press("ctrl+p")
+        await pilot.press(*"pause")
+        await pilot.pause(0.5)
+        found = [str(h) for h in app.screen.query("CommandList").first().get_option_at_index(0).prompt.plain.splitlines()]
+        assert any("Pause (p)" in f for f in found), found
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.control.paused  # chosen in the palette, done as the key does it
+        await pilot.press("q", "n")
+        await wait_for(pilot, lambda: app.stop_reason is not None, what="stop")
+
+
+def test_cockpit_status_prints_the_state_line(tmp_path):
+    from cockpit.cli import session_state
+    from engine.journal import Session
+
+    base = dict(id=1, tag="t", branch="b", base_commit="c", agent="tuner", target="x", created=0.0, updated=0.0, best_n=None,
+                best_commit=None, best_metric=None, noise=None, stop_reason=None)
+    import os
+
+    assert session_state(Session(**base, status="running", state="paused", pid=os.getpid())) == "paused"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = session_state(Session(**base, status="running", state="running #4 (train)", pid=gone.pid))
+    assert dead.startswith("not running") and "last state: running #4 (train)" in dead
+    assert session_state(Session(**dict(base, stop_reason="reached --max-experiments 3"), status="stopped")) == \
+        "stopped: reached --max-experiments 3"

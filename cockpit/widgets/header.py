@@ -22,7 +22,6 @@ class HeaderBar(Static):
         self.finished_times: list[float] = []
         self.cost = 0.0
         self.started = time.monotonic()
-        self.state = ""
         self.holdout = None  # engine.report.HoldoutCheck of the best code, or None
 
     def refresh_text(self) -> None:
@@ -35,13 +34,12 @@ class HeaderBar(Static):
         up = time.monotonic() - self.started
         rate = len(self.finished_times) / (up / 3600) if up > 60 else 0.0
         h, m = divmod(int(up) // 60, 60)
-        state = f" [{self.state}]" if self.state else ""
         hc = self.holdout
         if hc is not None and hc.holdout_gain is not None and hc.val_gain:
             colour = "yellow" if hc.carried is False else "green"
             gain += f" holdout [{colour}]{-hc.holdout_gain:+.6f}[/]" + (" (not carried over)" if hc.carried is False else "")
         self.update(
-            f"[b]{self.tag}[/b]{state}  best {self.metric} [b]{best}[/b]{gain}  "
+            f"[b]{self.tag}[/b]  best {self.metric} [b]{best}[/b]{gain}  "
             f"[green]{c.get('keep', 0) + c.get('forced', 0)} keep[/] / {c.get('discard', 0)} discard / "
             f"[red]{crashes} crash[/]  {rate:.1f}/h  ${self.cost:.2f}  up {h}:{m:02d}"
         )

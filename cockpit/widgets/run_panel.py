@@ -52,6 +52,11 @@ class RunPanel(Vertical):
             eta = f" ETA {elapsed * (1 - frac) / frac:.0f}s"
         self.stats.update(f"#{n} step {step} loss {loss:.4f}{rate}{mfu_s}{eta}")
 
+    def phase(self, n: int, what: str) -> None:
+        """Training is over; the run is exporting or being evaluated (the bar stays full)."""
+        self.bar.update(progress=100)
+        self.stats.update(f"#{n} {what}…")
+
     def done(self, text: str, phases: str | None = None) -> None:
         self.bar.update(progress=100)
         self.stats.update(text)
