@@ -258,6 +258,7 @@ class CockpitApp(App):
             self._finished(e)
         elif isinstance(e, ev.BestChanged):
             hb.best = e.metric
+            self._set_best_row(e.n)
             self.table.set_best(e.n)
             if e.forced:
                 self.table.upsert(e.n, status="forced")
@@ -283,8 +284,11 @@ class CockpitApp(App):
             self.running_n = None
         if self.awaiting_n == e.n:
             self.awaiting_n = None
-        self.table.upsert(e.n, commit=e.commit or None, status=e.status, metric=e.metric, delta=e.delta, conf=e.confidence,
-                          description=e.description, seconds=time.monotonic() - self.table.data_rows.get(e.n, {}).get("started", time.monotonic()))
+        x = self.engine.journal.experiment(self.engine.session.id, e.n) if self.engine.session else None
+        self.table.upsert(e.n, commit=e.commit or None, status=self._shown_status(e.kind, e.status), metric=e.metric,
+                          delta=e.delta, conf=e.confidence, description=e.description,
+                          seconds=x.total_seconds if x is not None else None, memory=x.memory_gb if x is not None else None)
+        self._log_result(e.n, e.kind, e.status, e.metric, e.delta, e.reason, e.description)
         if e.kind == "baseline":
             if e.metric is not None:
                 self._baselines.append(e.metric)
@@ -301,6 +305,14 @@ class CockpitApp(App):
                             self._phases(e.n))
         hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
 
+    def _set_best_row(self, n: int | None) -> None:
+        """The header names the best's row; a baseline row means the best is the baselines' mean."""
+        hb = self.header_bar
+        hb.best_n = n
+        row = self.engine.journal.experiment(self.engine.session.id, n) if (n is not None and self.engine.session) else None
+        hb.best_is_baseline = row is not None and row.kind == "baseline"
+        hb.n_baselines = len(self._baselines)
+
     def _holdout(self, best_n: int | None) -> None:
         """The best code's gain on the holdout beside its gain on validation (from the journal: the
         holdout is never in what the agent sees)."""
@@ -315,6 +327,22 @@ class CockpitApp(App):
             self._holdout_warned = True
             self.reasoning.line(f"warning: {hb.holdout.line(self.engine.target.metric_name)}", "bold yellow")
         hb.refresh_text()
+
+    @staticmethod
+    def _shown_status(kind: str, status: str) -> str:
+        """A kept baseline row reads "baseline": it is measured, not kept over anything."""
+        return "baseline" if kind == "baseline" and status == "keep" else status
+
+    def _log_result(self, n, kind, status, metric, delta, reason, description) -> None:
+        """The agent pane's record of each result, with its reason."""
+        if status == "interrupted" and description == "(not run)":
+            return
+        val = f" {metric:.6f}" if metric is not None else ""
+        d = f" ({delta:+.6f})" if delta is not None else ""
+        why = f" — {reason}" if reason else ""
+        style = {"keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red",
+                 "timeout": "red", "invalid": "magenta", "vetoed": "yellow"}.get(status, "")
+        self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style)
 
     def _phases(self, n: int) -> str | None:
         """Where run n's time went, and the session's duty cycle so far, from the journal."""
@@ -334,9 +362,16 @@ class CockpitApp(App):
         """On resume, the table starts with what the journal already holds."""
         s = self.engine.journal.session(sid)
         self.table.best_n = s.best_n
-        for x in self.engine.journal.experiments(sid):
-            self.table.upsert(x.n, commit=x.commit_sha or "", status=x.status, metric=x.metric, delta=x.delta,
-                              conf=x.confidence, description=x.description or "", seconds=x.total_seconds, memory=x.memory_gb)
+        history = self.engine.journal.experiments(sid)
+        if history:
+            self.reasoning.line(f"resumed: the last results of session {s.tag}", "bold")
+        for x in history[-10:]:
+            if x.status not in ("running", "proposing"):
+                self._log_result(x.n, x.kind, x.status, x.metric, x.delta, x.reason, x.description)
+        for x in history:
+            self.table.upsert(x.n, commit=x.commit_sha or "", status=self._shown_status(x.kind, x.status), metric=x.metric,
+                              delta=x.delta, conf=x.confidence, description=x.description or "", seconds=x.total_seconds,
+                              memory=x.memory_gb)
             if x.kind == "experiment":
                 self.header_bar.counts[x.status] = self.header_bar.counts.get(x.status, 0) + 1
             elif x.metric is not None:
@@ -344,6 +379,7 @@ class CockpitApp(App):
                 self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
             if x.metric is not None:
                 self.plot.add(x.metric, s.best_metric)
+        self._set_best_row(s.best_n)
         self._holdout(s.best_n)
 
     # ---- device telemetry ----
@@ -518,6 +554,8 @@ class CockpitApp(App):
             return
         diff = self.engine.git.diff(e.parent_commit, e.commit_sha) if e.commit_sha and e.parent_commit and e.kind == "experiment" else ""
         tail = log_tail(Path(e.log_path), 40) if e.log_path else ""
+        if e.reason:  # why it ended so, above its log
+            tail = f"{e.status}: {e.reason}\n\n{tail}"
         self.diff.show(f"#{n} {e.status}: {e.description or ''}"[:80], diff, tail, n=n)
 
     def action_help(self) -> None:

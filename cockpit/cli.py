@@ -215,12 +215,12 @@ def ensure_prepared(cache: Path):
 
 # ---- train ----
 
-def _profile(device: str, budget: float | None):
+def _profile(device: str, budget: float | None, say: bool = True):
     from harness.profiles import CPU, MPS, detect
 
     if device == "auto":
         prof = detect()
-        if prof.name == "cpu":
+        if prof.name == "cpu" and say:
             print("no GPU: CPU profile", file=sys.stderr)
     elif device == "cuda":
         prof = detect()
@@ -388,7 +388,7 @@ def build_engine(args):
 
         verify_harness(cache)  # refuse now, in one line, rather than after the session started
         dataset.verify()
-        prof = _profile(args.device, args.budget if args.budget is not None else tc.budget)
+        prof = _profile(args.device, args.budget if args.budget is not None else tc.budget, say=False)  # a notice below
         if prof.name == "cpu":
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
         target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,

@@ -210,7 +210,7 @@ async def test_veto_kills_the_training_process_and_is_journaled(tmp_path, tiny_c
     engine = Engine(w, Tuner(), target, control=Control(), tag="veto")
     app = CockpitApp(engine, [])
     async with app.run_test(size=(160, 48)) as pilot:
-        await wait_for(pilot, lambda: any(r["status"] == "keep" for r in rows(app).values()), what="the baseline", timeout=120)
+        await wait_for(pilot, lambda: any(r["status"] == "baseline" for r in rows(app).values()), what="the baseline", timeout=120)
         target.profile = CPU.with_budget(120)
         await wait_for(pilot, lambda: app.running_n == 2 and app.run_panel.losses, what="experiment 2 training", timeout=120)
         kids = [p for p in psutil.Process().children(recursive=True) if "harness.child" in " ".join(p.cmdline())]

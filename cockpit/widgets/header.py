@@ -17,6 +17,9 @@ class HeaderBar(Static):
         self.metric = metric
         self.tag = "-"
         self.best: float | None = None
+        self.best_n: int | None = None  # the row the best is (a baseline row: the best is the baselines' mean)
+        self.best_is_baseline = False
+        self.n_baselines = 0
         self.baseline: float | None = None
         self.counts: dict[str, int] = {}
         self.finished_times: list[float] = []
@@ -27,12 +30,19 @@ class HeaderBar(Static):
     def refresh_text(self) -> None:
         best = f"{self.best:.6f}" if self.best is not None else "-"
         gain = ""
-        if self.best is not None and self.baseline is not None:
-            gain = f" ({self.best - self.baseline:+.6f})"
+        if self.best is not None and self.best_is_baseline:
+            best += f" (baseline mean of {self.n_baselines})"
+        elif self.best is not None:
+            if self.best_n is not None:
+                best += f" #{self.best_n}"
+            if self.baseline is not None:
+                gain = f" ({self.best - self.baseline:+.6f} vs baseline)"
         c = self.counts
         crashes = c.get("crash", 0) + c.get("timeout", 0)
         up = time.monotonic() - self.started
-        rate = len(self.finished_times) / (up / 3600) if up > 60 else 0.0
+        done = len(self.finished_times)
+        # a rate means something once experiments have finished over a stretch of time
+        rate = f"  {done / ((self.finished_times[-1] - self.started) / 3600):.1f}/h" if done >= 2 else ""
         h, m = divmod(int(up) // 60, 60)
         hc = self.holdout
         if hc is not None and hc.holdout_gain is not None and hc.val_gain:
@@ -41,5 +51,5 @@ class HeaderBar(Static):
         self.update(
             f"[b]{self.tag}[/b]  best {self.metric} [b]{best}[/b]{gain}  "
             f"[green]{c.get('keep', 0) + c.get('forced', 0)} keep[/] / {c.get('discard', 0)} discard / "
-            f"[red]{crashes} crash[/]  {rate:.1f}/h  ${self.cost:.2f}  up {h}:{m:02d}"
+            f"[red]{crashes} crash[/]{rate}  ${self.cost:.2f}  up {h}:{m:02d}"
         )

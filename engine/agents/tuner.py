@@ -359,7 +359,7 @@ class Tuner:
             explanation = (
                 " with ".join(f"{m.const.key} {m.tag}" for m in moves)
                 + f": exploring ({left} untried moves over {len(open_constants)} constants"
-                + (f"; {len(failed)} failed moves skipped)" if failed else ")")
+                + (f"; {len(failed)} failed move{'s' if len(failed) != 1 else ''} skipped)" if failed else ")")
             )
             if momentum is not None:
                 explanation = f"not repeating {momentum[0].const.key} {momentum[0].tag} this time; " + explanation
