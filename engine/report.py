@@ -44,23 +44,23 @@ def baseline_mean(experiments: list[Experiment]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def running_best(experiments: list[Experiment]) -> list[tuple[int, float]]:
-    """(n, best after n) at each kept row: the value the loop measures new experiments against.
+def running_best(experiments: list[Experiment], direction: str = "min") -> list[tuple[int, float]]:
+    """(n, best measured up to n) at each kept row: a line that only ever improves.
 
-    Baseline runs give the running mean of the baselines so far (the engine's starting best);
-    each keep or forced experiment then sets the best to its own metric. A force-kept experiment
-    may be worse than the previous best: the line then steps the wrong way, truthfully, because
-    the branch really moved there."""
+    It starts at the baselines' mean (the engine's starting best: every baseline row carries the
+    mean, not a running mean that would wander); each keep then improves it. A force-kept
+    experiment worse than the best moves the branch but not this line: it is drawn as its own
+    marker."""
+    base = baseline_mean(experiments)
+    better = min if direction == "min" else max
     out: list[tuple[int, float]] = []
-    base: list[float] = []
+    best: float | None = None
     for e in sorted(experiments, key=lambda x: x.n):
         if not _is_kept(e):
             continue
-        if e.kind == "baseline":
-            base.append(e.metric)
-            out.append((e.n, sum(base) / len(base)))
-        else:
-            out.append((e.n, e.metric))
+        v = base if e.kind == "baseline" else e.metric
+        best = v if best is None else better(best, v)
+        out.append((e.n, best))
     return out
 
 
@@ -73,8 +73,8 @@ class ProgressSeries:
     baseline: float | None = None
 
 
-def progress_series(experiments: list[Experiment]) -> ProgressSeries:
-    s = ProgressSeries(best=running_best(experiments), baseline=baseline_mean(experiments))
+def progress_series(experiments: list[Experiment], direction: str = "min") -> ProgressSeries:
+    s = ProgressSeries(best=running_best(experiments, direction), baseline=baseline_mean(experiments))
     for e in sorted(experiments, key=lambda x: x.n):
         if _is_kept(e):
             s.kept.append(e)
@@ -134,6 +134,17 @@ def _short(text: str | None, n: int = DESC_CHARS) -> str:
 
 
 # ---- the chart ----
+
+def legend_keys(s: ProgressSeries) -> set[str]:
+    """What the chart shows, so the legend names only that."""
+    return {k for k, on in (
+        ("kept", any(e.kind != "baseline" and e.status == "keep" for e in s.kept)),
+        ("forced", any(e.kind != "baseline" and e.status == "forced" for e in s.kept)),
+        ("baseline", any(e.kind == "baseline" for e in s.kept)),
+        ("other", bool(s.other)),
+        ("failed", bool(s.failed)),
+    ) if on}
+
 
 def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str = "val_bpb", direction: str = "min") -> None:
     try:
@@ -219,15 +230,17 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
             ax.text(0.995, 0.005, f"labels: the {len(labelled)} largest of {n_steps} steps", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="grey", parse_math=False)
 
-    handles = [
-        Line2D([], [], color="#2ca02c", marker="o", markeredgecolor="black", linewidth=1.8, label="kept (running best)"),
-        Line2D([], [], color="#ff7f0e", marker="D", linestyle="none", label="force-kept"),
-        Line2D([], [], color="#555555", marker="o", linestyle=":", label="baseline runs / mean"),
-        Line2D([], [], color="#9a9a9a", marker="o", alpha=0.5, linestyle="none", label="not kept"),
-        Line2D([], [], color="#d62728", marker="x", linestyle="none", label="crash / timeout / invalid"),
-    ]
+    present = legend_keys(s)
+    handles = [h for key, h in (
+        ("kept", Line2D([], [], color="#2ca02c", marker="o", markeredgecolor="black", linewidth=1.8, label="kept (running best)")),
+        ("forced", Line2D([], [], color="#ff7f0e", marker="D", linestyle="none", label="force-kept")),
+        ("baseline", Line2D([], [], color="#555555", marker="o", linestyle=":", label="baseline runs / mean")),
+        ("other", Line2D([], [], color="#9a9a9a", marker="o", alpha=0.5, linestyle="none", label="not kept")),
+        ("failed", Line2D([], [], color="#d62728", marker="x", linestyle="none", label="crash / timeout / invalid")),
+    ) if key in present]
     # the corner the curve leaves empty: early runs are bad (top left for "min"), later ones good
-    ax.legend(handles=handles, loc="upper left" if direction == "max" else "lower left", fontsize=8, framealpha=0.85)
+    if handles:
+        ax.legend(handles=handles, loc="upper left" if direction == "max" else "lower left", fontsize=8, framealpha=0.85)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():  # a description with glyphs the font lacks is not an error
@@ -437,7 +450,7 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
     for e in sm.experiments:
         L.append(f"| {e.n} | {e.kind} | `{(e.commit_sha or e.parent_commit or '')[:7]}` | {e.status} | {_f(e.metric)} | "
                  f"{_f(e.delta, '+.6f')} | {_f(e.training_seconds, '.0f')} | ${e.cost_usd or 0:.2f} | "
-                 f"{_cell(e.description)} | {_cell(e.reason)[:120]} |")
+                 f"{_cell(e.description)} | {_cell(e.reason)} |")
     L += ["", f"*generated by `cockpit report` at {_when(time.time())}*", ""]
     return "\n".join(L)
 
@@ -491,7 +504,7 @@ def write_report(workspace: str | Path = ".", tag: str | None = None, out: str |
         raise HarnessError(f"--out {out_dir} exists and is not a folder")
     metric, direction = ws.config.target.metric, ws.config.target.direction
     sm = summarize(session, exps, metric, direction)
-    series = progress_series(exps)
+    series = progress_series(exps, direction)
     try:
         import matplotlib  # noqa: F401  (checked before the output folder is made)
     except ImportError:

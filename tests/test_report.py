@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.journal import Journal
-from engine.report import label_rows, progress_series, running_best, write_report, y_limits
+from engine.report import label_rows, legend_keys, progress_series, running_best, write_report, y_limits
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,8 @@ def test_running_best_is_the_line_through_the_kept_points(tmp_path):
     exps = _experiments(tmp_path)
     best = running_best(exps)
     assert [n for n, _ in best] == [1, 2, 3, 6, 8]
-    assert [v for _, v in best] == pytest.approx([1.000, 1.001, 0.990, 0.980, 0.985])
+    # the baselines' mean from the first baseline on; the forced #8 (worse) does not raise it
+    assert [v for _, v in best] == pytest.approx([1.001, 1.001, 0.990, 0.980, 0.980])
 
     s = progress_series(exps)
     assert s.baseline == pytest.approx(1.001)
@@ -267,3 +268,37 @@ def test_a_report_without_holdout_figures_says_why(tmp_path):
     fill_journal(ws, base)
     assert cli("report", "--workspace", ws).returncode == 0
     assert "- holdout: - (no holdout figures" in (ws / ".cockpit" / "report" / "report.md").read_text()
+
+
+def test_the_running_best_never_steps_the_wrong_way(tmp_path):
+    """A second baseline far worse than the first, and a force-kept worse experiment: the line is
+    flat or better at every step, for a lower- and a higher-is-better metric."""
+    rows = [(1, "baseline", "keep", 2.287, None, None, "baseline 1/2"), (2, "baseline", "keep", 2.939, None, None, "baseline 2/2"),
+            (3, "experiment", "keep", 2.50, -0.11, 3.0, "a"), (4, "experiment", "forced", 2.70, 0.2, -3.0, "b"),
+            (5, "experiment", "keep", 2.40, -0.1, 3.0, "c")]
+    ws = tmp_path / "ws"
+    fill_journal(ws, make_repo(ws), rows=rows)
+    exps = Journal(ws / ".cockpit" / "journal.sqlite").experiments(1)
+    vals = [v for _, v in running_best(exps, "min")]
+    assert all(b <= a for a, b in zip(vals, vals[1:])) and vals[0] == pytest.approx((2.287 + 2.939) / 2)
+    vals = [v for _, v in running_best(exps, "max")]
+    assert all(b >= a for a, b in zip(vals, vals[1:]))
+
+
+def test_report_md_never_cuts_a_reason(tmp_path):
+    long = "the training process was killed by SIGKILL (out of memory?) " + "and then some more words " * 12 + "END"
+    rows = [(1, "baseline", "keep", 1.0, None, None, "baseline 1/1"), (2, "experiment", "crash", None, None, None, "x")]
+    ws = tmp_path / "ws"
+    fill_journal(ws, make_repo(ws), rows=rows)
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    j.update_experiment(1, 2, reason=long)
+    j.close()
+    assert cli("report", "--workspace", ws).returncode == 0
+    assert long in (ws / ".cockpit" / "report" / "report.md").read_text()
+
+
+def test_the_legend_names_only_what_the_chart_shows(tmp_path):
+    exps = _experiments(tmp_path)
+    assert legend_keys(progress_series(exps)) == {"kept", "forced", "baseline", "other", "failed"}
+    no_force = [e for e in exps if e.status != "forced" and e.status not in ("crash", "timeout")]
+    assert legend_keys(progress_series(no_force)) == {"kept", "baseline", "other"}
