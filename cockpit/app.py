@@ -30,7 +30,7 @@ from .screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
 from .widgets.diff import DiffPane
 from .widgets.gpu import GpuPanel
 from .widgets.header import HeaderBar
-from .widgets.plot import MetricPlot
+from .widgets.plot import LossPlot, MetricPlot
 from .widgets.reasoning import ReasoningLog
 from .widgets.run_panel import RunPanel
 from .widgets.table import ExperimentTable
@@ -49,8 +49,9 @@ class CockpitApp(App):
     #top { height: 1fr; }
     #left { width: 3fr; }
     #right { width: 2fr; }
-    #bottom { height: 7; }
+    #bottom { height: 12; }
     #bottom > * { width: 1fr; }
+    #bottom.short { height: 7; }
     #state { height: 1; background: $boost; padding: 0 1; text-style: bold; }
     """
     BINDINGS = [
@@ -91,7 +92,8 @@ class CockpitApp(App):
         self.reasoning = ReasoningLog()
         self.run_panel = RunPanel()
         self.gpu = GpuPanel()
-        self.plot = MetricPlot(engine.target.direction)
+        self.plot = MetricPlot(engine.target.direction, metric)
+        self.loss_plot = LossPlot()
         self.engine_state: str | None = None  # the engine's own line (StateChanged)
         self.state_bar = Static("state: starting", id="state")
 
@@ -106,9 +108,20 @@ class CockpitApp(App):
         with Horizontal(id="bottom"):
             yield self.run_panel
             yield self.gpu
+            yield self.loss_plot
             yield self.plot
         yield self.state_bar
         yield Footer(compact=True, show_command_palette=False)  # ctrl+p still opens it; ? lists it
+
+    def on_resize(self, event) -> None:
+        """Small terminals drop panes by priority rather than cutting every pane a little: below 120
+        columns the device and loss panes go (the table, the agent and the run stay), below 32 rows
+        the bottom row shrinks."""
+        w, h = event.size.width, event.size.height
+        self.gpu.display = w >= 120
+        self.loss_plot.display = w >= 120
+        self.table.set_narrow(w < 120)
+        self.query_one("#bottom").set_class(h < 32, "short")
 
     def on_mount(self) -> None:
         for text in self.notices:
@@ -252,14 +265,17 @@ class CockpitApp(App):
             self.running_n, self.awaiting_n = e.n, None
             self.table.upsert(e.n, commit=e.commit, status="running")
             self.run_panel.start(e.n)
+            self.loss_plot.start(e.n)
         elif isinstance(e, ev.RunProgress):
             self.run_panel.tick(e.n, e.step, e.loss, e.tokens_per_second, e.mfu, e.fraction, e.elapsed)
+            self.loss_plot.tick(e.fraction, e.loss)
         elif isinstance(e, ev.ExperimentFinished):
             self._finished(e)
         elif isinstance(e, ev.BestChanged):
             hb.best = e.metric
             self._set_best_row(e.n)
             self.table.set_best(e.n)
+            self.loss_plot.set_best(e.n)
             if e.forced:
                 self.table.upsert(e.n, status="forced")
             self._holdout(e.n)
@@ -297,7 +313,10 @@ class CockpitApp(App):
             hb.counts[e.status] = hb.counts.get(e.status, 0) + 1
             hb.finished_times.append(time.monotonic())
         if e.metric is not None:
-            self.plot.add(e.metric, e.best_metric)
+            self.plot.add(e.metric, e.best_metric, e.n, self._shown_status(e.kind, e.status))
+        elif e.status in ("crash", "timeout", "invalid"):
+            self.plot.add(None, e.best_metric, e.n, e.status)
+        self.loss_plot.finish(e.n)
         hb.best = e.best_metric if e.best_metric is not None else hb.best
         if e.status == "interrupted" and e.description == "(not run)":
             return  # a proposal prepared during the last run, abandoned at the stop: no run to show
@@ -377,8 +396,8 @@ class CockpitApp(App):
             elif x.metric is not None:
                 self._baselines.append(x.metric)
                 self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
-            if x.metric is not None:
-                self.plot.add(x.metric, s.best_metric)
+            if x.metric is not None or x.status in ("crash", "timeout", "invalid"):
+                self.plot.add(x.metric, s.best_metric, x.n, self._shown_status(x.kind, x.status))
         self._set_best_row(s.best_n)
         self._holdout(s.best_n)
 

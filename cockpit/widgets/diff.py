@@ -12,7 +12,7 @@ MAX_CHARS = 20000
 
 class DiffPane(VerticalScroll):
     DEFAULT_CSS = """
-    DiffPane { height: 1fr; border: round $primary; }
+    DiffPane { height: 1fr; border: round $primary; scrollbar-size-vertical: 1; }
     DiffPane > Static { width: 1fr; }
     """
 

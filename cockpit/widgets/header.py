@@ -42,12 +42,24 @@ class HeaderBar(Static):
         up = time.monotonic() - self.started
         done = len(self.finished_times)
         # a rate means something once experiments have finished over a stretch of time
-        rate = f"  {done / ((self.finished_times[-1] - self.started) / 3600):.1f}/h" if done >= 2 else ""
+        span = (self.finished_times[-1] - self.started) if done else 0.0
+        rate = f"  {done / (span / 3600):.1f}/h" if done >= 2 and span >= 600 else ""
         h, m = divmod(int(up) // 60, 60)
         hc = self.holdout
         if hc is not None and hc.holdout_gain is not None and hc.val_gain:
             colour = "yellow" if hc.carried is False else "green"
             gain += f" holdout [{colour}]{-hc.holdout_gain:+.6f}[/]" + (" (not carried over)" if hc.carried is False else "")
+        if self.size.width and self.size.width < 120:  # narrow: the same facts, shorter
+            gain_short = f" ({self.best - self.baseline:+.4f})" if (self.best is not None and self.baseline is not None
+                                                                  and not self.best_is_baseline) else ""
+            row = f" #{self.best_n}" if self.best_n is not None and not self.best_is_baseline else ""
+            shown = f"{self.best:.6f}" if self.best is not None else "-"
+            self.update(
+                f"[b]{self.tag}[/b] best [b]{shown}[/b]{row}{gain_short} "
+                f"[green]{c.get('keep', 0) + c.get('forced', 0)}k[/]/{c.get('discard', 0)}d/[red]{crashes}c[/]"
+                f"{rate} ${self.cost:.2f} {h}:{m:02d}"
+            )
+            return
         self.update(
             f"[b]{self.tag}[/b]  best {self.metric} [b]{best}[/b]{gain}  "
             f"[green]{c.get('keep', 0) + c.get('forced', 0)} keep[/] / {c.get('discard', 0)} discard / "

@@ -11,7 +11,7 @@ MAX_LINES = 1000
 
 class ReasoningLog(RichLog):
     DEFAULT_CSS = """
-    ReasoningLog { height: 1fr; border: round $secondary; }
+    ReasoningLog { height: 1fr; border: round $secondary; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, **kw):

@@ -13,11 +13,12 @@ STATUS_STYLE = {
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
 COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
+NARROW = ("#", "metric", "Δ best", "status", "description")  # under 120 columns: by priority
 
 
 class ExperimentTable(DataTable):
     DEFAULT_CSS = """
-    ExperimentTable { height: 1fr; }
+    ExperimentTable { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, metric: str = "val_bpb", **kw):
@@ -26,10 +27,25 @@ class ExperimentTable(DataTable):
         self.data_rows: dict[int, dict] = {}
         self.best_n: int | None = None
         self.follow = True
+        self.columns_shown = COLUMNS
 
     def on_mount(self) -> None:
-        for c in COLUMNS:
+        for c in self.columns_shown:
             self.add_column(self.metric if c == "metric" else c, key=c)
+
+    def set_narrow(self, narrow: bool) -> None:
+        """Show the columns that fit: status, metric, Δ and description first."""
+        want = NARROW if narrow else COLUMNS
+        if want == self.columns_shown:
+            return
+        self.columns_shown = want
+        self.clear(columns=True)
+        for c in want:
+            self.add_column(self.metric if c == "metric" else c, key=c)
+        for row in self.data_rows.values():
+            row.pop("_added", None)
+        for n in list(self.data_rows):
+            self.upsert(n)
 
     def upsert(self, n: int, **fields) -> None:
         row = self.data_rows.setdefault(n, {"n": n, "commit": "", "metric": None, "delta": None, "conf": None,
@@ -39,7 +55,7 @@ class ExperimentTable(DataTable):
         cells = self._cells(row)
         key = str(n)
         if row.get("_added"):
-            for col, value in zip(COLUMNS, cells):
+            for col, value in zip(self.columns_shown, cells):
                 self.update_cell(key, col, value)
         else:
             row["_added"] = True
@@ -64,10 +80,13 @@ class ExperimentTable(DataTable):
         dur = f"{secs:.0f}s" if secs is not None else ""
         mem = f"{r['memory']:.1f}G" if r["memory"] else ""
         style = "reverse " if best else ""
-        return (
-            Text(f"{mark}{r['n']}", style=style), r["commit"][:7], Text(metric, style="bold" if best else ""),
-            delta, conf, Text(st, style=STATUS_STYLE.get(st, "")), dur, mem, r["description"][:80],
-        )
+        cells = {
+            "#": Text(f"{mark}{r['n']}", style=style), "commit": r["commit"][:7],
+            "metric": Text(metric, style="bold" if best else ""), "Δ best": delta, "conf": conf,
+            "status": Text(st, style=STATUS_STYLE.get(st, "")), "time": dur, "mem": mem,
+            "description": r["description"][:80],
+        }
+        return tuple(cells[c] for c in self.columns_shown)
 
     def selected_number(self) -> int | None:
         if self.row_count == 0:
