@@ -260,7 +260,7 @@ class CockpitApp(App):
             self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold")
         elif isinstance(e, ev.AwaitingApproval):
             self.awaiting_n = e.n
-            self.notify(f"#{e.n} waits for approval: a approves, v vetoes", timeout=10)
+            self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow")  # and the state line says so
         elif isinstance(e, ev.ExperimentStarted):
             self.running_n, self.awaiting_n = e.n, None
             self.table.upsert(e.n, commit=e.commit, status="running")
@@ -372,10 +372,10 @@ class CockpitApp(App):
         x = next((r for r in exps if r.n == n), None)
         if x is None or x.training_seconds is None:
             return None
-        f = lambda v: "-" if v is None else f"{v:.1f}s"  # noqa: E731
+        f = lambda v: "-" if v is None else f"{v:.0f}s"  # noqa: E731
         d = duty_cycle(exps)
-        return (f"startup {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} │ "
-                f"duty {100 * d.ratio:.1f}% over {d.experiments} runs")
+        return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
+                f"duty {100 * d.ratio:.0f}% ({d.experiments} runs)")
 
     def _load_history(self, sid: int) -> None:
         """On resume, the table starts with what the journal already holds."""
@@ -444,6 +444,14 @@ class CockpitApp(App):
         self.control.stop("now", by=f"signal {signal.Signals(signum).name}")
         if self.stop_reason is not None:  # the session had already stopped: nothing to wait for
             self.exit(self.stop_reason)
+
+    def exit(self, *args, **kwargs) -> None:
+        """The first exit wins: the engine stopping because the app is closing must not replace
+        the result the app is closing with."""
+        if getattr(self, "_exiting", False):
+            return
+        self._exiting = True
+        super().exit(*args, **kwargs)
 
     def on_unmount(self) -> None:
         loop = asyncio.get_running_loop()
@@ -578,7 +586,7 @@ class CockpitApp(App):
         self.diff.show(f"#{n} {e.status}: {e.description or ''}"[:80], diff, tail, n=n)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.BINDINGS))
+        self.push_screen(HelpScreen(self.BINDINGS, self.ACTION_HELP))
 
     def action_quit_prompt(self) -> None:
         if self.stop_reason is not None:

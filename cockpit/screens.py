@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
@@ -15,16 +15,21 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close", id="close-help")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Static { width: 70; height: auto; border: round $primary; background: $surface; padding: 1 2; }
+    HelpScreen > VerticalScroll { width: 76; max-width: 100%; height: auto; max-height: 100%; border: round $primary;
+                                  background: $surface; padding: 1 2; scrollbar-size-vertical: 1; }
+    HelpScreen Static { width: 100%; height: auto; }
     """
 
-    def __init__(self, bindings):
+    def __init__(self, bindings, help_text: dict | None = None):
         super().__init__()
-        self.lines = [f"[b]{b.key_display or b.key:>7}[/b]  {b.description}" + (f" — {b.tooltip}" if b.tooltip else "")
+        help_text = help_text or {}
+        self.lines = [f"[b]{b.key_display or b.key:>5}[/b]  {help_text.get(b.action) or b.tooltip or b.description}"
                       for b in bindings if b.description]
 
     def compose(self):
-        yield Static("[b]cockpit keys[/b]\n\n" + "\n".join(self.lines) + "\n\nctrl+p: command palette   escape: close")
+        with VerticalScroll():  # on a short terminal it scrolls rather than losing its last lines
+            yield Static("[b]cockpit keys[/b]\n\n" + "\n".join(self.lines)
+                         + "\n\n[b]ctrl+p[/b]  the command palette: every action by name   [b]escape[/b]  close")
 
 
 class VetoScreen(ModalScreen[str | None]):
@@ -33,7 +38,8 @@ class VetoScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel-veto")]
     DEFAULT_CSS = """
     VetoScreen { align: center middle; }
-    VetoScreen > Vertical { width: 70; height: auto; border: round $error; background: $surface; padding: 1 2; }
+    VetoScreen > Vertical { width: 72; max-width: 100%; height: auto; border: round $error; background: $surface; padding: 1 2; }
+    VetoScreen Static { width: 100%; height: auto; }
     """
 
     def __init__(self, n: int):
@@ -42,8 +48,10 @@ class VetoScreen(ModalScreen[str | None]):
 
     def compose(self):
         with Vertical():
-            yield Label(f"Veto experiment #{self.n}? Its training is killed and the code reset to the best.")
-            yield Input(placeholder="reason (optional, told to the agent); enter to veto, escape to cancel", id="reason")
+            # Static wraps: a dialog's text is never cut, whatever the terminal's width
+            yield Static(f"Veto experiment #{self.n}? Its training is killed and the code reset to the best.")
+            yield Input(placeholder="reason (optional; the agent is told)", id="reason")
+            yield Static("[dim]enter: veto   escape: cancel[/dim]")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or "vetoed by the human")
@@ -60,13 +68,14 @@ class QuitScreen(ModalScreen[str | None]):
     ]
     DEFAULT_CSS = """
     QuitScreen { align: center middle; }
-    QuitScreen > Vertical { width: 64; height: auto; border: round $warning; background: $surface; padding: 1 2; }
+    QuitScreen > Vertical { width: 72; max-width: 100%; height: auto; border: round $warning; background: $surface; padding: 1 2; }
+    QuitScreen Static { width: 100%; height: auto; }
     QuitScreen Horizontal { height: auto; margin-top: 1; }
     """
 
     def compose(self):
         with Vertical():
-            yield Label("Stop the session? Nothing is lost either way; `cockpit` resumes it later.")
+            yield Static("Stop the session? Nothing is lost either way; `cockpit` resumes it later.")
             with Horizontal():
                 yield Button("After this run [a]", id="after_run", variant="primary")
                 yield Button("Now [n]", id="now", variant="error")

@@ -1,13 +1,11 @@
-"""Snapshot tests of the main screen at 80x24 and 160x48: a scripted engine (a fixed stream of
-events, no clock in what is drawn) feeds the real app; the screen's text must match the
-committed snapshot in tests/snapshots/. Set COCKPIT_UPDATE_SNAPSHOTS=1 to rewrite them after an
-intended change, and review the diff."""
+"""Snapshot tests with Textual's own tool (pytest-textual-snapshot): the real app, fed by a scripted
+engine (a fixed stream of events, no clock in what is drawn), at 80x24 and 160x48, in every state
+of the state line, with each dialog and the help screen. The SVGs are in tests/__snapshots__/;
+after an intended change run `pytest tests/test_tui_snapshot.py --snapshot-update`, and review
+them (a failing run writes a visual diff report, snapshot_report.html)."""
 
 from __future__ import annotations
 
-import html
-import os
-import re
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +17,6 @@ from engine import events as ev
 from engine.control import Control
 from engine.gpu import Sample
 
-SNAPSHOTS = Path(__file__).parent / "snapshots"
 DIFF = """diff --git a/trainer/train.py b/trainer/train.py
 --- a/trainer/train.py
 +++ b/trainer/train.py
@@ -61,7 +58,7 @@ def script():
 
 
 class ScriptedEngine:
-    def __init__(self, program: Path):
+    def __init__(self, program: Path, tail=(), reason: str | None = None):
         self.control = Control()
         self.error = None
         self._subs = []
@@ -70,18 +67,21 @@ class ScriptedEngine:
         self.session = None
         self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: SimpleNamespace(best_n=None, best_metric=None),
                                        experiments=lambda sid: [])
+        self.tail = list(tail)  # the events that put the session in the state under test
+        self.reason = reason  # set: the session stops by itself with this reason
         self.done = threading.Event()
 
     def subscribe(self, fn):
         self._subs.append(fn)
 
     def run(self):
-        for e in script():
+        for e in [*script(), *self.tail]:
             for fn in self._subs:
                 fn(e)
         self.done.set()
-        while self.control.stop_mode is None:
-            self.control.cancel_run.wait(0.05)
+        if self.reason:
+            return self.reason
+        self.control.cancel_run.wait()  # until the app goes away (stop now)
         return "stopped"
 
 
@@ -100,32 +100,95 @@ class FixedTelemetry:
         return [Sample("GPU0", 97.0, 24.3, 79.6, 61.0, 512.0)]
 
 
-def screen_text(svg: str) -> str:
-    lines: dict[float, list[str]] = {}
-    for m in re.finditer(r'<text[^>]*y="([0-9.]+)"[^>]*>(.*?)</text>', svg):
-        lines.setdefault(float(m.group(1)), []).append(html.unescape(m.group(2)).replace("\xa0", " "))
-    return "\n".join("".join(parts).rstrip() for _, parts in sorted(lines.items())) + "\n"
+RUNNING = [ev.StateChanged(text="running #7 (train)", n=7, phase="train")]
+# state -> (events after the script, what the human asked for that is pending, the stop reason)
+STATES = {
+    "running": (RUNNING, None, None),
+    "evaluating": ([ev.StateChanged(text="running #7 (eval)", n=7, phase="eval")], None, None),
+    "proposing": ([ev.ExperimentFinished(n=7, commit="7" * 40, status="discard", metric=0.9880, delta=0.0006,
+                                         confidence=-0.4, best_metric=0.9874, description="WARMDOWN_FRAC 0.7 -> 0.8"),
+                   ev.ExperimentProposed(n=8, description="(proposing)", diff_stat=""),
+                   ev.StateChanged(text="proposing #8", n=8)], None, None),
+    "paused": (RUNNING, "pause", None),
+    "awaiting": ([ev.ExperimentFinished(n=7, commit="7" * 40, status="discard", metric=0.9880, delta=0.0006,
+                                        confidence=-0.4, best_metric=0.9874, description="WARMDOWN_FRAC 0.7 -> 0.8"),
+                  ev.ExperimentProposed(n=8, description="EMBED_LR 0.6 -> 0.8", diff_stat="1 file changed"),
+                  ev.AwaitingApproval(n=8), ev.StateChanged(text="awaiting approval of #8", n=8)], "review", None),
+    "force-keep": (RUNNING, "force", None),
+    "stopping": (RUNNING, "stop", None),
+    "stopped": ([ev.ExperimentFinished(n=7, commit="7" * 40, status="discard", metric=0.9880, delta=0.0006,
+                                       confidence=-0.4, best_metric=0.9874, description="WARMDOWN_FRAC 0.7 -> 0.8"),
+                 ev.StateChanged(text="stopped: reached --max-experiments 5")], None, "reached --max-experiments 5"),
+}
+SIZES = [(80, 24), (160, 48)]
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
-async def test_main_screen_snapshot(tmp_path, size):
+def make_app(tmp_path, state: str = "running") -> tuple[CockpitApp, ScriptedEngine, str | None]:
     program = tmp_path / "program.md"
-    program.write_text("# program\n")
-    engine = ScriptedEngine(program)
+    program.write_text("# program\n\nLower val_bpb. Try one change at a time; say why.\n")
+    tail, pending, reason = STATES[state]
+    engine = ScriptedEngine(program, tail, reason)
     app = CockpitApp(engine, ["ANTHROPIC_API_KEY is set: claude"], telemetry=FixedTelemetry())
-    async with app.run_test(size=size) as pilot:
+    return app, engine, pending
+
+
+def settle(app, engine, pending=None):
+    async def run_before(pilot) -> None:
         while not engine.done.is_set() or app.bridge._buf or app._render_scheduled:
             await pilot.pause(0.05)
         # the device sample, then a frame: waited for, not timed, so a busy machine renders the same screen
         while "GPU0" not in app.gpu.lines:
             await pilot.pause(0.05)
+        if engine.reason:
+            while app.stop_reason is None:
+                await pilot.pause(0.05)
+        if pending == "pause":
+            engine.control.pause()
+        elif pending == "force":
+            engine.control.force_keep(None)
+        elif pending == "stop":
+            engine.control.stop("after_run")
+        elif pending == "review":
+            engine.control.set_review(True)
+        app.refresh_state()
         await pilot.pause(0.5)
-        text = screen_text(app.export_screenshot())
-        engine.control.stop("now")
-        await pilot.pause(0.2)
-    name = SNAPSHOTS / f"main-{size[0]}x{size[1]}.txt"
-    if os.environ.get("COCKPIT_UPDATE_SNAPSHOTS") or not name.exists():
-        name.write_text(text)
-        if not os.environ.get("COCKPIT_UPDATE_SNAPSHOTS"):
-            pytest.fail(f"wrote a new snapshot {name.name}; review and commit it")
-    assert text == name.read_text()
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("state", list(STATES))
+def test_main_screen_in_each_state(snap_compare, tmp_path, state, size):
+    app, engine, pending = make_app(tmp_path, state)
+    assert snap_compare(app, terminal_size=size, run_before=settle(app, engine, pending))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("key", ["v", "q", "question_mark", "e"], ids=["veto", "quit", "help", "edit"])
+def test_each_dialog(snap_compare, tmp_path, key, size):
+    app, engine, _ = make_app(tmp_path, "running")
+    assert snap_compare(app, terminal_size=size, press=[key, "_"], run_before=settle(app, engine))
+
+
+def test_the_state_line_reads_each_state(tmp_path):
+    """What the snapshots show, in words (so a reader of a failure knows what was meant)."""
+    import asyncio
+
+    want = {
+        "running": "state: running #7 (train)", "evaluating": "state: running #7 (eval)",
+        "proposing": "state: proposing #8", "paused": "state: running #7 (train) · pausing after this run",
+        "awaiting": "state: awaiting approval of #8", "force-keep": "state: running #7 (train) · force-keep pending for #7",
+        "stopping": "state: running #7 (train) · stopping after this run",
+        "stopped": "state: stopped: reached --max-experiments 5",
+    }
+
+    async def one(state):
+        (tmp_path / state).mkdir(exist_ok=True)
+        app, engine, pending = make_app(tmp_path / state, state)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, engine, pending)(pilot)
+            return str(app.state_bar.render())
+
+    for state, text in want.items():
+        got = asyncio.run(one(state))
+        assert got.startswith(text), (state, got)

@@ -27,6 +27,9 @@ class HeaderBar(Static):
         self.started = time.monotonic()
         self.holdout = None  # engine.report.HoldoutCheck of the best code, or None
 
+    def on_resize(self, event) -> None:
+        self.refresh_text()  # the narrow and the wide line differ
+
     def refresh_text(self) -> None:
         best = f"{self.best:.6f}" if self.best is not None else "-"
         gain = ""

@@ -14,7 +14,7 @@ HISTORY = 120
 class RunPanel(Vertical):
     DEFAULT_CSS = """
     RunPanel { border: round $accent; height: 100%; }
-    RunPanel > Static { height: 1; }
+    RunPanel > Static { height: auto; max-height: 2; }
     RunPanel > Sparkline { height: 2; }
     RunPanel ProgressBar { width: 1fr; }
     """

@@ -72,7 +72,7 @@ class ExperimentTable(DataTable):
     def _cells(self, r: dict):
         st = r["status"]
         best = r["n"] == self.best_n
-        mark = "★" if best else ""
+        mark = "*" if best else ""  # ASCII: a wide star would eat the column's padding in some terminals
         metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
         delta = f"{r['delta']:+.6f}" if r["delta"] is not None else ""
         conf = f"{r['conf']:+.1f}σ" if r["conf"] is not None else ""
@@ -84,9 +84,23 @@ class ExperimentTable(DataTable):
             "#": Text(f"{mark}{r['n']}", style=style), "commit": r["commit"][:7],
             "metric": Text(metric, style="bold" if best else ""), "Δ best": delta, "conf": conf,
             "status": Text(st, style=STATUS_STYLE.get(st, "")), "time": dur, "mem": mem,
-            "description": r["description"][:80],
+            "description": self._fit(r["description"]),
         }
         return tuple(cells[c] for c in self.columns_shown)
+
+    def _fit(self, text: str) -> str:
+        """The description, ended at a word with "…" when the table is too narrow for all of it
+        (enter on the row shows it whole): never cut mid-word."""
+        fixed = sum({"#": 5, "commit": 9, "metric": 10, "Δ best": 11, "conf": 8, "status": 13, "time": 6, "mem": 7}.get(c, 0)
+                    for c in self.columns_shown)
+        room = max(12, (self.size.width or 200) - fixed - 3) if self.size.width else 80
+        room = min(room, 80)
+        if len(text) <= room:
+            return text
+        cut = text[: room - 1]
+        if " " in cut:
+            cut = cut[: cut.rindex(" ")]
+        return cut.rstrip(" ,;:-") + "…"
 
     def selected_number(self) -> int | None:
         if self.row_count == 0:
