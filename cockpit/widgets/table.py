@@ -13,7 +13,10 @@ STATUS_STYLE = {
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
 COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
-NARROW = ("#", "metric", "Δ best", "status", "description")  # under 120 columns: by priority
+NARROW = ("#", "metric", "status", "description")  # under 120 columns: by priority (Δ shows on open)
+# Fixed widths: the layout never depends on which rows arrived first (descriptions take the rest).
+WIDTHS = {"#": 4, "commit": 7, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5, "mem": 6}
+NARROW_DESCRIPTION = 17  # characters of description beside the narrow columns in an 80-column terminal
 
 
 class ExperimentTable(DataTable):
@@ -31,7 +34,7 @@ class ExperimentTable(DataTable):
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
-            self.add_column(self.metric if c == "metric" else c, key=c)
+            self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
 
     def set_narrow(self, narrow: bool) -> None:
         """Show the columns that fit: status, metric, Δ and description first."""
@@ -41,7 +44,7 @@ class ExperimentTable(DataTable):
         self.columns_shown = want
         self.clear(columns=True)
         for c in want:
-            self.add_column(self.metric if c == "metric" else c, key=c)
+            self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
         for row in self.data_rows.values():
             row.pop("_added", None)
         for n in list(self.data_rows):
@@ -91,10 +94,7 @@ class ExperimentTable(DataTable):
     def _fit(self, text: str) -> str:
         """The description, ended at a word with "…" when the table is too narrow for all of it
         (enter on the row shows it whole): never cut mid-word."""
-        fixed = sum({"#": 5, "commit": 9, "metric": 10, "Δ best": 11, "conf": 8, "status": 13, "time": 6, "mem": 7}.get(c, 0)
-                    for c in self.columns_shown)
-        room = max(12, (self.size.width or 200) - fixed - 3) if self.size.width else 80
-        room = min(room, 80)
+        room = NARROW_DESCRIPTION if self.columns_shown == NARROW else 80
         if len(text) <= room:
             return text
         cut = text[: room - 1]
