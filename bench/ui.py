@@ -2,11 +2,11 @@
 
     python bench/ui.py [--rate 2000] [--seconds 10] [--normal-rate 20]
 
-Latency is measured from the key entering the app's driver until the header's content shows
+Latency is measured from the key entering the app's driver until the state line shows
 the new state, plus one frame (1/60 s). A stand-in engine (same interface as engine.loop.Engine: control, subscribe, run) emits
 RunProgress ticks, streamed agent deltas, tool calls, diffs and finished experiments from its own
 thread at --rate events/s, into the real CockpitApp running headless. Meanwhile the benchmark
-presses `p` (pause/resume: a header change) every 100 ms and times each press until the header
+presses `p` (pause/resume: a state-line change) every 100 ms and times each press until the state line
 shows the new state, with the screen refreshed. Prints p50/p99/max latency, events delivered,
 and the process CPU percentage at the flood rate and at --normal-rate.
 """
@@ -100,13 +100,13 @@ async def measure(rate: float, seconds: float, presses: bool) -> dict:
         c0, t0, s0 = proc.cpu_times(), time.perf_counter(), eng.sent
         while time.perf_counter() - t0 < seconds:
             if presses:
-                want = "" if app.control.paused else "pausing"
+                want = "" if app.control.paused else "paus"
                 t = time.perf_counter()
                 # The key enters through the driver exactly as a keystroke does (pilot.press would
                 # also wait for the whole process to go idle, which a flood never allows).
                 app._driver.send_message(events.Key("p", "p"))
                 deadline = t + 5.0
-                while ("pausing" in str(app.header_bar.content)) != bool(want) and time.perf_counter() < deadline:
+                while ("paus" in str(app.state_bar.content)) != bool(want) and time.perf_counter() < deadline:
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(1 / 60)  # the next frame paints it (Textual refreshes at 60 fps)
                 lat.append(time.perf_counter() - t)
