@@ -94,7 +94,14 @@ class ExperimentTable(DataTable):
     def _fit(self, text: str) -> str:
         """The description, ended at a word with "…" when the table is too narrow for all of it
         (enter on the row shows it whole): never cut mid-word."""
-        room = NARROW_DESCRIPTION if self.columns_shown == NARROW else 80
+        # the table has 3/5 of the terminal's width (the app's layout); the fixed columns and their
+        # padding take the rest. From the terminal's size, so it is the same whenever rows arrive.
+        try:
+            width = self.app.size.width
+        except Exception:  # not mounted in an app (unit use)
+            width = 0
+        fixed = sum(WIDTHS.get(c, 0) + 2 for c in self.columns_shown if c != "description") + 4
+        room = max(NARROW_DESCRIPTION, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
         if len(text) <= room:
             return text
         cut = text[: room - 1]
