@@ -77,11 +77,6 @@ def _logprobs(logits: torch.Tensor) -> torch.Tensor:
     return lp.clamp_min(LOGPROB_FLOOR)
 
 
-def windows(stream: np.ndarray, seq_len: int, max_tokens: int) -> int:
-    """Number of evaluation windows: contiguous, non-overlapping (T inputs + 1 target shift)."""
-    return max(0, min((len(stream) - 1) // seq_len, max(1, max_tokens // seq_len)))
-
-
 def tokens_to_device(stream: np.ndarray, device, dtype=torch.int64) -> torch.Tensor:
     """A uint16 token stream as a `dtype` tensor on the device. The tokens travel as they are
     (2 bytes each, one host copy out of the memory map) and widen on the device: int16 has the

@@ -270,7 +270,7 @@ def run(
         if evaluator is None and moment is not None:
             evaluator = _spawn_evaluator(env, harness_dir, child.workdir, boxed, profile.device != "cpu")
 
-    eval_s = holdout = result = None
+    eval_s = result = None
     try:
         if on_spawn:
             on_spawn(proc.pid)
