@@ -121,6 +121,9 @@ class CockpitApp(App):
         self.gpu.display = w >= 120
         self.loss_plot.display = w >= 120
         self.table.set_narrow(w < 120)
+        # a compact screen has no room for scrollbars: the table follows its cursor, the log its end
+        for pane in (self.table, self.reasoning):
+            pane.set_class(w < 120 or h < 32, "compact")
         self.query_one("#bottom").set_class(h < 32, "short")
 
     def on_mount(self) -> None:
@@ -275,7 +278,7 @@ class CockpitApp(App):
             hb.best = e.metric
             self._set_best_row(e.n)
             self.table.set_best(e.n)
-            self.loss_plot.set_best(e.n)
+            self.loss_plot.set_best(e.n, lambda: self.engine.journal.curve(self.engine.session.id, e.n))
             if e.forced:
                 self.table.upsert(e.n, status="forced")
             self._holdout(e.n)
@@ -400,6 +403,7 @@ class CockpitApp(App):
                 self.plot.add(x.metric, s.best_metric, x.n, self._shown_status(x.kind, x.status))
         self._set_best_row(s.best_n)
         self._holdout(s.best_n)
+        self.loss_plot.set_best(s.best_n, lambda: self.engine.journal.curve(sid, s.best_n))
 
     # ---- device telemetry ----
     def sample_device(self) -> None:
@@ -527,6 +531,10 @@ class CockpitApp(App):
             subprocess.run(cmd, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             self.notify(f"editor not found: {editor} (set $EDITOR)", severity="error")
+            return
+        path = self.engine.ws.program_path
+        if (path.read_text(encoding="utf-8") if path.exists() else "") == self._program_text:
+            self.notify("program.md unchanged: the agent's instructions stay as they were")
             return
         self.post_message(ProgramChanged())
 

@@ -33,9 +33,23 @@ CREATE TABLE IF NOT EXISTS experiments(
   UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
+CREATE TABLE IF NOT EXISTS curves(
+  session_id INTEGER NOT NULL, n INTEGER NOT NULL, points TEXT NOT NULL, PRIMARY KEY(session_id, n));
 CREATE TABLE IF NOT EXISTS notes(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, author TEXT, kind TEXT, text TEXT);
 """
+
+CURVE_POINTS = 200
+
+
+def thin(points: list, most: int = CURVE_POINTS) -> list:
+    """At most `most` points, evenly spaced over the list, the last one kept."""
+    if len(points) <= most:
+        return list(points)
+    step = len(points) / most
+    out = [points[int(i * step)] for i in range(most - 1)]
+    return out + [points[-1]]
+
 
 FINAL = ("keep", "discard", "crash", "timeout", "invalid", "vetoed", "forced", "interrupted", "baseline")
 KEPT = ("keep", "forced")
@@ -187,6 +201,16 @@ class Journal:
     def experiments(self, sid: int) -> list[Experiment]:
         rows = self._exec("SELECT * FROM experiments WHERE session_id=? ORDER BY n", (sid,)).fetchall()
         return [Experiment(**dict(r)) for r in rows]
+
+    def save_curve(self, sid: int, n: int, points: list[tuple[float, float]]) -> None:
+        """Run n's training loss against the fraction of its budget (at most CURVE_POINTS points), so
+        the loss comparison with the best run survives a restart."""
+        self._exec("INSERT OR REPLACE INTO curves(session_id, n, points) VALUES(?,?,?)",
+                   (sid, n, json.dumps([[round(f, 5), round(v, 6)] for f, v in thin(points)])))
+
+    def curve(self, sid: int, n: int) -> list[tuple[float, float]]:
+        row = self._exec("SELECT points FROM curves WHERE session_id=? AND n=?", (sid, n)).fetchone()
+        return [(f, v) for f, v in json.loads(row[0])] if row else []
 
     def next_number(self, sid: int) -> int:
         row = self._exec("SELECT MAX(n) FROM experiments WHERE session_id=?", (sid,)).fetchone()

@@ -24,7 +24,7 @@ from .agents.base import AgentFatal, Context, PastExperiment, ProposalRejected, 
 from .control import Control
 from .decide import decide, noise_of
 from .git import GitError
-from .journal import KEPT, Journal, Session, write_results_tsv
+from .journal import CURVE_POINTS, KEPT, Journal, Session, thin, write_results_tsv
 from .merge import merge3
 from .tools import Tools
 from .workspace import Workspace
@@ -745,16 +745,26 @@ class Engine:
         self.set_state(f"{what} #{n} (startup)", n=n, phase="startup")
         log = self.ws.run_dir(self.session.tag, n) / "run.log"
 
+        curve: list[tuple[float, float]] = []
+
         def progress(p):
             phase = getattr(p, "phase", None) or "train"
             self.set_state(f"{what} #{n} ({phase})", n=n, phase=phase)
             if phase == "train":
                 self.emit(ev.RunProgress(n=n, step=p.step, loss=p.loss, tokens_per_second=p.tokens_per_second, mfu=p.mfu,
                                          fraction=p.fraction, elapsed=p.elapsed))
+                if p.loss is not None and p.fraction is not None:
+                    curve.append((p.fraction, p.loss))
+                    if len(curve) > 4 * CURVE_POINTS:
+                        curve[:] = thin(curve)
 
-        if kind == "baseline":
-            return self.target.run(log, self.control.cancel_run, progress, baseline=True)
-        return self.target.run(log, self.control.cancel_run, progress)
+        try:
+            if kind == "baseline":
+                return self.target.run(log, self.control.cancel_run, progress, baseline=True)
+            return self.target.run(log, self.control.cancel_run, progress)
+        finally:
+            if curve:
+                self.journal.save_curve(self.session.id, n, curve)
 
     def _finish(self, n, status, reason, description=None, diff_stat=None, sha=None, out=None, decision=None,
                 agent_error=False) -> None:

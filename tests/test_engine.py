@@ -18,7 +18,7 @@ import pytest
 from engine import events as ev
 from engine.agents.tuner import Tuner
 from engine.control import Control
-from engine.journal import Journal
+from engine.journal import CURVE_POINTS, Journal
 from engine.loop import Engine, Limits
 from engine.targets import CommandTarget, GptTarget
 from engine.workspace import init_workspace, open_workspace
@@ -116,6 +116,12 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
     exps = j.experiments(s.id)
     assert [e.n for e in exps] == list(range(1, 8))
     assert [e.status for e in exps] == [f["status"] for f in finished]
+    # each run's loss curve is journaled, so the comparison with the best survives a restart
+    for e in exps:
+        live = [(p["fraction"], p["loss"]) for p in events if p["type"] == "RunProgress" and p["n"] == e.n]
+        if live:
+            got, want = j.curve(s.id, e.n), [(round(f, 5), round(v, 6)) for f, v in live]
+            assert got == want if len(want) <= CURVE_POINTS else (len(got) == CURVE_POINTS and got[-1] == want[-1]), e.n
     refs = dict(line.split() for line in git(ws, "for-each-ref", "--format=%(refname) %(objectname)", "refs/cockpit/acc/").splitlines())
     rows = (ws / ".cockpit" / "results.tsv").read_text().splitlines()
     assert rows[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"

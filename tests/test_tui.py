@@ -178,8 +178,13 @@ async def test_quit_then_restart_resumes_the_session(tmp_path):
     assert all(e.status != "running" for e in j.experiments(s.id))
     w = open_workspace(ws)
     engine = Engine(w, Tuner(), CommandTarget(w.root, w.config.target, None), control=Control(), limits=Limits(max_experiments=1))
+    # the best run's loss curve as the engine journals it (a command target reports none itself)
+    curve = [(0.1, 3.5), (0.5, 2.25), (1.0, 2.0)]
+    j.save_curve(s.id, s.best_n, curve)
     app2 = CockpitApp(engine, [])
     async with app2.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: engine.session is not None and app2.loss_plot.best_n is not None, what="resume")
+        assert app2.loss_plot.best_curve == curve  # the loss comparison survives the restart
         await wait_for(pilot, lambda: app2.stop_reason is not None, what="the resumed session's one experiment")
         assert len(rows(app2)) == before + 1  # the table starts with the history, then continues
     assert engine.session.tag == "ui"

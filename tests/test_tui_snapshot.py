@@ -192,3 +192,92 @@ def test_the_state_line_reads_each_state(tmp_path):
     for state, text in want.items():
         got = asyncio.run(one(state))
         assert got.startswith(text), (state, got)
+
+
+def test_nothing_is_cut_when_the_terminal_shrinks(tmp_path):
+    """The agent's lines wrap again at the new width (RichLog alone keeps the width they were
+    written at), and the diff keeps its lines whole: it scrolls sideways instead of wrapping."""
+    import asyncio
+
+    async def go():
+        app, engine, pending = make_app(tmp_path)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, engine, pending)(pilot)
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.5)
+            log = app.reasoning
+            width = log.scrollable_content_region.width
+            shown = [strip.text.rstrip() for strip in log.lines]
+            assert all(len(line) <= width for line in shown), (width, shown)
+            written = " ".join(t.plain for t in log.texts)
+            assert " ".join(" ".join(shown).split()) == " ".join(written.split())
+            assert "the LR floor matters too." in " ".join(shown)
+            longest = max(len(line) for line in DIFF.splitlines())
+            assert app.diff.virtual_size.width >= longest > app.diff.scrollable_content_region.width
+            assert app.diff.max_scroll_x > 0  # reachable by scrolling, not wrapped into pieces
+
+    asyncio.run(go())
+
+
+# ---- every key in every state: it acts, or it says why it does not ----
+
+from cockpit.screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen  # noqa: E402
+
+STOPPED = "the session has stopped"
+KEEP_RUNNING = "#7 will be kept when it finishes"
+NO_RESULT = "#8 has no measured result to keep"
+PAUSING = "pausing: #7 finishes, then no new experiment starts until p"
+NOT_WAITING = "nothing is waiting for approval (the review gate is off"
+# state -> key -> the screen it opens, or the start of what it says
+ANSWERS = {
+    "running": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "evaluating": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "proposing": dict(v="nothing is running or waiting to veto", k=NO_RESULT, p="paused: no new experiment starts",
+                      a=NOT_WAITING, r="review gate on"),
+    "paused": dict(v=VetoScreen, k=KEEP_RUNNING, p="resumed", a=NOT_WAITING, r="review gate on"),
+    "awaiting": dict(v=VetoScreen, k=NO_RESULT, p="paused: no new experiment starts", a="#8 approved", r="review gate off"),
+    "force-keep": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "stopping": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "stopped": dict(v=STOPPED, k=STOPPED, p=STOPPED, a=STOPPED, r=STOPPED),
+}
+SAME_IN_EVERY_STATE = dict(e=ProgramEditor, E="program.md unchanged", question_mark=HelpScreen)
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_every_key_answers_truthfully_in_every_state(tmp_path, state, monkeypatch):
+    import asyncio
+
+    monkeypatch.setenv("EDITOR", "true")  # an editor that changes nothing
+    monkeypatch.delenv("VISUAL", raising=False)
+    want = {**ANSWERS[state], **SAME_IN_EVERY_STATE}
+
+    async def go():
+        app, engine, pending = make_app(tmp_path, state)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, engine, pending)(pilot)
+            for key, answer in want.items():
+                before = len(app._notifications)
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                if isinstance(answer, type):
+                    assert isinstance(app.screen, answer), (key, app.screen)
+                    await pilot.press("escape")
+                    await pilot.pause(0.1)
+                    continue
+                said = [str(n.message) for n in list(app._notifications)[before:]]
+                assert said and said[-1].startswith(answer), (key, said)
+            # enter opens the selected row: here the last, so the live diff
+            await pilot.press("enter")
+            assert app.diff.border_title.startswith(f"#{app.live_diff.n}") and app.diff_pinned is None
+            # q: asks how to stop; after the session stopped, it leaves at once
+            await pilot.press("q")
+            await pilot.pause(0.2)
+            if state == "stopped":
+                assert app.return_value == "reached --max-experiments 5"
+            else:
+                assert isinstance(app.screen, QuitScreen)
+                await pilot.press("escape")
+        if state == "stopped":
+            assert not engine.control.paused and not engine.control.review  # the keys changed nothing
+
+    asyncio.run(go())

@@ -1,19 +1,20 @@
 """The diff pane: the running experiment against the best, or the selected experiment's diff
-and log tail."""
+and log tail. Lines are never wrapped (a wrapped diff cannot be read): the pane scrolls both ways."""
 
 from __future__ import annotations
 
 from rich.syntax import Syntax
-from textual.containers import VerticalScroll
+from textual.containers import ScrollableContainer
 from textual.widgets import Static
 
 MAX_CHARS = 20000
 
 
-class DiffPane(VerticalScroll):
+class DiffPane(ScrollableContainer):
     DEFAULT_CSS = """
-    DiffPane { height: 1fr; border: round $primary; scrollbar-size-vertical: 1; }
-    DiffPane > Static { width: 1fr; }
+    DiffPane { height: 1fr; border: round $primary; scrollbar-size-vertical: 1; scrollbar-size-horizontal: 1;
+               overflow-x: auto; overflow-y: auto; }
+    DiffPane > Static { width: auto; min-width: 100%; }
     """
 
     def __init__(self, **kw):
@@ -31,4 +32,5 @@ class DiffPane(VerticalScroll):
         text = diff[:MAX_CHARS] + ("\n... (truncated)" if len(diff) > MAX_CHARS else "")
         if tail:
             text += "\n\n--- log tail ---\n" + tail[-4000:]
-        self.body.update(Syntax(text or "(no changes)", "diff", theme="ansi_dark", word_wrap=True))
+        self.body.update(Syntax(text or "(no changes)", "diff", theme="ansi_dark", word_wrap=False))
+        self.scroll_home(animate=False)

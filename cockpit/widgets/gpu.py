@@ -9,6 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 HISTORY = 60
+SPARK_MIN = 8
 
 
 class GpuPanel(Vertical):
@@ -33,6 +34,7 @@ class GpuPanel(Vertical):
             st, sp, hist = self.lines[s.name]
             hist.append(s.util)
             sp.data = list(hist)
+            sp.display = len(hist) >= SPARK_MIN  # one or two samples would draw a solid block
             extra = ""
             if s.temp_c is not None:
                 extra = f" {s.temp_c:.0f}°C {s.power_w:.0f}W"

@@ -119,9 +119,10 @@ class LossPlot(PlotextPlot):
             while len(self.curves) > 64:
                 self.curves.pop(next(iter(self.curves)))
 
-    def set_best(self, n: int | None) -> None:
+    def set_best(self, n: int | None, journaled=None) -> None:
+        """The best run's curve: seen live, else `journaled()` (the journal's copy, after a resume)."""
         self.best_n = n
-        self.best_curve = self.curves.get(n, []) if n is not None else []
+        self.best_curve = [] if n is None else self.curves.get(n) or (journaled() if journaled else [])
         self.replot()
 
     def behind(self) -> float | None:

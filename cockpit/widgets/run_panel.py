@@ -9,6 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import ProgressBar, Sparkline, Static
 
 HISTORY = 120
+SPARK_MIN = 8
 
 
 class RunPanel(Vertical):
@@ -37,12 +38,14 @@ class RunPanel(Vertical):
     def start(self, n: int) -> None:
         self.losses.clear()
         self.spark.data = []
+        self.spark.display = False
         self.bar.update(progress=0)
         self.stats.update(f"#{n} starting")
 
     def tick(self, n: int, step: int, loss: float, tok_s: float | None, mfu: float | None, fraction: float, elapsed: float) -> None:
         self.losses.append(loss)
         self.spark.data = list(self.losses)
+        self.spark.display = len(self.losses) >= SPARK_MIN  # one or two points would draw a solid block
         frac = max(0.0, min(fraction, 1.0))
         self.bar.update(progress=100 * frac)
         rate = f" {tok_s / 1e3:.1f}k tok/s" if tok_s else ""

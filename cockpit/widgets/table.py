@@ -22,6 +22,7 @@ NARROW_DESCRIPTION = 17  # characters of description beside the narrow columns i
 class ExperimentTable(DataTable):
     DEFAULT_CSS = """
     ExperimentTable { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-size-vertical: 1; }
+    ExperimentTable.compact { scrollbar-size-vertical: 0; }
     """
 
     def __init__(self, metric: str = "val_bpb", **kw):
