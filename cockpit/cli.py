@@ -88,6 +88,8 @@ def _add_run_args(r, bare: bool = False) -> None:
     add("--tag", help="start or select this session (default: resume the latest)")
     add("--budget", type=float, help="training seconds per experiment (default: the profile's)")
     add("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add("--devices", help="one experiment per device at once: auto (every visible GPU), a list such as 0,1,3, "
+                          "or cpu:N (default: [run] devices in cockpit.toml, else auto)")
     add("--max-experiments", type=int)
     add("--max-hours", type=float)
     add("--max-cost", type=float, help="USD")
@@ -395,8 +397,15 @@ def build_engine(args):
                            compile_cache=ws.config.compile_cache)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
+    from engine.slots import check_spec, cuda_devices, resolve
+
+    spec = getattr(args, "devices", None) or ws.config.devices
+    check_spec(spec)
+    accelerator = target.profile.device == "cuda" if tc.kind == "gpt" else bool(cuda_devices())
+    devices, said = resolve(spec, accelerator)
+    notices += said
     limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)
-    engine = Engine(ws, agent, target, tag=args.tag, limits=limits)
+    engine = Engine(ws, agent, target, tag=args.tag, limits=limits, devices=devices)
     return engine, notices
 
 

@@ -50,6 +50,7 @@ class Config:
     pipeline: bool = True  # the agent prepares the next experiment while one trains
     sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
     compile_cache: str = "private"  # [run] compile_cache: private (per run) | shared (faster; a channel between runs)
+    devices: str = "auto"  # [run] devices: auto (every visible CUDA device) | "0,1,3" | "cpu:N" (engine/slots.py)
 
 
 # The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
@@ -155,9 +156,20 @@ def load(root: Path) -> Config:
     run_tbl = data.get("run", {})
     if not isinstance(run_tbl, dict):
         raise ConfigError(f"{path}: [run] must be a table")
-    if set(run_tbl) - {"sandbox", "compile_cache"}:
-        odd = sorted(set(run_tbl) - {"sandbox", "compile_cache"})[0]
-        raise ConfigError(f"{path}: unknown key [run].{odd} (known: compile_cache, sandbox)")
+    if set(run_tbl) - {"sandbox", "compile_cache", "devices"}:
+        odd = sorted(set(run_tbl) - {"sandbox", "compile_cache", "devices"})[0]
+        raise ConfigError(f"{path}: unknown key [run].{odd} (known: compile_cache, devices, sandbox)")
+    devices = run_tbl.get("devices", "auto")
+    if isinstance(devices, list):
+        devices = ",".join(str(d) for d in devices)
+    if not isinstance(devices, str):
+        raise ConfigError(f"{path}: [run].devices must be \"auto\", a list such as \"0,1,3\", or \"cpu:N\"")
+    from .slots import DeviceError, check_spec
+
+    try:
+        check_spec(devices)
+    except DeviceError as e:
+        raise ConfigError(f"{path}: [run].devices: {e}") from None
     sandbox = run_tbl.get("sandbox", "auto")
     if sandbox not in ("auto", "required", "off"):
         raise ConfigError(f"{path}: [run].sandbox must be one of auto, required, off, not {sandbox!r}")
@@ -174,7 +186,7 @@ def load(root: Path) -> Config:
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
-                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache)
+                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache, devices)
 
 
 def _prices(v, path: Path) -> dict:
@@ -225,6 +237,8 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # [run]
 # sandbox = "auto"                # auto: train in the sandbox where the machine allows; required: refuse
 #                                 # to start without it; off: the agent's code runs with your rights
+# devices = "auto"                # one experiment per device at once: auto = every visible CUDA device;
+#                                 # "0,1,3" = those GPUs; "cpu:2" = two CPU slots, the cores split
 # compile_cache = "private"       # each run compiles afresh (on an H200, ~22 s more per run of the default
 #                                 # model); "shared": runs reuse torch.compile's cache, which any run can
 #                                 # also write, so state can pass from one run to the next

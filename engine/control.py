@@ -1,6 +1,10 @@
 """Commands from the UI (or a test, or the headless runner) to the engine. Thread-safe: any thread
 may call these; the engine acts on them at its next safe point, except veto and stop-now, which
-cancel a running training process at once (the runner kills its process group)."""
+cancel a running training process at once (the runner kills its process group).
+
+Several experiments may run at once (one per device slot): each has its own cancel event, made
+by begin_run(n). A veto names its experiment; without a name it applies to the only one running
+or waiting for approval, and is ignored when there are several (the UI asks which)."""
 
 from __future__ import annotations
 
@@ -10,28 +14,35 @@ import threading
 class Control:
     def __init__(self, review: bool = False):
         self._cv = threading.Condition()
-        self.cancel_run = threading.Event()  # handed to the runner: set => kill the training group
+        self.cancel_run = threading.Event()  # set by stop("now"): every run is cancelled
         self.stopping = threading.Event()  # set by stop("now"): agents abandon their proposal and back-off
         self._paused = False
         self._stop: str | None = None  # None | "after_run" | "now"
         self._by: str | None = None  # who stopped the session when it was not the human ("signal SIGTERM")
-        self._veto: str | None = None
+        self._runs: dict[int, threading.Event] = {}  # experiments running or waiting for approval -> their cancel
+        self._vetoes: dict[int, str] = {}
         self._force: set[int | None] = set()
-        self._approved = False
+        self._approved: int | None = None  # the approved experiment (awaiting approval)
+        self._awaiting: int | None = None
         self._review = review
         self._instructions = False
-        self._current: int | None = None
 
     # ---- commands ----
-    def veto(self, reason: str = "", n: int | None = None) -> None:
-        """Discard experiment n (None: the current one); kill it if it is running. A veto that
-        names an experiment which is no longer the current one is ignored."""
+    def veto(self, reason: str = "", n: int | None = None) -> bool:
+        """Discard experiment n (None: the only one running or waiting); kill it if it is running.
+        A veto of an experiment that is not running or waiting is ignored (False), as is a veto
+        without a number while several run."""
         with self._cv:
-            if n is not None and self._current is not None and n != self._current:
-                return
-            self._veto = reason or "vetoed by the human"
-            self.cancel_run.set()
+            if n is None:
+                if len(self._runs) != 1:
+                    return False
+                n = next(iter(self._runs))
+            if n not in self._runs:
+                return False
+            self._vetoes[n] = reason or "vetoed by the human"
+            self._runs[n].set()
             self._cv.notify_all()
+            return True
 
     def force_keep(self, n: int | None = None) -> None:
         """Keep experiment n (None: the running one, once it finishes) as the new best."""
@@ -61,11 +72,14 @@ class Control:
             if mode == "now":
                 self.cancel_run.set()
                 self.stopping.set()
+                for e in self._runs.values():
+                    e.set()
             self._cv.notify_all()
 
     def approve(self) -> None:
+        """Approve the experiment waiting at the review gate."""
         with self._cv:
-            self._approved = True
+            self._approved = self._awaiting
             self._cv.notify_all()
 
     def set_review(self, on: bool) -> None:
@@ -101,20 +115,26 @@ class Control:
         with self._cv:
             return sorted(self._force, key=lambda n: -1 if n is None else n)
 
-    def take_veto(self) -> str | None:
+    def take_veto(self, n: int) -> str | None:
         with self._cv:
-            reason, self._veto = self._veto, None
-            return reason
+            return self._vetoes.pop(n, None)
 
-    def peek_veto(self) -> str | None:
-        return self._veto
+    def peek_veto(self, n: int) -> str | None:
+        return self._vetoes.get(n)
+
+    def running(self) -> list[int]:
+        """The experiments running or waiting for approval."""
+        with self._cv:
+            return sorted(self._runs)
 
     def take_force(self, n: int) -> bool:
-        """Whether experiment n (the current one) was force-kept; consumes the request."""
+        """Whether experiment n was force-kept (None, "the running one": only while it is the only
+        one); consumes the request."""
         with self._cv:
-            hit = n in self._force or None in self._force
+            hit = n in self._force or (None in self._force and list(self._runs) in ([n], []))
             self._force.discard(n)
-            self._force.discard(None)
+            if hit:
+                self._force.discard(None)
             return hit
 
     def take_forced_past(self) -> list[int]:
@@ -129,29 +149,45 @@ class Control:
             hit, self._instructions = self._instructions, False
             return hit
 
-    def begin_run(self, n: int | None = None) -> None:
-        """Experiment n starts: forget the previous one's cancel, veto and approval."""
+    def begin_run(self, n: int) -> threading.Event:
+        """Experiment n is about to run (or wait for approval): its own cancel event, already set
+        when the session is stopping now."""
         with self._cv:
-            if self._stop != "now":
-                self.cancel_run.clear()
-                if self._stop == "now":  # a signal handler ran stop() in between, on this thread (the lock is reentrant)
-                    self.cancel_run.set()
-            self._approved = False
-            self._veto = None
-            self._current = n
+            e = self._runs.setdefault(n, threading.Event())
+            self._vetoes.pop(n, None)
+            if self._stop == "now":
+                e.set()
+            return e
 
-    def wait_for_approval(self, poll: float = 0.5) -> str:
-        """Block until approve, veto or stop-now. Returns 'approved', 'vetoed' or 'stopped'."""
+    def end_run(self, n: int) -> None:
         with self._cv:
-            while True:
-                if self._stop is not None:
-                    return "stopped"
-                if self._veto is not None:
-                    return "vetoed"
-                if self._approved or not self._review:
-                    self._approved = False
-                    return "approved"
-                self._cv.wait(poll)
+            self._runs.pop(n, None)
+            if self._awaiting == n:
+                self._awaiting = None
+
+    def await_approval(self, n: int) -> None:
+        """Experiment n waits at the review gate."""
+        with self._cv:
+            self.begin_run(n)
+            self._awaiting, self._approved = n, None
+
+    def approval(self, n: int) -> str | None:
+        """Where experiment n stands at the review gate: 'approved', 'vetoed', 'stopped', or None
+        (still waiting)."""
+        with self._cv:
+            if self._stop is not None:
+                return "stopped"
+            if n in self._vetoes:
+                return "vetoed"
+            if self._approved == n or not self._review:
+                self._approved = self._awaiting = None
+                return "approved"
+            return None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until any command arrives, or timeout."""
+        with self._cv:
+            self._cv.wait(timeout)
 
     def wait_while_paused(self) -> None:
         with self._cv:

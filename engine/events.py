@@ -127,6 +127,8 @@ class ExperimentStarted(Event):
     n: int
     commit: str
     kind: str = "experiment"
+    slot: int = 0  # the device slot it runs on
+    device: str = ""  # that slot's device: "cuda:3", "cpu:1", "cpu"
 
 
 @dataclass(frozen=True)

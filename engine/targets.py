@@ -8,6 +8,7 @@ other locked files are hashed when the session starts and re-checked before ever
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -57,10 +58,18 @@ class GptTarget:
         self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
         self.credits: list[float] = []  # the baselines' measured allowances for compilation and export
         self.exports: list[float] = []
+        self.slot, self.env_extra = "", {}  # the device slot this copy runs on (for_slot)
+
+    def for_slot(self, slot: str, env_extra: dict[str, str]) -> "GptTarget":
+        """This target on one device slot: its own spare child and device environment; the
+        measured allowances are shared by all slots (one list)."""
+        t = copy.copy(self)
+        t.slot, t.env_extra = slot, dict(env_extra)
+        return t
 
     def set_credit(self, credits: list[float]) -> None:
         """The allowances measured by this session's baselines (from the journal on a resume)."""
-        self.credits = [c for c in credits if c is not None]
+        self.credits[:] = [c for c in credits if c is not None]  # in place: the slots' copies share it
 
     def warm_up(self) -> None:
         """Start the first run's training process now (imports only; it waits for its run and
@@ -69,10 +78,11 @@ class GptTarget:
         _remove_stale_run_folders(self.root / ".cockpit" / "runs")
         runner.start_spare(self.cache, self.dataset, preload_compile=self.profile.compile,
                            gpu=self.profile.device != "cpu", base=self.root / ".cockpit" / "runs", sandbox=self.sandbox,
-                           compile_cache=self.compile_cache, profile=self.profile)
+                           compile_cache=self.compile_cache, profile=self.profile, slot=self.slot,
+                           env_extra=self.env_extra)
 
     def close(self) -> None:
-        runner.shutdown_spare()
+        runner.shutdown_spare(self.slot)
 
     def version(self) -> str:
         """The harness, the prepared data, the profile and the budget this target measures with,
@@ -83,15 +93,18 @@ class GptTarget:
                                 "<profile>": f"{self.profile.name}/{self.profile.time_budget:g}"})
 
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
-            baseline: bool = False) -> Outcome:
-        """One run. A baseline measures its own allowance for compilation and export; every other
-        run gets the session's, fixed: the largest a baseline measured."""
+            baseline: bool = False, tree: Path | None = None) -> Outcome:
+        """One run of the code in `tree` (the slot's checkout of the experiment's commit; default
+        the workspace). A baseline measures its own allowance for compilation and export; every
+        other run gets the session's, fixed: the largest a baseline measured."""
         limits = runner.Limits.for_profile(self.profile)
         if not baseline and self.credits:
             limits.credit = max(self.credits)
             limits.export_estimate = max(self.exports, default=0.0)
-        r = runner.run(self.script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
-                       cancel=cancel, limits=limits, sandbox=self.sandbox, compile_cache=self.compile_cache)
+        script = self.script if tree is None else Path(tree) / self.script.relative_to(self.root)
+        r = runner.run(script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
+                       cancel=cancel, limits=limits, sandbox=self.sandbox, compile_cache=self.compile_cache,
+                       slot=self.slot, env_extra=self.env_extra)
         if baseline and r.status == "ok" and r.credit_seconds is not None:
             self.credits.append(r.credit_seconds)
             self.exports.append(r.export_seconds or 0.0)
@@ -152,17 +165,27 @@ class CommandTarget:
 
         return harness_version({**self.hashes, "<run>": f"{self.cfg.run}/{self.budget:g}"})
 
-    def _hash(self) -> dict[str, str]:
-        return {rel: file_hash(self.root / rel) for rel in self.locked if (self.root / rel).is_file()}
+    def _hash(self, tree: Path | None = None) -> dict[str, str]:
+        tree = tree or self.root
+        return {rel: file_hash(tree / rel) for rel in self.locked if (tree / rel).is_file()}
+
+    def for_slot(self, slot: str, env_extra: dict[str, str]) -> "CommandTarget":
+        t = copy.copy(self)
+        t.slot, t.env_extra = slot, dict(env_extra)
+        return t
 
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
-            baseline: bool = False) -> Outcome:
-        now = self._hash()
+            baseline: bool = False, tree: Path | None = None) -> Outcome:
+        """The run command, then the measure script, in `tree` (the slot's checkout of the
+        experiment's commit; default the workspace); the locked files there must hash as at the
+        session's start."""
+        tree = Path(tree) if tree is not None else self.root
+        now = self._hash(tree)
         changed = sorted(k for k in self.hashes.keys() | now.keys() if self.hashes.get(k) != now.get(k))
         if changed:
             raise IntegrityError(f"locked file changed since the session started: {changed[0]}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = runner.scrub_env(dict(os.environ))
+        env = dict(runner.scrub_env(dict(os.environ)), **getattr(self, "env_extra", {}))
         t0 = time.monotonic()
 
         def outcome(status, reason=None, metric=None, tail=True):
@@ -170,14 +193,14 @@ class CommandTarget:
                            runner.log_tail(log_path) if tail else None, timing=status == "timeout")
 
         with open(log_path, "ab") as log:
-            status, reason = _run_group(self.cfg.run, self.root, env, log, self.budget, cancel, "the run command")
+            status, reason = _run_group(self.cfg.run, tree, env, log, self.budget, cancel, "the run command")
             train_s = time.monotonic() - t0
             if status != "ok":
                 return outcome(status, reason)
             measured = log_path.with_name("measure.out")
             with open(measured, "wb") as mout:
                 # the measure step runs like the run step: its own group, cancellable, with a deadline
-                mstatus, mreason = _run_group(self.cfg.measure, self.root, env, mout, max(60.0, self.budget), cancel,
+                mstatus, mreason = _run_group(self.cfg.measure, tree, env, mout, max(60.0, self.budget), cancel,
                                               "the measure script")
             text = measured.read_text(errors="replace")
             log.write(text.encode())

@@ -221,11 +221,15 @@ def run(
     spare: bool = True,
     sandbox: str = "auto",
     compile_cache: str = "private",
+    slot: str = "",
+    env_extra: dict[str, str] | None = None,
 ) -> RunResult:
     """Run one training script under the harness. Raises IntegrityError before starting when the
     harness or the data changed, and after the run when the data changed during it; every other
     outcome is a RunResult. With `spare`, the run uses the waiting spare child when it fits, and
-    starts the next run's spare while it trains."""
+    starts the next run's spare while it trains. `slot` names the device slot the run belongs to
+    (each slot keeps its own spare); `env_extra` is that slot's device environment
+    (CUDA_VISIBLE_DEVICES, or its CPU cores as COCKPIT_CPUS and the thread counts)."""
     hashes = verify_harness(cache, harness_dir)
     dataset.verify()
     boxed, _why = sandbox_state(sandbox)
@@ -235,9 +239,9 @@ def run(
     log_path.touch()
     source = Path(script).read_bytes()
 
-    env = child_env(cache, harness_dir, boxed, compile_cache == "shared")
+    env = dict(child_env(cache, harness_dir, boxed, compile_cache == "shared"), **(env_extra or {}))
     key = _key(env, harness_dir, hashes, dataset, boxed, profile)
-    child = _take_spare(key) if spare else None
+    child = _take_spare(key, slot) if spare else None
     t_go = time.monotonic()  # CLOCK_MONOTONIC is one clock for all processes: the child's timeline uses it
     credit_train = None if limits.credit is None else max(0.0, limits.credit - limits.export_estimate)
     go = {"data": str(dataset.folder), "profile": profile.name, "budget": profile.time_budget,
@@ -258,7 +262,7 @@ def run(
     child.pump.attach(log_path)
     proc = child.proc
     w = _Watch(t_go, pid=proc.pid)
-    prestart = _prestarter(spare, profile, env, key, harness_dir, dataset, boxed, log_path.parent.parent)
+    prestart = _prestarter(spare, profile, env, key, harness_dir, dataset, boxed, log_path.parent.parent, slot)
     evaluator: _Child | None = None
 
     def on_message(w: _Watch) -> None:
@@ -511,7 +515,7 @@ class _Child:
     workdir: Path  # its own writable folder (its working directory)
 
 
-_spare: _Child | None = None
+_spares: dict[str, _Child] = {}  # slot -> its waiting spare child
 _spare_lock = threading.Lock()
 _atexit_registered = False
 
@@ -566,7 +570,7 @@ def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd, write=()) -> tuple[s
     try:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out_w, stderr=out_w, pass_fds=(rfd_w,),
-            start_new_session=True, preexec_fn=sbx.limit_resources,
+            start_new_session=True, preexec_fn=_preexec(env),
         )
     except BaseException:
         os.close(out_r)
@@ -576,6 +580,18 @@ def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd, write=()) -> tuple[s
     pump = LogPump(out_r)
     pump.start()
     return proc, pump
+
+
+def _preexec(env: dict[str, str]):
+    """In the child before exec: the resource limits, and a CPU slot's own cores (COCKPIT_CPUS)."""
+    cpus = {int(c) for c in env.get("COCKPIT_CPUS", "").split(",") if c.strip().isdigit()}
+
+    def pre() -> None:
+        sbx.limit_resources()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return pre
 
 
 def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool, dataset: Dataset,
@@ -670,11 +686,10 @@ def _keep_files(workdir: Path, run_dir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _take_spare(key: tuple) -> _Child | None:
-    """The waiting spare if it is alive and was started for runs like this one (else it goes)."""
-    global _spare
+def _take_spare(key: tuple, slot: str = "") -> _Child | None:
+    """The slot's waiting spare if it is alive and was started for runs like this one (else it goes)."""
     with _spare_lock:
-        child, _spare = _spare, None
+        child = _spares.pop(slot, None)
     if child is None:
         return None
     if child.key != key or child.proc.poll() is not None:
@@ -684,10 +699,10 @@ def _take_spare(key: tuple) -> _Child | None:
     return child
 
 
-def _keep_spare(child: _Child) -> None:
-    global _spare, _atexit_registered
+def _keep_spare(child: _Child, slot: str = "") -> None:
+    global _atexit_registered
     with _spare_lock:
-        old, _spare = _spare, child
+        old, _spares[slot] = _spares.get(slot), child
         if not _atexit_registered:
             atexit.register(shutdown_spare)
             _atexit_registered = True
@@ -698,37 +713,41 @@ def _keep_spare(child: _Child) -> None:
 
 def start_spare(cache: Path, dataset: Dataset, harness_dir: Path = HARNESS_DIR, preload_compile: bool = False,
                 gpu: bool = False, base: Path | None = None, sandbox: str = "auto", compile_cache: str = "private",
-                profile: Profile | None = None) -> int:
-    """Start a spare child now, for the next `run()` with this cache, data and harness; returns its pid."""
+                profile: Profile | None = None, slot: str = "", env_extra: dict[str, str] | None = None) -> int:
+    """Start a spare child now, for the slot's next `run()` with this cache, data and harness; returns its pid."""
     boxed, _ = sandbox_state(sandbox)
-    env = child_env(cache, harness_dir, boxed, compile_cache == "shared")
+    env = dict(child_env(cache, harness_dir, boxed, compile_cache == "shared"), **(env_extra or {}))
     from .profiles import detect
 
     prof = profile or detect()
     key = _key(env, harness_dir, harness_files(harness_dir), dataset, boxed, prof)
     child = _spawn(env, key, harness_dir, preload_compile, dataset, boxed, gpu, base or cache / "runs")
-    _keep_spare(child)
+    _keep_spare(child, slot)
     return child.proc.pid
 
 
-def shutdown_spare() -> None:
-    """Kill the waiting spare, if any (also run at interpreter exit)."""
-    global _spare
+def shutdown_spare(slot: str | None = None) -> None:
+    """Kill the slot's waiting spare (None: every slot's; also run at interpreter exit)."""
     with _spare_lock:
-        child, _spare = _spare, None
-    if child is not None:
-        _discard(child)
-        shutil.rmtree(child.workdir, ignore_errors=True)
+        children = list(_spares.values()) if slot is None else [_spares.get(slot)]
+        if slot is None:
+            _spares.clear()
+        else:
+            _spares.pop(slot, None)
+    for child in children:
+        if child is not None:
+            _discard(child)
+            shutil.rmtree(child.workdir, ignore_errors=True)
 
 
-def spare_pid() -> int | None:
-    """The waiting spare's pid, or None."""
-    child = _spare
+def spare_pid(slot: str = "") -> int | None:
+    """The slot's waiting spare's pid, or None."""
+    child = _spares.get(slot)
     return None if child is None else child.proc.pid
 
 
 def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_dir: Path, dataset: Dataset,
-                boxed: bool, base: Path):
+                boxed: bool, base: Path, slot: str = ""):
     """When to start the next run's spare: on an accelerator as soon as this run has finished its
     first step (compilation done, the CPU mostly idle); on the CPU profile only once this run is
     over (called with None), so that the spare's imports take no cores from training or evaluation."""
@@ -748,7 +767,7 @@ def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_
             except OSError as e:  # out of processes or memory: this run goes on, the next starts fresh
                 print(f"harness: could not start the next run's spare child: {e}", file=sys.stderr)
                 return
-            _keep_spare(child)
+            _keep_spare(child, slot)
 
     return check
 

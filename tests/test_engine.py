@@ -244,7 +244,7 @@ def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_
     assert e2.status == "vetoed" and e2.reason == "looks like it will diverge"
     assert git(ws, "rev-parse", "HEAD") == s.best_commit == s.base_commit
     # the agent is told, through its next context
-    assert any("looks like it will diverge" in t for t in eng._context(3).human_notes)
+    assert any("looks like it will diverge" in t for t in eng.context(3).human_notes)
     from harness import runner
 
     assert runner.spare_pid() is None  # no training process outlives the session
@@ -442,14 +442,14 @@ def test_program_md_edited_mid_session_is_kept_committed_and_told_to_the_agent(t
     eng = command_engine(ws, max_experiments=3)
     new_text = "# goal\nlower the metric, and try OTHER first\n"
     contexts = []
-    original = eng._context
+    original = eng.context
 
     def spy(n):
         ctx = original(n)
         contexts.append(ctx)
         return ctx
 
-    eng._context = spy
+    eng.context = spy
 
     def on_event(e):
         # the human edits program.md from another pane while experiment 2 runs
@@ -583,11 +583,19 @@ def test_ctrl_c_to_the_whole_process_group_stops_cleanly_without_a_traceback(tmp
 
 def test_a_stale_veto_for_another_experiment_is_ignored_and_stop_ends_an_approval_wait():
     c = Control(review=True)
-    c.begin_run(5)
-    c.veto("meant for #4", n=4)
-    assert c.peek_veto() is None
+    five = c.begin_run(5)
+    assert not c.veto("meant for #4", n=4)  # #4 is no longer running: ignored
+    assert c.peek_veto(5) is None and not five.is_set()
+    six = c.begin_run(6)
+    assert not c.veto("which one?")  # two run: a veto must name one (the UI asks)
+    assert not five.is_set() and not six.is_set()
+    assert c.veto("this one", n=6) and six.is_set() and not five.is_set()
+    assert c.take_veto(6) == "this one"
+    c.end_run(6)
+    c.await_approval(7)
+    assert c.approval(7) is None  # waits
     c.stop("after_run")
-    assert c.wait_for_approval() == "stopped"
+    assert c.approval(7) == "stopped"
 
 
 class _BrokenTarget:
@@ -596,11 +604,11 @@ class _BrokenTarget:
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
 
-    def run(self, log_path, cancel, on_progress=None, baseline=False):
+    def run(self, log_path, cancel, on_progress=None, baseline=False, tree=None):
         self.calls += 1
         if self.calls == 2:
             raise OSError(28, "No space left on device")
-        return self.inner.run(log_path, cancel, on_progress, baseline=baseline)
+        return self.inner.run(log_path, cancel, on_progress, baseline=baseline, tree=tree)
 
 
 def test_an_unexpected_error_stops_with_its_reason_and_leaves_nothing_running(tmp_path):

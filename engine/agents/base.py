@@ -29,6 +29,17 @@ class PastExperiment:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """An experiment running or prepared at the same time as the one being proposed (several run
+    at once, one per device): the agent should not try the same."""
+
+    n: int
+    description: str
+    diff: str  # may be truncated
+    state: str  # running | prepared
+
+
+@dataclass(frozen=True)
 class Context:
     program: str  # program.md text
     files: dict[str, str]  # editable relative path -> current best content
@@ -44,6 +55,7 @@ class Context:
     noise: float | None = None  # standard deviation of repeated baseline runs
     budget: float | None = None  # seconds of training per experiment
     show: Callable[[int], str] | None = None  # extra detail on a past experiment (its log tail)
+    in_flight: tuple = ()  # InFlight: what runs or is prepared now, on other devices
 
 
 @dataclass

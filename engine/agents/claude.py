@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -129,14 +130,32 @@ class Claude:
         self.client = anthropic.Anthropic(api_key=api_key, base_url=cfg.base_url, max_retries=cfg.sdk_retries,
                                           timeout=timeout)
         self.sleep = sleep
+        self._own = threading.local()  # per proposal thread: several conversations run at once
         self.interrupt = None  # a threading.Event the engine sets on stop-now
-        self.last_usage = Usage()
         self._last_program: str | None = None
         self.spec: ModelSpec | None = None
         self.settings: RequestSettings | None = None
         self.price: Price = price_for(cfg.model, cfg.prices)[0]
         self.notices: list[str] = []
         self._prompt_estimate = cfg.context_tokens  # the size of the last proposal's first prompt
+
+    # Each conversation runs in its own thread (one per proposal in flight): what belongs to one
+    # proposal is kept per thread.
+    @property
+    def interrupt(self):
+        return getattr(self._own, "interrupt", None)
+
+    @interrupt.setter
+    def interrupt(self, event) -> None:
+        self._own.interrupt = event
+
+    @property
+    def last_usage(self) -> Usage:
+        return getattr(self._own, "usage", None) or Usage()
+
+    @last_usage.setter
+    def last_usage(self, usage: Usage) -> None:
+        self._own.usage = usage
 
     # ---- session start: what the model can do ----
     def prepare(self) -> list[str]:
@@ -568,12 +587,14 @@ def _render(ctx: Context, recent, rows: int, notes_h, notes_a, changed: str | No
         out += ["", "## Notes and vetoes from the human"] + [f"- {t}" for t in notes_h]
     if notes_a:
         out += ["", "## Your research notes"] + [f"- {t}" for t in notes_a]
-    running = [e for e in ctx.history if e.status in ("running", "proposing")]
-    if running:
-        r = running[-1]
-        out += ["", f"## In flight: #{r.n} is training now ({r.description})",
-                f"Its result is not known yet. Your change is made against the best code above and applied after #{r.n} "
-                f"finishes; if #{r.n} is kept, your change is merged on top of it. Do not repeat #{r.n}'s change."]
+    if ctx.in_flight:
+        out += ["", "## In flight: experiments training or prepared now, beside yours",
+                "Their results are not known yet. Your change is made against the best code above; if one of them is "
+                "kept first, your change is merged on top of it. Do not repeat any of these changes; try something else."]
+        for x in ctx.in_flight:
+            out += [f"### #{x.n} ({x.state}): {x.description}"]
+            if x.diff:
+                out += ["```diff", x.diff.rstrip(), "```"]
     out += ["", "## Your task",
             "Propose experiment #%d: one focused change that you expect to beat the best by more than the noise. "
             "Do not repeat a discarded idea without a new reason. Edit with the tools, then call submit." % ctx.n]

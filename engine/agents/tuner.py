@@ -307,6 +307,7 @@ class Tuner:
     """Seeded hill-climbing over numeric constants; deterministic given (seed, n) and the history."""
 
     name = "tuner"
+    concurrent = False  # one proposal at a time: each knows the moves of those before it (ctx.in_flight)
 
     def __init__(self, pair_probability: float = 0.25, momentum_probability: float = 0.75):
         self.pair_probability = pair_probability
@@ -317,6 +318,7 @@ class Tuner:
         texts, constants = self._constants(ctx, tools)
         values = {path: {c.name: c.value for c in constants if c.path == path} for path in texts}
         failed = _failed_moves(ctx.history)
+        busy = _moves_of(x.description for x in ctx.in_flight)  # tried now on another device: not again
 
         def valid(moves: list[Move]) -> bool:
             for path in {m.const.path for m in moves}:
@@ -325,7 +327,7 @@ class Tuner:
                     return False
             return True
 
-        allowed = {c.key: [m for m in candidate_moves(c) if m.id not in failed and valid([m])] for c in constants}
+        allowed = {c.key: [m for m in candidate_moves(c) if m.id not in failed | busy and valid([m])] for c in constants}
         open_constants = [c for c in constants if allowed[c.key]]
         if not open_constants:
             why = (
@@ -420,6 +422,10 @@ class Tuner:
             lo, hi = max(0, lo - 1), min(len(lines) - 1, hi + 1)
         new = head + "\n".join(lines[lo : c.line] + [new_line] + lines[c.line + 1 : hi + 1]) + tail
         tools.edit_file(c.path, old, new)
+
+
+def _moves_of(descriptions) -> set[tuple[str, float, float]]:
+    return {_move_id(pm.key, pm.old, pm.new) for d in descriptions for pm in (parse_description(d) or ())}
 
 
 def _failed_moves(history: list[PastExperiment]) -> set[tuple[str, float, float]]:

@@ -1,0 +1,266 @@
+"""The pool of proposals in flight: up to N + 1 at once (one per device slot, plus one prepared
+ahead), each a fresh call of the agent in a background thread, in its own git worktree
+(.cockpit/agent, .cockpit/agent-1, ...), against the best of the moment it started. Each is told
+what the others are trying (running, queued and prepared experiments: description and diff).
+
+Taking a proposal turns it into the experiment's commit: validated (something changed, only
+editable files, Python compiles), refused when its code is the same as an earlier or in-flight
+experiment's (before it uses a device), and re-applied with the line-level 3-way merge when the
+best moved while the agent worked."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .agents.base import AgentFatal, Context, InFlight, PastExperiment
+from .merge import merge3
+from .tools import Tools
+
+HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
+DIFF_CHARS = 4000
+
+
+@dataclass
+class Attempt:
+    """One proposal for experiment n, made against the best commit `base`."""
+
+    n: int
+    base: str
+    tools: Tools
+    tree: object  # the agent worktree it edits (GitRepo)
+    cancel: threading.Event  # set when the engine no longer needs this proposal
+    proposal: object = None
+    failure: Exception | None = None
+    seconds: float = 0.0
+    usage: object = None
+    thread: threading.Thread | None = None
+    done: bool = False  # the agent returned (or raised)
+    late: bool = False  # abandoned before it returned: the thread records its own cost
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class AnyOf:
+    """An agent's interrupt: set when stop-now is pressed or its proposal is abandoned."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.events[0].wait(0.1 if left is None else min(0.1, left))
+        return True
+
+
+class ProposalPool:
+    def __init__(self, engine):
+        self.e = engine
+        self.attempts: list[Attempt] = []  # in flight: being prepared, or ready to be taken
+        self._free_trees: list = []
+        self._trees = 0
+
+    # ---- the agent's trees ----
+    def _tree(self, base: str):
+        if self._free_trees:
+            wt = self._free_trees.pop()
+            try:
+                wt.reset_hard(base)
+                wt.g.clean("-fdq")
+                return wt
+            except Exception:  # a broken tree is made again
+                traceback.print_exc()
+                self._trees -= 1
+        k = self._trees
+        self._trees += 1
+        name = "agent" if k == 0 else f"agent-{k}"
+        return self.e.git.agent_worktree(self.e.ws.state / name, base)
+
+    def release(self, a: Attempt) -> None:
+        if (a.tree.root / ".git").is_file():
+            self._free_trees.append(a.tree)
+        else:
+            self._trees -= 1
+
+    def reset_trees(self, base: str) -> None:
+        """At start: the agent's tree clean at the best (an unsubmitted edit a killed cockpit left goes)."""
+        self.release(Attempt(0, base, None, self._tree(base), threading.Event()))
+
+    # ---- proposing ----
+    def preparing(self) -> list[Attempt]:
+        return [a for a in self.attempts if not a.done]
+
+    def start(self, n: int, context: Context) -> Attempt:
+        """Ask the agent for experiment n against the current best, in the background."""
+        e = self.e
+        base = e.session.best_commit
+        wt = self._tree(base)
+        tools = Tools(wt.root, e.editable)
+        a = Attempt(n, base, tools, wt, threading.Event())
+        agent = e.agent
+
+        def work() -> None:
+            if hasattr(agent, "interrupt"):
+                agent.interrupt = AnyOf(e.control.stopping, a.cancel)  # per thread (agents keep it thread-local)
+            t0 = time.monotonic()
+            try:
+                a.proposal = agent.propose(context, tools, e.emit)
+            except Exception as x:  # handled when the proposal is taken
+                a.failure = x
+                if isinstance(x, AgentFatal):  # nothing more can be proposed: the session ends now
+                    e.fatal(x)
+            a.seconds = time.monotonic() - t0
+            a.usage = getattr(agent, "last_usage", None)
+            with a.lock:
+                a.done = True
+                late = a.late
+            if late:  # abandoned while it still ran: what it cost is still recorded
+                try:
+                    e.record_usage(a.n, a.usage)
+                    e.save_notes(tools)
+                except Exception:  # the journal may be closed by now
+                    traceback.print_exc()
+            e.wake()
+
+        a.thread = threading.Thread(target=work, name=f"cockpit-propose-{n}", daemon=True)
+        self.attempts.append(a)
+        a.thread.start()
+        return a
+
+    def take_ready(self) -> Attempt | None:
+        """The oldest proposal the agent has finished, out of the pool."""
+        for a in sorted(self.attempts, key=lambda a: a.n):
+            if a.done:
+                self.attempts.remove(a)
+                return a
+        return None
+
+    def abandon(self, a: Attempt, wait: float) -> bool:
+        """Cancel a proposal; True when its agent call has returned (its cost is for the caller
+        to record), else the thread records it when it returns."""
+        a.cancel.set()
+        if a in self.attempts:
+            self.attempts.remove(a)
+        if a.thread is not None:
+            a.thread.join(wait)
+        with a.lock:
+            finished = a.thread is None or a.done
+            a.late = not finished
+        return finished
+
+    # ---- what the agent is told ----
+    def context(self, n: int, running: list) -> Context:
+        e = self.e
+        s = e.session
+        exps = [x for x in e.journal.experiments(s.id) if x.n < n]
+        recent = {x.n for x in exps[-HISTORY_DIFFS:]}
+        history = []
+        for x in exps:
+            if x.status in ("running", "proposing", "queued"):
+                continue  # in flight: told below
+            diff = ""
+            if x.n in recent and x.commit_sha and x.parent_commit and x.kind == "experiment":
+                diff = e.git.diff(x.parent_commit, x.commit_sha)[:DIFF_CHARS]
+            history.append(PastExperiment(x.n, x.status, x.metric, x.delta, x.description or "", diff, x.reason))
+        in_flight = []
+        for r in running:
+            if r.kind == "experiment":
+                in_flight.append(InFlight(r.n, r.description, e.git.diff(r.parent, r.sha)[:DIFF_CHARS], "running"))
+        for a in self.attempts:
+            if a.done and a.proposal is not None:
+                desc = (a.proposal.description or "").strip().splitlines()[0:1]
+                in_flight.append(InFlight(a.n, desc[0] if desc else "", a.tree.diff("HEAD")[:DIFF_CHARS], "prepared"))
+        notes = e.journal.notes(s.id)
+        files = {rel: e.git.show(s.best_commit, rel) or "" for rel in e.editable}
+        return Context(
+            program=e.ws.program(),
+            files=files,
+            history=history,
+            human_notes=[x["text"] for x in notes if x["author"] == "human"],
+            agent_notes=[x["text"] for x in notes if x["author"] == "agent"],
+            direction=e.target.direction,
+            profile=getattr(e.target, "profile_name", ""),
+            seed=s.id,
+            n=n,
+            metric=e.target.metric_name,
+            best_metric=s.best_metric,
+            noise=s.noise,
+            budget=getattr(getattr(e.target, "profile", None), "time_budget", None) or getattr(e.target, "budget", None),
+            show=e.show,
+            in_flight=tuple(in_flight),
+        )
+
+    # ---- from a proposal to a commit ----
+    def validate(self, a: Attempt) -> str | None:
+        e = self.e
+        changed = [f for f in a.tree.changed_files(e.editable) if f not in e.human_files]
+        if not changed:
+            return "the proposal changed nothing"
+        outside = [f for f in changed if f not in e.editable]
+        if outside:
+            return f"the proposal changed files outside the editable list: {', '.join(outside[:3])}"
+        return syntax_error(a.tree.root, changed)
+
+    def rebase(self, wt, sha: str, base: str, best: str, message: str) -> str | None:
+        """Re-apply commit `sha` (made on `base`) onto `best` with a 3-way merge of each file it
+        changed, in the tree `wt`; None on a conflict (or when nothing of it is left)."""
+        merged = {}
+        for f in wt.files_changed(base, sha):
+            b, ours, theirs = wt.show(base, f), wt.show(best, f), wt.show(sha, f)  # None: no such file
+            if ours == b or ours == theirs:
+                merged[f] = theirs
+            elif theirs == b:
+                merged[f] = ours
+            elif None in (b, ours, theirs):  # created or deleted on one side, changed on the other
+                return None
+            else:
+                merged[f] = merge3(b, ours, theirs)
+                if merged[f] is None:
+                    return None
+        wt.reset_hard(best)
+        for f, text in merged.items():
+            p = wt.root / f
+            if text is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(text, encoding="utf-8")
+        changed = wt.changed_files(self.e.editable)
+        if not changed:
+            return None  # the new best already holds this change
+        if syntax_error(wt.root, changed):  # a merge that does not compile is a conflict, not an experiment
+            return None
+        return wt.commit_all(changed, message)
+
+    def land(self, sha: str, base: str, best: str, message: str) -> str | None:
+        """`sha` re-applied onto `best`, in a spare agent tree (the engine's own merges)."""
+        wt = self._tree(best)
+        try:
+            return self.rebase(wt, sha, base, best, message)
+        finally:
+            self._free_trees.append(wt)
+
+    def code_of(self, sha: str) -> tuple:
+        """What a commit's editable files hold: two experiments with the same are the same code."""
+        return tuple(self.e.git.show(sha, f) for f in self.e.editable)
+
+
+def syntax_error(root: Path, files: list[str]) -> str | None:
+    """The first Python file among `files` that does not compile, as one line; None if all do."""
+    for f in files:
+        if f.endswith(".py"):
+            try:
+                compile((root / f).read_text(encoding="utf-8"), f, "exec")
+            except SyntaxError as x:
+                return f"{f} does not compile: {x.msg} (line {x.lineno})"
+    return None
+
