@@ -76,7 +76,7 @@ class CockpitApp(App):
         self.notices = list(notices)
         self.telemetry = telemetry
         self.bridge = EngineBridge(self)
-        self.running_n: int | None = None
+        self.running: dict[int, str] = {}  # the experiments running now -> their device
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
         self._observer = None
@@ -84,6 +84,7 @@ class CockpitApp(App):
         self._baselines: list[float] = []
         self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
         self.live_diff: ev.DiffUpdated | None = None
+        self.diffs: dict[int, str] = {}  # the latest experiments' diffs against their best (bounded)
         self._render_scheduled = False
         metric = engine.target.metric_name
         self.header_bar = HeaderBar(metric)
@@ -96,6 +97,11 @@ class CockpitApp(App):
         self.loss_plot = LossPlot()
         self.engine_state: str | None = None  # the engine's own line (StateChanged)
         self.state_bar = Static("state: starting", id="state")
+
+    @property
+    def running_n(self) -> int | None:
+        """The experiment running now: the latest started when several run."""
+        return max(self.running) if self.running else None
 
     def compose(self) -> ComposeResult:
         yield self.header_bar
@@ -174,20 +180,20 @@ class CockpitApp(App):
         and streamed deltas are joined, so a flood costs a bounded amount of work per frame."""
         self._render_scheduled = False
         self._last_render = time.monotonic()
-        progress: ev.RunProgress | None = None
+        progress: dict[int, ev.RunProgress] = {}  # the newest tick of each run
         diff: ev.DiffUpdated | None = None
         batch: list[ev.Event] = []
         for e in self.bridge.drain():
             if isinstance(e, ev.RunProgress):
-                progress = e
+                progress[e.n] = e
             elif isinstance(e, ev.DiffUpdated):
                 diff = e
             elif isinstance(e, (ev.AgentThinking, ev.AgentText)) and batch and type(batch[-1]) is type(e) and batch[-1].n == e.n:
                 batch[-1] = replace(batch[-1], text=batch[-1].text + e.text)
             else:
                 batch.append(e)
-        for e in batch + [x for x in (diff, progress) if x is not None]:
-            if isinstance(e, ev.RunProgress) and e.n != self.running_n:
+        for e in batch + ([diff] if diff is not None else []) + list(progress.values()):
+            if isinstance(e, ev.RunProgress) and e.n not in self.running:
                 continue
             try:
                 self.render_event(e)
@@ -231,10 +237,11 @@ class CockpitApp(App):
             parts[0] = f"awaiting approval of #{self.awaiting_n}"
         for n in c.force_pending():
             parts.append(f"force-keep pending for #{self.running_n if n is None else n}")
+        runs = "the runs" if len(self.running) > 1 else "this run"
         if c.stop_mode == "after_run":
-            parts.append("stopping after this run")
+            parts.append(f"stopping after {runs}")
         elif c.paused and not parts[0].startswith("paused"):
-            parts.append("pausing after this run" if self.running_n is not None else "paused")
+            parts.append(f"pausing after {runs}" if self.running else "paused")
         if c.review and self.awaiting_n is None and self.stop_reason is None:
             parts.append("review gate on")
         return " · ".join(parts)
@@ -256,6 +263,9 @@ class CockpitApp(App):
             self.reasoning.line(f"→ {e.name} {e.summary}", "cyan" if e.ok else "red")
         elif isinstance(e, ev.DiffUpdated):
             self.live_diff = e
+            self.diffs[e.n] = e.diff
+            while len(self.diffs) > 32:
+                self.diffs.pop(next(iter(self.diffs)))
             if self.diff_pinned is None:
                 self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
         elif isinstance(e, ev.ExperimentProposed):
@@ -265,13 +275,16 @@ class CockpitApp(App):
             self.awaiting_n = e.n
             self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow")  # and the state line says so
         elif isinstance(e, ev.ExperimentStarted):
-            self.running_n, self.awaiting_n = e.n, None
-            self.table.upsert(e.n, commit=e.commit, status="running")
-            self.run_panel.start(e.n)
+            self.running[e.n] = e.device
+            if self.awaiting_n == e.n:
+                self.awaiting_n = None
+            self.table.upsert(e.n, commit=e.commit, status="running", device=e.device or None)
+            self.run_panel.start(e.n, e.slot, e.device)
             self.loss_plot.start(e.n)
+            self.gpu.on_device = {_gpu_name(d): n for n, d in self.running.items() if _gpu_name(d)}
         elif isinstance(e, ev.RunProgress):
             self.run_panel.tick(e.n, e.step, e.loss, e.tokens_per_second, e.mfu, e.fraction, e.elapsed)
-            self.loss_plot.tick(e.fraction, e.loss)
+            self.loss_plot.tick(e.fraction, e.loss, e.n)
         elif isinstance(e, ev.ExperimentFinished):
             self._finished(e)
         elif isinstance(e, ev.BestChanged):
@@ -294,13 +307,14 @@ class CockpitApp(App):
             self.notify(e.text, severity="error")
         elif isinstance(e, ev.StateChanged):
             self.engine_state = e.text
-            if e.phase in ("export", "eval") and e.n is not None:
-                self.run_panel.phase(e.n, "exporting the model" if e.phase == "export" else "evaluating (a separate process)")
+            if e.phase is not None and e.n is not None:
+                what = {"export": "exporting the model", "eval": "evaluating (a separate process)"}.get(e.phase)
+                self.run_panel.phase(e.n, e.phase, what)
 
     def _finished(self, e: ev.ExperimentFinished) -> None:
         hb = self.header_bar
-        if self.running_n == e.n:
-            self.running_n = None
+        self.running.pop(e.n, None)
+        self.gpu.on_device = {_gpu_name(d): n for n, d in self.running.items() if _gpu_name(d)}
         if self.awaiting_n == e.n:
             self.awaiting_n = None
         x = self.engine.journal.experiment(self.engine.session.id, e.n) if self.engine.session else None
@@ -323,7 +337,7 @@ class CockpitApp(App):
         hb.best = e.best_metric if e.best_metric is not None else hb.best
         if e.status == "interrupted" and e.description == "(not run)":
             return  # a proposal prepared during the last run, abandoned at the stop: no run to show
-        self.run_panel.done(f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""),
+        self.run_panel.done(e.n, f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""),
                             self._phases(e.n))
         hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
 
@@ -474,12 +488,26 @@ class CockpitApp(App):
         self.notify(f"the session has stopped ({self.stop_reason}): {what}; run `cockpit` to resume it", severity="warning")
         return True
 
+    def _chosen_run(self) -> int | None:
+        """The experiment a key acts on: the one selected in the table when it runs (or waits at
+        the review gate), else the only one running or waiting."""
+        live = set(self.running) | ({self.awaiting_n} if self.awaiting_n is not None else set())
+        n = self.table.selected_number()
+        if n in live:
+            return n
+        return next(iter(live)) if len(live) == 1 else None
+
     def action_veto(self) -> None:
         if self._stopped_says("nothing runs to veto"):
             return
-        n = self.running_n or self.awaiting_n
+        n = self._chosen_run()
         if n is None:
-            self.notify("nothing is running or waiting to veto (the agent is proposing)", severity="warning")
+            if len(self.running) > 1:
+                listed = ", ".join(f"#{k}" for k in sorted(self.running))
+                self.notify(f"{len(self.running)} experiments run ({listed}): select one in the table, then v",
+                            severity="warning")
+            else:
+                self.notify("nothing is running or waiting to veto (the agent is proposing)", severity="warning")
             return
 
         def done(reason: str | None) -> None:
@@ -493,7 +521,7 @@ class CockpitApp(App):
         if self._stopped_says("a keep applies to a running session"):
             return
         n = self.table.selected_number()
-        if n is not None and n != self.running_n:
+        if n is not None and n not in self.running:
             row = self.table.data_rows.get(n, {})
             if row.get("metric") is None:
                 self.notify(f"#{n} has no measured result to keep", severity="warning")
@@ -501,9 +529,11 @@ class CockpitApp(App):
             self.control.force_keep(n)
             self.notify(f"#{n} will become the best before the next experiment")
             self.refresh_state()
-        elif self.running_n is not None:
-            self.control.force_keep(self.running_n)
-            self.notify(f"#{self.running_n} will be kept when it finishes")
+            return
+        n = self._chosen_run() if n is None else n
+        if n is not None and n in self.running:
+            self.control.force_keep(n)
+            self.notify(f"#{n} will be kept when it finishes")
             self.refresh_state()
         else:
             self.notify("select a finished experiment to keep", severity="warning")
@@ -564,8 +594,10 @@ class CockpitApp(App):
             self.notify("resumed")
         else:
             self.control.pause()
-            if self.running_n is not None:
-                self.notify(f"pausing: #{self.running_n} finishes, then no new experiment starts until p")
+            if self.running:
+                listed = ", ".join(f"#{k}" for k in sorted(self.running))
+                ends = "finishes" if len(self.running) == 1 else "finish"
+                self.notify(f"pausing: {listed} {ends}, then no new experiment starts until p")
             else:
                 self.notify("paused: no new experiment starts until p")
         self.refresh_state()
@@ -578,10 +610,11 @@ class CockpitApp(App):
         n = self.table.selected_number()
         if n is None:
             return
-        if n == self.running_n or n == max(self.table.data_rows, default=n):
-            self.diff_pinned = None  # back to the live diff
-            if self.live_diff is not None:
-                self.diff.show(f"#{self.live_diff.n} vs best", self.live_diff.diff, n=self.live_diff.n)
+        if n in self.running or n == max(self.table.data_rows, default=n):
+            self.diff_pinned = None  # back to the live diff (of this run, when it runs)
+            shown = n if n in self.diffs else (self.live_diff.n if self.live_diff is not None else None)
+            if shown is not None:
+                self.diff.show(f"#{shown} vs best", self.diffs.get(shown) or self.live_diff.diff, n=shown)
             return
         self.diff_pinned = n
         e = self.engine.journal.experiment(self.engine.session.id, n)
@@ -607,3 +640,14 @@ class CockpitApp(App):
                 self.refresh_state()
 
         self.push_screen(QuitScreen(), done)
+
+
+def _gpu_name(device: str) -> str | None:
+    """The device panel's name for a slot's device: cuda:3 -> GPU3 (NVML's numbering, through
+    CUDA_VISIBLE_DEVICES when it is set); None for a CPU slot."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index.isdigit():
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    i = int(index)
+    return f"GPU{visible[i]}" if i < len(visible) and visible[i].isdigit() else f"GPU{i}"

@@ -41,6 +41,7 @@ class Attempt:
     done: bool = False  # the agent returned (or raised)
     late: bool = False  # abandoned before it returned: the thread records its own cost
     lock: threading.Lock = field(default_factory=threading.Lock)
+    seen: int = 0  # the verdicts known when it started (Engine._judged)
 
 
 class AnyOf:
@@ -105,7 +106,7 @@ class ProposalPool:
         base = e.session.best_commit
         wt = self._tree(base)
         tools = Tools(wt.root, e.editable)
-        a = Attempt(n, base, tools, wt, threading.Event())
+        a = Attempt(n, base, tools, wt, threading.Event(), seen=e._judged)
         agent = e.agent
 
         def work() -> None:

@@ -217,10 +217,10 @@ class Scheduling:
                                  seconds=wait))
             return False
         self._agent_failures = 0
-        if a.proposal is None:
-            if any(sl.busy for sl in self.slots) or self.queued:  # it may have counted a run in flight as failed
+        if a.proposal is None:  # it may have counted a run in flight as failed: asked again knowing its result
+            if self._judged > a.seen or any(sl.busy for sl in self.slots) or self.queued:
                 self._ask_again(n, f"the agent had nothing to propose for #{n} while other runs trained; asking "
-                                   "again now that a result is known", after_result=True)
+                                   "again now that a result is known", after_result=self._judged == a.seen)
                 return False
             self.journal.update_experiment(self.session.id, n, status="discard", reason="the agent had nothing to propose",
                                            finished=time.time())

@@ -88,36 +88,49 @@ class MetricPlot(PlotextPlot):
 
 
 class LossPlot(PlotextPlot):
+    """The running experiments' training loss against the fraction of their budget, beside the
+    best run's curve at the same fraction: a run doing worse shows early."""
+
     DEFAULT_CSS = """
     LossPlot { border: round $accent; height: 100%; }
     """
+    COLORS = ("cyan", "magenta", "yellow", "blue", "orange", "white", "red", "gray")
 
     def __init__(self, **kw):
         super().__init__(**kw)
         self.border_title = "loss"
-        self.current: list[tuple[float, float]] = []  # (fraction of the budget, loss) of the running experiment
+        self.running: dict[int, list[tuple[float, float]]] = {}  # running experiment -> (fraction, loss)
         self.best_curve: list[tuple[float, float]] = []  # the best run's, for comparison
-        self.n: int | None = None
+        self.n: int | None = None  # the latest started
         self.best_n: int | None = None
         self.curves: dict[int, list[tuple[float, float]]] = {}  # finished runs' curves (bounded)
 
+    @property
+    def current(self) -> list[tuple[float, float]]:
+        return self.running.get(self.n, [])
+
     def start(self, n: int) -> None:
-        self.n, self.current = n, []
+        self.n = n
+        self.running[n] = []
         self.replot()
 
-    def tick(self, fraction: float, loss: float) -> None:
-        if self.current and fraction < self.current[-1][0]:
+    def tick(self, fraction: float, loss: float, n: int | None = None) -> None:
+        curve = self.running.get(self.n if n is None else n)
+        if curve is None or (curve and fraction < curve[-1][0]):
             return
-        self.current.append((min(max(fraction, 0.0), 1.0), loss))
-        if len(self.current) > 2000:
-            self.current = self.current[::2]
+        curve.append((min(max(fraction, 0.0), 1.0), loss))
+        if len(curve) > 2000:
+            curve[:] = curve[::2]
         self.replot()
 
     def finish(self, n: int) -> None:
-        if self.n == n and self.current:
-            self.curves[n] = list(self.current)
+        curve = self.running.pop(n, None)
+        if curve:
+            self.curves[n] = curve
             while len(self.curves) > 64:
                 self.curves.pop(next(iter(self.curves)))
+        if self.n == n:
+            self.n = max(self.running) if self.running else None
 
     def set_best(self, n: int | None, journaled=None) -> None:
         """The best run's curve: seen live, else `journaled()` (the journal's copy, after a resume)."""
@@ -126,7 +139,7 @@ class LossPlot(PlotextPlot):
         self.replot()
 
     def behind(self) -> float | None:
-        """How much higher the running loss is than the best run's at the same fraction (None: no comparison)."""
+        """How much higher the latest run's loss is than the best run's at the same fraction (None: no comparison)."""
         if not self.current or not self.best_curve:
             return None
         f, loss = self.current[-1]
@@ -141,13 +154,14 @@ class LossPlot(PlotextPlot):
         if self.best_curve:
             p.plot([f for f, _ in self.best_curve], [v for _, v in self.best_curve], color="green", marker="braille",
                    label=f"best #{self.best_n}")
-        if self.current:
-            p.plot([f for f, _ in self.current], [v for _, v in self.current], color="cyan", marker="braille",
-                   label=f"#{self.n}")
-        if not self.current and not self.best_curve:
+        for i, (n, curve) in enumerate(sorted(self.running.items())):
+            if curve:
+                p.plot([f for f, _ in curve], [v for _, v in curve], color=self.COLORS[i % len(self.COLORS)],
+                       marker="braille", label=f"#{n}")
+        if not any(self.running.values()) and not self.best_curve:
             p.title("no run yet")
         p.xlim(0.0, 1.0)
         p.xlabel("fraction of the budget")
         d = self.behind()
-        self.border_subtitle = "" if d is None else f"{d:+.3f} vs best"
+        self.border_subtitle = "" if d is None else f"#{self.n} {d:+.3f} vs best"
         self.refresh()

@@ -12,10 +12,12 @@ STATUS_STYLE = {
     "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red", "timeout": "red",
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
-COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
+COLUMNS = ("#", "commit", "device", "metric", "Δ best", "conf", "status", "time", "mem", "description")
 NARROW = ("#", "metric", "status", "description")  # under 120 columns: by priority (Δ shows on open)
+NARROW_MANY = ("#", "dev", "metric", "status", "description")  # the same with several slots: the device, short
 # Fixed widths: the layout never depends on which rows arrived first (descriptions take the rest).
-WIDTHS = {"#": 4, "commit": 7, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5, "mem": 6}
+WIDTHS = {"#": 4, "commit": 7, "device": 7, "dev": 3, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5,
+          "mem": 6}
 NARROW_DESCRIPTION = 17  # characters of description beside the narrow columns in an 80-column terminal
 
 
@@ -32,14 +34,18 @@ class ExperimentTable(DataTable):
         self.best_n: int | None = None
         self.follow = True
         self.columns_shown = COLUMNS
+        self.narrow = False
+        self.devices: set[str] = set()  # the devices experiments ran on
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
             self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
 
     def set_narrow(self, narrow: bool) -> None:
-        """Show the columns that fit: status, metric, Δ and description first."""
-        want = NARROW if narrow else COLUMNS
+        """Show the columns that fit: status, metric, Δ and description first (and the device,
+        short, once experiments run on several)."""
+        self.narrow = narrow
+        want = (NARROW_MANY if len(self.devices) > 1 else NARROW) if narrow else COLUMNS
         if want == self.columns_shown:
             return
         self.columns_shown = want
@@ -56,6 +62,10 @@ class ExperimentTable(DataTable):
                                        "status": "proposing", "started": time.monotonic(), "seconds": None,
                                        "memory": None, "description": ""})
         row.update({k: v for k, v in fields.items() if v is not None})
+        if row.get("device") and row["device"] not in self.devices:
+            self.devices.add(row["device"])
+            if self.narrow and len(self.devices) == 2:
+                self.set_narrow(True)  # the short device column appears
         cells = self._cells(row)
         key = str(n)
         if row.get("_added"):
@@ -86,6 +96,7 @@ class ExperimentTable(DataTable):
         style = "reverse " if best else ""
         cells = {
             "#": Text(f"{mark}{r['n']}", style=style), "commit": r["commit"][:7],
+            "device": r.get("device") or "", "dev": _short(r.get("device") or ""),
             "metric": Text(metric, style="bold" if best else ""), "Δ best": delta, "conf": conf,
             "status": Text(st, style=STATUS_STYLE.get(st, "")), "time": dur, "mem": mem,
             "description": self._fit(r["description"]),
@@ -119,3 +130,9 @@ class ExperimentTable(DataTable):
     def on_data_table_row_highlighted(self, event) -> None:
         # The cursor stops following new rows once the human moves it off the last row.
         self.follow = self.cursor_row >= self.row_count - 1
+
+
+def _short(device: str) -> str:
+    """cuda:3 -> 3, cpu:1 -> c1, cpu -> c."""
+    kind, _, index = device.partition(":")
+    return index if kind == "cuda" else (kind[:1] + index)[:3]
