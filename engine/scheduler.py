@@ -38,6 +38,8 @@ class Scheduling:
             stop = self._stop_condition()
             halt = self.control.stop_mode is not None or self._fatal is not None
             made = self.queued or self._awaiting is not None
+            if self._fatal is not None and not any(sl.busy for sl in self.slots):
+                raise self._fatal  # no request of this session can succeed
             if stop and not any(sl.busy for sl in self.slots) and (halt or not made):
                 return stop
             if not halt:
@@ -357,8 +359,9 @@ class Scheduling:
                 self.record_usage(a.n, a.usage)
                 self.save_notes(a.tools)
             self.pool.release(a)
-            reason = ("prepared while other runs trained; the session stopped before it ran"
-                      if not isinstance(a.failure, AgentFatal) else f"not proposed: {a.failure}")
+            reason = ("prepared while other runs trained; the session stopped before it ran" if self._fatal is None
+                      else f"not proposed: {a.failure}" if isinstance(a.failure, AgentFatal)
+                      else f"the session stopped: {self._fatal}")
             self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(), reason=reason)
             self.emit(ev.ExperimentFinished(n=a.n, commit="", status="interrupted", metric=None, delta=None,
                                             confidence=None, best_metric=self.session.best_metric,

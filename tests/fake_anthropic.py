@@ -422,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
             if problem is not None:
                 self._reject(fake, n, *problem)
                 return
-        reply = fake._next_reply()
+        reply = fake._next_reply(body)
         if isinstance(reply, (Thinking, Redacted, Text, ToolUse)):
             reply = Stream([reply])
         if reply is None:
@@ -486,12 +486,29 @@ def _shows_thinking(body: dict, model: Optional[dict]) -> bool:
     return not (model or {}).get("omits_thinking", False)
 
 
+def _experiment_of(body: Optional[dict]) -> Optional[int]:
+    """The experiment a conversation proposes, from its first user message."""
+    import re
+
+    try:
+        first = body["messages"][0]["content"]
+        text = first if isinstance(first, str) else " ".join(b.get("text", "") for b in first if isinstance(b, dict))
+    except (KeyError, IndexError, TypeError):
+        return None
+    m = re.search(r"# Experiment #(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
 class FakeAnthropic:
     """The fake server. Use as a context manager, or call start()/stop()."""
 
     def __init__(self, script: Optional[list] = None, models: Optional[dict] = None, models_api: bool = True,
-                 validate: bool = True, valid_keys: Optional[set] = None, models_error: Optional[HttpError] = None):
+                 validate: bool = True, valid_keys: Optional[set] = None, models_error: Optional[HttpError] = None,
+                 by_experiment: Optional[dict] = None):
         self._script: list = list(script or [])
+        # Several conversations at once (one per experiment in flight): replies routed by the
+        # experiment number the prompt names ("# Experiment #N"), each list in its own order.
+        self._by_experiment: dict = {k: list(v) for k, v in (by_experiment or {}).items()}
         self.valid_keys = valid_keys  # None: any key is accepted; else others get 401 on every route
         self.models: dict = dict(MODELS if models is None else models)  # id -> the fake's model facts
         self.models_api = models_api
@@ -520,10 +537,13 @@ class FakeAnthropic:
     def remaining(self) -> int:
         """How many scripted replies are still unserved."""
         with self._lock:
-            return len(self._script)
+            return len(self._script) + sum(len(v) for v in self._by_experiment.values())
 
-    def _next_reply(self):
+    def _next_reply(self, body: Optional[dict] = None):
         with self._lock:
+            n = _experiment_of(body) if self._by_experiment else None
+            if n is not None and self._by_experiment.get(n):
+                return self._by_experiment[n].pop(0)
             return self._script.pop(0) if self._script else None
 
     def _issue(self, reply: "Stream", body: dict) -> None:

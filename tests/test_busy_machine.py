@@ -71,14 +71,15 @@ def test_a_baseline_that_breaks_a_timing_rule_is_run_again_with_a_notice(tmp_pat
 
 NOISY_MEASURE = """
 import os
-path = os.path.join(".cockpit", "measured")
+path = os.path.join(os.environ["NOISY_STATE"], "measured")  # outside the checkout: each slot runs in its own
 n = int(open(path).read()) if os.path.exists(path) else 0
 open(path, "w").write(str(n + 1))
 print(f"metric: {10.0 + 2.0 * (n % 2)}")
 """
 
 
-def test_noise_too_high_to_keep_small_gains_is_said_at_once(tmp_path):
+def test_noise_too_high_to_keep_small_gains_is_said_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOISY_STATE", str(tmp_path))
     files = {"value.py": "VALUE = 10.0\n", "measure.py": NOISY_MEASURE}
     ws = command_workspace(tmp_path, files, ["value.py"], "python3 -c pass", "python3 measure.py", baseline_runs=2)
     r = cli("run", "--headless", "--workspace", ws, "--agent", "tuner", "--tag", "t", "--max-experiments", "0", timeout=300)

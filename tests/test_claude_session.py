@@ -59,16 +59,16 @@ def test_a_session_with_the_default_model_runs_three_experiments_through_an_over
         read_timeout = 1
     """)
     a, b, c = change("A", "Lower A first."), change("B", "Then B."), change("C", "Then C.")
-    script = [
-        HttpError(529, "overloaded_error", "Overloaded"), HttpError(529, "overloaded_error", "Overloaded"),
-        HttpError(529, "overloaded_error", "Overloaded"),  # the SDK's two retries, then the outer back-off
-        *a,
-        Stream([Thinking("Then B, since A helped."), Text("Editing B")], drop_after=4),  # the connection drops
-        *b,
-        Stream([Thinking("Then C.")], stall_after=3, stall=20),  # the stream goes silent
-        *c,
-    ]
-    with FakeAnthropic(script) as fake:
+    conversations = {  # two conversations run at once (N + 1 in flight on one slot): each has its own replies
+        2: [HttpError(529, "overloaded_error", "Overloaded"), HttpError(529, "overloaded_error", "Overloaded"),
+            HttpError(529, "overloaded_error", "Overloaded"),  # the SDK's two retries, then the outer back-off
+            *a],
+        3: [Stream([Thinking("Then B, since A helped."), Text("Editing B")], drop_after=4),  # the connection drops
+            *b],
+        4: [Stream([Thinking("Then C.")], stall_after=3, stall=20),  # the stream goes silent
+            *c],
+    }
+    with FakeAnthropic(by_experiment=conversations) as fake:
         r, _, _ = run(ws, fake, "--max-experiments", "3")
         assert fake.rejected == []
         assert fake.remaining == 0
@@ -88,8 +88,10 @@ def test_a_session_with_the_default_model_runs_three_experiments_through_an_over
 
 def test_a_402_mid_session_stops_it_within_seconds_in_one_line_with_no_crash_row(tmp_path):
     ws = workspace(tmp_path)
-    script = [*change("A", "Lower A."), HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")]
-    with FakeAnthropic(script) as fake:
+    # #2 and #3 are proposed during the baseline (N + 1 in flight on one slot); #4 while #3 trains
+    conversations = {2: change("A", "Lower A."), 3: change("B", "Then B."),
+                     4: [HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")]}
+    with FakeAnthropic(by_experiment=conversations) as fake:
         r, _, end = run(ws, fake, "--max-experiments", "5")
         billing = [q for q in fake.message_requests][-1]["time"]
     assert r.returncode == 1
@@ -111,13 +113,16 @@ def test_a_402_while_a_run_trains_ends_that_run_at_once(tmp_path):
     toml = (ws / "cockpit.toml").read_text().replace('run = "python3 -c pass"', 'run = "python3 -c \'import time; time.sleep(60)\'"')
     (ws / "cockpit.toml").write_text(toml)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a long run"], cwd=ws, check=True)
-    with FakeAnthropic([HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")]) as fake:
+    billing = HttpError(402, "billing_error", "Your credit balance is too low to access the Anthropic API.")
+    with FakeAnthropic(by_experiment={2: [billing], 3: [billing]}) as fake:
         r, _, end = run(ws, fake, "--max-experiments", "5")
         billing = fake.message_requests[-1]["time"]
     assert r.returncode == 1 and end - billing < 5, r.stderr
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     rows = j.experiments(j.session_by_tag("s").id)
-    assert [e.status for e in rows] == ["interrupted", "interrupted"]  # the baseline run, the proposal
+    # the baseline run, and the two proposals in flight beside it (N + 1 on one slot)
+    assert [e.kind for e in rows] == ["baseline", "experiment", "experiment"]
+    assert all(e.status == "interrupted" for e in rows)
     assert "credit" in rows[0].reason
 
 
