@@ -36,7 +36,9 @@ from harness.paths import cache_root  # noqa: E402
 
 class SlowTuner(Tuner):
     """The tuner, thinking for a fixed time first (a model's latency), optionally limited to some
-    constants."""
+    constants. Like a remote model, several of its proposals think at once."""
+
+    concurrent = True
 
     def __init__(self, latency: float, only: str | None = None):
         super().__init__()

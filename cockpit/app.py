@@ -280,6 +280,7 @@ class CockpitApp(App):
                 self.awaiting_n = None
             self.table.upsert(e.n, commit=e.commit, status="running", device=e.device or None)
             self.run_panel.start(e.n, e.slot, e.device)
+            hb.slots = max(hb.slots, e.slot + 1)
             self.loss_plot.start(e.n)
             self.gpu.on_device = {_gpu_name(d): n for n, d in self.running.items() if _gpu_name(d)}
         elif isinstance(e, ev.RunProgress):

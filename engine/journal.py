@@ -277,6 +277,7 @@ class DutyCycle:
     startup: float
     eval: float
     experiments: int
+    slots: int = 1  # device slots the runs used: wall is device-seconds (wall-clock x slots)
 
     @property
     def ratio(self) -> float:
@@ -292,18 +293,23 @@ class DutyCycle:
         if not self.experiments:
             return "duty cycle: no finished runs yet"
         k = self.experiments
-        return (f"duty cycle {100 * self.ratio:.1f}% (training {self.training:.0f}s of {self.wall:.0f}s wall); per run: "
+        over = f" over {self.slots} slots" if self.slots > 1 else ""
+        return (f"duty cycle {100 * self.ratio:.1f}%{over} (training {self.training:.0f}s of {self.wall:.0f}s "
+                f"{'device-seconds' if self.slots > 1 else 'wall'}); per run: "
                 f"startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, eval {self.eval / k:.1f}s, "
                 f"other {self.other / k:.1f}s (between runs, incl. waiting for the agent); agent {self.propose / k:.1f}s "
                 "per proposal")
 
 
 def duty_cycle(experiments: list[Experiment]) -> DutyCycle:
-    """Training seconds over wall-clock seconds, from the first run's start to the last finish.
-    Proposals made while a run trains (pipelining) overlap the runs and cost no wall time."""
+    """Training seconds over device-seconds (wall-clock from the first run's start to the last
+    finish, times the slots the runs used). Proposals made while runs train overlap them and
+    cost no wall time."""
     done = [e for e in experiments if e.started and e.finished and e.training_seconds is not None]
     if not done:
         return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    wall = max(e.finished for e in done) - min(e.run_started or e.started for e in done)
+    slots = len({e.slot for e in done if e.slot is not None}) or 1
+    wall = (max(e.finished for e in done) - min(e.run_started or e.started for e in done)) * slots
     s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
-    return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done))
+    return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done),
+                     slots)

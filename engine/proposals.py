@@ -179,7 +179,11 @@ class ProposalPool:
         for a in self.attempts:
             if a.done and a.proposal is not None:
                 desc = (a.proposal.description or "").strip().splitlines()[0:1]
-                in_flight.append(InFlight(a.n, desc[0] if desc else "", a.tree.diff("HEAD")[:DIFF_CHARS], "prepared"))
+                try:
+                    diff = a.tree.diff("HEAD")[:DIFF_CHARS]
+                except Exception:  # its tree was removed under it: taking it will say so
+                    diff = ""
+                in_flight.append(InFlight(a.n, desc[0] if desc else "", diff, "prepared"))
         notes = e.journal.notes(s.id)
         files = {rel: e.git.show(s.best_commit, rel) or "" for rel in e.editable}
         return Context(

@@ -102,7 +102,7 @@ class Recording:
         j.update_experiment(s.id, k, commit_sha=sha, diff_stat=stat)
         c = Run(k, sha, s.best_commit, s.best_metric, s.best_n, "experiment", desc[:200], confirms=origin,
                 rounds=r.rounds + 1)
-        self.confirmations.append(c)
+        self.queued.append(c)  # ahead of every proposal not yet taken
         self.emit(ev.ExperimentProposed(n=k, description=c.description, diff_stat=stat))
         self.emit(ev.DiffUpdated(n=k, diff=self.git.diff(s.best_commit, sha)))
 

@@ -228,14 +228,20 @@ def test_the_prompt_stays_under_the_token_budget_with_a_long_history(ws):
     assert "earlier experiments" in prompt and "| 399 |" in prompt  # old rows condensed, newest kept
 
 
-def test_a_proposal_made_while_a_run_trains_is_told_what_is_in_flight(ws):
-    hist = [PastExperiment(1, "keep", 10.0, None, "baseline 1/1", ""),
-            PastExperiment(2, "running", None, None, "VALUE 10 -> 9", "-VALUE = 10.0\n+VALUE = 9.0\n")]
+def test_each_conversation_is_told_what_the_others_are_trying(ws):
+    from engine.agents.base import InFlight
+
+    hist = [PastExperiment(1, "keep", 10.0, None, "baseline 1/1", "")]
+    others = (InFlight(2, "VALUE 10 -> 9", "-VALUE = 10.0\n+VALUE = 9.0\n", "running"),
+              InFlight(4, "VALUE 10 -> 12", "-VALUE = 10.0\n+VALUE = 12.0\n", "prepared"))
     with FakeAnthropic([]) as fake:
         a = agent(fake)
-        pipelined = a.build_prompt(make_ctx(ws, n=3, history=hist))
-        alone = a.build_prompt(make_ctx(ws, n=3, history=hist[:1]))
-    assert "In flight: #2 is training now (VALUE 10 -> 9)" in pipelined and "Do not repeat #2's change" in pipelined
+        beside = a.build_prompt(make_ctx(ws, n=5, history=hist, in_flight=others))
+        alone = a.build_prompt(make_ctx(ws, n=3, history=hist))
+    assert "## In flight: experiments training or prepared now, beside yours" in beside
+    assert "### #2 (running): VALUE 10 -> 9" in beside and "+VALUE = 9.0" in beside
+    assert "### #4 (prepared): VALUE 10 -> 12" in beside and "+VALUE = 12.0" in beside
+    assert "Do not repeat any of these changes" in beside
     assert "In flight" not in alone
 
 

@@ -69,13 +69,14 @@ class ScriptedEngine:
                                        experiments=lambda sid: [])
         self.tail = list(tail)  # the events that put the session in the state under test
         self.reason = reason  # set: the session stops by itself with this reason
+        self.script = script  # the events of the session so far
         self.done = threading.Event()
 
     def subscribe(self, fn):
         self._subs.append(fn)
 
     def run(self):
-        for e in [*script(), *self.tail]:
+        for e in [*self.script(), *self.tail]:
             for fn in self._subs:
                 fn(e)
         self.done.set()
@@ -279,5 +280,84 @@ def test_every_key_answers_truthfully_in_every_state(tmp_path, state, monkeypatc
                 await pilot.press("escape")
         if state == "stopped":
             assert not engine.control.paused and not engine.control.review  # the keys changed nothing
+
+    asyncio.run(go())
+
+
+# ---- four slots: one experiment per device at once ----
+
+def four_slots():
+    yield ev.SessionStarted(session_id=1, tag="nov30", branch="cockpit/nov30", agent="claude", resumed=False,
+                            best_commit="a" * 40, best_metric=None, next_experiment=1)
+    for n in range(1, 5):  # one baseline per slot, side by side
+        yield ev.ExperimentProposed(n=n, description=f"baseline {n}/4", diff_stat="", kind="baseline")
+        yield ev.ExperimentStarted(n=n, commit="a" * 40, kind="baseline", slot=n - 1, device=f"cuda:{n - 1}")
+    for n, metric in zip(range(1, 5), (0.9981, 0.9979, 0.9984, 0.9976)):
+        yield ev.ExperimentFinished(n=n, commit="a" * 40, status="keep", metric=metric, delta=None, confidence=None,
+                                    best_metric=None, description=f"baseline {n}/4", kind="baseline")
+    yield ev.BestChanged(n=4, commit="a" * 40, metric=0.998)
+    moves = ["MATRIX_LR 0.04 -> 0.05", "WARMDOWN_FRAC 0.5 -> 0.7", "HEAD_DIM 128 -> 64", "EMBED_LR 0.6 -> 0.8"]
+    for i, desc in enumerate(moves):
+        n = 5 + i
+        yield ev.ExperimentProposed(n=n, description=desc, diff_stat="1 file changed")
+        yield ev.ExperimentStarted(n=n, commit=f"{n:07x}" + "0" * 33, slot=i, device=f"cuda:{i}")
+    yield ev.ExperimentFinished(n=5, commit="5" * 40, status="discard", metric=0.9990, delta=0.001, confidence=-0.5,
+                                best_metric=0.998, description=moves[0], reason="improvement -0.001000 not above the threshold 0.000300")
+    yield ev.ExperimentProposed(n=9, description="confirm #6: WARMDOWN_FRAC 0.5 -> 0.7", diff_stat="1 file changed")
+    yield ev.ExperimentStarted(n=9, commit="9" * 40, slot=0, device="cuda:0")
+    for n, frac, loss in ((9, 0.10, 1.12), (6, 0.85, 0.78), (7, 0.55, 0.81), (8, 0.30, 0.95)):
+        yield ev.RunProgress(n=n, step=int(400 * frac), loss=loss, tokens_per_second=1.5e6, mfu=0.35, fraction=frac,
+                             elapsed=300 * frac)
+    yield ev.StateChanged(text="running #6 (eval), #7 (train), #8 (train), #9 (train)", n=6, phase="eval")
+
+
+class FourGpus(FixedTelemetry):
+    def sample(self):
+        if self.given:
+            return []
+        self.given = True
+        return [Sample(f"GPU{i}", 97.0 - i, 24.3 + i, 141.0, 61.0 + i, 650.0 - 10 * i) for i in range(4)]
+
+
+def four_slot_app(tmp_path):
+    program = tmp_path / "program.md"
+    program.write_text("# program\n\nLower val_bpb.\n")
+    engine = ScriptedEngine(program)
+    engine.script = four_slots
+    app = CockpitApp(engine, ["4 slots, one experiment each at once: cuda:0, cuda:1, cuda:2, cuda:3"], telemetry=FourGpus())
+    return app, engine
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_the_main_screen_with_four_slots(snap_compare, tmp_path, size):
+    app, engine = four_slot_app(tmp_path)
+    assert snap_compare(app, terminal_size=size, run_before=settle(app, engine))
+
+
+def test_four_slots_show_a_line_each_a_device_column_and_every_gpu(tmp_path):
+    """What the four-slot snapshots show, in words; and v asks which run when none is selected."""
+    import asyncio
+
+    async def go():
+        app, engine = four_slot_app(tmp_path)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(app, engine)(pilot)
+            lines = str(app.run_panel.slot_lines.render()).splitlines()
+            assert [line.split()[0] for line in lines] == ["#9", "#6", "#7", "#8"]  # slot order
+            assert "cuda:1" in lines[1] and "eval" in lines[1] and "85%" in lines[1] and "0.780" in lines[1]
+            assert all(f"GPU{i}" in app.gpu.lines for i in range(4))
+            gpu_text = {k: str(v[0].render()) for k, v in app.gpu.lines.items()}
+            assert "#7" in gpu_text["GPU2"]  # the experiment on each GPU
+            assert app.table.data_rows[7]["device"] == "cuda:2"
+            app.table.move_cursor(row=0)  # a finished baseline row: no run selected
+            await pilot.press("v")
+            said = str(list(app._notifications)[-1].message)
+            assert "4 experiments run (#6, #7, #8, #9): select one in the table" in said
+            app.table.move_cursor(row=list(app.table.data_rows).index(7))
+            await pilot.press("v")
+            await pilot.pause(0.2)
+            from cockpit.screens import VetoScreen
+
+            assert isinstance(app.screen, VetoScreen) and app.screen.n == 7
 
     asyncio.run(go())

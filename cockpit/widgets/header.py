@@ -23,6 +23,7 @@ class HeaderBar(Static):
         self.baseline: float | None = None
         self.counts: dict[str, int] = {}
         self.finished_times: list[float] = []
+        self.slots = 1  # device slots seen (the rate is across all of them)
         self.cost = 0.0
         self.started = time.monotonic()
         self.holdout = None  # engine.report.HoldoutCheck of the best code, or None
@@ -47,6 +48,8 @@ class HeaderBar(Static):
         # a rate means something once experiments have finished over a stretch of time
         span = (self.finished_times[-1] - self.started) if done else 0.0
         rate = f"  {done / (span / 3600):.1f}/h" if done >= 2 and span >= 600 else ""
+        if rate and self.slots > 1:  # across the slots
+            rate += f" on {self.slots}"
         h, m = divmod(int(up) // 60, 60)
         hc = self.holdout
         if hc is not None and hc.holdout_gain is not None and hc.val_gain:
