@@ -1,7 +1,7 @@
 """Screenshots of a real CPU session for the README: the bundled GPT trainer on the built-in
 corpus, the offline tuner, a short budget. Writes docs/cockpit-160x48.svg and docs/cockpit-80x24.svg.
 
-    python docs/screenshots.py [--budget 8] [--experiments 3]
+    python docs/screenshots.py [--budget 8] [--experiments 4] [--devices cpu:2] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -26,21 +26,25 @@ from harness.paths import cache_root  # noqa: E402
 from harness.profiles import CPU  # noqa: E402
 
 
-async def shoot(budget: float, experiments: int) -> None:
+async def shoot(budget: float, experiments: int, devices: str, cache_dir: str | None) -> None:
+    from engine.slots import resolve
+
     ws = Path(tempfile.mkdtemp()) / "research"
     init_workspace(ws)
-    cache = cache_root(None)
+    cache = cache_root(cache_dir)
     dataset = ensure_prepared(cache)
     w = open_workspace(ws)
+    slots, _ = resolve(devices, False)
     engine = Engine(w, Tuner(), GptTarget(w.root, w.config.target, cache, dataset, CPU.with_budget(budget)),
-                    control=Control(), tag="demo", limits=Limits(max_experiments=experiments))
+                    control=Control(), tag="demo", limits=Limits(max_experiments=experiments), devices=slots)
     app = CockpitApp(engine, ["no API key: offline tuner", "no GPU: CPU profile"])
     async with app.run_test(size=(160, 48)) as pilot:
         done = 0
         while app.stop_reason is None:
             await pilot.pause(0.2)
             finished = sum(1 for r in app.table.data_rows.values() if r["metric"] is not None)
-            if finished >= 2 + experiments - 1 and app.running_n is not None and len(app.run_panel.losses) > 3 and not done:
+            training = [r for r in app.run_panel.runs.values() if r["loss"] is not None]
+            if finished >= len(slots) + experiments - len(slots) and training and not done:
                 await pilot.pause(2.0)
                 (ROOT / "docs" / "cockpit-160x48.svg").write_text(app.export_screenshot(title="cockpit"))
                 await pilot.resize_terminal(80, 24)
@@ -56,6 +60,8 @@ async def shoot(budget: float, experiments: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=8.0)
-    ap.add_argument("--experiments", type=int, default=3)
+    ap.add_argument("--experiments", type=int, default=4)
+    ap.add_argument("--devices", default="cpu:2")
+    ap.add_argument("--cache-dir", default=None)
     a = ap.parse_args()
-    asyncio.run(shoot(a.budget, a.experiments))
+    asyncio.run(shoot(a.budget, a.experiments, a.devices, a.cache_dir))

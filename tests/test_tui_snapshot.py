@@ -304,6 +304,7 @@ def four_slots():
     yield ev.ExperimentFinished(n=5, commit="5" * 40, status="discard", metric=0.9990, delta=0.001, confidence=-0.5,
                                 best_metric=0.998, description=moves[0], reason="improvement -0.001000 not above the threshold 0.000300")
     yield ev.ExperimentProposed(n=9, description="confirm #6: WARMDOWN_FRAC 0.5 -> 0.7", diff_stat="1 file changed")
+    yield ev.DiffUpdated(n=9, diff=DIFF.replace("0.5 ", "0.7 ").replace("0.6 ", "0.7 "))
     yield ev.ExperimentStarted(n=9, commit="9" * 40, slot=0, device="cuda:0")
     for n, frac, loss in ((9, 0.10, 1.12), (6, 0.85, 0.78), (7, 0.55, 0.81), (8, 0.30, 0.95)):
         yield ev.RunProgress(n=n, step=int(400 * frac), loss=loss, tokens_per_second=1.5e6, mfu=0.35, fraction=frac,

@@ -68,7 +68,9 @@ class RunPanel(Vertical):
         frac = max(0.0, min(fraction, 1.0))
         r = self.runs.get(n)
         if r is not None:
-            r.update(fraction=frac, loss=loss, tok_s=tok_s, phase="train")
+            r.update(fraction=frac, loss=loss, tok_s=tok_s)
+            if r["phase"] == "startup":  # a late tick never takes a run back from export or eval
+                r["phase"] = "train"
         if self.many:
             self._lines()
             return

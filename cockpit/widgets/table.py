@@ -12,7 +12,9 @@ STATUS_STYLE = {
     "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red", "timeout": "red",
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
-COLUMNS = ("#", "commit", "device", "metric", "Δ best", "conf", "status", "time", "mem", "description")
+COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
+MANY = ("#", "device", "metric", "Δ best", "conf", "status", "time", "mem", "description")  # several devices: the device
+# takes the commit's place (the commit shows when the row is opened, and in results.tsv)
 NARROW = ("#", "metric", "status", "description")  # under 120 columns: by priority (Δ shows on open)
 NARROW_MANY = ("#", "dev", "metric", "status", "description")  # the same with several slots: the device, short
 # Fixed widths: the layout never depends on which rows arrived first (descriptions take the rest).
@@ -45,7 +47,8 @@ class ExperimentTable(DataTable):
         """Show the columns that fit: status, metric, Δ and description first (and the device,
         short, once experiments run on several)."""
         self.narrow = narrow
-        want = (NARROW_MANY if len(self.devices) > 1 else NARROW) if narrow else COLUMNS
+        many = len(self.devices) > 1
+        want = (NARROW_MANY if many else NARROW) if narrow else (MANY if many else COLUMNS)
         if want == self.columns_shown:
             return
         self.columns_shown = want
@@ -64,8 +67,8 @@ class ExperimentTable(DataTable):
         row.update({k: v for k, v in fields.items() if v is not None})
         if row.get("device") and row["device"] not in self.devices:
             self.devices.add(row["device"])
-            if self.narrow and len(self.devices) == 2:
-                self.set_narrow(True)  # the short device column appears
+            if len(self.devices) == 2:
+                self.set_narrow(self.narrow)  # the device column appears
         cells = self._cells(row)
         key = str(n)
         if row.get("_added"):
@@ -112,13 +115,16 @@ class ExperimentTable(DataTable):
             width = self.app.size.width
         except Exception:  # not mounted in an app (unit use)
             width = 0
-        fixed = sum(WIDTHS.get(c, 0) + 2 for c in self.columns_shown if c != "description") + 4
-        room = max(NARROW_DESCRIPTION, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
+        # each column has a cell of padding each side; a wide table also has a 1-cell scrollbar
+        fixed = sum(WIDTHS.get(c, 0) + 2 for c in self.columns_shown if c != "description") + 2 + (not self.narrow)
+        room = max(8, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
         if len(text) <= room:
             return text
         cut = text[: room - 1]
-        if " " in cut:
+        if text[room - 1] != " " and " " in cut:  # the last word does not fit whole: it goes
             cut = cut[: cut.rindex(" ")]
+        elif text[room - 1] != " " and "_" in cut:  # one long name: cut where its parts join
+            cut = cut[: cut.rindex("_") + 1]
         return cut.rstrip(" ,;:-") + "…"
 
     def selected_number(self) -> int | None:
