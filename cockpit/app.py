@@ -126,7 +126,7 @@ class CockpitApp(App):
         w, h = event.size.width, event.size.height
         self.gpu.display = w >= 120
         self.loss_plot.display = w >= 120
-        self.table.set_narrow(w < 120)
+        self.table.set_narrow(w < 120, w)
         # a compact screen has no room for scrollbars: the table follows its cursor, the log its end
         for pane in (self.table, self.reasoning):
             pane.set_class(w < 120 or h < 32, "compact")

@@ -32,10 +32,11 @@ class Baselines:
         want = max(self.dcfg.baseline_runs, len(self.slots))
         timing_failures = 0
         while len(values) < want:
-            if self.control.stop_mode:
-                raise _Stop(f"stopped by {self.control.stopped_by} during the baseline")
             busy = sum(sl.busy for sl in self.slots)
-            for slot in [sl for sl in self.slots if not sl.busy][:max(0, want - len(values) - busy)]:
+            stop = self.control.stop_mode
+            if stop == "now" or (stop and not busy):  # after the run: the baselines in flight finish first
+                raise _Stop(f"stopped by {self.control.stopped_by} during the baseline")
+            for slot in [sl for sl in self.slots if not sl.busy][:0 if stop else max(0, want - len(values) - busy)]:
                 n = self.journal.next_number(s.id)
                 desc = f"baseline {len(values) + busy + 1}/{want}"
                 busy += 1
@@ -57,7 +58,7 @@ class Baselines:
                 self.emit(ev.Notice(text=f"baseline run #{r.n} was vetoed; running it again"))
                 continue
             if self.control.stop_mode:
-                raise _Stop(f"stopped by {self.control.stopped_by} during the baseline")
+                continue  # stopping: what is still running finishes, then the session stops
             if out.timing and timing_failures < BASELINE_TIMING_RETRIES:  # unchanged code: the machine, not the code
                 timing_failures += 1
                 self.emit(ev.Notice(text=f"baseline run #{r.n} broke a timing rule ({out.reason}); the machine may be "

@@ -213,6 +213,14 @@ def test_nothing_is_cut_when_the_terminal_shrinks(tmp_path):
             written = " ".join(t.plain for t in log.texts)
             assert " ".join(" ".join(shown).split()) == " ".join(written.split())
             assert "the LR floor matters too." in " ".join(shown)
+            # the table's descriptions are fitted again to the new width: each ends at a word
+            for n, row in app.table.data_rows.items():
+                shown = str(app.table.get_cell(str(n), "description"))
+                kept = shown[:-1]
+                whole_word = kept.endswith("_") or row["description"][len(kept):][:1] in (" ", ",", ";", ":", "-")
+                assert shown == row["description"] or (shown.endswith("…") and row["description"].startswith(kept)
+                                                        and whole_word), (shown, row)
+                assert len(shown) <= app.table.columns["description"].get_render_width(app.table) - 2, shown
             longest = max(len(line) for line in DIFF.splitlines())
             assert app.diff.virtual_size.width >= longest > app.diff.scrollable_content_region.width
             assert app.diff.max_scroll_x > 0  # reachable by scrolling, not wrapped into pieces

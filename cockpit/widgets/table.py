@@ -38,27 +38,35 @@ class ExperimentTable(DataTable):
         self.columns_shown = COLUMNS
         self.narrow = False
         self.devices: set[str] = set()  # the devices experiments ran on
+        self.term_width = 0
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
             self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
 
-    def set_narrow(self, narrow: bool) -> None:
+    def set_narrow(self, narrow: bool, width: int | None = None) -> None:
         """Show the columns that fit: status, metric, Δ and description first (and the device,
         short, once experiments run on several)."""
         self.narrow = narrow
+        resized = bool(width) and width != self.term_width
+        if resized:
+            self.term_width = width  # the terminal's new width (the app's size may not have caught up yet)
         many = len(self.devices) > 1
         want = (NARROW_MANY if many else NARROW) if narrow else (MANY if many else COLUMNS)
-        if want == self.columns_shown:
+        if want == self.columns_shown and not resized:
             return
         self.columns_shown = want
+        selected, follow = self.selected_number(), self.follow
         self.clear(columns=True)
         for c in want:
             self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
         for row in self.data_rows.values():
             row.pop("_added", None)
         for n in list(self.data_rows):
-            self.upsert(n)
+            self.upsert(n)  # descriptions fitted again to the new width
+        self.follow = follow
+        if selected is not None and not follow and selected in self.data_rows:
+            self.move_cursor(row=list(self.data_rows).index(selected))
 
     def upsert(self, n: int, **fields) -> None:
         row = self.data_rows.setdefault(n, {"n": n, "commit": "", "metric": None, "delta": None, "conf": None,
@@ -111,10 +119,12 @@ class ExperimentTable(DataTable):
         (enter on the row shows it whole): never cut mid-word."""
         # the table has 3/5 of the terminal's width (the app's layout); the fixed columns and their
         # padding take the rest. From the terminal's size, so it is the same whenever rows arrive.
-        try:
-            width = self.app.size.width
-        except Exception:  # not mounted in an app (unit use)
-            width = 0
+        width = self.term_width
+        if not width:
+            try:
+                width = self.app.size.width
+            except Exception:  # not mounted in an app (unit use)
+                width = 0
         # each column has a cell of padding each side; a wide table also has a 1-cell scrollbar
         fixed = sum(WIDTHS.get(c, 0) + 2 for c in self.columns_shown if c != "description") + 2 + (not self.narrow)
         room = max(8, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
