@@ -97,8 +97,8 @@ class Baselines:
             status, reason = "interrupted", f"the session stopped: {self._fatal}"
         elif out.status == "cancelled" and veto is None:  # stop-now: the human's or a signal's
             status, reason = "interrupted", f"stopped by {self.control.stopped_by} during the run"
-        elif veto is not None:
-            reason = veto
+        elif veto is not None and out.status != "ok":
+            reason = veto  # (a veto that came after the run measured the code changes nothing)
         e = self.journal.update_experiment(
             s.id, r.n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
             total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,

@@ -153,8 +153,9 @@ class Control:
         """Experiment n is about to run (or wait for approval): its own cancel event, already set
         when the session is stopping now."""
         with self._cv:
+            if n not in self._runs:  # (an approved run keeps the veto it may have had since)
+                self._vetoes.pop(n, None)
             e = self._runs.setdefault(n, threading.Event())
-            self._vetoes.pop(n, None)
             if self._stop == "now":
                 e.set()
             return e

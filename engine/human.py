@@ -71,6 +71,14 @@ class HumanWork:
         On the branch the session started from, while nothing has been kept yet (a failed
         baseline, fixed there): the same. Otherwise they are named, with how to use them."""
         head, best = self.git.head(), s.best_commit
+        pinned = set(self.git.pinned(s.tag).values())
+        if head != best and best in pinned and head in pinned | self.git.marked("sync", s.tag) | {s.base_commit}:
+            # a kill between the journal's new best and the branch's move: the branch holds only
+            # cockpit's own commits, so it goes where the journal says
+            self.git.reset_hard(best, keep=self.human_files)
+            self.emit(ev.Notice(text=f"the session branch is moved to the best commit {best[:7]}, which cockpit had "
+                                     "recorded but not yet checked out when it stopped"))
+            head = best
         if head != best:
             if not self.git.is_ancestor(best, head):
                 raise GitError(f"the session branch {s.branch} no longer holds the session's best commit {best[:7]} "

@@ -44,8 +44,9 @@ class Intake:
             sha = a.tree.commit_all(changed, message)
             if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
                 sha = self.pool.rebase(a.tree, sha, a.base, s.best_commit, message)
-                if sha is None:
-                    self._ask_again(n, f"#{n}'s change conflicts with the new best #{s.best_n}; asking the agent again")
+                if not sha:
+                    why = "conflicts with" if sha is None else "is already in"
+                    self._ask_again(n, f"#{n}'s change {why} the new best #{s.best_n}; asking the agent again")
                     return None
         except Exception as e:
             if (a.tree.root / ".git").is_file():
@@ -116,7 +117,7 @@ class Intake:
         if self._codes is None:
             self._codes = {}
             for e in self.journal.experiments(self.session.id):
-                if e.kind == "experiment" and e.commit_sha and e.n != n and e.status not in ("proposing",):
+                if e.kind == "experiment" and e.commit_sha and e.n != n and e.run_started is not None:
                     self._codes.setdefault(self._code(e.commit_sha), e.n)
         code = self._code(sha)
         if code in self._codes and self._codes[code] != n:

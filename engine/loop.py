@@ -116,7 +116,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
 
     def show_state(self, n: int | None = None, phase: str | None = None) -> None:
         """The state line from what runs, waits and is proposed now."""
-        runs = [sl.run for sl in self.slots if sl.run is not None]
+        runs = [r for r in (sl.run for sl in self.slots) if r is not None]  # each read once (other threads)
         parts = []
         if runs:
             what = "baseline" if all(r.kind == "baseline" for r in runs) else "running"
@@ -150,8 +150,9 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         """No request of this session can succeed: every run stops now."""
         self._fatal = e
         for sl in self.slots:
-            if sl.run is not None and sl.run.cancel is not None:
-                sl.run.cancel.set()
+            run = sl.run  # read once: the engine's thread may release the slot meanwhile
+            if run is not None and run.cancel is not None:
+                run.cancel.set()
         self.wake()
 
     # ---- the session ----

@@ -20,6 +20,7 @@ from .agents.base import AgentFatal, Context, InFlight, PastExperiment
 from .merge import merge3
 from .tools import Tools
 
+HELD = ""  # rebase(): nothing of the change is left on the new best (it already holds it)
 HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
 DIFF_CHARS = 4000
 
@@ -78,10 +79,9 @@ class ProposalPool:
                 wt.reset_hard(base)
                 wt.g.clean("-fdq")
                 return wt
-            except Exception:  # a broken tree is made again
+            except Exception:  # a broken tree is made again, under a new name
                 traceback.print_exc()
-                self._trees -= 1
-        k = self._trees
+        k = self._trees  # only ever goes up: a new tree never takes the name of one in use
         self._trees += 1
         name = "agent" if k == 0 else f"agent-{k}"
         return self.e.git.agent_worktree(self.e.ws.state / name, base)
@@ -89,8 +89,6 @@ class ProposalPool:
     def release(self, a: Attempt) -> None:
         if (a.tree.root / ".git").is_file():
             self._free_trees.append(a.tree)
-        else:
-            self._trees -= 1
 
     def reset_trees(self, base: str) -> None:
         """At start: the agent's tree clean at the best (an unsubmitted edit a killed cockpit left goes)."""
@@ -162,7 +160,7 @@ class ProposalPool:
     def context(self, n: int, running: list) -> Context:
         e = self.e
         s = e.session
-        exps = [x for x in e.journal.experiments(s.id) if x.n < n]
+        exps = [x for x in e.journal.experiments(s.id) if x.n != n]  # asked again: later results too
         recent = {x.n for x in exps[-HISTORY_DIFFS:]}
         history = []
         for x in exps:
@@ -216,6 +214,7 @@ class ProposalPool:
         return syntax_error(a.tree.root, changed)
 
     def rebase(self, wt, sha: str, base: str, best: str, message: str) -> str | None:
+        # None: a conflict; HELD: the new best already holds the change
         """Re-apply commit `sha` (made on `base`) onto `best` with a 3-way merge of each file it
         changed, in the tree `wt`; None on a conflict (or when nothing of it is left)."""
         merged = {}
@@ -241,7 +240,7 @@ class ProposalPool:
                 p.write_text(text, encoding="utf-8")
         changed = wt.changed_files(self.e.editable)
         if not changed:
-            return None  # the new best already holds this change
+            return HELD  # the new best already holds this change
         if syntax_error(wt.root, changed):  # a merge that does not compile is a conflict, not an experiment
             return None
         return wt.commit_all(changed, message)

@@ -82,9 +82,10 @@ class Recording:
             return
         message = f"cockpit {s.tag}: #{r.confirms or n} re-applied onto #{s.best_n} (confirmation)"
         merged = self.pool.land(r.sha, r.parent, s.best_commit, message)
-        if merged is None:
-            self.finish(r, "discard", f"beat {base} by {d.improvement:.6f}, but {moved} and its change conflicts with "
-                                      f"#{s.best_n}'s (3-way merge): not kept; propose it again on the new best",
+        if not merged:
+            why = ("its change conflicts with #{m}'s (3-way merge): not kept; propose it again on the new best"
+                   if merged is None else "#{m} already holds its change: nothing of it is left to confirm")
+            self.finish(r, "discard", f"beat {base} by {d.improvement:.6f}, but {moved} and " + why.format(m=s.best_n),
                         decision=d)
             return
         k = self.journal.next_number(s.id)
@@ -102,6 +103,7 @@ class Recording:
         j.update_experiment(s.id, k, commit_sha=sha, diff_stat=stat)
         c = Run(k, sha, s.best_commit, s.best_metric, s.best_n, "experiment", desc[:200], confirms=origin,
                 rounds=r.rounds + 1)
+        self._same_as(sha, k)  # its code is in flight: the same proposed again is refused
         self.queued.append(c)  # ahead of every proposal not yet taken
         self.emit(ev.ExperimentProposed(n=k, description=c.description, diff_stat=stat))
         self.emit(ev.DiffUpdated(n=k, diff=self.git.diff(s.best_commit, sha)))
@@ -170,9 +172,11 @@ class Recording:
                 self.emit(ev.Error(text=f"cannot force-keep #{n}: it was measured by another harness version "
                                         f"({e.harness}, now {self.harness}), so its result cannot be the best's"))
                 continue
+            self._check_tree()  # the human's work first: the session stops with it kept
+            with self.journal.transaction():  # recorded before the branch moves (a kill in between is repaired at start)
+                self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
+                self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
             self._move(e.commit_sha)
-            self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
-            self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
             self.session = self.journal.session(s.id)
             self.write_results()
             self.emit(ev.BestChanged(n=n, commit=e.commit_sha, metric=e.metric, forced=True))

@@ -49,11 +49,11 @@ class Scheduling:
     def _fill(self, new: bool = True) -> None:
         """Free slots take the runs already made, then (`new`) the agent's finished proposals."""
         free = [sl for sl in self.slots if not sl.busy]
-        while free and self._awaiting is None:
-            if self.queued:
+        while free:
+            if self.queued:  # confirmations (and an approved proposal): never held up by the review gate
                 self.start_run(free.pop(0), self.queued.pop(0))
                 continue
-            if not new or self._stop_condition():
+            if self._awaiting is not None or not new or self._stop_condition():
                 return
             ready = next((a for a in self.pool.attempts if a.done), None)
             if ready is None:
@@ -81,7 +81,7 @@ class Scheduling:
             return
         self._awaiting = None
         if verdict == "approved":
-            self.queued.insert(0, r)
+            self.queued.append(r)  # after the confirmations already queued
             return
         self.control.end_run(r.n)
         if verdict == "vetoed":
@@ -101,10 +101,8 @@ class Scheduling:
         # in flight: the experiments running and the proposals made or being made, at most N + 1
         # (without pipelining: one per free slot, proposed only when it is free)
         want = len(self.slots) + 1 if self.pipeline else len(self.slots) - busy + running
-        have = len(self.pool.attempts) + len(self.queued) + (self._awaiting is not None) + running
-        while have < want:
-            if L.max_experiments is not None and self._ran + len(self.pool.attempts) >= L.max_experiments:
-                return
+        have = len(self.pool.attempts) + len(self.queued) + (self._awaiting is not None) + running + len(self._again)
+        while have < want or any(x[2] < self._judged for x in self._again):
             if not getattr(self.agent, "concurrent", True) and self.pool.preparing():
                 return  # an agent that proposes one at a time (the tuner: distinct moves need the last one known)
             if time.monotonic() - self._synced > 1.0:
@@ -115,7 +113,13 @@ class Scheduling:
                 self._again.remove(again)
                 n = again[0]
                 self.emit(ev.Notice(text=again[1]))
+                have -= 1  # it was counted while it waited
+            elif have >= want:
+                return
             else:
+                asked = len(self.pool.attempts) + len(self._again)  # (those asked again are counted)
+                if L.max_experiments is not None and self._ran + asked >= L.max_experiments:
+                    return
                 n = self.journal.next_number(self.session.id)
                 self.new_row(n)
             self.pool.start(n, self.context(n))
@@ -134,6 +138,8 @@ class Scheduling:
     # ---- runs, on the slots ----
     def start_run(self, slot, r: Run) -> None:
         r.cancel = self.control.begin_run(r.n)
+        if self._fatal is not None:
+            r.cancel.set()  # no request of this session can succeed: the session is ending
         r.slot = slot
         self.git.agent_worktree(slot.tree, r.sha)  # the slot's own checkout of the commit it runs
         self.journal.update_experiment(self.session.id, r.n, run_started=time.time(), harness=self.harness,
@@ -219,17 +225,31 @@ class Scheduling:
             r.slot.release()
             self.control.end_run(r.n)
             try:
-                if r.error is None and r.out is not None and r.out.status != "cancelled" and r.kind != "baseline":
-                    self.judge(r)  # it finished before the stop reached it: its result counts
+                if r.error is None and r.out is not None and r.out.status != "cancelled":
+                    if r.kind == "baseline":  # measured before the stop reached it: it counts on resume
+                        self._baseline_done(r, self.session)
+                    else:
+                        self.judge(r)  # it finished before the stop reached it: its result counts
                 else:
                     self.finish(r if r.out is not None else None, "interrupted", f"the session stopped: {reason}", n=r.n)
             except Exception:  # best effort: the next start marks what is left `interrupted`
                 traceback.print_exc()
-        for r in ([self._awaiting] if self._awaiting else []) + self.queued:
-            self.control.end_run(r.n)
-            self.finish(None, "interrupted", "the session stopped before it ran", n=r.n)
-        self._awaiting, self.queued = None, []
-        self._abandon_proposals()
+        try:
+            for r in ([self._awaiting] if self._awaiting else []) + self.queued:
+                self.control.end_run(r.n)
+                try:
+                    self.finish(None, "interrupted", "the session stopped before it ran", n=r.n)
+                except Exception:  # (the human's commit says so again): the row is recorded all the same
+                    pass
+            for n, _why, _after in self._again:
+                self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(),
+                                               reason="to be proposed again; the session stopped first")
+                self.emit(ev.ExperimentFinished(n=n, commit="", status="interrupted", metric=None, delta=None,
+                                                confidence=None, best_metric=self.session.best_metric,
+                                                description="(not run)", reason="the session stopped first"))
+        finally:
+            self._awaiting, self.queued, self._again = None, [], []
+            self._abandon_proposals()
 
     def _abandon_proposals(self) -> None:
         attempts = list(self.pool.attempts)

@@ -317,3 +317,19 @@ def test_kill_9_with_two_runs_in_flight_leaves_no_process_and_both_become_interr
     rows = {e.n: e for e in j.experiments(s.id)}
     assert all(rows[n].status == "interrupted" for n in running)
     assert not any(e.status in ("running", "queued", "proposing") for e in rows.values())
+
+
+def test_a_kill_between_recording_a_keep_and_moving_the_branch_is_repaired_at_the_next_start(tmp_path):
+    ws = workspace(tmp_path)
+    eng = engine(ws, ByNumber({3: [("A = 10", "A = 5")]}), 2, 1)
+    eng.run()
+    s = eng.journal.session_by_tag("par")
+    assert eng.journal.experiment(s.id, 3).status == "keep" and git(ws, "rev-parse", "HEAD") == s.best_commit
+    # as if cockpit was killed after the journal recorded #3 as the best, before the branch moved to it
+    git(ws, "reset", "--hard", s.base_commit)
+    again = engine(ws, ByNumber({}), 2, 0)
+    notices = []
+    again.subscribe(lambda e: notices.append(e.text) if isinstance(e, ev.Notice) else None)
+    assert again.run() == "reached --max-experiments 0"
+    assert git(ws, "rev-parse", "HEAD") == s.best_commit and show(ws, "HEAD") == "A = 5\nB = 10\nC = 10\nS = 0.6"
+    assert any("recorded but not yet checked out" in t for t in notices)

@@ -131,13 +131,14 @@ class Claude:
                                           timeout=timeout)
         self.sleep = sleep
         self._own = threading.local()  # per proposal thread: several conversations run at once
+        self._prepare_lock = threading.Lock()
         self.interrupt = None  # a threading.Event the engine sets on stop-now
         self._last_program: str | None = None
         self.spec: ModelSpec | None = None
         self.settings: RequestSettings | None = None
         self.price: Price = price_for(cfg.model, cfg.prices)[0]
         self.notices: list[str] = []
-        self._prompt_estimate = cfg.context_tokens  # the size of the last proposal's first prompt
+        self._default_estimate = cfg.context_tokens
 
     # Each conversation runs in its own thread (one per proposal in flight): what belongs to one
     # proposal is kept per thread.
@@ -148,6 +149,15 @@ class Claude:
     @interrupt.setter
     def interrupt(self, event) -> None:
         self._own.interrupt = event
+
+    @property
+    def _prompt_estimate(self) -> int:
+        """The size of this conversation's last first prompt."""
+        return getattr(self._own, "estimate", self._default_estimate)
+
+    @_prompt_estimate.setter
+    def _prompt_estimate(self, tokens: int) -> None:
+        self._own.estimate = tokens
 
     @property
     def last_usage(self) -> Usage:
@@ -222,9 +232,10 @@ class Claude:
     # ---- one proposal ----
     def propose(self, ctx: Context, tools: Tools, emit) -> Proposal | None:
         usage = self.last_usage = Usage()
-        if self.settings is None:
-            for line in self.prepare():
-                emit(ev.Notice(text=line))
+        with self._prepare_lock:  # the first conversations start together: the Models API is asked once
+            if self.settings is None:
+                for line in self.prepare():
+                    emit(ev.Notice(text=line))
         context = self.settings.context_tokens
         snapshot = tools.snapshot()
         refused = shrunk = 0
