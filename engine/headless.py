@@ -84,7 +84,7 @@ class Printer:
             return f"#{e.n} waiting for approval"
         if isinstance(e, ev.ExperimentStarted):
             self._last_progress = 0.0
-            return f"#{e.n} running at {e.commit[:7]}"
+            return f"#{e.n} running at {e.commit[:7]}" + (f" on {e.device}" if e.device else "")
         if isinstance(e, ev.RunProgress):
             now = time.monotonic()
             if now - self._last_progress < self.progress_every:
