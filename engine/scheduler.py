@@ -90,18 +90,17 @@ class Scheduling:
             self.finish(r, "interrupted", "stopped before the run")
 
     def top_up(self) -> None:
-        """Keep N + 1 experiments in flight (N: the slots; running, or proposed and waiting for a
-        slot, or being proposed), within the limits."""
+        """Keep N + 1 proposals in flight (N: the slots), within the limits."""
         L, c = self.limits, self.control
         if (c.stop_mode or c.paused or self._fatal is not None or self._stop_condition()
                 or time.monotonic() < self._backoff_until):
             return
-        running = sum(sl.run is not None and sl.run.kind == "experiment" for sl in self.slots)
         busy = sum(sl.busy for sl in self.slots)
-        # in flight: the experiments running and the proposals made or being made, at most N + 1
-        # (without pipelining: one per free slot, proposed only when it is free)
-        want = len(self.slots) + 1 if self.pipeline else len(self.slots) - busy + running
-        have = len(self.pool.attempts) + len(self.queued) + (self._awaiting is not None) + running + len(self._again)
+        # proposals in flight (being made, or made and waiting for a slot), at most N + 1: the
+        # next experiment of every slot, prepared while its run trains, and one ahead; without
+        # pipelining, one per free slot, asked only when it is free
+        want = len(self.slots) + 1 if self.pipeline else len(self.slots) - busy
+        have = len(self.pool.attempts) + len(self.queued) + (self._awaiting is not None) + len(self._again)
         while have < want or any(x[2] < self._judged for x in self._again):
             if not getattr(self.agent, "concurrent", True) and self.pool.preparing():
                 return  # an agent that proposes one at a time (the tuner: distinct moves need the last one known)

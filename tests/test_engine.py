@@ -115,7 +115,8 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
     s = j.session_by_tag("acc")
     exps = j.experiments(s.id)
     assert [e.n for e in exps] == list(range(1, 8))
-    assert [e.status for e in exps] == [f["status"] for f in finished]
+    # (a proposal asked again may finish after a later one: compared by number)
+    assert {e.n: e.status for e in exps} == {f["n"]: f["status"] for f in finished}
     # each run's loss curve is journaled, so the comparison with the best survives a restart
     for e in exps:
         live = [(p["fraction"], p["loss"]) for p in events if p["type"] == "RunProgress" and p["n"] == e.n]
@@ -190,9 +191,10 @@ def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, ti
     assert again.returncode == 0, again.stderr
     events = [json.loads(line) for line in again.stdout.splitlines()]
     started = next(e for e in events if e["type"] == "SessionStarted")
-    # the next experiment was being prepared while #n_killed trained (pipelining): it never ran
-    unfinished = {n for n, e in before.items() if e.status in ("running", "proposing")}
-    assert unfinished <= {n_killed, n_killed + 1}
+    # the next experiments were being prepared while #n_killed trained (N + 1 = 2 proposals in
+    # flight on one slot): they never ran
+    unfinished = {n for n, e in before.items() if e.status in ("running", "proposing", "queued")}
+    assert unfinished <= {n_killed, n_killed + 1, n_killed + 2}
     assert started["resumed"] and started["tag"] == "k" and started["next_experiment"] == max(before) + 1
     after = {e.n: e for e in j.experiments(s.id)}
     for n in unfinished:
@@ -482,9 +484,10 @@ def test_consecutive_crashes_stop_the_session_with_a_clear_reason(tmp_path):
     exps = j.experiments(s.id)
     ran = [e.status for e in exps if e.status != "interrupted"]
     assert ran[-3:] == ["crash"] * 3
-    # the proposal prepared while the third crash trained never ran, and says so
+    # the proposals prepared while the third crash trained (N + 1 = 2 on one slot) never ran, and say so
     never = [e for e in exps if e.status == "interrupted"]
-    assert [e.n for e in never] == [exps[-1].n] and "stopped before it ran" in never[0].reason
+    assert [e.n for e in never] == [e.n for e in exps[-len(never):]] and 1 <= len(never) <= 2
+    assert all("stopped before it ran" in e.reason for e in never)
 
 
 def test_max_cost_and_max_hours_stop_with_their_reason(tmp_path):
