@@ -283,7 +283,8 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         return base != self.session.best_commit and any(
             self.git.show(base, f) != self.git.show(self.session.best_commit, f) for f in self.human_files)
 
-    def _show(self, number: int) -> str:
+    def show(self, number: int) -> str:
+        """What the agent's context offers: a past experiment's log tail."""
         e = self.journal.experiment(self.session.id, number)
         if e is None or not e.log_path:
             return ""
@@ -291,8 +292,6 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
 
         tail = log_tail(Path(e.log_path), 30)
         return f"\nlog tail:\n{tail}" if tail else ""
-
-    show = _show  # what the agent's context offers: a past experiment's log tail
 
 
 def _default_label(target) -> str:

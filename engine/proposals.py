@@ -253,10 +253,6 @@ class ProposalPool:
         finally:
             self._free_trees.append(wt)
 
-    def code_of(self, sha: str) -> tuple:
-        """What a commit's editable files hold: two experiments with the same are the same code."""
-        return tuple(self.e.git.show(sha, f) for f in self.e.editable)
-
 
 def syntax_error(root: Path, files: list[str]) -> str | None:
     """The first Python file among `files` that does not compile, as one line; None if all do."""

@@ -241,11 +241,7 @@ class Scheduling:
                 except Exception:  # (the human's commit says so again): the row is recorded all the same
                     pass
             for n, _why, _after in self._again:
-                self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(),
-                                               reason="to be proposed again; the session stopped first")
-                self.emit(ev.ExperimentFinished(n=n, commit="", status="interrupted", metric=None, delta=None,
-                                                confidence=None, best_metric=self.session.best_metric,
-                                                description="(not run)", reason="the session stopped first"))
+                self._never_ran(n, "to be proposed again; the session stopped first")
         finally:
             self._awaiting, self.queued, self._again = None, [], []
             self._abandon_proposals()
@@ -264,8 +260,11 @@ class Scheduling:
             reason = ("prepared while other runs trained; the session stopped before it ran" if self._fatal is None
                       else f"not proposed: {a.failure}" if isinstance(a.failure, AgentFatal)
                       else f"the session stopped: {self._fatal}")
-            self.journal.update_experiment(self.session.id, a.n, status="interrupted", finished=time.time(), reason=reason)
-            self.emit(ev.ExperimentFinished(n=a.n, commit="", status="interrupted", metric=None, delta=None,
-                                            confidence=None, best_metric=self.session.best_metric,
-                                            description="(not run)", reason=reason))
+            self._never_ran(a.n, reason)
+
+    def _never_ran(self, n: int, reason: str) -> None:
+        """A proposal row the session stopped before it ran: `interrupted`, with why."""
+        self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(), reason=reason)
+        self.emit(ev.ExperimentFinished(n=n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
+                                        best_metric=self.session.best_metric, description="(not run)", reason=reason))
 
