@@ -90,6 +90,9 @@ def _add_run_args(r, bare: bool = False) -> None:
     add("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     add("--devices", help="one experiment per device at once: auto (every visible GPU), a list such as 0,1,3, "
                           "or cpu:N (default: [run] devices in cockpit.toml, else auto)")
+    add("--cluster", choices=["local", "ray"], help="local: this machine's devices; ray: every GPU of a running Ray "
+                                                    "cluster (default: [run] cluster; docs/CLUSTER.md)")
+    add("--address", help="the Ray cluster's address with --cluster ray (default: [run] address, else auto)")
     add("--max-experiments", type=int)
     add("--max-hours", type=float)
     add("--max-cost", type=float, help="USD")
@@ -361,6 +364,7 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
 def build_engine(args):
     """Workspace, target, agent and engine for `cockpit run`, headless or in the TUI."""
     from engine.loop import Engine, Limits
+    from engine.slots import check_spec
     from engine.targets import CommandTarget, GptTarget
     from engine.workspace import open_workspace
     from harness.paths import cache_root
@@ -383,6 +387,15 @@ def build_engine(args):
     if hasattr(agent, "prepare"):  # asks the API what the model can do: a bad model or key stops here
         notices += agent.prepare()
     tc = ws.config.target
+    spec = getattr(args, "devices", None) or ws.config.devices
+    check_spec(spec)
+    cluster = None
+    if (getattr(args, "cluster", None) or ws.config.cluster) == "ray":
+        if tc.kind != "gpt":
+            raise HarnessError("--cluster ray runs the gpt target only (a command target runs on this machine)")
+        from engine.cluster import Cluster
+
+        cluster = Cluster(getattr(args, "address", None) or ws.config.address, spec, None)  # one line if unreachable
     if tc.kind == "gpt":
         cache = cache_root(getattr(args, "cache_dir", None))
         dataset = ensure_prepared(cache)
@@ -390,22 +403,30 @@ def build_engine(args):
 
         verify_harness(cache)  # refuse now, in one line, rather than after the session started
         dataset.verify()
-        prof = _profile(args.device, args.budget if args.budget is not None else tc.budget, say=False)  # a notice below
-        if prof.name == "cpu":
+        budget = args.budget if args.budget is not None else tc.budget
+        if cluster is not None:  # the cluster's nodes train: their GPUs decide the profile
+            from harness.profiles import CPU, CUDA
+
+            prof = (CUDA if cluster.gpu else CPU).with_budget(budget)
+            notices.append(f"Ray cluster at {cluster.address}: {'GPU' if cluster.gpu else 'CPU'} slots")
+        else:
+            prof = _profile(args.device, budget, say=False)  # a notice below
+        if prof.name == "cpu" and cluster is None:
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
         target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,
                            compile_cache=ws.config.compile_cache)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
-    from engine.slots import check_spec, cuda_devices, resolve
+    from engine.slots import cuda_devices, resolve
 
-    spec = getattr(args, "devices", None) or ws.config.devices
-    check_spec(spec)
-    accelerator = target.profile.device == "cuda" if tc.kind == "gpt" else bool(cuda_devices())
-    devices, said = resolve(spec, accelerator)
-    notices += said
+    if cluster is not None:
+        cluster.target, devices = target, None
+    else:
+        accelerator = target.profile.device == "cuda" if tc.kind == "gpt" else bool(cuda_devices())
+        devices, said = resolve(spec, accelerator)
+        notices += said
     limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)
-    engine = Engine(ws, agent, target, tag=args.tag, limits=limits, devices=devices)
+    engine = Engine(ws, agent, target, tag=args.tag, limits=limits, devices=devices, cluster=cluster)
     return engine, notices
 
 

@@ -54,6 +54,9 @@ class Baselines:
                 values.append(r.out.metric)  # baselines do not count against --max-experiments
                 continue
             out = r.out
+            if out.status == "lost" and self.control.stop_mode is None:
+                self.emit(ev.Notice(text=f"baseline run #{r.n}: {out.reason}; running it again"))
+                continue
             if out.status == "cancelled" and self.control.stop_mode is None:
                 self.emit(ev.Notice(text=f"baseline run #{r.n} was vetoed; running it again"))
                 continue
@@ -90,7 +93,7 @@ class Baselines:
     def _baseline_done(self, r: Run, s) -> bool:
         """Record a finished baseline run; True when it measured the code."""
         out = r.out
-        status = "keep" if out.status == "ok" else ("vetoed" if out.status == "cancelled" else out.status)
+        status = "keep" if out.status == "ok" else {"cancelled": "vetoed", "lost": "interrupted"}.get(out.status, out.status)
         reason = out.reason
         veto = self.control.take_veto(r.n)
         if out.status == "cancelled" and self._fatal is not None:

@@ -51,6 +51,8 @@ class Config:
     sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
     compile_cache: str = "private"  # [run] compile_cache: private (per run) | shared (faster; a channel between runs)
     devices: str = "auto"  # [run] devices: auto (every visible CUDA device) | "0,1,3" | "cpu:N" (engine/slots.py)
+    cluster: str = "local"  # [run] cluster: local (this machine's devices) | ray (every node's: engine/cluster.py)
+    address: str = "auto"  # [run] address: the Ray cluster's (auto: the one `ray start` made on this machine)
 
 
 # The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
@@ -156,9 +158,15 @@ def load(root: Path) -> Config:
     run_tbl = data.get("run", {})
     if not isinstance(run_tbl, dict):
         raise ConfigError(f"{path}: [run] must be a table")
-    if set(run_tbl) - {"sandbox", "compile_cache", "devices"}:
-        odd = sorted(set(run_tbl) - {"sandbox", "compile_cache", "devices"})[0]
-        raise ConfigError(f"{path}: unknown key [run].{odd} (known: compile_cache, devices, sandbox)")
+    known_run = {"sandbox", "compile_cache", "devices", "cluster", "address"}
+    if set(run_tbl) - known_run:
+        odd = sorted(set(run_tbl) - known_run)[0]
+        raise ConfigError(f"{path}: unknown key [run].{odd} (known: {', '.join(sorted(known_run))})")
+    cluster, address = run_tbl.get("cluster", "local"), run_tbl.get("address", "auto")
+    if cluster not in ("local", "ray"):
+        raise ConfigError(f"{path}: [run].cluster must be local or ray, not {cluster!r}")
+    if not isinstance(address, str) or not address.strip():
+        raise ConfigError(f"{path}: [run].address must be a Ray cluster address such as \"auto\" or \"10.0.0.1:6379\"")
     devices = run_tbl.get("devices", "auto")
     if isinstance(devices, list):
         devices = ",".join(str(d) for d in devices)
@@ -186,7 +194,7 @@ def load(root: Path) -> Config:
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
-                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache, devices)
+                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache, devices, cluster, address)
 
 
 def _prices(v, path: Path) -> dict:

@@ -59,7 +59,8 @@ class Limits:
 
 class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
     def __init__(self, ws: Workspace, agent, target, control: Control | None = None, tag: str | None = None,
-                 limits: Limits = Limits(), journal: Journal | None = None, devices: list[Device] | None = None):
+                 limits: Limits = Limits(), journal: Journal | None = None, devices: list[Device] | None = None,
+                 cluster=None):
         self.ws, self.agent, self.target = ws, agent, target
         self.control = control or Control()
         self.tag = tag
@@ -70,6 +71,8 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self.editable = list(ws.config.target.editable)
         self.human_files = ("program.md",)  # the human edits these mid-run; resets never touch them
         self.devices = list(devices) if devices else [Device(_default_label(target), "")]
+        self.cluster = cluster  # engine/cluster.py: the slots are on a Ray cluster's nodes
+        self._cluster_looked = 0.0  # when the cluster's nodes were last looked at
         self._subscribers: list[Callable[[ev.Event], None]] = []
         self._emit_lock = threading.RLock()  # events come from the engine, slot and agent threads
         self.session: Session | None = None
@@ -210,6 +213,16 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         """One slot per device, each with its own copy of the target (its own spare child)."""
         if self.slots:
             return
+        if self.cluster is not None:  # one slot per GPU (or cpu:N per node) of every node, checked
+            for d, target in self.cluster.discover():
+                self.slots.append(Slot(len(self.slots), d, target, self.ws.state / "slots" / str(len(self.slots))))
+            self._cluster_notices()
+            if not self.slots:
+                from .cluster import ClusterError
+
+                raise ClusterError(f"the Ray cluster at {self.cluster.address} gives no usable slot (see the notices)")
+            self.cluster.watch()
+            return
         many = len(self.devices) > 1 or bool(self.devices[0].env)
         for i, d in enumerate(self.devices):
             target = self.target.for_slot(str(i), d.env) if many and hasattr(self.target, "for_slot") else self.target
@@ -253,6 +266,8 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                     target = slot.target if slot is not None else self.target
                     if hasattr(target, "close"):
                         target.close()  # no spare training process outlives the session
+                if self.cluster is not None:
+                    self.cluster.close()
                 self._repair(s)
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
                 self.set_state(f"stopped: {reason}")

@@ -57,6 +57,9 @@ class Recording:
         if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
             self.finish(r, "interrupted", f"stopped by {self.control.stopped_by} during the run")
             return
+        if out.status == "lost":  # its node died during the run (engine/cluster.py)
+            self.finish(r, "interrupted", out.reason)
+            return
         if out.status != "ok":
             self.finish(r, out.status, out.reason)
             return

@@ -17,6 +17,7 @@ from . import events as ev
 from .agents.base import AgentFatal
 from .journal import CURVE_POINTS, thin
 from .record import Run
+from .slots import Slot
 
 ABANDON_WAIT = 10.0  # seconds a stopping session waits for abandoned proposals before leaving them to finish alone
 SLOT_WAIT = 60.0  # seconds a stopping session waits for its cancelled runs to end
@@ -30,6 +31,8 @@ class Scheduling:
         human stops the session, nothing new starts."""
         while True:
             self.apply_past_force_keeps()
+            if self.cluster is not None:
+                self._cluster_turn()
             stop = self._stop_condition()
             halt = self.control.stop_mode is not None or self._fatal is not None
             made = self.queued or self._awaiting is not None
@@ -134,6 +137,46 @@ class Scheduling:
         if self.control.take_instructions_changed():
             self.journal.add_note(self.session.id, "human", "instructions", "program.md was changed by the human; re-read it")
 
+    # ---- the slots of a Ray cluster (engine/cluster.py): nodes that join or die ----
+    def _cluster_notices(self) -> None:
+        while not self.cluster.notices.empty():
+            self.emit(ev.Notice(text=self.cluster.notices.get_nowait()))
+
+    def _cluster_turn(self) -> None:
+        """Slots of nodes that joined are added (warm); idle slots of nodes that died go."""
+        from .cluster import JOIN_EVERY
+
+        self._cluster_notices()
+        while not self.cluster.new.empty():
+            d, target = self.cluster.new.get_nowait()
+            i = max((sl.index for sl in self.slots), default=-1) + 1
+            slot = Slot(i, d, target, self.ws.state / "slots" / str(i))
+            try:
+                target.warm_up()
+            except Exception:
+                pass  # only a head start
+            self.slots = self.slots + [slot]
+            self.emit(ev.Notice(text=f"slot {i} added: {d.label}"))
+        if time.monotonic() - self._cluster_looked < JOIN_EVERY:
+            return
+        self._cluster_looked = time.monotonic()
+        try:
+            alive = self.cluster.alive()
+        except Exception:
+            return  # the cluster's own trouble: looked at again later
+        for sl in [sl for sl in self.slots if not sl.busy and sl.device.node and sl.device.node not in alive]:
+            self.drop_slot(sl, "its node is gone")
+
+    def drop_slot(self, slot, why: str) -> None:
+        self.slots = [sl for sl in self.slots if sl is not slot]  # rebound: other threads read the list
+        try:
+            slot.target.close()
+        except Exception:
+            pass
+        left = len(self.slots)
+        self.emit(ev.Notice(text=f"slot {slot.index} ({slot.device.label}) removed: {why}; {left} slot(s) left"
+                                 + ("" if left else ", waiting for a node to join")))
+
     # ---- runs, on the slots ----
     def start_run(self, slot, r: Run) -> None:
         r.cancel = self.control.begin_run(r.n)
@@ -192,6 +235,8 @@ class Scheduling:
             if r is not None:
                 r.slot.release()
                 self.control.end_run(r.n)
+                if r.error is None and r.out is not None and r.out.status == "lost":  # its node died
+                    self.drop_slot(r.slot, r.out.reason)
                 if r.error is not None:
                     raise r.error
                 if r.kind == "baseline":

@@ -33,6 +33,7 @@ class Device:
     label: str  # what the journal and the TUI show: "cuda:0", "cpu:1", "cpu"
     model: str  # the GPU's name, or "cpu"
     env: dict = field(default_factory=dict)  # given to the slot's training process
+    node: str = ""  # the Ray node it is on (engine/cluster.py); "" on this machine
 
 
 def check_spec(spec: str) -> None:

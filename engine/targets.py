@@ -28,7 +28,7 @@ from .config import TargetConfig
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # ok | crash | timeout | invalid | cancelled
+    status: str  # ok | crash | timeout | invalid | cancelled | lost (its node died: engine/cluster.py)
     metric: float | None
     reason: str | None
     training_seconds: float | None
@@ -108,9 +108,14 @@ class GptTarget:
         if baseline and r.status == "ok" and r.credit_seconds is not None:
             self.credits.append(r.credit_seconds)
             self.exports.append(r.export_seconds or 0.0)
-        return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
-                       r.log_tail, r.startup_seconds, r.eval_seconds, r.timing, r.holdout_bpb,
-                       r.credit_seconds if baseline else None, r.sandbox)
+        return outcome_of(r, baseline)
+
+
+def outcome_of(r: "runner.RunResult", baseline: bool) -> Outcome:
+    """The engine's view of a harness run (a baseline's own allowance kept, as measured)."""
+    return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
+                   r.log_tail, r.startup_seconds, r.eval_seconds, r.timing, r.holdout_bpb,
+                   r.credit_seconds if baseline else None, r.sandbox)
 
 
 def _remove_stale_run_folders(runs: Path) -> None:

@@ -153,6 +153,12 @@ def settle(app, engine, pending=None):
             engine.control.set_review(True)
         app.refresh_state()
         await pilot.pause(0.5)
+        # the agent log follows its end after a refresh (RichLog scrolls later): waited for, so a
+        # busy machine does not catch the log one line short
+        log = app.reasoning
+        while log.scroll_y < log.max_scroll_y:
+            await pilot.pause(0.05)
+        await pilot.pause(0.1)
 
     return run_before
 

@@ -1,0 +1,446 @@
+"""Slots on a Ray cluster (`--cluster ray`, `[run] cluster = "ray"`).
+
+cockpit joins a running Ray cluster; the engine, journal, git, agent and TUI stay on this machine
+(the head of the session). Every GPU of the cluster becomes a slot: one Ray actor per GPU
+(`num_gpus=1`), placed on its node, which runs the experiment there through the same harness
+runner as a local slot (the same sandbox, the same scrubbed environment, its own spare child).
+With `--devices cpu:N`, each node gives N CPU slots (for tests and machines without GPUs).
+
+What travels to an actor: the experiment's editable files, the profile's name and budget, the
+run's allowance. Never the API key: the actors are started with no environment of this process
+(Ray gives them their node's), and the runner scrubs secrets there as it does here.
+
+What is checked, per node, before its slots are used:
+- its harness is byte-identical to this machine's (the same file hashes); a node with another
+  cockpit version is refused in one line that names it, and its slots are not used;
+- its cache holds the prepared dataset (the manifest's key decides); if not, the dataset is sent
+  once through Ray's object store (one `ray.put` per session, fetched once per node), written to
+  the node's cache under a lock and verified against the manifest before use. No shared
+  filesystem is assumed.
+
+Faults: a veto reaches the actor at once and the runner there kills the run's process group. A
+node that dies during a run gives the outcome `lost`: the experiment is recorded `interrupted`
+("node lost") and its slots disappear; a node that joins later adds its slots. The actors are
+owned by this process: when it dies (even by kill -9) Ray kills them, and their training
+processes die with them (the sandbox's die-with-parent, the child's orphan watchdog).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import logging
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+from .slots import Device, check_spec
+from .targets import GptTarget, Outcome, outcome_of
+
+RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
+JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
+HELLO_TIMEOUT = 300.0  # seconds a node's first actor may take to start (its worker imports)
+POLL = 0.2  # seconds between progress polls of a running remote run
+CLUSTERS = ("local", "ray")
+
+
+class ClusterError(HarnessError):
+    """The cluster cannot be used (one line)."""
+
+
+def check_cluster(kind: str) -> None:
+    if kind not in CLUSTERS:
+        raise ClusterError(f"--cluster {kind!r}: must be one of {', '.join(CLUSTERS)}")
+
+
+# ---- the actor: runs on a node of the cluster ----
+
+class SlotWorker:
+    """One slot on a node: runs experiments there through the harness runner. Its methods are
+    called from the head; it keeps no state of the session but the slot's settings."""
+
+    def __init__(self):
+        from harness.paths import cache_root
+
+        self.cache = cache_root(None)
+        self.cancel = threading.Event()
+        self.items: list[dict] = []
+        self.cfg: dict | None = None
+
+    def hello(self) -> dict:
+        """Who this node is, what it runs, and whether its cache has the data."""
+        from harness.integrity import harness_files
+        from harness.paths import datasets_dir
+
+        from .slots import cuda_devices
+
+        import ray
+
+        gpus = cuda_devices()  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU
+        ds = datasets_dir(self.cache)
+        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+                "node": ray.get_runtime_context().get_node_id(), "harness": harness_files(),
+                "gpu": gpus[0][1] if gpus and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu",
+                "datasets": sorted(p.name for p in ds.iterdir()) if ds.is_dir() else [],
+                "cache": str(self.cache), "pid": os.getpid()}
+
+    def receive(self, key: str, manifest: dict, files: dict) -> int:
+        """The prepared dataset, from the object store: written once per node (under a lock, so
+        the node's other slots wait for it rather than write it again), verified, then in place."""
+        from harness.dataset import open_dataset
+        from harness.integrity import verify_dataset
+        from harness.paths import datasets_dir
+
+        root = datasets_dir(self.cache)
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".receive.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            final = root / key
+            if final.is_dir():
+                open_dataset(final).verify()
+                return 0
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+            try:
+                size = 0
+                for rel, data in files.items():
+                    if rel.startswith("/") or ".." in Path(rel).parts:
+                        raise HarnessError(f"refused a dataset file name {rel!r}")
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / rel).write_bytes(data)
+                    size += len(data)
+                verify_dataset(tmp, manifest)  # the bytes are what was prepared on the head
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            open_dataset(final).verify()
+            return size
+
+    def setup(self, slot: str, key: str, harness: dict, profile: str, budget: float, sandbox: str,
+              compile_cache: str, env: dict) -> None:
+        """The slot's settings; the node's harness is locked in its cache as the head's (only when
+        its files are the head's: checked again here)."""
+        from harness.dataset import open_dataset
+        from harness.integrity import harness_files, lock_harness
+        from harness.paths import datasets_dir
+
+        if harness_files() != harness:
+            raise HarnessError("the harness differs from the head's")
+        lock_harness(self.cache)
+        open_dataset(datasets_dir(self.cache) / key).verify()
+        self.cfg = dict(slot=slot, key=key, profile=profile, budget=budget, sandbox=sandbox,
+                        compile_cache=compile_cache, env=dict(env))
+        self.base = self.cache / "ray-runs" / f"{os.getpid()}-{slot}"
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def _dataset_profile(self):
+        from harness.dataset import open_dataset
+        from harness.paths import datasets_dir
+        from harness.profiles import by_name
+
+        c = self.cfg
+        return open_dataset(datasets_dir(self.cache) / c["key"]), by_name(c["profile"]).with_budget(c["budget"])
+
+    def warm_up(self) -> None:
+        from harness import runner
+
+        ds, prof = self._dataset_profile()
+        c = self.cfg
+        runner.start_spare(self.cache, ds, preload_compile=prof.compile, gpu=prof.device != "cpu", base=self.base,
+                           sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
+                           env_extra=c["env"])
+
+    def run(self, files: dict, script: str, credit: float | None, export_estimate: float) -> tuple[dict, bytes]:
+        """One run of the experiment's files; returns the runner's result and the run's log."""
+        from harness import runner
+
+        self.cancel.clear()
+        self.items = []
+        ds, prof = self._dataset_profile()
+        c = self.cfg
+        limits = runner.Limits.for_profile(prof)  # this node's memory
+        limits.credit, limits.export_estimate = credit, export_estimate
+        work = Path(tempfile.mkdtemp(prefix="exp-", dir=self.base))
+        try:
+            for rel, data in files.items():
+                if rel.startswith("/") or ".." in Path(rel).parts:
+                    raise HarnessError(f"refused a file name {rel!r}")
+                (work / "tree" / rel).parent.mkdir(parents=True, exist_ok=True)
+                (work / "tree" / rel).write_bytes(data)
+            log = work / "run" / "run.log"
+            r = runner.run(work / "tree" / script, ds, prof, log, self.cache, on_progress=lambda p: self.items.append(asdict(p)),
+                           cancel=self.cancel, limits=limits, sandbox=c["sandbox"], compile_cache=c["compile_cache"],
+                           slot=c["slot"], env_extra=c["env"])
+            return asdict(r), log.read_bytes() if log.exists() else b""
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def progress(self, since: int) -> list[dict]:
+        return self.items[since:]
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+    def close(self) -> None:
+        from harness import runner
+
+        runner.shutdown_spare()
+
+
+# ---- the head's side ----
+
+def _lost_errors():
+    import ray.exceptions as rx
+
+    return tuple(getattr(rx, n) for n in ("RayActorError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError",
+                                          "OwnerDiedError", "WorkerCrashedError") if hasattr(rx, n))
+
+
+class RayTarget(GptTarget):
+    """The session's target on one remote slot: GptTarget's contract (run, warm_up, close,
+    version, set_credit), with the run made by the slot's actor on its node."""
+
+    @classmethod
+    def on(cls, base: GptTarget, actor, node: str, slot: str) -> "RayTarget":
+        t = copy.copy(base)  # the head's target: its profile, version, credits (one shared list)
+        t.__class__ = cls
+        t.actor, t.node, t.slot, t.env_extra = actor, node, slot, {}
+        t.overhead = None
+        return t
+
+    def for_slot(self, slot: str, env_extra: dict[str, str]):
+        return self
+
+    def warm_up(self) -> None:
+        self.actor.warm_up.remote()  # not waited for: a head start only
+
+    def close(self) -> None:
+        try:
+            self.actor.close.remote()
+        except Exception:
+            pass
+
+    def run(self, log_path: Path, cancel: threading.Event, on_progress=None, baseline: bool = False, tree: Path | None = None):
+        import ray
+
+        from harness.runner import Progress, RunResult
+
+        tree = Path(tree) if tree is not None else self.root
+        rel = self.script.relative_to(self.root).as_posix()
+        files = {rel: (tree / rel).read_bytes()}
+        credit = max(self.credits) if (not baseline and self.credits) else None
+        export = max(self.exports, default=0.0) if credit is not None else 0.0
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        lost = _lost_errors()
+        t0 = time.monotonic()
+        try:
+            ref = self.actor.run.remote(files, rel, credit, export)
+            seen, stopped = 0, False
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL)
+                if cancel.is_set() and not stopped:
+                    self.actor.stop.remote()  # the runner there kills the run's process group
+                    stopped = True
+                try:
+                    items = ray.get(self.actor.progress.remote(seen), timeout=10)
+                except ray.exceptions.GetTimeoutError:
+                    items = []
+                for d in items:
+                    seen += 1
+                    if on_progress is not None:
+                        on_progress(Progress(**d))
+                if ready:
+                    break
+            result, log = ray.get(ref)
+        except lost as e:
+            log_path.write_text(f"[cockpit] node lost during the run: {self.node}: {type(e).__name__}\n")
+            return Outcome("lost", None, f"node lost: {self.node}", None, time.monotonic() - t0, None, str(log_path))
+        except ray.exceptions.RayTaskError as e:  # raised there: as if raised here (an integrity failure stops the session)
+            raise e.as_instanceof_cause() from None
+        log_path.write_bytes(log)
+        r = RunResult(**dict(result, log_path=str(log_path)))
+        self.overhead = (time.monotonic() - t0) - r.total_seconds  # what Ray added to this run (bench/cluster.py)
+        if baseline and r.status == "ok" and r.credit_seconds is not None:
+            self.credits.append(r.credit_seconds)
+            self.exports.append(r.export_seconds or 0.0)
+        return outcome_of(r, baseline)
+
+
+class Cluster:
+    """This session's view of a Ray cluster: its nodes, their slots, and the nodes that join or
+    die while the session runs."""
+
+    def __init__(self, address: str, spec: str, target, connect: bool = True):
+        check_spec(spec)
+        if spec != "auto" and not spec.startswith("cpu:"):
+            raise ClusterError(f"--devices {spec}: with --cluster ray every GPU of the cluster is a slot (auto), "
+                               "or cpu:N gives N CPU slots per node")
+        self.address, self.spec, self.target = address, spec, target
+        self.known: set[str] = set()  # node ids looked at (used or refused)
+        self.model: str | None = None  # the GPU model of the session's slots
+        self.nodes: dict[str, str] = {}  # node id -> its label
+        self.new: queue.Queue = queue.Queue()  # (Device, RayTarget) of nodes that joined
+        self.notices: queue.Queue = queue.Queue()  # lines for the session's notices
+        self._blob = None  # the dataset in the object store (put once, when a node first lacks it)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if connect:
+            self.ray = _connect(address)
+            self.gpu = any(n.get("Resources", {}).get("GPU", 0) for n in self.ray.nodes() if n.get("Alive"))
+            if spec.startswith("cpu:"):
+                self.gpu = False
+
+    @property
+    def profile_device(self) -> str:
+        return "cuda" if self.gpu else "cpu"
+
+    def discover(self) -> list[tuple[Device, RayTarget]]:
+        """The slots of every alive node not looked at yet (their actors started and checked)."""
+        out = []
+        nodes = [n for n in self.ray.nodes() if n.get("Alive") and n["NodeID"] not in self.known]
+        for n in nodes:
+            self.known.add(n["NodeID"])
+            try:
+                out += self._node_slots(n)
+            except Exception as e:  # one node's trouble never stops the session
+                self.notices.put(f"node {n.get('NodeManagerHostname', n['NodeID'][:8])}: not used ({type(e).__name__}: {e})")
+        return out
+
+    def _label(self, n: dict, info: dict) -> str:
+        """The node's name in the table: its host name, with its id's start where several nodes
+        share a machine (a test cluster)."""
+        host = info["host"].split(".")[0]
+        alive = [x for x in self.ray.nodes() if x.get("Alive")]
+        if sum(x.get("NodeManagerAddress") == n.get("NodeManagerAddress") for x in alive) > 1 \
+                or any(v == host for v in self.nodes.values()):
+            host = f"{host}~{n['NodeID'][:4]}"
+        return host
+
+    def _node_slots(self, n: dict) -> list[tuple[Device, RayTarget]]:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from harness.integrity import harness_files
+
+        res = n.get("Resources", {})
+        if self.gpu:
+            count = int(res.get("GPU", 0))
+            opts = dict(num_gpus=1, num_cpus=0)
+        else:
+            count = int(self.spec[4:]) if self.spec.startswith("cpu:") else 1
+            opts = dict(num_cpus=max(1, int(res.get("CPU", 1)) // count))
+        if count < 1:
+            return []
+        cls = ray.remote(SlotWorker)
+        where = NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        actors = [cls.options(scheduling_strategy=where, max_concurrency=4, **opts).remote() for _ in range(count)]
+        try:
+            infos = ray.get([a.hello.remote() for a in actors], timeout=HELLO_TIMEOUT)
+        except Exception:
+            for a in actors:
+                ray.kill(a)
+            raise
+        info = infos[0]
+        label = self._label(n, info)
+        head = harness_files()
+        if info["harness"] != head:
+            diff = sorted(k for k in head.keys() | info["harness"].keys() if head.get(k) != info["harness"].get(k))
+            for a in actors:
+                ray.kill(a)
+            self.notices.put(f"node {label} ({info['ip']}) refused: its harness differs from this machine's "
+                             f"(harness/{diff[0]}{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); "
+                             "install the same cockpit version there; its slots are not used")
+            return []
+        models = [i["gpu"] for i in infos]
+        if self.gpu:
+            if self.model is None:
+                counts = Counter(models)
+                self.model = max(counts, key=lambda m: (counts[m], -models.index(m)))
+            keep = [k for k, m in enumerate(models) if m == self.model]
+            if len(keep) < len(actors):
+                self.notices.put(f"node {label}: {len(actors) - len(keep)} GPU(s) of another model than {self.model} "
+                                 "are not used (one model: one noise floor and one best)")
+                for k in set(range(len(actors))) - set(keep):
+                    ray.kill(actors[k])
+                actors, infos = [actors[k] for k in keep], [infos[k] for k in keep]
+            if not actors:
+                return []
+        ds = self.target.dataset
+        key = ds.folder.name
+        if key not in info["datasets"]:
+            if self._blob is None:
+                files = {p.relative_to(ds.folder).as_posix(): p.read_bytes() for p in sorted(ds.folder.rglob("*"))
+                         if p.is_file()}
+                self._blob = ray.put(files)
+                self._blob_size = sum(map(len, files.values()))
+            ray.get(actors[0].receive.remote(key, ds.manifest, self._blob), timeout=HELLO_TIMEOUT)
+            self.notices.put(f"node {label} had no copy of the prepared data: sent once through Ray's object store "
+                             f"({self._blob_size / 1e6:.1f} MB) and verified there")
+        t = self.target
+        out = []
+        kind = "gpu" if self.gpu else "cpu"
+        for k, (a, i) in enumerate(zip(actors, infos)):
+            slot = f"{kind}{k}"
+            ray.get(a.setup.remote(slot, key, head, t.profile.name, t.profile.time_budget, t.sandbox, t.compile_cache,
+                                   {} if self.gpu else {"OMP_NUM_THREADS": str(opts["num_cpus"]),
+                                                         "MKL_NUM_THREADS": str(opts["num_cpus"]),
+                                                         "CUDA_VISIBLE_DEVICES": ""}), timeout=HELLO_TIMEOUT)
+            out.append((Device(f"{label}/{slot}", i["gpu"] if self.gpu else "cpu", {}, node=n["NodeID"]),
+                        RayTarget.on(t, a, label, slot)))
+        self.nodes[n["NodeID"]] = label
+        self.notices.put(f"node {label} ({info['ip']}): {len(out)} slot(s)" + (f" ({self.model})" if self.gpu else ""))
+        return out
+
+    def alive(self) -> set[str]:
+        return {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+
+    def watch(self) -> None:
+        """Look for nodes that join, every JOIN_EVERY seconds, in a thread of its own (a node's
+        actors take seconds to start: the engine's thread never waits for them)."""
+
+        def loop() -> None:
+            while not self._stop.wait(JOIN_EVERY):
+                try:
+                    for slot in self.discover():
+                        self.new.put(slot)
+                except Exception as e:  # the cluster's trouble is said, never a reason to stop
+                    self.notices.put(f"looking for new nodes failed: {type(e).__name__}: {e}")
+
+        self._thread = threading.Thread(target=loop, name="cockpit-cluster", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _connect(address: str):
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(RAY_MISSING) from None
+    if ray.is_initialized():
+        return ray
+    if address not in ("auto", "local") and not address.startswith("ray://"):
+        # Ray retries an unreachable address for minutes, printing as it goes: a plain connect first
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ClusterError(f"no Ray cluster is reachable at {address} ({e.strerror or e}); start one with "
+                               "`ray start --head` (see docs/CLUSTER.md)") from None
+    try:
+        ray.init(address=address, namespace="cockpit", log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    except Exception as e:  # ConnectionError, or a bad address
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"no Ray cluster is reachable at {address} ({first}); start one with `ray start --head` "
+                           "(see docs/CLUSTER.md)") from None
+    return ray

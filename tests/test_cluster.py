@@ -1,0 +1,150 @@
+"""Slots on a Ray cluster (engine/cluster.py), on Ray's own multi-node test cluster on this
+machine: two nodes (raylets) with their own caches, CPU slots, the real cockpit CLI as the head's
+process (the Ray driver), real training runs on each node through the harness runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.journal import Journal
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from test_engine import cli  # noqa: E402
+
+NODE = dict(num_cpus=1, object_store_memory=80 << 20)
+
+
+@pytest.fixture
+def cluster(tmp_path, tiny_cache):
+    """A head node whose cache holds the prepared data (the same cache as cockpit's), and a
+    second node whose cache is empty."""
+    empty = tmp_path / "node2-cache"
+    empty.mkdir()
+    c = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False,
+                                                          env_vars={"COCKPIT_CACHE": str(tiny_cache)}))
+    node2 = c.add_node(**NODE, env_vars={"COCKPIT_CACHE": str(empty)})
+    c.wait_for_nodes()
+    yield c, node2, empty
+    c.shutdown()
+
+
+def _run(ws: Path, cache: Path, address: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ANTHROPIC_API_KEY="sk-ant-test-not-sent-anywhere")
+    cmd = [sys.executable, "-m", "cockpit", "--cache-dir", str(cache), "run", "--headless", "--json", "--agent", "tuner",
+           "--workspace", str(ws), "--cluster", "ray", "--address", address, "--devices", "cpu:1", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _training_processes(base: Path) -> list[psutil.Process]:
+    """The training and evaluation processes of runs on the nodes (their folders are in the nodes' caches)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if any("harness" in a for a in p.info["cmdline"] or []) and str(base) in (p.info["cwd"] or "") + " ".join(
+                    p.info["cmdline"] or []):
+                out.append(p)
+        except (psutil.Error, TypeError):
+            pass
+    return out
+
+
+def test_a_session_runs_on_both_nodes_sends_the_data_once_and_survives_losing_a_node(tmp_path, tiny_cache, cluster):
+    c, node2, empty = cluster
+    ws = tmp_path / "ws"
+    assert cli("init", ws).returncode == 0
+    proc = _run(ws, tiny_cache, c.address, "--budget", "2", "--max-experiments", "6", "--tag", "ray")
+    events, devices, removed, lost_n = [], {}, False, None
+    for line in proc.stdout:
+        e = json.loads(line)
+        events.append(e)
+        if e["type"] == "ExperimentStarted":
+            devices[e["n"]] = e["device"]
+        # once experiments have finished on both nodes, the second node goes during one of its runs
+        done_on = {devices.get(x["n"], "").split("/")[0] for x in events if x["type"] == "ExperimentFinished"}
+        if not removed and len(done_on) == 2 and e["type"] == "RunProgress":
+            n2 = [n for n, d in devices.items() if "/" in d and d.split("/")[0] != _head_label(events)]
+            running = {n for n in n2 if not any(x["type"] == "ExperimentFinished" and x["n"] == n for x in events)}
+            if e["n"] in running:
+                c.remove_node(node2)
+                removed, lost_n = True, e["n"]
+    proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert removed, "no run of the second node was seen"
+    text = "\n".join(x.get("text", "") for x in events if x["type"] in ("Notice", "Alert"))
+    assert "sent once through Ray's object store" in text
+    # the second node's cache received the dataset, once, and it verifies
+    from harness.dataset import open_dataset, current_dataset
+
+    key = current_dataset(tiny_cache).folder.name
+    received = empty / "datasets" / key
+    open_dataset(received).verify()
+    assert sorted(p.name for p in (empty / "datasets").iterdir() if not p.name.startswith(".")) == [key]
+
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("ray")
+    rows = {e.n: e for e in j.experiments(s.id)}
+    assert rows[lost_n].status == "interrupted" and "node lost" in rows[lost_n].reason
+    nodes = {r.device.split("/")[0] for r in rows.values() if r.device}
+    assert len(nodes) == 2  # both nodes ran experiments
+    after = [r for r in rows.values() if r.n > lost_n and r.device]
+    assert after and all(r.device.split("/")[0] == _head_label(events) for r in after)  # the rest ran on the head
+    assert s.status == "stopped" and "max-experiments" in s.stop_reason
+    experiments = [r for r in rows.values() if r.kind == "experiment"]
+    assert len(experiments) == 6 and not any(r.status in ("running", "proposing") for r in rows.values())
+    # results.tsv, the refs and the branch agree with the journal
+    with open(ws / ".cockpit" / "results.tsv") as f:
+        tsv = list(csv.DictReader(f, delimiter="\t"))
+    assert len(tsv) == len([r for r in rows.values() if r.commit_sha])
+    assert {t["status"] for t in tsv} <= {r.status for r in rows.values()}
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)", f"refs/cockpit/{s.tag}/"],
+                          cwd=ws, capture_output=True, text=True).stdout.split("\n")
+    pinned = {int(line.split()[0].rsplit("/", 1)[1]): line.split()[1] for line in refs if line}
+    assert all(pinned[r.n] == r.commit_sha for r in experiments if r.commit_sha)
+    head = subprocess.run(["git", "rev-parse", s.branch], cwd=ws, capture_output=True, text=True).stdout.strip()
+    assert head == s.best_commit
+    # the API key never travelled: not in any node's run log
+    for r in rows.values():
+        if r.log_path and Path(r.log_path).exists():
+            assert "sk-ant-test" not in Path(r.log_path).read_text(errors="replace")
+
+
+def _head_label(events) -> str:
+    """The head node's label, from the notice that listed its slots first."""
+    for x in events:
+        if x["type"] == "Notice" and x["text"].startswith("node ") and "slot(s)" in x["text"]:
+            return x["text"].split()[1]
+    return ""
+
+
+def test_without_a_reachable_cluster_or_without_ray_it_is_one_line(tmp_path, tiny_cache, monkeypatch, capsys):
+    ws = tmp_path / "ws"
+    assert cli("init", ws).returncode == 0
+    before = subprocess.run(["git", "for-each-ref"], cwd=ws, capture_output=True, text=True).stdout
+    r = cli("--cache-dir", tiny_cache, "run", "--headless", "--workspace", ws, "--cluster", "ray",
+            "--address", "127.0.0.1:9", "--agent", "tuner", timeout=180)
+    assert r.returncode != 0
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "no Ray cluster is reachable at 127.0.0.1:9" in lines[0], r.stderr
+    assert not (ws / ".cockpit" / "journal.sqlite").exists() or Journal(ws / ".cockpit" / "journal.sqlite").latest_session() is None
+    assert subprocess.run(["git", "for-each-ref"], cwd=ws, capture_output=True, text=True).stdout == before
+    # without Ray installed: how to install it, in one line
+    from cockpit.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    assert main(["--cache-dir", str(tiny_cache), "run", "--headless", "--workspace", str(ws), "--cluster", "ray",
+                 "--agent", "tuner"]) != 0
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and "pip install -e '.[ray]'" in err[0]
