@@ -168,20 +168,24 @@ class SlotWorker:
         c = self.cfg
         limits = runner.Limits.for_profile(prof)  # this node's memory
         limits.credit, limits.export_estimate = credit, export_estimate
+        # the run's log in <base>/exp-*/ (the runner puts the sandbox folders of this run and of
+        # the next run's spare beside it, in <base>), its files in <base>/tree-*/
         work = Path(tempfile.mkdtemp(prefix="exp-", dir=self.base))
+        tree = Path(tempfile.mkdtemp(prefix="tree-", dir=self.base))
         try:
             for rel, data in files.items():
                 if rel.startswith("/") or ".." in Path(rel).parts:
                     raise HarnessError(f"refused a file name {rel!r}")
-                (work / "tree" / rel).parent.mkdir(parents=True, exist_ok=True)
-                (work / "tree" / rel).write_bytes(data)
-            log = work / "run" / "run.log"
-            r = runner.run(work / "tree" / script, ds, prof, log, self.cache, on_progress=lambda p: self.items.append(asdict(p)),
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_bytes(data)
+            log = work / "run.log"
+            r = runner.run(tree / script, ds, prof, log, self.cache, on_progress=lambda p: self.items.append(asdict(p)),
                            cancel=self.cancel, limits=limits, sandbox=c["sandbox"], compile_cache=c["compile_cache"],
                            slot=c["slot"], env_extra=c["env"])
             return asdict(r), log.read_bytes() if log.exists() else b""
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(tree, ignore_errors=True)
 
     def progress(self, since: int) -> list[dict]:
         return self.items[since:]
