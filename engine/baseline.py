@@ -32,6 +32,8 @@ class Baselines:
         want = max(self.dcfg.baseline_runs, len(self.slots))
         timing_failures = 0
         while len(values) < want:
+            if self.cluster is not None:  # a node that joins takes baselines too
+                self._cluster_turn()
             busy = sum(sl.busy for sl in self.slots)
             stop = self.control.stop_mode
             if stop == "now" or (stop and not busy):  # after the run: the baselines in flight finish first

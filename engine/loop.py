@@ -266,6 +266,8 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                     target = slot.target if slot is not None else self.target
                     if hasattr(target, "close"):
                         target.close()  # no spare training process outlives the session
+                    if slot is not None:
+                        slot.close()
                 if self.cluster is not None:
                     self.cluster.close()
                 self._repair(s)

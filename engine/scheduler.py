@@ -173,6 +173,7 @@ class Scheduling:
             slot.target.close()
         except Exception:
             pass
+        slot.close()
         left = len(self.slots)
         self.emit(ev.Notice(text=f"slot {slot.index} ({slot.device.label}) removed: {why}; {left} slot(s) left"
                                  + ("" if left else ", waiting for a node to join")))

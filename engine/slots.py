@@ -16,6 +16,7 @@ on another.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -123,12 +124,19 @@ def resolve(spec: str, accelerator: bool, gpus: list[tuple[str, str]] | None = N
 
 class Slot:
     """One device and what runs on it: at most one experiment at a time, in its own checkout of
-    the experiment's commit (`tree`), with its own copy of the target (its own spare child)."""
+    the experiment's commit (`tree`), with its own copy of the target (its own spare child).
+
+    Its runs go in one thread that lives as long as the slot: the next run's spare child is
+    started from that thread, and the sandbox ties a child's life to the *thread* that started it
+    (bubblewrap's --die-with-parent is the kernel's parent-death signal, sent when that thread
+    ends), so a thread per run would kill every spare as its run ended and each run would start
+    cold."""
 
     def __init__(self, index: int, device: Device, target, tree: Path):
         self.index, self.device, self.target, self.tree = index, device, target, tree
-        self.run = None  # the experiment it runs now (engine.loop._Run), or None
+        self.run = None  # the experiment it runs now (engine.record.Run), or None
         self.thread: threading.Thread | None = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
 
     @property
     def busy(self) -> bool:
@@ -137,9 +145,19 @@ class Slot:
     def start(self, run, work) -> None:
         """Run `work(self, run)` in the slot's thread."""
         self.run = run
-        self.thread = threading.Thread(target=work, args=(self, run), name=f"cockpit-slot-{self.index}", daemon=True)
-        self.thread.start()
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._loop, name=f"cockpit-slot-{self.index}", daemon=True)
+            self.thread.start()
+        self._work.put((work, run))
+
+    def _loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            work, run = item
+            work(self, run)
 
     def release(self) -> None:
         self.run = None
-        self.thread = None
+
+    def close(self) -> None:
+        """The slot's thread ends (after the run it has, if any)."""
+        self._work.put(None)

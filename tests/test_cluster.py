@@ -148,3 +148,105 @@ def test_without_a_reachable_cluster_or_without_ray_it_is_one_line(tmp_path, tin
                  "--agent", "tuner"]) != 0
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert len(err) == 1 and "pip install -e '.[ray]'" in err[0]
+
+
+def test_a_veto_kills_the_remote_run_at_once_and_a_node_that_joins_adds_its_slot(tmp_path, tiny_cache):
+    """In this process: the engine as the Ray driver, one node at first; a veto of its run, then a
+    second node joins and takes the next baseline."""
+    from engine import events as ev
+    from engine.agents.tuner import Tuner
+    from engine.cluster import Cluster as RayCluster
+    from engine.control import Control
+    from engine.loop import Engine, Limits
+    from engine.targets import GptTarget
+    from engine.workspace import init_workspace, open_workspace
+    from harness.dataset import current_dataset
+    from harness.profiles import CPU
+
+    c = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False,
+                                                          env_vars={"COCKPIT_CACHE": str(tiny_cache)}))
+    try:
+        ws = tmp_path / "ws"
+        init_workspace(ws)
+        w = open_workspace(ws)
+        target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(60))
+        rc = RayCluster(c.address, "cpu:1", target)
+        control = Control()
+        eng = Engine(w, Tuner(), target, control=control, tag="j", limits=Limits(max_experiments=0), cluster=rc)
+        seen: dict = {"events": []}
+
+        def on_event(e):
+            seen["events"].append((time.monotonic(), e))
+            if isinstance(e, ev.RunProgress) and e.n == 1 and "veto" not in seen:
+                seen["veto"] = time.monotonic()
+                control.veto("diverging", 1)
+            if isinstance(e, ev.ExperimentFinished) and e.n == 1:
+                seen["finished"] = (time.monotonic(), e.status)
+
+        eng.subscribe(on_event)
+        import threading
+
+        t = threading.Thread(target=eng.run, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 240
+        while "finished" not in seen:
+            assert time.monotonic() < deadline and t.is_alive(), [type(e).__name__ for _, e in seen["events"]]
+            time.sleep(0.1)
+        assert seen["finished"][1] == "vetoed"
+        assert seen["finished"][0] - seen["veto"] < 2.0  # the runner there returns once the process group is killed
+        c.add_node(**NODE, env_vars={"COCKPIT_CACHE": str(tmp_path / "node2-cache")})
+        while not any(isinstance(e, ev.ExperimentStarted) and e.slot == 1 for _, e in seen["events"]):
+            assert time.monotonic() < deadline and t.is_alive(), [getattr(e, "text", "") for _, e in seen["events"]]
+            time.sleep(0.2)
+        texts = [e.text for _, e in seen["events"] if isinstance(e, ev.Notice)]
+        assert any(x.startswith("slot 1 added") for x in texts), texts
+        control.stop("now")
+        t.join(120)
+        assert not t.is_alive()
+        rows = eng.journal.experiments(eng.session.id)
+        assert {r.device.split("/")[0] for r in rows if r.device} == set(rc.nodes.values()) and len(rc.nodes) == 2
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _harness_processes() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if ("harness.child" in cmd or "harness.evaluator" in cmd) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_kill_9_of_the_head_leaves_nothing_training_on_the_nodes(tmp_path, tiny_cache, cluster):
+    c, node2, empty = cluster
+    ws = tmp_path / "ws"
+    assert cli("init", ws).returncode == 0
+    proc = _run(ws, tiny_cache, c.address, "--budget", "60", "--tag", "k9")
+    progress = set()
+    for line in proc.stdout:
+        e = json.loads(line)
+        if e["type"] == "RunProgress":
+            progress.add(e["n"])
+        if len(progress) >= 2:  # both nodes train
+            break
+    assert _harness_processes()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _harness_processes():
+        assert time.monotonic() < deadline, "a training process outlived the head"
+        time.sleep(0.3)
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    s = j.session_by_tag("k9")
+    running = [e.n for e in j.experiments(s.id) if e.status == "running"]
+    assert len(running) == 2
+    again = _run(ws, tiny_cache, c.address, "--budget", "2", "--max-experiments", "0", "--tag", "k9")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    rows = {e.n: e for e in j.experiments(s.id)}
+    assert all(rows[n].status == "interrupted" for n in running)

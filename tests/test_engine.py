@@ -208,6 +208,36 @@ def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, ti
     assert git(ws, "status", "--porcelain") == ""
 
 
+def test_every_run_after_the_first_takes_the_spare_process_its_slot_started(tmp_path, tiny_cache, monkeypatch):
+    """The next run's training process is started while a run is on (a spare); it must still be
+    there when the slot's next run asks for it, on every slot (the sandbox kills a child when the
+    thread that started it ends)."""
+    from harness import runner
+
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
+    commit_all(ws)
+    w = open_workspace(ws)
+    target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.0))
+    results = []
+    real = runner.run
+
+    def run(*a, **kw):  # the real run; its result kept
+        r = real(*a, **kw)
+        results.append((kw.get("slot"), r))
+        return r
+
+    monkeypatch.setattr(runner, "run", run)
+    from engine.slots import resolve
+
+    devices, _ = resolve("cpu:2", False)
+    eng = Engine(w, Tuner(), target, tag="spare", limits=Limits(max_experiments=4), devices=devices)
+    eng.run()
+    assert len(results) >= 6, [(s, r.status) for s, r in results]
+    assert all(r.spare_seconds is not None for _, r in results), [(s, r.status, r.spare_seconds) for s, r in results]
+
+
 # ---- veto and force-keep ----
 
 def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_cache):
