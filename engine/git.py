@@ -4,12 +4,16 @@ only ever resets to commits it recorded (the session's base or a kept experiment
 
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 
 import git
 
 from harness.errors import HarnessError
 
+
+_WORKTREES = threading.Lock()  # git worktree add/prune change the repository's shared list of trees
 
 class GitError(HarnessError):
     """A git precondition failed (no repository, dirty tree, unknown commit)."""
@@ -218,10 +222,11 @@ class GitRepo:
                 pass
         import shutil
 
-        shutil.rmtree(path, ignore_errors=True)
-        self.g.worktree("prune")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.g.worktree("add", "--detach", "-f", str(path), sha)
+        with _WORKTREES:  # the slots' threads check their trees out beside the engine's: one add or prune at a time
+            shutil.rmtree(path, ignore_errors=True)
+            self.g.worktree("prune")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.g.worktree("add", "--detach", "-f", str(path), sha)
         return GitRepo(path)._confined()
 
     def _confined(self) -> "GitRepo":

@@ -43,6 +43,7 @@ class Attempt:
     late: bool = False  # abandoned before it returned: the thread records its own cost
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: int = 0  # the verdicts known when it started (Engine._judged)
+    diff: str | None = None  # its edits, once it is done (told to the other proposals)
 
 
 class AnyOf:
@@ -70,6 +71,18 @@ class ProposalPool:
         self.attempts: list[Attempt] = []  # in flight: being prepared, or ready to be taken
         self._free_trees: list = []
         self._trees = 0
+        self._diffs: dict[tuple[str, str], str] = {}  # (base, commit) -> diff: commits never change
+
+    def diff(self, a: str, b: str) -> str:
+        """The diff between two commits, cut for the agent's context, computed once: each proposal
+        is told the diff of every experiment in flight, and at 64 slots recomputing them all (one
+        git process each) was most of the engine's time."""
+        d = self._diffs.get((a, b))
+        if d is None:
+            if len(self._diffs) > 4096:
+                self._diffs.clear()
+            d = self._diffs[(a, b)] = self.e.git.diff(a, b)[:DIFF_CHARS]
+        return d
 
     # ---- the agent's trees ----
     def _tree(self, base: str):
@@ -168,19 +181,21 @@ class ProposalPool:
                 continue  # in flight: told below
             diff = ""
             if x.n in recent and x.commit_sha and x.parent_commit and x.kind == "experiment":
-                diff = e.git.diff(x.parent_commit, x.commit_sha)[:DIFF_CHARS]
+                diff = self.diff(x.parent_commit, x.commit_sha)
             history.append(PastExperiment(x.n, x.status, x.metric, x.delta, x.description or "", diff, x.reason))
         in_flight = []
         for r in running:
             if r.kind == "experiment":
-                in_flight.append(InFlight(r.n, r.description, e.git.diff(r.parent, r.sha)[:DIFF_CHARS], "running"))
+                in_flight.append(InFlight(r.n, r.description, self.diff(r.parent, r.sha), "running"))
         for a in self.attempts:
             if a.done and a.proposal is not None:
                 desc = (a.proposal.description or "").strip().splitlines()[0:1]
-                try:
-                    diff = a.tree.diff("HEAD")[:DIFF_CHARS]
-                except Exception:  # its tree was removed under it: taking it will say so
-                    diff = ""
+                diff = a.diff
+                if diff is None:  # a finished proposal's edits no longer change
+                    try:
+                        diff = a.diff = a.tree.diff("HEAD")[:DIFF_CHARS]
+                    except Exception:  # its tree was removed under it: taking it will say so
+                        diff = ""
                 in_flight.append(InFlight(a.n, desc[0] if desc else "", diff, "prepared"))
         notes = e.journal.notes(s.id)
         files = {rel: e.git.show(s.best_commit, rel) or "" for rel in e.editable}

@@ -184,7 +184,6 @@ class Scheduling:
         if self._fatal is not None:
             r.cancel.set()  # no request of this session can succeed: the session is ending
         r.slot = slot
-        self.git.agent_worktree(slot.tree, r.sha)  # the slot's own checkout of the commit it runs
         self.journal.update_experiment(self.session.id, r.n, run_started=time.time(), harness=self.harness,
                                        slot=slot.index, device=slot.device.label, status="running")
         self.emit(ev.ExperimentStarted(n=r.n, commit=r.sha, kind=r.kind, slot=slot.index, device=slot.device.label))
@@ -194,6 +193,9 @@ class Scheduling:
     def _slot_work(self, slot, r: Run) -> None:
         """In the slot's thread: the run, then back to the scheduler."""
         try:
+            # the slot's own checkout of the commit it runs, in its thread: the engine's thread
+            # never waits for 64 checkouts in a row
+            self.git.agent_worktree(slot.tree, r.sha)
             r.out = self._run_target(slot, r)
         except BaseException as e:  # judged in the engine's thread (an integrity failure stops the session)
             r.error = e
