@@ -321,11 +321,11 @@ class Cluster:
     def _label(self, n: dict, info: dict) -> str:
         """The node's name in the table: its host name, with its id's start where several nodes
         share a machine (a test cluster)."""
-        host = info["host"].split(".")[0]
+        host = info["host"].split(".")[0][:12]  # the table's device column holds "node/3" whole
         alive = [x for x in self.ray.nodes() if x.get("Alive")]
         if sum(x.get("NodeManagerAddress") == n.get("NodeManagerAddress") for x in alive) > 1 \
                 or any(v == host for v in self.nodes.values()):
-            host = f"{host}~{n['NodeID'][:4]}"
+            host = f"{host}~{n['NodeID'][:3]}"
         return host
 
     def _node_slots(self, n: dict) -> list[tuple[Device, RayTarget]]:
@@ -397,7 +397,7 @@ class Cluster:
                                    {} if self.gpu else {"OMP_NUM_THREADS": str(opts["num_cpus"]),
                                                          "MKL_NUM_THREADS": str(opts["num_cpus"]),
                                                          "CUDA_VISIBLE_DEVICES": ""}), timeout=HELLO_TIMEOUT)
-            out.append((Device(f"{label}/{slot}", i["gpu"] if self.gpu else "cpu", {}, node=n["NodeID"]),
+            out.append((Device(f"{label}/{k}" if self.gpu else f"{label}/c{k}", i["gpu"] if self.gpu else "cpu", {}, node=n["NodeID"]),
                         RayTarget.on(t, a, label, slot)))
         self.nodes[n["NodeID"]] = label
         self.notices.put(f"node {label} ({info['ip']}): {len(out)} slot(s)" + (f" ({self.model})" if self.gpu else ""))

@@ -123,7 +123,7 @@ class RunPanel(Vertical):
         width = max(20, (self.size.width or 40) - 2)
         out = Text()
         for n, r in sorted(self.runs.items(), key=lambda kv: kv[1]["slot"]):
-            head = f"#{n:<4}{r['device'] or r['slot']:<7}"
+            head = f"#{n:<4}{r['device'] or r['slot']:<6} "
             tail = f" {PHASES.get(r['phase'], r['phase']):<5}"
             loss = f" {r['loss']:.3f}" if r["loss"] is not None else "      "
             tok = f" {r['tok_s'] / 1e3:.0f}k/s" if r["tok_s"] else ""

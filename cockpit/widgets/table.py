@@ -20,6 +20,7 @@ NARROW_MANY = ("#", "dev", "metric", "status", "description")  # the same with s
 # Fixed widths: the layout never depends on which rows arrived first (descriptions take the rest).
 WIDTHS = {"#": 4, "commit": 7, "device": 7, "dev": 3, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5,
           "mem": 6}
+MAX_DEVICE = 17  # the device column's widest: a cluster's "node/3" (engine/cluster.py keeps node names to 12)
 NARROW_DESCRIPTION = 17  # characters of description beside the narrow columns in an 80-column terminal
 
 
@@ -39,12 +40,16 @@ class ExperimentTable(DataTable):
         self.narrow = False
         self.devices: set[str] = set()  # the devices experiments ran on
         self.term_width = 0
+        self.device_width = WIDTHS["device"]  # wider for a cluster's node/slot names, never cut
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
+            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
 
-    def set_narrow(self, narrow: bool, width: int | None = None) -> None:
+    def _width(self, column: str) -> int | None:
+        return self.device_width if column == "device" else WIDTHS.get(column)
+
+    def set_narrow(self, narrow: bool, width: int | None = None, relabel: bool = False) -> None:
         """Show the columns that fit: status, metric, Δ and description first (and the device,
         short, once experiments run on several)."""
         self.narrow = narrow
@@ -53,13 +58,13 @@ class ExperimentTable(DataTable):
             self.term_width = width  # the terminal's new width (the app's size may not have caught up yet)
         many = len(self.devices) > 1
         want = (NARROW_MANY if many else NARROW) if narrow else (MANY if many else COLUMNS)
-        if want == self.columns_shown and not resized:
+        if want == self.columns_shown and not resized and not relabel:
             return
         self.columns_shown = want
         selected, follow = self.selected_number(), self.follow
         self.clear(columns=True)
         for c in want:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=WIDTHS.get(c))
+            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
         for row in self.data_rows.values():
             row.pop("_added", None)
         for n in list(self.data_rows):
@@ -75,8 +80,11 @@ class ExperimentTable(DataTable):
         row.update({k: v for k, v in fields.items() if v is not None})
         if row.get("device") and row["device"] not in self.devices:
             self.devices.add(row["device"])
-            if len(self.devices) == 2:
-                self.set_narrow(self.narrow)  # the device column appears
+            wider = min(MAX_DEVICE, len(row["device"])) > self.device_width
+            if wider:  # a cluster's "node/3": the column widens, the name is never cut
+                self.device_width = min(MAX_DEVICE, len(row["device"]))
+            if len(self.devices) == 2 or (wider and len(self.devices) > 1):
+                self.set_narrow(self.narrow, relabel=wider)  # the device column appears
         cells = self._cells(row)
         key = str(n)
         if row.get("_added"):
@@ -126,7 +134,7 @@ class ExperimentTable(DataTable):
             except Exception:  # not mounted in an app (unit use)
                 width = 0
         # each column has a cell of padding each side; a wide table also has a 1-cell scrollbar
-        fixed = sum(WIDTHS.get(c, 0) + 2 for c in self.columns_shown if c != "description") + 2 + (not self.narrow)
+        fixed = sum((self._width(c) or 0) + 2 for c in self.columns_shown if c != "description") + 2 + (not self.narrow)
         room = max(8, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
         if len(text) <= room:
             return text
@@ -149,6 +157,9 @@ class ExperimentTable(DataTable):
 
 
 def _short(device: str) -> str:
-    """cuda:3 -> 3, cpu:1 -> c1, cpu -> c."""
+    """cuda:3 -> 3, cpu:1 -> c1, cpu -> c; a cluster's node/3 -> n3 (the node's first letter)."""
+    if "/" in device:
+        node, _, slot = device.rpartition("/")
+        return (node[:1] + "".join(ch for ch in slot if ch.isdigit()))[:3]
     kind, _, index = device.partition(":")
     return index if kind == "cuda" else (kind[:1] + index)[:3]
