@@ -13,6 +13,11 @@ the engine's work), so the steady-state rate is the sum over slots of 3600 / cyc
 waiting for the last runs to end. The scaling efficiency is the rate at N over N times the rate
 at 1. Prints each run's timeline (slot, start, startup, train, eval, idle gap before the next).
 CPU smoke: `--slots 1,2 --devices cpu:2 --budget 2 --agent-latency 0.5`.
+
+    python bench/parallel.py --simulate N [--experiments 5000] [--run-seconds 20] [--tui] ...
+
+The scheduler at N slots by simulation, without a GPU: bench/simulate.py (stand-in runs and agent,
+the real engine, journal, scheduler, decision rule and, with --tui, the real TUI).
 """
 
 from __future__ import annotations
@@ -91,6 +96,12 @@ def session(k: int, a, cache, dataset, devices) -> dict:
 
 
 def main() -> int:
+    if "--simulate" in sys.argv:  # the scheduler at scale, by simulation (bench/simulate.py)
+        import simulate
+
+        argv = sys.argv[1:]
+        i = argv.index("--simulate")
+        return simulate.main(argv[:i] + ["--slots", argv[i + 1]] + argv[i + 2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--slots", default="1,2", help="slot counts to measure, e.g. 1,2 or 1,8")
     ap.add_argument("--budget", type=float, default=120.0)

@@ -2,7 +2,8 @@
 with a stand-in run of fixed length (no GPU, no training process) and a stand-in agent with a
 fixed latency, on N simulated slots.
 
-    python bench/simulate.py [--slots 64] [--experiments 500] [--run-seconds 20] [--agent-latency 5]
+    python bench/simulate.py [--slots 64] [--experiments 500] [--run-seconds 20] [--agent-latency 5] [--tui]
+    python bench/parallel.py --simulate 64 [...]          (the same)
 
 Measures, from the session itself:
 - the scheduling overhead per run: each slot's idle time between a run's end and its next run's
@@ -11,7 +12,10 @@ Measures, from the session itself:
 - the journal's write rate and its lock contention (time waiting for the journal's lock);
 - the engine's events per second (what the TUI's bridge would receive);
 - memory growth (the process's RSS) over the session;
-- the proposal rate the agent must sustain, and the API requests per minute it implies.
+- the proposal rate the agent must sustain, and the API requests per minute it implies;
+- with --tui, the session runs inside the real TUI (CockpitApp, headless, its bridge and
+  widgets), and a key (`?`, the help screen, then escape) is pressed every 0.25 s: the key's
+  latency to the screen under the session's own flood of events.
 What limits the rate first shows as idle time per run growing with N.
 """
 
@@ -129,14 +133,49 @@ class JournalMeter:
         journal._exec = _exec
 
 
-def main() -> int:
+async def in_tui(eng, seconds_cap: float) -> dict:
+    """The engine inside the real app (it runs the engine in its worker thread); `?` then escape
+    pressed through the driver every 0.25 s, each timed until the screen shows the change."""
+    import asyncio
+
+    from textual import events as tev
+
+    from cockpit.app import CockpitApp
+    from cockpit.screens import HelpScreen
+
+    app = CockpitApp(eng, [], telemetry=None)
+    lat: list[float] = []
+    async with app.run_test(size=(160, 48)) as pilot:
+        t0 = time.monotonic()
+        while app.stop_reason is None and time.monotonic() - t0 < seconds_cap:
+            for key, char, want in (("question_mark", "?", True), ("escape", None, False)):
+                t = time.perf_counter()
+                app._driver.send_message(tev.Key(key, char))
+                deadline = t + 5.0
+                while isinstance(app.screen, HelpScreen) != want and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(1 / 60)  # the next frame paints it
+                lat.append(time.perf_counter() - t)
+            await asyncio.sleep(0.25)
+        if app.stop_reason is None:
+            eng.control.stop("now")
+        while app.stop_reason is None:
+            await pilot.pause(0.1)
+    lat.sort()
+    return {"presses": len(lat), "p50": statistics.median(lat) if lat else None,
+            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None, "max": lat[-1] if lat else None,
+            "dropped": app.bridge.dropped}
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--experiments", type=int, default=500)
     ap.add_argument("--run-seconds", type=float, default=20.0)
     ap.add_argument("--agent-latency", type=float, default=5.0)
     ap.add_argument("--requests-per-proposal", type=float, default=6.0, help="API requests one proposal takes")
-    a = ap.parse_args()
+    ap.add_argument("--tui", action="store_true", help="run the session inside the real TUI, pressing keys")
+    a = ap.parse_args(argv)
 
     ws = workspace()
     w = open_workspace(ws)
@@ -165,7 +204,14 @@ def main() -> int:
     eng.subscribe(on)
     rss.append((0, proc.memory_info().rss / 1e6))
     t0 = time.monotonic()
-    reason = eng.run()
+    keys = None
+    if a.tui:
+        import asyncio
+
+        keys = asyncio.run(in_tui(eng, 24 * 3600))
+        reason = eng.journal.session(eng.session.id).stop_reason
+    else:
+        reason = eng.run()
     wall = time.monotonic() - t0
     rows = eng.journal.experiments(eng.session.id)
     finished = [e for e in rows if e.kind == "experiment" and e.status not in ("interrupted",)]
@@ -196,6 +242,9 @@ def main() -> int:
     print(f"  journal: {meter.n} statements, {meter.n / wall:.0f}/s; lock wait total {meter.wait:.2f}s, worst {1e3 * meter.worst:.1f} ms")
     print(f"  events: {events['n']} ({events['n'] / wall:.0f}/s into the UI's bridge)")
     print(f"  memory (RSS, MB) by experiments finished: " + ", ".join(f"{k}: {v:.0f}" for k, v in rss))
+    if keys is not None:
+        print(f"  TUI: key -> screen p50 {1e3 * keys['p50']:.1f} ms, p99 {1e3 * keys['p99']:.1f} ms, max "
+              f"{1e3 * keys['max']:.1f} ms over {keys['presses']} presses; events dropped by the bridge {keys['dropped']}")
     per_min = agent.calls / wall * 60
     print(f"  the agent: {agent.calls} proposals, {per_min:.1f}/min -> {per_min * a.requests_per_proposal:.0f} API "
           f"requests/min at {a.requests_per_proposal:g} requests per proposal")

@@ -44,7 +44,9 @@ def _run(ws: Path, cache: Path, address: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", ANTHROPIC_API_KEY="sk-ant-test-not-sent-anywhere")
     cmd = [sys.executable, "-m", "cockpit", "--cache-dir", str(cache), "run", "--headless", "--json", "--agent", "tuner",
            "--workspace", str(ws), "--cluster", "ray", "--address", address, "--devices", "cpu:1", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # (not run from the repository: Ray puts the driver's working directory first on the workers'
+    # import path, which would hide what a node has installed)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ws.parent)
 
 
 def _training_processes(base: Path) -> list[psutil.Process]:
@@ -64,21 +66,21 @@ def test_a_session_runs_on_both_nodes_sends_the_data_once_and_survives_losing_a_
     c, node2, empty = cluster
     ws = tmp_path / "ws"
     assert cli("init", ws).returncode == 0
-    proc = _run(ws, tiny_cache, c.address, "--budget", "2", "--max-experiments", "6", "--tag", "ray")
-    events, devices, removed, lost_n = [], {}, False, None
-    for line in proc.stdout:
+    proc = _run(ws, tiny_cache, c.address, "--budget", "3", "--max-experiments", "6", "--tag", "ray")
+    events, devices, finished, removed, lost_n = [], {}, set(), False, None
+    second = f"~{node2.node_id[:3]}"  # the second node's name ends so (nodes that share a machine)
+    for line in proc.stdout:  # (kept cheap per line: the stream must not lag behind the runs)
         e = json.loads(line)
         events.append(e)
         if e["type"] == "ExperimentStarted":
-            devices[e["n"]] = e["device"]
-        # once experiments have finished on both nodes, the second node goes during one of its runs
-        done_on = {devices.get(x["n"], "").split("/")[0] for x in events if x["type"] == "ExperimentFinished"}
-        if not removed and len(done_on) == 2 and e["type"] == "RunProgress":
-            n2 = [n for n, d in devices.items() if "/" in d and d.split("/")[0] != _head_label(events)]
-            running = {n for n in n2 if not any(x["type"] == "ExperimentFinished" and x["n"] == n for x in events)}
-            if e["n"] in running:
-                c.remove_node(node2)
-                removed, lost_n = True, e["n"]
+            devices[e["n"]] = e["device"].split("/")[0]
+        elif e["type"] == "ExperimentFinished":
+            finished.add(e["n"])
+        # once experiments have finished on both nodes, the second node goes early in one of its runs
+        elif (not removed and e["type"] == "RunProgress" and e["fraction"] < 0.5 and e["n"] not in finished
+              and (devices.get(e["n"]) or "").endswith(second) and len({devices.get(n) for n in finished}) == 2):
+            c.remove_node(node2)
+            removed, lost_n = True, e["n"]
     proc.wait(timeout=120)
     err = proc.stderr.read()
     assert proc.returncode == 0, err
@@ -99,8 +101,8 @@ def test_a_session_runs_on_both_nodes_sends_the_data_once_and_survives_losing_a_
     assert rows[lost_n].status == "interrupted" and "node lost" in rows[lost_n].reason
     nodes = {r.device.split("/")[0] for r in rows.values() if r.device}
     assert len(nodes) == 2  # both nodes ran experiments
-    after = [r for r in rows.values() if r.n > lost_n and r.device]
-    assert after and all(r.device.split("/")[0] == _head_label(events) for r in after)  # the rest ran on the head
+    after = [r for r in rows.values() if r.n > lost_n and r.device and r.run_started > rows[lost_n].run_started]
+    assert after and not any(r.device.split("/")[0].endswith(second) for r in after)  # the rest ran on the head
     assert s.status == "stopped" and "max-experiments" in s.stop_reason
     experiments = [r for r in rows.values() if r.kind == "experiment"]
     assert len(experiments) == 6 and not any(r.status in ("running", "proposing") for r in rows.values())
@@ -115,18 +117,13 @@ def test_a_session_runs_on_both_nodes_sends_the_data_once_and_survives_losing_a_
     assert all(pinned[r.n] == r.commit_sha for r in experiments if r.commit_sha)
     head = subprocess.run(["git", "rev-parse", s.branch], cwd=ws, capture_output=True, text=True).stdout.strip()
     assert head == s.best_commit
-    # the API key never travelled: not in any node's run log
+    # every run's full log is on the head, under .cockpit/runs/, as locally; the API key never travelled
     for r in rows.values():
+        if r.status in ("keep", "discard"):
+            log = Path(r.log_path)
+            assert log.is_relative_to(ws / ".cockpit" / "runs") and "harness: profile cpu" in log.read_text()
         if r.log_path and Path(r.log_path).exists():
             assert "sk-ant-test" not in Path(r.log_path).read_text(errors="replace")
-
-
-def _head_label(events) -> str:
-    """The head node's label, from the notice that listed its slots first."""
-    for x in events:
-        if x["type"] == "Notice" and x["text"].startswith("node ") and "slot(s)" in x["text"]:
-            return x["text"].split()[1]
-    return ""
 
 
 def test_without_a_reachable_cluster_or_without_ray_it_is_one_line(tmp_path, tiny_cache, monkeypatch, capsys):
@@ -223,17 +220,33 @@ def _harness_processes() -> list[psutil.Process]:
 
 
 def test_kill_9_of_the_head_leaves_nothing_training_on_the_nodes(tmp_path, tiny_cache, cluster):
+    """Also: a third node whose cockpit differs (one harness file changed) is refused by name."""
+    import shutil
+
     c, node2, empty = cluster
+    other = tmp_path / "other-cockpit"
+    for pkg in ("cockpit", "engine", "harness", "trainer"):
+        shutil.copytree(Path(__file__).resolve().parents[1] / pkg, other / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "harness" / "errors.py", "a") as f:
+        f.write("# another version\n")
+    c.add_node(**NODE, env_vars={"COCKPIT_CACHE": str(tmp_path / "node3-cache"), "PYTHONPATH": str(other)})
+    c.wait_for_nodes()
     ws = tmp_path / "ws"
     assert cli("init", ws).returncode == 0
     proc = _run(ws, tiny_cache, c.address, "--budget", "60", "--tag", "k9")
-    progress = set()
+    progress, notices = set(), []
     for line in proc.stdout:
         e = json.loads(line)
+        if e["type"] == "Notice":
+            notices.append(e["text"])
         if e["type"] == "RunProgress":
             progress.add(e["n"])
         if len(progress) >= 2:  # both nodes train
             break
+    refused = [t for t in notices if "refused" in t]
+    assert len(refused) == 1 and "harness/errors.py" in refused[0] and "same cockpit version" in refused[0], notices
+    assert sum("slot(s)" in t for t in notices) == 2  # the two good nodes only
     assert _harness_processes()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
