@@ -14,8 +14,8 @@ Measures, from the session itself:
 - memory growth (the process's RSS) over the session;
 - the proposal rate the agent must sustain, and the API requests per minute it implies;
 - with --tui, the session runs inside the real TUI (CockpitApp, headless, its bridge and
-  widgets), and a key (`?`, the help screen, then escape) is pressed every 0.25 s: the key's
-  latency to the screen under the session's own flood of events.
+  widgets), and the table's cursor is moved (up, then down) every 0.25 s: the key's latency to
+  the screen under the session's own flood of events.
 What limits the rate first shows as idle time per run growing with N.
 """
 
@@ -134,25 +134,29 @@ class JournalMeter:
 
 
 async def in_tui(eng, seconds_cap: float) -> dict:
-    """The engine inside the real app (it runs the engine in its worker thread); `?` then escape
-    pressed through the driver every 0.25 s, each timed until the screen shows the change."""
+    """The engine inside the real app (it runs the engine in its worker thread); the table's
+    cursor moved (up, then down) through the driver every 0.25 s, each press timed until the
+    cursor has moved, plus one frame: what a person paging through the experiments waits."""
     import asyncio
 
     from textual import events as tev
 
     from cockpit.app import CockpitApp
-    from cockpit.screens import HelpScreen
 
     app = CockpitApp(eng, [], telemetry=None)
     lat: list[float] = []
     async with app.run_test(size=(160, 48)) as pilot:
         t0 = time.monotonic()
+        app.table.focus()
         while app.stop_reason is None and time.monotonic() - t0 < seconds_cap:
-            for key, char, want in (("question_mark", "?", True), ("escape", None, False)):
+            for key in ("up", "down"):
+                row = app.table.cursor_row
+                if app.table.row_count < 3 or (key == "up" and row == 0):
+                    break
                 t = time.perf_counter()
-                app._driver.send_message(tev.Key(key, char))
+                app._driver.send_message(tev.Key(key, None))
                 deadline = t + 5.0
-                while isinstance(app.screen, HelpScreen) != want and time.perf_counter() < deadline:
+                while app.table.cursor_row == row and time.perf_counter() < deadline:
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(1 / 60)  # the next frame paints it
                 lat.append(time.perf_counter() - t)

@@ -192,13 +192,22 @@ class CockpitApp(App):
                 batch[-1] = replace(batch[-1], text=batch[-1].text + e.text)
             else:
                 batch.append(e)
-        for e in batch + ([diff] if diff is not None else []) + list(progress.values()):
-            if isinstance(e, ev.RunProgress) and e.n not in self.running:
-                continue
-            try:
-                self.render_event(e)
-            except Exception:  # a rendering bug must never take the loop or the journal down
-                self.log.error(traceback.format_exc())
+        self.loss_plot.hold(True)  # every slot's tick this frame, drawn once at its end
+        self.run_panel.hold(True)
+        try:
+            for e in batch + ([diff] if diff is not None else []) + list(progress.values()):
+                if isinstance(e, ev.RunProgress) and e.n not in self.running:
+                    continue
+                try:
+                    self.render_event(e)
+                except Exception:  # a rendering bug must never take the loop or the journal down
+                    self.log.error(traceback.format_exc())
+        finally:
+            for w in (self.loss_plot, self.run_panel):
+                try:
+                    w.hold(False)
+                except Exception:
+                    self.log.error(traceback.format_exc())
         self.header_bar.refresh_text()
         self.refresh_state()
 

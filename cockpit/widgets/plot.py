@@ -87,6 +87,10 @@ class MetricPlot(PlotextPlot):
         self.refresh()
 
 
+MAX_SHOWN = 6  # running curves drawn at once (with many slots: the newest)
+MAX_POINTS = 300  # points drawn per curve
+
+
 class LossPlot(PlotextPlot):
     """The running experiments' training loss against the fraction of their budget, beside the
     best run's curve at the same fraction: a run doing worse shows early."""
@@ -104,6 +108,8 @@ class LossPlot(PlotextPlot):
         self.n: int | None = None  # the latest started
         self.best_n: int | None = None
         self.curves: dict[int, list[tuple[float, float]]] = {}  # finished runs' curves (bounded)
+        self.held = False  # a frame's batch of events is being applied: one replot at its end
+        self.dirty = False
 
     @property
     def current(self) -> list[tuple[float, float]]:
@@ -121,7 +127,18 @@ class LossPlot(PlotextPlot):
         curve.append((min(max(fraction, 0.0), 1.0), loss))
         if len(curve) > 2000:
             curve[:] = curve[::2]
-        self.replot()
+        if self.held:
+            self.dirty = True
+        else:
+            self.replot()
+
+    def hold(self, held: bool) -> None:
+        """While held, ticks only collect (the app applies a frame's events at once); released,
+        the plot is drawn once if anything changed: 64 slots' ticks are one replot a frame, not 64."""
+        self.held = held
+        if not held and self.dirty:
+            self.dirty = False
+            self.replot()
 
     def finish(self, n: int) -> None:
         curve = self.running.pop(n, None)
@@ -154,9 +171,12 @@ class LossPlot(PlotextPlot):
         if self.best_curve:
             p.plot([f for f, _ in self.best_curve], [v for _, v in self.best_curve], color="green", marker="braille",
                    label=f"best #{self.best_n}")
-        for i, (n, curve) in enumerate(sorted(self.running.items())):
+        # the newest MAX_SHOWN running curves (more cannot be told apart), each at most MAX_POINTS points
+        for i, (n, curve) in enumerate(sorted(self.running.items())[-MAX_SHOWN:]):
             if curve:
-                p.plot([f for f, _ in curve], [v for _, v in curve], color=self.COLORS[i % len(self.COLORS)],
+                step = max(1, len(curve) // MAX_POINTS)
+                pts = curve[::step]
+                p.plot([f for f, _ in pts], [v for _, v in pts], color=self.COLORS[i % len(self.COLORS)],
                        marker="braille", label=f"#{n}")
         if not any(self.running.values()) and not self.best_curve:
             p.title("no run yet")

@@ -35,6 +35,8 @@ class RunPanel(Vertical):
         self.spark = Sparkline([], summary_function=min)
         self.slot_lines = Static("", id="slots")
         self.runs: dict[int, dict] = {}  # running experiment -> its slot, device, progress
+        self.held = False
+        self.dirty = False
         self.slots: set[int] = set()
         self.shown: int | None = None  # the run the one-slot view follows
 
@@ -64,6 +66,13 @@ class RunPanel(Vertical):
         self.stats.update(f"#{n} starting" + (f" on {device}" if device else ""))
         self._layout()
 
+    def hold(self, held: bool) -> None:
+        """While held, the slots' lines are not redrawn per tick; released, once (see LossPlot.hold)."""
+        self.held = held
+        if not held and self.dirty:
+            self.dirty = False
+            self._lines()
+
     def tick(self, n: int, step: int, loss: float, tok_s: float | None, mfu: float | None, fraction: float, elapsed: float) -> None:
         frac = max(0.0, min(fraction, 1.0))
         r = self.runs.get(n)
@@ -72,7 +81,10 @@ class RunPanel(Vertical):
             if r["phase"] == "startup":  # a late tick never takes a run back from export or eval
                 r["phase"] = "train"
         if self.many:
-            self._lines()
+            if self.held:
+                self.dirty = True
+            else:
+                self._lines()
             return
         if n != self.shown:
             return
