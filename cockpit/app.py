@@ -39,6 +39,9 @@ from .widgets.table import ExperimentTable
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
 
 
+DUTY_EVERY = 10.0  # seconds between recomputations of the duty cycle shown in the run panel
+
+
 class ProgramChanged(Message):
     """program.md changed on disk (another pane, an editor that replaces the file)."""
 
@@ -79,6 +82,7 @@ class CockpitApp(App):
         self.running: dict[int, str] = {}  # the experiments running now -> their device
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
+        self._duty = None  # (when, the session's duty cycle): see _phases
         self._observer = None
         self._last_render = 0.0
         self._baselines: list[float] = []
@@ -192,8 +196,8 @@ class CockpitApp(App):
                 batch[-1] = replace(batch[-1], text=batch[-1].text + e.text)
             else:
                 batch.append(e)
-        self.loss_plot.hold(True)  # every slot's tick this frame, drawn once at its end
-        self.run_panel.hold(True)
+        for w in (self.loss_plot, self.run_panel, self.plot):  # this frame's ticks and results, drawn once at its end
+            w.hold(True)
         try:
             for e in batch + ([diff] if diff is not None else []) + list(progress.values()):
                 if isinstance(e, ev.RunProgress) and e.n not in self.running:
@@ -203,7 +207,7 @@ class CockpitApp(App):
                 except Exception:  # a rendering bug must never take the loop or the journal down
                     self.log.error(traceback.format_exc())
         finally:
-            for w in (self.loss_plot, self.run_panel):
+            for w in (self.loss_plot, self.run_panel, self.plot):
                 try:
                     w.hold(False)
                 except Exception:
@@ -395,12 +399,15 @@ class CockpitApp(App):
         s = self.engine.session
         if s is None:
             return None
-        exps = self.engine.journal.experiments(s.id)
-        x = next((r for r in exps if r.n == n), None)
+        x = self.engine.journal.experiment(s.id, n)
         if x is None or x.training_seconds is None:
             return None
         f = lambda v: "-" if v is None else f"{v:.0f}s"  # noqa: E731
-        d = duty_cycle(exps)
+        # the duty cycle reads every row of the session: at most every DUTY_EVERY seconds (a
+        # session of thousands of experiments made this a stall of the screen per result)
+        if self._duty is None or time.monotonic() - self._duty[0] > DUTY_EVERY:
+            self._duty = (time.monotonic(), duty_cycle(self.engine.journal.experiments(s.id)))
+        d = self._duty[1]
         return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
                 f"duty {100 * d.ratio:.0f}% ({d.experiments} runs)")
 

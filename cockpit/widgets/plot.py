@@ -29,12 +29,24 @@ class MetricPlot(PlotextPlot):
         self.metric = metric
         self.points: deque[tuple[int, float | None, str]] = deque(maxlen=HISTORY)  # (n, metric, status)
         self.best: float | None = None
+        self.held = False
+        self.dirty = False
 
     def add(self, value: float | None, best: float | None, n: int | None = None, status: str = "keep") -> None:
         self.points.append((n if n is not None else len(self.points) + 1, value, status))
         if best is not None:
             self.best = best
-        self.replot()
+        if self.held:
+            self.dirty = True
+        else:
+            self.replot()
+
+    def hold(self, held: bool) -> None:
+        """While held, results only collect (a frame's events at once); released, one replot."""
+        self.held = held
+        if not held and self.dirty:
+            self.dirty = False
+            self.replot()
 
     def running_best(self) -> list[tuple[int, float]]:
         better = min if self.direction == "min" else max
