@@ -12,12 +12,14 @@ from collections import deque
 
 from textual_plotext import PlotextPlot
 
+from .batch import Batched
+
 HISTORY = 500
 FAILED = ("crash", "timeout", "invalid")
 KEPT = ("keep", "forced", "baseline")
 
 
-class MetricPlot(PlotextPlot):
+class MetricPlot(Batched, PlotextPlot):
     DEFAULT_CSS = """
     MetricPlot { border: round $accent; height: 100%; }
     """
@@ -29,24 +31,15 @@ class MetricPlot(PlotextPlot):
         self.metric = metric
         self.points: deque[tuple[int, float | None, str]] = deque(maxlen=HISTORY)  # (n, metric, status)
         self.best: float | None = None
-        self.held = False
-        self.dirty = False
 
     def add(self, value: float | None, best: float | None, n: int | None = None, status: str = "keep") -> None:
         self.points.append((n if n is not None else len(self.points) + 1, value, status))
         if best is not None:
             self.best = best
-        if self.held:
-            self.dirty = True
-        else:
-            self.replot()
+        self.changed()
 
-    def hold(self, held: bool) -> None:
-        """While held, results only collect (a frame's events at once); released, one replot."""
-        self.held = held
-        if not held and self.dirty:
-            self.dirty = False
-            self.replot()
+    def redraw(self) -> None:
+        self.replot()
 
     def running_best(self) -> list[tuple[int, float]]:
         better = min if self.direction == "min" else max
@@ -103,7 +96,7 @@ MAX_SHOWN = 6  # running curves drawn at once (with many slots: the newest)
 MAX_POINTS = 300  # points drawn per curve
 
 
-class LossPlot(PlotextPlot):
+class LossPlot(Batched, PlotextPlot):
     """The running experiments' training loss against the fraction of their budget, beside the
     best run's curve at the same fraction: a run doing worse shows early."""
 
@@ -120,8 +113,6 @@ class LossPlot(PlotextPlot):
         self.n: int | None = None  # the latest started
         self.best_n: int | None = None
         self.curves: dict[int, list[tuple[float, float]]] = {}  # finished runs' curves (bounded)
-        self.held = False  # a frame's batch of events is being applied: one replot at its end
-        self.dirty = False
 
     @property
     def current(self) -> list[tuple[float, float]]:
@@ -139,18 +130,10 @@ class LossPlot(PlotextPlot):
         curve.append((min(max(fraction, 0.0), 1.0), loss))
         if len(curve) > 2000:
             curve[:] = curve[::2]
-        if self.held:
-            self.dirty = True
-        else:
-            self.replot()
+        self.changed()
 
-    def hold(self, held: bool) -> None:
-        """While held, ticks only collect (the app applies a frame's events at once); released,
-        the plot is drawn once if anything changed: 64 slots' ticks are one replot a frame, not 64."""
-        self.held = held
-        if not held and self.dirty:
-            self.dirty = False
-            self.replot()
+    def redraw(self) -> None:
+        self.replot()
 
     def finish(self, n: int) -> None:
         curve = self.running.pop(n, None)

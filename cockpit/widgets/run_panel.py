@@ -11,12 +11,14 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Sparkline, Static
 
+from .batch import Batched
+
 HISTORY = 120
 SPARK_MIN = 8
 PHASES = {"startup": "start", "train": "train", "export": "export", "eval": "eval"}
 
 
-class RunPanel(Vertical):
+class RunPanel(Batched, Vertical):
     DEFAULT_CSS = """
     RunPanel { border: round $accent; height: 100%; }
     RunPanel > Static { height: auto; max-height: 2; }
@@ -35,8 +37,6 @@ class RunPanel(Vertical):
         self.spark = Sparkline([], summary_function=min)
         self.slot_lines = Static("", id="slots")
         self.runs: dict[int, dict] = {}  # running experiment -> its slot, device, progress
-        self.held = False
-        self.dirty = False
         self.slots: set[int] = set()
         self.shown: int | None = None  # the run the one-slot view follows
 
@@ -66,12 +66,8 @@ class RunPanel(Vertical):
         self.stats.update(f"#{n} starting" + (f" on {device}" if device else ""))
         self._layout()
 
-    def hold(self, held: bool) -> None:
-        """While held, the slots' lines are not redrawn per tick; released, once (see LossPlot.hold)."""
-        self.held = held
-        if not held and self.dirty:
-            self.dirty = False
-            self._lines()
+    def redraw(self) -> None:
+        self._lines()
 
     def tick(self, n: int, step: int, loss: float, tok_s: float | None, mfu: float | None, fraction: float, elapsed: float) -> None:
         frac = max(0.0, min(fraction, 1.0))
@@ -81,10 +77,7 @@ class RunPanel(Vertical):
             if r["phase"] == "startup":  # a late tick never takes a run back from export or eval
                 r["phase"] = "train"
         if self.many:
-            if self.held:
-                self.dirty = True
-            else:
-                self._lines()
+            self.changed()  # once a frame (widgets/batch.py)
             return
         if n != self.shown:
             return
