@@ -37,6 +37,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -73,6 +74,9 @@ class SlotWorker:
 
         self.cache = cache_root(None)
         self.cancel = threading.Event()
+        self.lock = threading.Lock()
+        self.current: str | None = None  # the run being made
+        self.stopped: set[str] = set()  # runs the head stopped (vetoed, stop now)
         self.items: list[dict] = []
         self.cfg: dict | None = None
 
@@ -158,11 +162,15 @@ class SlotWorker:
                            sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
                            env_extra=c["env"])
 
-    def run(self, files: dict, script: str, credit: float | None, export_estimate: float) -> tuple[dict, bytes]:
+    def run(self, run_id: str, files: dict, script: str, credit: float | None, export_estimate: float) -> tuple[dict, bytes]:
         """One run of the experiment's files; returns the runner's result and the run's log."""
         from harness import runner
 
-        self.cancel.clear()
+        with self.lock:  # a stop may come before the run has begun: it still holds
+            self.current = run_id
+            self.cancel = threading.Event()
+            if run_id in self.stopped:
+                self.cancel.set()
         self.items = []
         ds, prof = self._dataset_profile()
         c = self.cfg
@@ -190,8 +198,11 @@ class SlotWorker:
     def progress(self, since: int) -> list[dict]:
         return self.items[since:]
 
-    def stop(self) -> None:
-        self.cancel.set()
+    def stop(self, run_id: str) -> None:
+        with self.lock:
+            self.stopped.add(run_id)
+            if self.current == run_id:
+                self.cancel.set()
 
     def close(self) -> None:
         from harness import runner
@@ -246,12 +257,13 @@ class RayTarget(GptTarget):
         lost = _lost_errors()
         t0 = time.monotonic()
         try:
-            ref = self.actor.run.remote(files, rel, credit, export)
+            run_id = uuid.uuid4().hex
+            ref = self.actor.run.remote(run_id, files, rel, credit, export)
             seen, stopped = 0, False
             while True:
                 ready, _ = ray.wait([ref], timeout=POLL)
                 if cancel.is_set() and not stopped:
-                    self.actor.stop.remote()  # the runner there kills the run's process group
+                    self.actor.stop.remote(run_id)  # the runner there kills the run's process group
                     stopped = True
                 try:
                     items = ray.get(self.actor.progress.remote(seen), timeout=10)
