@@ -24,6 +24,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from test_engine import cli  # noqa: E402
 
 NODE = dict(num_cpus=1, object_store_memory=80 << 20)
+SECRET = "cockpit-test-secret-" + os.urandom(8).hex()  # the API key the head has; it must never travel
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def cluster(tmp_path, tiny_cache):
 
 
 def _run(ws: Path, cache: Path, address: str, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", ANTHROPIC_API_KEY="sk-ant-test-not-sent-anywhere")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ANTHROPIC_API_KEY=SECRET)
     cmd = [sys.executable, "-m", "cockpit", "--cache-dir", str(cache), "run", "--headless", "--json", "--agent", "tuner",
            "--workspace", str(ws), "--cluster", "ray", "--address", address, "--devices", "cpu:1", *extra]
     # (not run from the repository: Ray puts the driver's working directory first on the workers'
@@ -123,7 +124,7 @@ def test_a_session_runs_on_both_nodes_sends_the_data_once_and_survives_losing_a_
             log = Path(r.log_path)
             assert log.is_relative_to(ws / ".cockpit" / "runs") and "harness: profile cpu" in log.read_text()
         if r.log_path and Path(r.log_path).exists():
-            assert "sk-ant-test" not in Path(r.log_path).read_text(errors="replace")
+            assert SECRET not in Path(r.log_path).read_text(errors="replace")
 
 
 def test_without_a_reachable_cluster_or_without_ray_it_is_one_line(tmp_path, tiny_cache, monkeypatch, capsys):
