@@ -45,7 +45,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 from .slots import Device, check_spec
-from .targets import GptTarget, Outcome, outcome_of
+from .targets import GptTarget, Outcome
 
 RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
 JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
@@ -116,10 +116,7 @@ class SlotWorker:
             try:
                 size = 0
                 for rel, data in files.items():
-                    if rel.startswith("/") or ".." in Path(rel).parts:
-                        raise HarnessError(f"refused a dataset file name {rel!r}")
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp / rel).write_bytes(data)
+                    _write_inside(tmp, rel, data)
                     size += len(data)
                 verify_dataset(tmp, manifest)  # the bytes are what was prepared on the head
                 os.replace(tmp, final)
@@ -182,10 +179,7 @@ class SlotWorker:
         tree = Path(tempfile.mkdtemp(prefix="tree-", dir=self.base))
         try:
             for rel, data in files.items():
-                if rel.startswith("/") or ".." in Path(rel).parts:
-                    raise HarnessError(f"refused a file name {rel!r}")
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tree / rel).write_bytes(data)
+                _write_inside(tree, rel, data)
             log = work / "run.log"
             r = runner.run(tree / script, ds, prof, log, self.cache, on_progress=lambda p: self.items.append(asdict(p)),
                            cancel=self.cancel, limits=limits, sandbox=c["sandbox"], compile_cache=c["compile_cache"],
@@ -208,6 +202,14 @@ class SlotWorker:
         from harness import runner
 
         runner.shutdown_spare()
+
+
+def _write_inside(root: Path, rel: str, data: bytes) -> None:
+    """A file the head sent, written under `root` only (a name that leaves it is refused)."""
+    if rel.startswith("/") or ".." in Path(rel).parts:
+        raise HarnessError(f"refused a file name from the head: {rel!r}")
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(data)
 
 
 # ---- the head's side ----
@@ -251,8 +253,7 @@ class RayTarget(GptTarget):
         tree = Path(tree) if tree is not None else self.root
         rel = self.script.relative_to(self.root).as_posix()
         files = {rel: (tree / rel).read_bytes()}
-        credit = max(self.credits) if (not baseline and self.credits) else None
-        export = max(self.exports, default=0.0) if credit is not None else 0.0
+        credit, export = self.allowance(baseline)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         lost = _lost_errors()
         t0 = time.monotonic()
@@ -284,10 +285,7 @@ class RayTarget(GptTarget):
         log_path.write_bytes(log)
         r = RunResult(**dict(result, log_path=str(log_path)))
         self.overhead = (time.monotonic() - t0) - r.total_seconds  # what Ray added to this run (bench/cluster.py)
-        if baseline and r.status == "ok" and r.credit_seconds is not None:
-            self.credits.append(r.credit_seconds)
-            self.exports.append(r.export_seconds or 0.0)
-        return outcome_of(r, baseline)
+        return self.measured(r, baseline)
 
 
 class Cluster:

@@ -215,7 +215,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             return
         if self.cluster is not None:  # one slot per GPU (or cpu:N per node) of every node, checked
             for d, target in self.cluster.discover():
-                self.slots.append(Slot(len(self.slots), d, target, self.ws.state / "slots" / str(len(self.slots))))
+                self.slots.append(self.new_slot(d, target))
             self._cluster_notices()
             if not self.slots:
                 from .cluster import ClusterError
@@ -226,7 +226,12 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         many = len(self.devices) > 1 or bool(self.devices[0].env)
         for i, d in enumerate(self.devices):
             target = self.target.for_slot(str(i), d.env) if many and hasattr(self.target, "for_slot") else self.target
-            self.slots.append(Slot(i, d, target, self.ws.state / "slots" / str(i)))
+            self.slots.append(self.new_slot(d, target))
+
+    def new_slot(self, d: Device, target) -> Slot:
+        """A slot for device d, numbered after every slot so far (its checkout: .cockpit/slots/<i>)."""
+        i = max((sl.index for sl in self.slots), default=-1) + 1
+        return Slot(i, d, target, self.ws.state / "slots" / str(i))
 
     def run(self) -> str:
         """Run until a stop condition; returns the reason. Any failure ends the session with its

@@ -17,7 +17,6 @@ from . import events as ev
 from .agents.base import AgentFatal
 from .journal import CURVE_POINTS, thin
 from .record import Run
-from .slots import Slot
 
 ABANDON_WAIT = 10.0  # seconds a stopping session waits for abandoned proposals before leaving them to finish alone
 SLOT_WAIT = 60.0  # seconds a stopping session waits for its cancelled runs to end
@@ -149,14 +148,13 @@ class Scheduling:
         self._cluster_notices()
         while not self.cluster.new.empty():
             d, target = self.cluster.new.get_nowait()
-            i = max((sl.index for sl in self.slots), default=-1) + 1
-            slot = Slot(i, d, target, self.ws.state / "slots" / str(i))
+            slot = self.new_slot(d, target)
             try:
                 target.warm_up()
             except Exception:
                 pass  # only a head start
             self.slots = self.slots + [slot]
-            self.emit(ev.Notice(text=f"slot {i} added: {d.label}"))
+            self.emit(ev.Notice(text=f"slot {slot.index} added: {d.label}"))
         if time.monotonic() - self._cluster_looked < JOIN_EVERY:
             return
         self._cluster_looked = time.monotonic()

@@ -98,13 +98,22 @@ class GptTarget:
         the workspace). A baseline measures its own allowance for compilation and export; every
         other run gets the session's, fixed: the largest a baseline measured."""
         limits = runner.Limits.for_profile(self.profile)
-        if not baseline and self.credits:
-            limits.credit = max(self.credits)
-            limits.export_estimate = max(self.exports, default=0.0)
+        limits.credit, limits.export_estimate = self.allowance(baseline)
         script = self.script if tree is None else Path(tree) / self.script.relative_to(self.root)
         r = runner.run(script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
                        cancel=cancel, limits=limits, sandbox=self.sandbox, compile_cache=self.compile_cache,
                        slot=self.slot, env_extra=self.env_extra)
+        return self.measured(r, baseline)
+
+    def allowance(self, baseline: bool) -> tuple[float | None, float]:
+        """The run's allowance for compilation and export, and the export's part of it: None for
+        a baseline (it measures its own), else the largest a baseline measured."""
+        if baseline or not self.credits:
+            return None, 0.0
+        return max(self.credits), max(self.exports, default=0.0)
+
+    def measured(self, r: "runner.RunResult", baseline: bool) -> Outcome:
+        """The run's outcome; a baseline's own allowance is kept for the session's later runs."""
         if baseline and r.status == "ok" and r.credit_seconds is not None:
             self.credits.append(r.credit_seconds)
             self.exports.append(r.export_seconds or 0.0)
