@@ -6,7 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+from harness.text import printable
+
+
+_TEXT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _text_fields(cls: type) -> tuple[str, ...]:
+    """The fields of an event class that may hold text (asked once per class: progress ticks are many)."""
+    names = _TEXT_FIELDS.get(cls)
+    if names is None:
+        names = _TEXT_FIELDS[cls] = tuple(f.name for f in fields(cls) if "str" in str(f.type))
+    return names
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,14 @@ class Event:
         return type(self).__name__
 
     HIGH_RATE = False
+
+    def __post_init__(self) -> None:
+        # Much of an event's text is the agent's or train.py's (a description, a crash reason, the
+        # agent's words, a diff): no terminal control sequence reaches a printer or the TUI.
+        for name in _text_fields(type(self)):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                object.__setattr__(self, name, printable(v))
 
     def to_dict(self) -> dict:
         return {"type": self.type, **asdict(self)}

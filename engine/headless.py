@@ -8,6 +8,8 @@ import threading
 import time
 from typing import TextIO
 
+from harness.text import printable
+
 from . import events as ev
 
 
@@ -44,7 +46,12 @@ class Printer:
             self._write(e.ts, line)
 
     def _write(self, ts: float, line: str) -> None:
-        self._put(time.strftime("%H:%M:%S ", time.localtime(ts)) + line + "\n")
+        # One event, one line: what the agent or train.py wrote (a reason, a description) has no
+        # control sequences (harness/text.py), and its own newlines continue indented, so it can
+        # never draw a line that looks like one of cockpit's.
+        stamp = time.strftime("%H:%M:%S ", time.localtime(ts))
+        line = printable(line).rstrip("\n").replace("\n", "\n" + " " * len(stamp) + "| ")
+        self._put(stamp + line + "\n")
 
     def _put(self, text: str) -> None:
         if self.closed:

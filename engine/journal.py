@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.text import printable, printable_or_none
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(
   id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
@@ -91,6 +93,14 @@ class Experiment:
     slot: int | None = None  # the device slot it ran on
     device: str | None = None  # that slot's device ("cuda:3", "cpu:1")
 
+    def __post_init__(self) -> None:
+        # The agent wrote the description, train.py the reason (an exception's message): the raw text
+        # stays in the journal; every reader (report, status, TUI, results.tsv, the agent) gets it
+        # without terminal control sequences.
+        self.description = printable_or_none(self.description)
+        self.reason = printable_or_none(self.reason)
+        self.diff_stat = printable_or_none(self.diff_stat)
+
 
 @dataclass
 class Session:
@@ -112,6 +122,10 @@ class Session:
     origin: str | None = None  # the branch the session started from
     state: str | None = None  # the engine's state line, kept current while it runs
     pid: int | None = None  # the process running the session (its state is stale when that is gone)
+
+    def __post_init__(self) -> None:
+        self.stop_reason = printable_or_none(self.stop_reason)  # may quote the agent or train.py
+        self.state = printable_or_none(self.state)
 
 
 class Journal:
@@ -243,14 +257,14 @@ class Journal:
     def events(self, sid: int, type_: str | None = None) -> list[dict]:
         q = "SELECT type, data FROM events WHERE session_id=?" + (" AND type=?" if type_ else "") + " ORDER BY id"
         rows = self._exec(q, (sid, type_) if type_ else (sid,)).fetchall()
-        return [{"type": r[0], **json.loads(r[1])} for r in rows]
+        return [{"type": r[0], **{k: printable(v) if isinstance(v, str) else v for k, v in json.loads(r[1]).items()}} for r in rows]
 
     def add_note(self, sid: int, author: str, kind: str, text: str) -> None:
         self._exec("INSERT INTO notes(session_id, ts, author, kind, text) VALUES(?,?,?,?,?)", (sid, time.time(), author, kind, text))
 
     def notes(self, sid: int, author: str | None = None) -> list[dict]:
         q = "SELECT author, kind, text, ts FROM notes WHERE session_id=?" + (" AND author=?" if author else "") + " ORDER BY id"
-        return [dict(r) for r in self._exec(q, (sid, author) if author else (sid,)).fetchall()]
+        return [{**dict(r), "text": printable(r["text"])} for r in self._exec(q, (sid, author) if author else (sid,)).fetchall()]
 
 
 def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: str = "val_bpb") -> None:

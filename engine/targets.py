@@ -22,6 +22,7 @@ from typing import Callable
 from harness import runner
 from harness.errors import IntegrityError
 from harness.integrity import file_hash
+from harness.text import printable_or_none
 
 from .config import TargetConfig
 
@@ -42,6 +43,11 @@ class Outcome:
     holdout: float | None = None  # the metric on the holdout split (never shown to the agent)
     credit: float | None = None  # a baseline's own allowance for compilation and export (seconds)
     sandbox: bool = False  # whether the run was inside the sandbox
+
+    def __post_init__(self) -> None:
+        # A command target's reason quotes its command's output: no control sequences (harness/text.py).
+        object.__setattr__(self, "reason", printable_or_none(self.reason))
+        object.__setattr__(self, "log_tail", printable_or_none(self.log_tail))
 
 
 class GptTarget:

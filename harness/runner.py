@@ -49,6 +49,7 @@ from .errors import HarnessError
 from .integrity import file_identity, harness_files, harness_paths, verify_harness
 from .paths import HARNESS_DIR, inductor_cache
 from .profiles import Profile
+from .text import printable, printable_or_none
 
 STATUSES = ("ok", "crash", "timeout", "invalid", "cancelled")
 LOG_TAIL_LINES = 40
@@ -134,6 +135,11 @@ class RunResult:
     export_seconds: float | None = None
     credit_used: float | None = None  # the allowance taken off this run's clock
     sandbox: bool = False
+
+    def __post_init__(self) -> None:
+        # The reason may be train.py's exception message, the tail its output: shown to the human.
+        object.__setattr__(self, "reason", printable_or_none(self.reason))
+        object.__setattr__(self, "log_tail", printable_or_none(self.log_tail))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -984,4 +990,4 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(data.splitlines()[-lines:])
+    return "\n".join(printable(data).splitlines()[-lines:])  # train.py's output, for a screen

@@ -7,6 +7,8 @@ from rich.syntax import Syntax
 from textual.containers import ScrollableContainer
 from textual.widgets import Static
 
+from harness.text import printable
+
 MAX_CHARS = 20000
 
 
@@ -27,6 +29,8 @@ class DiffPane(ScrollableContainer):
         yield self.body
 
     def show(self, title: str, diff: str, tail: str = "", n: int | None = None) -> None:
+        # the title quotes the agent's description, the diff its code, the tail train.py's output
+        title, diff, tail = printable(title), printable(diff), printable(tail)
         self.border_title = title
         self.shown_n = n
         text = diff[:MAX_CHARS] + ("\n... (truncated)" if len(diff) > MAX_CHARS else "")
