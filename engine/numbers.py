@@ -127,7 +127,7 @@ class Standing:
     best_n: int | None  # the best's row (None when the best is the baselines' mean or there is none)
     base: Baseline
     gain: float | None  # the best's gain over the baseline, positive = better; None when the best is the baseline
-    measuring: bool = False  # no best under the current harness yet: its baseline is being measured
+    measuring: bool = False  # the session's best was measured by another harness version (budget): a new baseline comes first
 
     @property
     def is_baseline(self) -> bool:
@@ -148,7 +148,7 @@ def standing(rows, best_n: int | None, best_metric: float | None, harness: str |
     base = baseline(rows, harness)
     row = next((e for e in rows if e.n == best_n), None) if best_n is not None else None
     if best_metric is None or row is None or (harness is not None and row.harness not in (None, harness)):
-        return Standing(None, None, base, None, measuring=bool(rows))
+        return Standing(None, None, base, None, measuring=best_metric is not None)
     if row.kind == "baseline":
         return Standing(best_metric, None, base, None)
     g = gain(best_metric, base.mean, direction) if base.mean is not None else None
@@ -246,3 +246,28 @@ def _number(text: str) -> bool:
 
 def plural(k: int, word: str) -> str:
     return f"{k} {word}{'' if k == 1 else 's'}"
+
+
+# ---- the TUI's copy of the rows ----
+
+class Ledger:
+    """The rows the TUI has seen (the journal's copy of each, put again when it changes: a
+    result, a force-keep), for the rules above without reading the journal per result. Counts
+    are kept as rows are put, so a force-kept discard moves from one count to the other."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, object] = {}
+        self.counts: dict[str, int] = {}  # experiments that ran (or were judged), by status
+
+    def put(self, e) -> None:
+        old = self.rows.get(e.n)
+        if old is not None and old.kind == "experiment" and not never_ran(old):
+            self.counts[old.status] -= 1
+        self.rows[e.n] = e
+        if e.kind == "experiment" and not never_ran(e):
+            self.counts[e.status] = self.counts.get(e.status, 0) + 1
+
+    def standing(self, best_n: int | None, best_metric: float | None, harness: str | None, direction: str) -> Standing:
+        base = [e for e in self.rows.values() if e.kind == "baseline"]
+        best = [self.rows[best_n]] if best_n in self.rows and self.rows[best_n].kind != "baseline" else []
+        return standing(base + best, best_n, best_metric, harness, direction)
