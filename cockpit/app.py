@@ -22,7 +22,6 @@ from textual.widgets import Footer, Static
 
 from engine import events as ev
 from engine.gpu import Telemetry
-from engine.journal import duty_cycle
 from engine.numbers import Ledger, holdout_check, never_ran, plural
 from harness.runner import log_tail
 
@@ -38,9 +37,6 @@ from .widgets.table import ExperimentTable
 
 
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
-
-
-DUTY_EVERY = 10.0  # seconds between recomputations of the duty cycle shown in the run panel
 
 
 class ProgramChanged(Message):
@@ -83,7 +79,6 @@ class CockpitApp(App):
         self.running: dict[int, str] = {}  # the experiments running now -> their device
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
-        self._duty = None  # (when, the session's duty cycle): see _phases
         self._observer = None
         self._last_render = 0.0
         self.ledger = Ledger()  # the rows seen, for the header's and the plot's numbers (engine/numbers.py)
@@ -403,11 +398,9 @@ class CockpitApp(App):
         if x is None or x.training_seconds is None:
             return None
         f = lambda v: "-" if v is None else f"{v:.0f}s"  # noqa: E731
-        # the duty cycle reads every row of the session: at most every DUTY_EVERY seconds (a
-        # session of thousands of experiments made this a stall of the screen per result)
-        if self._duty is None or time.monotonic() - self._duty[0] > DUTY_EVERY:
-            self._duty = (time.monotonic(), duty_cycle(self.engine.journal.experiments(s.id)))
-        d = self._duty[1]
+        # the duty cycle of every run so far, kept as results come (engine/numbers.py: Ledger): reading
+        # every row of the journal per result was a stall with thousands, and a cached one miscounted
+        d = self.ledger.duty()
         return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
                 f"duty {100 * d.ratio:.0f}% ({plural(d.experiments, 'run')})")
 

@@ -255,17 +255,49 @@ class Ledger:
     result, a force-keep), for the rules above without reading the journal per result. Counts
     are kept as rows are put, so a force-kept discard moves from one count to the other."""
 
+    RECENT = 500  # rows kept besides the baselines and kept ones (the plot draws the newest 500)
+
     def __init__(self) -> None:
-        self.rows: dict[int, object] = {}
+        self.rows: dict[int, object] = {}  # the baselines, the kept rows and the RECENT newest others
         self.counts: dict[str, int] = {}  # experiments that ran (or were judged), by status
+        self._counted: dict[int, str] = {}  # each row's status as counted (rows are put again when they change)
+        self._timed: set[int] = set()  # the runs the duty cycle covers (engine.journal.duty_cycle's rule)
+        self._sums = {"training_seconds": 0.0, "propose_seconds": 0.0, "startup_seconds": 0.0, "eval_seconds": 0.0}
+        self._span: tuple[float, float] | None = None
+        self._slots: set[int] = set()
 
     def put(self, e) -> None:
-        old = self.rows.get(e.n)
-        if old is not None and old.kind == "experiment" and not never_ran(old):
-            self.counts[old.status] -= 1
+        old = self._counted.pop(e.n, None)
+        if old is not None:
+            self.counts[old] -= 1
         self.rows[e.n] = e
         if e.kind == "experiment" and not never_ran(e):
             self.counts[e.status] = self.counts.get(e.status, 0) + 1
+            self._counted[e.n] = e.status
+        if len(self.rows) > 2 * self.RECENT:  # memory stays flat over thousands of experiments
+            lasting = {n for n, r in self.rows.items() if r.kind == "baseline" or r.status in KEPT}
+            recent = sorted(n for n in self.rows if n not in lasting)[-self.RECENT:]
+            self.rows = {n: self.rows[n] for n in sorted([*lasting, *recent])}
+        if e.started and e.finished and e.training_seconds is not None and e.n not in self._timed:
+            self._timed.add(e.n)  # a run's times never change once it finished
+            for k in self._sums:
+                self._sums[k] += getattr(e, k) or 0.0
+            start = e.run_started or e.started
+            self._span = (start, e.finished) if self._span is None else (min(self._span[0], start),
+                                                                         max(self._span[1], e.finished))
+            if e.slot is not None:
+                self._slots.add(e.slot)
+
+    def duty(self):
+        """engine.journal.duty_cycle of the rows put so far, kept as they come (no pass over them)."""
+        from .journal import DutyCycle
+
+        if not self._timed:
+            return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
+        slots = len(self._slots) or 1
+        s = self._sums
+        return DutyCycle((self._span[1] - self._span[0]) * slots, s["training_seconds"], s["propose_seconds"],
+                         s["startup_seconds"], s["eval_seconds"], len(self._timed), slots)
 
     def standing(self, best_n: int | None, best_metric: float | None, harness: str | None, direction: str) -> Standing:
         base = [e for e in self.rows.values() if e.kind == "baseline"]
