@@ -121,7 +121,9 @@ class MetricPlot(Batched, PlotextPlot):
         p.xlim(x_lo - 0.5, x_hi + 0.5)
         ticks = integer_ticks(x_lo, x_hi, max(2, (self.size.width or 40) // 8))
         p.xticks(ticks, [str(t) for t in ticks])
-        if not small:
+        if small:  # the frame's two lines go to the data (the axes' ticks stay)
+            p.frame(False)
+        else:
             p.xlabel("#")
         self.border_subtitle = " · ".join(notes)
         self.refresh()
