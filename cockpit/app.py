@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 
 from engine import events as ev
 from engine.gpu import Telemetry
-from engine.numbers import Ledger, holdout_check, never_ran, plural
+from engine.numbers import Ledger, holdout_check, never_ran, plural, row_of
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
@@ -299,10 +299,13 @@ class CockpitApp(App):
             self._finished(e)
         elif isinstance(e, ev.BestChanged):
             self._best = (e.n, e.metric)
-            if e.forced and self.engine.session is not None:  # a past row force-kept: its new status, everywhere
-                x = self.engine.journal.experiment(self.engine.session.id, e.n)
-                if x is not None:
-                    self.ledger.put(x)
+            x = self.engine.journal.experiment(self.engine.session.id, e.n) if self.engine.session is not None else None
+            old = self.ledger.rows.get(e.n)
+            if x is None and old is None:  # fed by events alone (no journal): the row as the event says
+                x = row_of(e.n, "experiment", "forced" if e.forced else "keep", e.metric, self._harness(), e.commit)
+            elif x is None:
+                x = replace(old, status="forced") if e.forced else old
+            self.ledger.put(x)  # its row as recorded (a force-kept past row: its new status, everywhere)
             self.loss_plot.set_best(e.n, lambda: self.engine.journal.curve(self.engine.session.id, e.n))
             if e.forced:
                 self.table.upsert(e.n, status="forced")
@@ -335,11 +338,13 @@ class CockpitApp(App):
                           delta=e.delta, conf=e.confidence, description=e.description,
                           seconds=x.total_seconds if x is not None else None, memory=x.memory_gb if x is not None else None)
         self._log_result(e.n, e.kind, e.status, e.metric, e.delta, e.reason, e.description)
-        if x is not None:
-            self.ledger.put(x)
-            if x.kind == "experiment" and not never_ran(x):  # the rate counts runs, not abandoned proposals
-                hb.finished_times.append(time.monotonic())
-            self._show_numbers()
+        if x is None:  # fed by events alone (no journal): the row as the event says
+            x = row_of(e.n, e.kind, e.status, e.metric, self._harness(), e.commit, e.description,
+                       ran=not (e.status == "interrupted" and e.description == "(not run)"))
+        self.ledger.put(x)
+        if x.kind == "experiment" and not never_ran(x):  # the rate counts runs, not abandoned proposals
+            hb.finished_times.append(time.monotonic())
+        self._show_numbers()
         self.loss_plot.finish(e.n)
         if e.status == "interrupted" and e.description == "(not run)":
             return  # a proposal prepared during the last run, abandoned at the stop: no run to show
@@ -352,12 +357,16 @@ class CockpitApp(App):
         """The header's best, baseline and counts and the progress plot, from the rows seen and the
         engine's best: the same rules as `cockpit status` and the report."""
         hb, (best_n, best_metric) = self.header_bar, self._best
-        harness, direction = self.engine.harness, self.engine.target.direction
+        harness, direction = self._harness(), self.engine.target.direction
         hb.standing = self.ledger.standing(best_n, best_metric, harness, direction)
         hb.counts = self.ledger.counts
         self.table.set_best(hb.standing.best_n)  # a baseline row is never marked the best: the best is their mean
         self.plot.show(self.ledger.rows.values(), harness, best_n, best_metric)  # read at the frame's redraw
         hb.refresh_text()
+
+    def _harness(self) -> str | None:
+        """The version the engine measures with now: only rows of it are compared."""
+        return getattr(self.engine, "harness", None)
 
     def _holdout(self, best_n: int | None) -> None:
         """The best code's gain on the holdout beside its gain on validation (from the journal: the
@@ -367,7 +376,7 @@ class CockpitApp(App):
             return
         hb = self.header_bar
         hb.holdout = holdout_check(self.engine.journal.experiments(s.id), best_n, self.engine.target.direction,
-                                   self.engine.harness)
+                                   self._harness())
         if hb.holdout.carried is False and not getattr(self, "_holdout_warned", False):
             self._holdout_warned = True
             self.reasoning.line(f"warning: {hb.holdout.line(self.engine.target.metric_name)}", "bold yellow")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 
 KEPT = ("keep", "forced")
@@ -303,3 +304,18 @@ class Ledger:
         base = [e for e in self.rows.values() if e.kind == "baseline"]
         best = [self.rows[best_n]] if best_n in self.rows and self.rows[best_n].kind != "baseline" else []
         return standing(base + best, best_n, best_metric, harness, direction)
+
+
+def row_of(n: int, kind: str, status: str, metric: float | None, harness: str | None, commit: str = "",
+           description: str = "", ran: bool = True):
+    """A row from an event alone, for a UI fed by events without a journal (the screenshots, the
+    UI benchmark): what the rules above read, the rest empty."""
+    from .journal import Experiment
+
+    now = time.time()
+    commit = None if kind == "baseline" else commit  # one group of baselines (the engine runs them on one commit)
+    return Experiment(id=0, session_id=0, n=n, kind=kind, parent_commit=None, commit_sha=commit or None, diff_stat=None,
+                      description=description, status=status, reason=None, metric=metric, delta=None, confidence=None,
+                      training_seconds=None, total_seconds=None, memory_gb=None, tokens_in=0, tokens_out=0, cache_write=0,
+                      cache_read=0, cost_usd=0.0, started=now, finished=now, log_path=None,
+                      run_started=now if ran else None, harness=harness)

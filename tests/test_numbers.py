@@ -78,9 +78,11 @@ def test_the_running_best_is_the_engines_best_after_each_row(rows, best, want):
     (3, 0.990, "h1", "0.015000 better"),
     (4, 1.020, "h1", "0.015000 worse"),
     (3, 0.990, "h2", "measuring"),  # measured by another version: not compared
+    (5, 1.005, "h1", "baseline"),  # the engine's best_n names the last baseline run, here one that crashed
 ])
 def test_the_standing_names_the_best_and_its_gain_in_words(best_n, best, harness, text):
-    rows = [B1, B2, row(3, status="keep", metric=0.990), row(4, status="forced", metric=1.020)]
+    rows = [B1, B2, row(3, status="keep", metric=0.990), row(4, status="forced", metric=1.020),
+            row(5, "baseline", "crash")]
     st = numbers.standing(rows, best_n, best, harness)
     if text == "baseline":
         assert st.is_baseline and st.best_n is None and st.base.runs == 2
