@@ -116,7 +116,8 @@ def running_best(rows, direction: str = "min", harness: str | None = None,
         by_n = {e.n: e for e in rows}
         row = by_n.get(best[0])
         if row is not None and not math.isclose(out[-1][1], best[1], rel_tol=0, abs_tol=1e-12):
-            out.append((max(out[-1][0], rows[-1].n), best[1]))
+            last = max((e.n for e in rows if e.run_started is not None or measured(e)), default=out[-1][0])
+            out.append((max(out[-1][0], last), best[1]))
     return out
 
 

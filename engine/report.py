@@ -196,7 +196,7 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
         if s.best:
             xs = [n for n, _ in s.best]
             ys = [v for _, v in s.best]
-            last_n = max(all_n) if all_n else xs[-1]
+            last_n = max(all_n + [xs[-1]])
             ax.step(xs + [last_n], ys + [ys[-1]], where="post", color="#2ca02c", linewidth=1.8, zorder=4)
         base_rows = [e for e in s.kept if e.kind == "baseline"]
         keep_rows = [e for e in s.kept if e.kind != "baseline" and e.status == "keep"]
