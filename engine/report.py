@@ -412,7 +412,7 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
         L += [f"| # | commit | {m} | delta | confidence | holdout | description |", "|---:|---|---:|---:|---:|---:|---|"]
         for e in kept:
             conf = "-" if e.confidence is None else f"{e.confidence:.1f}σ"
-            forced = " *(forced)*" if e.status == "forced" else ""
+            forced = (" *(forced)*" if e.status == "forced" else "") + ("" if e.n in shown else " (another budget or harness)")
             L.append(f"| {e.n} | `{(e.commit_sha or '')[:7]}` | {_f(e.metric)} | {_f(e.delta, '+.6f')} | {conf} | "
                      f"{_f(e.holdout)} | {_cell(e.description)}{forced} |")
     else:
