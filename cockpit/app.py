@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 
 from engine import events as ev
 from engine.gpu import Telemetry
-from engine.journal import duty_cycle
+from engine.numbers import Ledger, holdout_check, never_ran, plural, row_of
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
@@ -37,9 +37,6 @@ from .widgets.table import ExperimentTable
 
 
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
-
-
-DUTY_EVERY = 10.0  # seconds between recomputations of the duty cycle shown in the run panel
 
 
 class ProgramChanged(Message):
@@ -82,10 +79,10 @@ class CockpitApp(App):
         self.running: dict[int, str] = {}  # the experiments running now -> their device
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
-        self._duty = None  # (when, the session's duty cycle): see _phases
         self._observer = None
         self._last_render = 0.0
-        self._baselines: list[float] = []
+        self.ledger = Ledger()  # the rows seen, for the header's and the plot's numbers (engine/numbers.py)
+        self._best: tuple[int | None, float | None] = (None, None)  # the engine's best (BestChanged), its row and value
         self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
         self.live_diff: ev.DiffUpdated | None = None
         self.diffs: dict[int, str] = {}  # the latest experiments' diffs against their best (bounded)
@@ -266,7 +263,6 @@ class CockpitApp(App):
         hb = self.header_bar
         if isinstance(e, ev.SessionStarted):
             hb.tag = e.tag
-            hb.best = e.best_metric
             self._load_history(e.session_id)
         elif isinstance(e, ev.AgentThinking):
             self.reasoning.delta("thinking", e.text)
@@ -302,12 +298,18 @@ class CockpitApp(App):
         elif isinstance(e, ev.ExperimentFinished):
             self._finished(e)
         elif isinstance(e, ev.BestChanged):
-            hb.best = e.metric
-            self._set_best_row(e.n)
-            self.table.set_best(e.n)
+            self._best = (e.n, e.metric)
+            x = self.engine.journal.experiment(self.engine.session.id, e.n) if self.engine.session is not None else None
+            old = self.ledger.rows.get(e.n)
+            if x is None and old is None:  # fed by events alone (no journal): the row as the event says
+                x = row_of(e.n, "experiment", "forced" if e.forced else "keep", e.metric, self._harness(), e.commit)
+            elif x is None:
+                x = replace(old, status="forced") if e.forced else old
+            self.ledger.put(x)  # its row as recorded (a force-kept past row: its new status, everywhere)
             self.loss_plot.set_best(e.n, lambda: self.engine.journal.curve(self.engine.session.id, e.n))
             if e.forced:
                 self.table.upsert(e.n, status="forced")
+            self._show_numbers()
             self._holdout(e.n)
         elif isinstance(e, ev.Notice):
             self.reasoning.line(e.text, "bold")
@@ -336,43 +338,45 @@ class CockpitApp(App):
                           delta=e.delta, conf=e.confidence, description=e.description,
                           seconds=x.total_seconds if x is not None else None, memory=x.memory_gb if x is not None else None)
         self._log_result(e.n, e.kind, e.status, e.metric, e.delta, e.reason, e.description)
-        if e.kind == "baseline":
-            if e.metric is not None:
-                self._baselines.append(e.metric)
-                hb.baseline = sum(self._baselines) / len(self._baselines)
-        else:
-            hb.counts[e.status] = hb.counts.get(e.status, 0) + 1
+        if x is None:  # fed by events alone (no journal): the row as the event says
+            x = row_of(e.n, e.kind, e.status, e.metric, self._harness(), e.commit, e.description,
+                       ran=not (e.status == "interrupted" and e.description == "(not run)"))
+        self.ledger.put(x)
+        if x.kind == "experiment" and not never_ran(x):  # the rate counts runs, not abandoned proposals
             hb.finished_times.append(time.monotonic())
-        if e.metric is not None:
-            self.plot.add(e.metric, e.best_metric, e.n, self._shown_status(e.kind, e.status))
-        elif e.status in ("crash", "timeout", "invalid"):
-            self.plot.add(None, e.best_metric, e.n, e.status)
+        self._show_numbers()
         self.loss_plot.finish(e.n)
-        hb.best = e.best_metric if e.best_metric is not None else hb.best
         if e.status == "interrupted" and e.description == "(not run)":
             return  # a proposal prepared during the last run, abandoned at the stop: no run to show
         self.run_panel.done(e.n, f"#{e.n} {e.status}" + (f" {e.metric:.6f}" if e.metric is not None else "") + (f" — {e.reason}" if e.reason else ""),
                             self._phases(e.n))
         hb.cost = self.engine.journal.total_cost(self.engine.session.id) if self.engine.session else hb.cost
 
-    def _set_best_row(self, n: int | None) -> None:
-        """The header names the best's row; a baseline row means the best is the baselines' mean."""
-        hb = self.header_bar
-        hb.best_n = n
-        row = self.engine.journal.experiment(self.engine.session.id, n) if (n is not None and self.engine.session) else None
-        hb.best_is_baseline = row is not None and row.kind == "baseline"
-        hb.n_baselines = len(self._baselines)
+    # ---- the numbers: the header and the progress plot, by engine/numbers.py's rules ----
+    def _show_numbers(self) -> None:
+        """The header's best, baseline and counts and the progress plot, from the rows seen and the
+        engine's best: the same rules as `cockpit status` and the report."""
+        hb, (best_n, best_metric) = self.header_bar, self._best
+        harness, direction = self._harness(), self.engine.target.direction
+        hb.standing = self.ledger.standing(best_n, best_metric, harness, direction)
+        hb.counts = self.ledger.counts
+        self.table.set_best(hb.standing.best_n)  # a baseline row is never marked the best: the best is their mean
+        self.plot.show(self.ledger.rows.values(), harness, best_n, best_metric)  # read at the frame's redraw
+        hb.refresh_text()
+
+    def _harness(self) -> str | None:
+        """The version the engine measures with now: only rows of it are compared."""
+        return getattr(self.engine, "harness", None)
 
     def _holdout(self, best_n: int | None) -> None:
         """The best code's gain on the holdout beside its gain on validation (from the journal: the
         holdout is never in what the agent sees)."""
-        from engine.report import holdout_check
-
         s = self.engine.session
         if s is None:
             return
         hb = self.header_bar
-        hb.holdout = holdout_check(self.engine.journal.experiments(s.id), best_n, self.engine.target.direction)
+        hb.holdout = holdout_check(self.engine.journal.experiments(s.id), best_n, self.engine.target.direction,
+                                   self._harness())
         if hb.holdout.carried is False and not getattr(self, "_holdout_warned", False):
             self._holdout_warned = True
             self.reasoning.line(f"warning: {hb.holdout.line(self.engine.target.metric_name)}", "bold yellow")
@@ -403,13 +407,11 @@ class CockpitApp(App):
         if x is None or x.training_seconds is None:
             return None
         f = lambda v: "-" if v is None else f"{v:.0f}s"  # noqa: E731
-        # the duty cycle reads every row of the session: at most every DUTY_EVERY seconds (a
-        # session of thousands of experiments made this a stall of the screen per result)
-        if self._duty is None or time.monotonic() - self._duty[0] > DUTY_EVERY:
-            self._duty = (time.monotonic(), duty_cycle(self.engine.journal.experiments(s.id)))
-        d = self._duty[1]
+        # the duty cycle of every run so far, kept as results come (engine/numbers.py: Ledger): reading
+        # every row of the journal per result was a stall with thousands, and a cached one miscounted
+        d = self.ledger.duty()
         return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
-                f"duty {100 * d.ratio:.0f}% ({d.experiments} runs)")
+                f"duty {100 * d.ratio:.0f}% ({plural(d.experiments, 'run')})")
 
     def _load_history(self, sid: int) -> None:
         """On resume, the table starts with what the journal already holds."""
@@ -425,14 +427,9 @@ class CockpitApp(App):
             self.table.upsert(x.n, commit=x.commit_sha or "", status=self._shown_status(x.kind, x.status), metric=x.metric,
                               delta=x.delta, conf=x.confidence, description=x.description or "", seconds=x.total_seconds,
                               memory=x.memory_gb)
-            if x.kind == "experiment":
-                self.header_bar.counts[x.status] = self.header_bar.counts.get(x.status, 0) + 1
-            elif x.metric is not None:
-                self._baselines.append(x.metric)
-                self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
-            if x.metric is not None or x.status in ("crash", "timeout", "invalid"):
-                self.plot.add(x.metric, s.best_metric, x.n, self._shown_status(x.kind, x.status))
-        self._set_best_row(s.best_n)
+            self.ledger.put(x)
+        self._best = (s.best_n, s.best_metric)
+        self._show_numbers()
         self._holdout(s.best_n)
         self.loss_plot.set_best(s.best_n, lambda: self.engine.journal.curve(sid, s.best_n))
 

@@ -501,6 +501,7 @@ def session_state(s) -> str:
 
 
 def cmd_status(args) -> int:
+    from engine import numbers
     from engine.journal import Journal, duty_cycle
     from engine.workspace import open_workspace
 
@@ -514,22 +515,34 @@ def cmd_status(args) -> int:
     exps = j.experiments(s.id)
     counts: dict[str, int] = {}
     for e in exps:
-        if e.kind == "experiment":
+        if e.kind == "experiment" and not numbers.never_ran(e):
             counts[e.status] = counts.get(e.status, 0) + 1
-    base = [e.metric for e in exps if e.kind == "baseline" and e.metric is not None]
-    m = ws.config.target.metric
+    unrun = sum(1 for e in exps if e.kind == "experiment" and numbers.never_ran(e))
+    m, direction = ws.config.target.metric, ws.config.target.direction
+    st = numbers.standing(exps, s.best_n, s.best_metric, s.harness, direction)
     print(f"session {s.tag}  branch {s.branch}  agent {s.agent}  status {s.status}" + (f" ({s.stop_reason})" if s.stop_reason else ""))
     print(f"state: {session_state(s)}")
-    if s.best_metric is not None:
-        gain = f"  ({s.best_metric - sum(base) / len(base):+.6f} vs baseline)" if base else ""
-        print(f"best {m} {s.best_metric:.6f} at {(s.best_commit or '')[:7]} (#{s.best_n}){gain}  noise {s.noise or 0:.6f}")
+    noise = f"  noise {s.noise or 0:.6f}"
+    if st.is_baseline:
+        print(f"best {m} {st.best:.6f}: the baseline (mean of {st.base.runs} runs), nothing kept over it yet{noise}")
+    elif st.best is not None:
+        gain = f"  ({numbers.versus(st.gain)} than the baseline {st.base.mean:.6f})" if st.gain is not None else ""
+        print(f"best {m} {st.best:.6f} at {(s.best_commit or '')[:7]} (#{st.best_n}){gain}{noise}")
+    elif st.measuring and s.best_metric is not None:
+        print(f"best {m} -: measuring a new baseline (the budget or the harness changed; earlier results are not compared)")
+    hc = numbers.holdout_check(exps, st.best_n, direction, s.harness)
+    if hc.line(m) and not st.is_baseline:
+        print(("warning: " if hc.carried is False else "") + hc.line(m))
     print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
-          + f"  cost ${j.total_cost(s.id):.2f}")
+          + (f" (+{unrun} never ran)" if unrun else "") + f"  cost ${j.total_cost(s.id):.2f}")
     print(duty_cycle(exps).summary())
-    for e in exps[-15:]:
+    shown = {e.n for e in numbers.comparable(exps, s.harness)}
+    for e in [e for e in exps if not numbers.never_ran(e)][-15:]:
         val = f"{e.metric:.6f}" if e.metric is not None else "-"
         delta = f"{e.delta:+.6f}" if e.delta is not None else ""
-        print(f"  #{e.n:<4} {(e.commit_sha or '')[:7]:7} {e.status:11} {val:>9} {delta:>10}  {e.description or ''}")
+        mark = "*" if st.best_n is not None and e.n == st.best_n else " "  # the best's row; never a baseline's
+        other = "  (another budget or harness)" if e.n not in shown else ""
+        print(f" {mark}#{e.n:<4} {(e.commit_sha or '')[:7]:7} {e.status:11} {val:>9} {delta:>10}  {e.description or ''}{other}")
     return 0
 
 

@@ -194,3 +194,18 @@ class Control:
         with self._cv:
             while self._paused and self._stop is None:
                 self._cv.wait(1.0)
+
+
+def pending_requests(control: Control, runs: int) -> list[str]:
+    """The human's requests not carried out yet, as the state line says them (the TUI's, and the
+    journal's for `cockpit status`): a force-keep, a stop or a pause after the runs in flight."""
+    parts = [f"force-keep pending for {'the running experiment' if n is None else f'#{n}'}"
+             for n in control.force_pending()]
+    after = "the runs" if runs > 1 else "this run"
+    if control.stop_mode == "after_run":
+        parts.append(f"stopping after {after}")
+    elif control.stop_mode == "now":
+        parts.append("stopping now")
+    elif control.paused and runs:
+        parts.append(f"pausing after {after}")
+    return parts

@@ -13,6 +13,7 @@ import traceback
 from . import events as ev
 from .git import GitError
 from .journal import KEPT
+from .numbers import remeasure_reason
 
 
 class _Stop(Exception):
@@ -141,10 +142,11 @@ class HumanWork:
             self.journal.update_session(s.id, harness=self.harness)
             self.journal.set_harness(s.id, self.harness)
             return
-        self.journal.update_session(s.id, harness=self.harness, noise=None)
-        self.journal.add_note(s.id, "human", "harness", f"the harness changed ({s.harness} -> {self.harness}): results "
+        why = remeasure_reason(s.target, getattr(self.target, "label", None))  # "budget changed 60 s -> 30 s"
+        self.journal.update_session(s.id, harness=self.harness, noise=None, target=getattr(self.target, "label", s.target))
+        self.journal.add_note(s.id, "human", "harness", f"{why} ({s.harness} -> {self.harness}): results "
                               "before this point were measured by the old one; the best code is measured again")
-        self.emit(ev.Notice(text=f"the harness changed since this session's baseline ({s.harness} -> {self.harness}): "
+        self.emit(ev.Notice(text=f"{why} since this session's baseline ({s.harness} -> {self.harness}): "
                                  "measuring a new baseline of the best code; earlier results are not compared with new ones"))
 
     def _sync_human_files(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -268,14 +269,21 @@ class Journal:
 
 
 def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: str = "val_bpb") -> None:
-    """The anchor's 5-column format: commit, metric, memory_gb, status, description."""
+    """The anchor's 5-column format: commit, metric, memory_gb, status, description. A row without
+    a measurement (crash, timeout, invalid, vetoed, interrupted) has empty metric and memory cells,
+    never 0 (a script that sorts the lower-is-better column would take it for the best); a
+    proposal that never ran is no row at all (engine/numbers.py: never_ran)."""
+    from .numbers import never_ran
+
     lines = [f"commit\t{metric_name}\tmemory_gb\tstatus\tdescription"]
     for e in experiments:
-        if e.status not in FINAL:
+        if e.status not in FINAL or never_ran(e):
             continue
         desc = (e.description or "").replace("\t", " ").replace("\n", " ")
         commit = (e.commit_sha or e.parent_commit or "")[:7]
-        lines.append(f"{commit}\t{e.metric or 0.0:.6f}\t{e.memory_gb or 0.0:.1f}\t{e.status}\t{desc}")
+        metric = f"{e.metric:.6f}" if e.metric is not None and math.isfinite(e.metric) else ""
+        memory = f"{e.memory_gb:.1f}" if e.memory_gb is not None else ""
+        lines.append(f"{commit}\t{metric}\t{memory}\t{e.status}\t{desc}")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)

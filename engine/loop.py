@@ -33,7 +33,7 @@ from harness.errors import HarnessError
 
 from . import events as ev
 from .agents.base import AgentFatal
-from .control import Control
+from .control import Control, pending_requests
 from .git import GitError
 from .human import HumanWork, _Stop
 from .journal import KEPT, Journal, Session
@@ -107,14 +107,21 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         """The one line that says what the session is doing; journaled (for `cockpit status`)
         and emitted, only when it changes."""
         with self._emit_lock:
+            # the journal's line also names the human's pending requests (`cockpit status` has no
+            # other way to see them; the TUI adds them itself)
+            runs = sum(1 for sl in self.slots if sl.run is not None)
+            journaled = " · ".join([text, *pending_requests(self.control, runs)]) if not text.startswith("stopped") else text
+            if text == getattr(self, "_state", None) and phase is None and journaled == getattr(self, "_journaled", None):
+                return
+            if self.session is not None and journaled != getattr(self, "_journaled", None):
+                try:
+                    self.journal.update_session(self.session.id, state=journaled, pid=os.getpid())
+                    self._journaled = journaled
+                except Exception:  # the state line is a display: never a reason to stop
+                    traceback.print_exc()
             if text == getattr(self, "_state", None) and phase is None:
                 return
             self._state = text
-            if self.session is not None:
-                try:
-                    self.journal.update_session(self.session.id, state=text, pid=os.getpid())
-                except Exception:  # the state line is a display: never a reason to stop
-                    traceback.print_exc()
             self.emit(ev.StateChanged(text=text, n=n, phase=phase))
 
     def show_state(self, n: int | None = None, phase: str | None = None) -> None:

@@ -19,8 +19,10 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 from . import config as configmod
+from . import numbers
 from .git import GitRepo
 from .journal import FINAL, KEPT, Experiment, Journal, Session
+from .numbers import HoldoutCheck, holdout_check, measured, never_ran, versus  # noqa: F401  (HoldoutCheck: re-exported)
 from .workspace import Workspace
 
 FAILED = ("crash", "timeout", "invalid")
@@ -31,37 +33,23 @@ MAX_LABELS = 30  # more descriptions than this on one chart is ink, not informat
 # ---- data preparation (pure; unit-tested) ----
 
 def _is_kept(e: Experiment) -> bool:
-    return e.status in KEPT and e.metric is not None and math.isfinite(e.metric)
+    return e.status in KEPT and measured(e)
 
 
 def _measured(e: Experiment) -> bool:
-    return e.metric is not None and math.isfinite(e.metric)
+    return measured(e)
 
 
-def baseline_mean(experiments: list[Experiment]) -> float | None:
-    """The mean of the successful baseline runs (the unchanged code), as the engine computes it."""
-    vals = [e.metric for e in experiments if e.kind == "baseline" and _is_kept(e)]
-    return sum(vals) / len(vals) if vals else None
+def baseline_mean(experiments: list[Experiment], harness: str | None = None) -> float | None:
+    """The mean of the latest group of successful baseline runs (the unchanged code), as the engine computes it."""
+    return numbers.baseline(experiments, harness).mean
 
 
-def running_best(experiments: list[Experiment], direction: str = "min") -> list[tuple[int, float]]:
-    """(n, best measured up to n) at each kept row: a line that only ever improves.
-
-    It starts at the baselines' mean (the engine's starting best: every baseline row carries the
-    mean, not a running mean that would wander); each keep then improves it. A force-kept
-    experiment worse than the best moves the branch but not this line: it is drawn as its own
-    marker."""
-    base = baseline_mean(experiments)
-    better = min if direction == "min" else max
-    out: list[tuple[int, float]] = []
-    best: float | None = None
-    for e in sorted(experiments, key=lambda x: x.n):
-        if not _is_kept(e):
-            continue
-        v = base if e.kind == "baseline" else e.metric
-        best = v if best is None else better(best, v)
-        out.append((e.n, best))
-    return out
+def running_best(experiments: list[Experiment], direction: str = "min", harness: str | None = None,
+                 best: tuple[int | None, float | None] | None = None) -> list[tuple[int, float]]:
+    """The engine's best after each row that moved it (engine/numbers.py: one definition for
+    every surface)."""
+    return numbers.running_best(experiments, direction, harness, best)
 
 
 @dataclass
@@ -71,11 +59,17 @@ class ProgressSeries:
     other: list[Experiment] = field(default_factory=list)  # finished, measured, not kept (discard, vetoed, ...)
     failed: list[Experiment] = field(default_factory=list)  # crash / timeout / invalid: no metric
     baseline: float | None = None
+    hidden: int = 0  # measured rows of another harness version (budget, data): never drawn beside these
 
 
-def progress_series(experiments: list[Experiment], direction: str = "min") -> ProgressSeries:
-    s = ProgressSeries(best=running_best(experiments, direction), baseline=baseline_mean(experiments))
-    for e in sorted(experiments, key=lambda x: x.n):
+def progress_series(experiments: list[Experiment], direction: str = "min", harness: str | None = None,
+                    best: tuple[int | None, float | None] | None = None) -> ProgressSeries:
+    """What the charts draw (the report's and the TUI's): the rows of the current harness only."""
+    rows = numbers.comparable(experiments, harness)
+    shown = {e.n for e in rows}
+    s = ProgressSeries(best=running_best(rows, direction, harness, best), baseline=baseline_mean(rows, harness),
+                       hidden=sum(1 for e in experiments if e.n not in shown and (measured(e) or e.status in FAILED)))
+    for e in rows:
         if _is_kept(e):
             s.kept.append(e)
         elif e.status in FAILED:
@@ -202,7 +196,7 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
         if s.best:
             xs = [n for n, _ in s.best]
             ys = [v for _, v in s.best]
-            last_n = max(all_n) if all_n else xs[-1]
+            last_n = max(all_n + [xs[-1]])
             ax.step(xs + [last_n], ys + [ys[-1]], where="post", color="#2ca02c", linewidth=1.8, zorder=4)
         base_rows = [e for e in s.kept if e.kind == "baseline"]
         keep_rows = [e for e in s.kept if e.kind != "baseline" and e.status == "keep"]
@@ -225,6 +219,9 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
                             rotation=28 if up else -28, rotation_mode="anchor", va="bottom" if up else "top",
                             fontsize=7, color="#1a5e1a" if e.status == "keep" else "#a85200", parse_math=False,
                             annotation_clip=True, clip_on=True, zorder=6)
+        if s.hidden:
+            ax.text(0.005, 0.995, f"{s.hidden} results under another budget or harness version: not shown",
+                    transform=ax.transAxes, ha="left", va="top", fontsize=7, color="grey", parse_math=False)
         n_steps = len(keep_rows) + len(forced_rows)
         if len(labelled) < n_steps:
             ax.text(0.995, 0.005, f"labels: the {len(labelled)} largest of {n_steps} steps", transform=ax.transAxes,
@@ -251,66 +248,25 @@ def render_progress(path: Path, s: ProgressSeries, title: str, metric_name: str 
 
 # ---- the numbers ----
 
-CARRY_SHARE = 0.5  # a validation gain "carries over" when the holdout gains at least half as much
-
-
-@dataclass(frozen=True)
-class HoldoutCheck:
-    """The best code's gain over the baseline on validation (what the agent optimises) and on the
-    holdout (what it never sees), both positive when better. A validation gain that the holdout
-    does not follow (under CARRY_SHARE of it) is the sign of overfitting to the validation set."""
-
-    val_gain: float | None
-    holdout_gain: float | None
-
-    @property
-    def carried(self) -> bool | None:
-        """None when there is nothing to judge (no gain, or no holdout figures)."""
-        if self.val_gain is None or self.holdout_gain is None or self.val_gain <= 0:
-            return None
-        return self.holdout_gain >= CARRY_SHARE * self.val_gain
-
-    def line(self, metric: str) -> str | None:
-        if self.val_gain is None or self.holdout_gain is None:
-            return None
-        text = f"gain on validation {self.val_gain:+.6f}, on the holdout {self.holdout_gain:+.6f}"
-        if self.carried is False:
-            text += (f": the validation gains do not carry over to the holdout (under {CARRY_SHARE:.0%} of them): "
-                     f"the session may be overfitting the validation set")
-        return text
-
-
-def holdout_check(experiments: list[Experiment], best_n: int | None, direction: str = "min") -> HoldoutCheck:
-    sign = 1.0 if direction == "min" else -1.0
-    base = [e for e in experiments if e.kind == "baseline" and _is_kept(e) and e.holdout is not None]
-    best = next((e for e in experiments if e.n == best_n), None)
-    if not base or best is None:
-        return HoldoutCheck(None, None)
-    val0 = sum(e.metric for e in base) / len(base)
-    hold0 = sum(e.holdout for e in base) / len(base)
-    if best.kind == "baseline":
-        return HoldoutCheck(0.0, 0.0)
-    if best.metric is None or best.holdout is None:
-        return HoldoutCheck(None, None)
-    return HoldoutCheck(sign * (val0 - best.metric), sign * (hold0 - best.holdout))
-
-
 @dataclass
 class Summary:
     session: Session
     metric_name: str
     direction: str
     experiments: list[Experiment]
-    counts: dict[str, int]  # kind='experiment' rows by status
-    n_baselines: int
-    baseline: float | None
-    best: float | None
+    counts: dict[str, int]  # kind='experiment' rows that ran (or were judged), by status
+    n_baselines: int  # baseline runs of the current harness
+    baseline: float | None  # the baselines' mean (engine/numbers.py: baseline)
+    best: float | None  # the session's best under the current harness
     improvement: float | None  # positive = better than the baseline, in metric units
     improvement_pct: float | None
     first: float | None
     last: float | None
     cost: float
     tokens: dict[str, int]
+    never_ran: int = 0  # proposals the session stopped (or the human vetoed) before they ran
+    standing: numbers.Standing | None = None
+    hidden: int = 0  # experiments measured by another harness version (budget, data): not compared
 
     @property
     def hours(self) -> float | None:
@@ -331,22 +287,27 @@ class Summary:
 def summarize(session: Session, experiments: list[Experiment], metric_name: str, direction: str) -> Summary:
     counts: dict[str, int] = {}
     for e in experiments:
-        if e.kind == "experiment":
+        if e.kind == "experiment" and not never_ran(e):
             counts[e.status] = counts.get(e.status, 0) + 1
-    base = baseline_mean(experiments)
-    best = session.best_metric
+    harness = session.harness
+    st = numbers.standing(experiments, session.best_n, session.best_metric, harness, direction)
+    base, best = st.base.mean, st.best
     imp = pct = None
     if base is not None and best is not None:
-        imp = (base - best) if direction == "min" else (best - base)
+        imp = numbers.gain(best, base, direction)
         pct = 100 * imp / abs(base) if base else None
-    starts = [e.started for e in experiments if e.started]
-    ends = [e.finished for e in experiments if e.finished]
+    ran = [e for e in experiments if not never_ran(e)]
+    starts = [e.started for e in ran if e.started]
+    ends = [e.finished for e in ran if e.finished]
     first = min(starts) if starts else session.created
     last = max(ends + starts) if (ends or starts) else session.updated
     tokens = {k: sum(getattr(e, k) or 0 for e in experiments) for k in ("tokens_in", "tokens_out", "cache_read", "cache_write")}
+    shown = {e.n for e in numbers.comparable(experiments, harness)}
     return Summary(session, metric_name, direction, experiments, counts,
-                   sum(1 for e in experiments if e.kind == "baseline"), base, best, imp, pct, first, last,
-                   sum(e.cost_usd or 0.0 for e in experiments), tokens)
+                   sum(1 for e in experiments if e.kind == "baseline" and e.n in shown), base, best, imp, pct, first, last,
+                   sum(e.cost_usd or 0.0 for e in experiments), tokens,
+                   never_ran=sum(1 for e in experiments if e.kind == "experiment" and never_ran(e)), standing=st,
+                   hidden=sum(1 for e in experiments if e.n not in shown and measured(e)))
 
 
 def _when(ts: float | None) -> str:
@@ -378,9 +339,14 @@ def title_for(sm: Summary) -> str:
     if sm.best is not None:
         t += f"  |  best {sm.metric_name} {sm.best:.6f}"
     if sm.improvement is not None:
-        t += f"  ({sm.improvement:+.6f}" + (f", {sm.improvement_pct:+.2f}%" if sm.improvement_pct is not None else "") \
-             + f" vs baseline {sm.baseline:.6f})"
+        t += f"  ({_versus_baseline(sm)} {sm.baseline:.6f})"
     return t
+
+
+def _versus_baseline(sm: Summary) -> str:
+    """"0.016000 better (1.60%) than the baseline": the one convention (engine/numbers.py: versus)."""
+    pct = f" ({abs(sm.improvement_pct):.2f}%)" if sm.improvement_pct is not None and sm.improvement else ""
+    return f"{versus(sm.improvement)}{pct} than the baseline"
 
 
 def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
@@ -397,7 +363,9 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
         f"| started | {_when(sm.first)} |",
         f"| last activity | {_when(sm.last)} |",
         f"| duration | {_duration(sm.hours)} |",
-        f"| experiments | {sm.finished_experiments} finished (+{sm.n_baselines} baseline runs) |",
+        f"| experiments | {sm.finished_experiments} finished (+{sm.n_baselines} baseline runs"
+        + (f"; {sm.never_ran} more never ran: the session stopped, or the human vetoed them, first" if sm.never_ran else "")
+        + (f"; {sm.hidden} measured under another budget or harness version, not compared" if sm.hidden else "") + ") |",
         f"| experiments per hour | {_f(sm.per_hour, '.1f')} |",
         f"| cost | ${sm.cost:.2f} |",
         f"| tokens | {sm.tokens['tokens_in']:,} in, {sm.tokens['tokens_out']:,} out, "
@@ -405,23 +373,28 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
         "",
         "## Result", "",
     ]
-    L.append(f"- baseline {m}: **{_f(sm.baseline)}** (mean of {sum(1 for e in sm.experiments if e.kind == 'baseline' and _is_kept(e))} "
-             f"baseline runs), noise {_f(s.noise)}")
-    if sm.best is not None:
+    st = sm.standing
+    L.append(f"- baseline {m}: **{_f(sm.baseline)}** (mean of {st.base.runs} baseline runs), noise {_f(s.noise)}")
+    if sm.best is not None and st.is_baseline:
+        L.append(f"- best {m}: **{sm.best:.6f}**, the baseline (nothing kept over it yet)")
+    elif sm.best is not None:
         L.append(f"- best {m}: **{sm.best:.6f}** at `{(s.best_commit or '')[:7]}` (#{s.best_n})")
+    elif st.measuring and s.best_metric is not None:
+        L.append(f"- best {m}: - (a new baseline is measured under the current budget and harness; earlier results "
+                 "are not compared)")
     else:
         L.append(f"- best {m}: - (no measured result yet)")
-    kept_exp = [e for e in sm.experiments if e.kind == "experiment" and _is_kept(e)]
-    if kept_exp:
+    shown = {e.n for e in numbers.comparable(sm.experiments, s.harness)}
+    kept_exp = [e for e in sm.experiments if e.kind == "experiment" and _is_kept(e) and e.n in shown]
+    if kept_exp and sm.best is not None:
         top = (min if sm.direction == "min" else max)(kept_exp, key=lambda e: e.metric)
-        if top.metric != sm.best:  # a force-keep moved the branch away from the best measured
+        if top.metric != sm.best and numbers.gain(top.metric, sm.best, sm.direction) > 0:
             L.append(f"- best kept measurement: {top.metric:.6f} at `{(top.commit_sha or '')[:7]}` (#{top.n}); "
                      "the branch moved on from it by a force-keep")
-    if sm.improvement is not None:
-        pct = f" ({sm.improvement_pct:+.2f}%)" if sm.improvement_pct is not None else ""
-        L.append(f"- improvement vs baseline: **{sm.improvement:+.6f}**{pct}"
-                 + (f", {sm.improvement / s.noise:.1f}x the noise" if s.noise else ""))
-    hc = holdout_check(sm.experiments, s.best_n, sm.direction)
+    if sm.improvement is not None and not st.is_baseline:
+        L.append(f"- vs baseline: **{_versus_baseline(sm)}**"
+                 + (f", {abs(sm.improvement) / s.noise:.1f}x the noise" if s.noise else ""))
+    hc = holdout_check(sm.experiments, s.best_n, sm.direction, s.harness)
     if hc.line(m):
         L.append(f"- holdout (a split the agent never sees): {hc.line(m)}"
                  + (" **(check this)**" if hc.carried is False else ""))
@@ -439,7 +412,7 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
         L += [f"| # | commit | {m} | delta | confidence | holdout | description |", "|---:|---|---:|---:|---:|---:|---|"]
         for e in kept:
             conf = "-" if e.confidence is None else f"{e.confidence:.1f}σ"
-            forced = " *(forced)*" if e.status == "forced" else ""
+            forced = (" *(forced)*" if e.status == "forced" else "") + ("" if e.n in shown else " (another budget or harness)")
             L.append(f"| {e.n} | `{(e.commit_sha or '')[:7]}` | {_f(e.metric)} | {_f(e.delta, '+.6f')} | {conf} | "
                      f"{_f(e.holdout)} | {_cell(e.description)}{forced} |")
     else:
@@ -448,7 +421,10 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
           f"| # | kind | commit | status | {m} | delta | train s | cost | description | reason |",
           "|---:|---|---|---|---:|---:|---:|---:|---|---|"]
     for e in sm.experiments:
-        L.append(f"| {e.n} | {e.kind} | `{(e.commit_sha or e.parent_commit or '')[:7]}` | {e.status} | {_f(e.metric)} | "
+        if never_ran(e):
+            continue
+        other = "" if e.n in shown else " (another budget or harness)"
+        L.append(f"| {e.n} | {e.kind} | `{(e.commit_sha or e.parent_commit or '')[:7]}` | {e.status}{other} | {_f(e.metric)} | "
                  f"{_f(e.delta, '+.6f')} | {_f(e.training_seconds, '.0f')} | ${e.cost_usd or 0:.2f} | "
                  f"{_cell(e.description)} | {_cell(e.reason)} |")
     L += ["", f"*generated by `cockpit report` at {_when(time.time())}*", ""]
@@ -504,7 +480,7 @@ def write_report(workspace: str | Path = ".", tag: str | None = None, out: str |
         raise HarnessError(f"--out {out_dir} exists and is not a folder")
     metric, direction = ws.config.target.metric, ws.config.target.direction
     sm = summarize(session, exps, metric, direction)
-    series = progress_series(exps, direction)
+    series = progress_series(exps, direction, session.harness, (session.best_n, session.best_metric))
     try:
         import matplotlib  # noqa: F401  (checked before the output folder is made)
     except ImportError:

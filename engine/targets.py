@@ -58,7 +58,7 @@ class GptTarget:
                  compile_cache: str = "private"):
         self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
         self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
-        self.label = f"gpt/{profile.name}"
+        self.label = f"gpt/{profile.name}/{profile.time_budget:g}s"  # what measures (engine/numbers.py: remeasure_reason)
         self.profile_name = profile.name
         self.sandbox, self.compile_cache = sandbox, compile_cache
         self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
@@ -163,7 +163,7 @@ class CommandTarget:
         self.metric_name = cfg.metric
         self.direction = cfg.direction
         self.budget = float(budget or cfg.budget or 60.0)
-        self.label = "command"
+        self.label = f"command/{self.budget:g}s"
         self.profile_name = ""
         for tok in (cfg.run or "").split() + cfg.measure.split():
             if tok.endswith((".py", ".sh")) and not (root / tok).is_file():

@@ -20,6 +20,7 @@ from engine.agents.tuner import Tuner
 from engine.control import Control
 from engine.journal import CURVE_POINTS, Journal
 from engine.loop import Engine, Limits
+from engine.numbers import never_ran
 from engine.targets import CommandTarget, GptTarget
 from engine.workspace import init_workspace, open_workspace
 from harness.dataset import current_dataset
@@ -126,8 +127,9 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
     refs = dict(line.split() for line in git(ws, "for-each-ref", "--format=%(refname) %(objectname)", "refs/cockpit/acc/").splitlines())
     rows = (ws / ".cockpit" / "results.tsv").read_text().splitlines()
     assert rows[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-    assert len(rows) == 1 + len(exps)
-    for e, row in zip(exps, rows[1:]):
+    ran = [e for e in exps if not never_ran(e)]  # a proposal the stop left unrun is no row of results.tsv
+    assert len(rows) == 1 + len(ran)
+    for e, row in zip(ran, rows[1:]):
         commit, metric, _mem, status, desc = row.split("\t")
         assert status == e.status and desc == e.description
         if e.kind == "experiment" and e.status != "invalid":

@@ -1,10 +1,15 @@
-"""The header line: tag, best metric and its gain since the baseline, counts, pace, cost, uptime."""
+"""The header line: tag, best metric and its gain since the baseline, counts, pace, cost, uptime.
+Every number comes from engine/numbers.py (the same rules as `cockpit status` and the report)."""
 
 from __future__ import annotations
 
 import time
 
 from textual.widgets import Static
+
+from engine.numbers import Baseline, HoldoutCheck, Standing, versus
+
+WIDE = 120  # columns from which the wide line is used (the app drops panes under the same width)
 
 
 class HeaderBar(Static):
@@ -16,32 +21,40 @@ class HeaderBar(Static):
         super().__init__("", **kw)
         self.metric = metric
         self.tag = "-"
-        self.best: float | None = None
-        self.best_n: int | None = None  # the row the best is (a baseline row: the best is the baselines' mean)
-        self.best_is_baseline = False
-        self.n_baselines = 0
-        self.baseline: float | None = None
-        self.counts: dict[str, int] = {}
-        self.finished_times: list[float] = []
+        self.standing = Standing(None, None, Baseline(), None)  # engine.numbers.standing of the session
+        self.counts: dict[str, int] = {}  # experiments by status (engine.numbers.Ledger.counts)
+        self.finished_times: list[float] = []  # experiments that ran, as they finished (the rate)
         self.slots = 1  # device slots seen (the rate is across all of them)
         self.cost = 0.0
         self.started = time.monotonic()
-        self.holdout = None  # engine.report.HoldoutCheck of the best code, or None
+        self.holdout: HoldoutCheck | None = None  # of the best code, or None
 
     def on_resize(self, event) -> None:
         self.refresh_text()  # the narrow and the wide line differ
 
+    def _width(self) -> int:
+        """The terminal's width, as the app's layout rule reads it (the header's own content width
+        is two columns less, for its padding)."""
+        return self.app.size.width if self.is_mounted else self.outer_size.width
+
     def refresh_text(self) -> None:
-        best = f"{self.best:.6f}" if self.best is not None else "-"
-        gain = ""
-        if self.best is not None and self.best_is_baseline:
-            best += f" (baseline mean of {self.n_baselines})"
-        elif self.best is not None:
-            if self.best_n is not None:
-                best += f" #{self.best_n}"
-            if self.baseline is not None:
-                gain = f" ({self.best - self.baseline:+.6f} vs baseline)"
-        c = self.counts
+        st, c = self.standing, self.counts
+        wide = self._width() >= WIDE
+        places = 6 if wide else 4
+        if st.best is None:
+            best, gain = "-", (" (measuring a new baseline)" if st.measuring else "")
+        elif st.is_baseline:
+            best, gain = f"{st.best:.6f}", (f" (baseline mean of {st.base.runs})" if wide else " (baseline)")
+        else:
+            best = f"{st.best:.6f}" + (f" #{st.best_n}" if st.best_n is not None else "")
+            gain = ""
+            if st.gain is not None:
+                gain = f", {versus(st.gain, places)} than the baseline" if wide else f" {versus(st.gain, places)}"
+        hc = self.holdout
+        if hc is not None and hc.holdout_gain is not None and hc.val_gain and not st.is_baseline and st.best is not None:
+            colour = "yellow" if hc.carried is False else "green"
+            gain += (f" · holdout [{colour}]{versus(hc.holdout_gain, places)}[/]"
+                     + (" (not carried over)" if hc.carried is False else ""))
         crashes = c.get("crash", 0) + c.get("timeout", 0)
         up = time.monotonic() - self.started
         done = len(self.finished_times)
@@ -51,23 +64,16 @@ class HeaderBar(Static):
         if rate and self.slots > 1:  # across the slots
             rate += f" on {self.slots}"
         h, m = divmod(int(up) // 60, 60)
-        hc = self.holdout
-        if hc is not None and hc.holdout_gain is not None and hc.val_gain:
-            colour = "yellow" if hc.carried is False else "green"
-            gain += f" holdout [{colour}]{-hc.holdout_gain:+.6f}[/]" + (" (not carried over)" if hc.carried is False else "")
-        if self.size.width and self.size.width < 120:  # narrow: the same facts, shorter
-            gain_short = f" ({self.best - self.baseline:+.4f})" if (self.best is not None and self.baseline is not None
-                                                                  and not self.best_is_baseline) else ""
-            row = f" #{self.best_n}" if self.best_n is not None and not self.best_is_baseline else ""
-            shown = f"{self.best:.6f}" if self.best is not None else "-"
+        kept = c.get("keep", 0) + c.get("forced", 0)
+        if not wide:  # narrow: the same facts, shorter
             self.update(
-                f"[b]{self.tag}[/b] best [b]{shown}[/b]{row}{gain_short} "
-                f"[green]{c.get('keep', 0) + c.get('forced', 0)}k[/]/{c.get('discard', 0)}d/[red]{crashes}c[/]"
+                f"[b]{self.tag}[/b] best [b]{best}[/b]{gain} "
+                f"[green]{kept}k[/]/{c.get('discard', 0)}d/[red]{crashes}c[/]"
                 f"{rate} ${self.cost:.2f} {h}:{m:02d}"
             )
             return
         self.update(
             f"[b]{self.tag}[/b]  best {self.metric} [b]{best}[/b]{gain}  "
-            f"[green]{c.get('keep', 0) + c.get('forced', 0)} keep[/] / {c.get('discard', 0)} discard / "
+            f"[green]{kept} keep[/] / {c.get('discard', 0)} discard / "
             f"[red]{crashes} crash[/]{rate}  ${self.cost:.2f}  up {h}:{m:02d}"
         )

@@ -1,22 +1,35 @@
 """Plots, drawn by plotext through textual-plotext (axes with values, markers, colours):
 
-- MetricPlot: the metric of every finished experiment, the kept ones joined by the running best
-  (a step line that only improves), the others faint, failures marked at the bad edge;
+- MetricPlot: the metric of every finished experiment of the current harness version, the kept
+  ones joined by the running best (engine/numbers.py: the engine's best over the session, from
+  the baselines' mean; a force-keep sets it), the others faint, those far off the scale at the
+  edge with their own mark and a count, failures marked at the bad edge;
 - LossPlot: the running experiment's training loss against the fraction of the budget, beside
   the best run's curve at the same fractions, so a run doing worse shows early.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 from textual_plotext import PlotextPlot
+
+from engine.report import ProgressSeries, progress_series, y_limits
 
 from .batch import Batched
 
-HISTORY = 500
-FAILED = ("crash", "timeout", "invalid")
-KEPT = ("keep", "forced", "baseline")
+HISTORY = 500  # experiments drawn (the newest); the running best is computed over all of them
+
+
+def integer_ticks(lo: int, hi: int, most: int) -> list[int]:
+    """At most `most` whole experiment numbers from lo to hi, on a round step (1, 2, 5, 10, 20...)."""
+    span = max(0, hi - lo)
+    most = max(2, most)
+    step = 1
+    for mult in (1, 2, 5) * 12:
+        if span / step < most:
+            break
+        step = step * 2 if mult == 1 else (step * 5 // 2 if mult == 2 else step * 2)
+    first = -(-lo // step) * step
+    return list(range(first, hi + 1, step)) or [lo]
 
 
 class MetricPlot(Batched, PlotextPlot):
@@ -29,66 +42,90 @@ class MetricPlot(Batched, PlotextPlot):
         self.border_title = "progress"
         self.direction = direction
         self.metric = metric
-        self.points: deque[tuple[int, float | None, str]] = deque(maxlen=HISTORY)  # (n, metric, status)
+        self.series = ProgressSeries()
         self.best: float | None = None
+        self._shown = None  # what show() was last given
 
-    def add(self, value: float | None, best: float | None, n: int | None = None, status: str = "keep") -> None:
-        self.points.append((n if n is not None else len(self.points) + 1, value, status))
-        if best is not None:
-            self.best = best
+    def show(self, rows, harness: str | None, best_n: int | None, best_metric: float | None) -> None:
+        """The rows (engine.numbers.Ledger.rows.values()) and the session's best: drawn with the
+        report's rules (engine/report.py: progress_series, y_limits; engine/numbers.py: running_best)."""
+        self._shown = (rows, harness, best_n, best_metric)
         self.changed()
 
     def redraw(self) -> None:
+        if self._shown is not None:  # once a frame, however many results it brought
+            rows, harness, best_n, best_metric = self._shown
+            self.series = progress_series(rows, self.direction, harness, (best_n, best_metric))
+            self.best = self.series.best[-1][1] if self.series.best else None
         self.replot()
-
-    def running_best(self) -> list[tuple[int, float]]:
-        better = min if self.direction == "min" else max
-        out: list[tuple[int, float]] = []
-        cur = None
-        for n, v, st in self.points:
-            if v is None or st not in KEPT:
-                continue
-            cur = v if cur is None else better(cur, v)
-            out.append((n, cur))
-        return out
 
     def replot(self) -> None:
         p = self.plt
         p.clear_data()
         p.clear_figure()
         p.theme("textual-design-dark")
-        measured = [(n, v, st) for n, v, st in self.points if v is not None]
-        best = self.running_best()
-        self.border_subtitle = f"best {self.best:.6f}" if self.best is not None else ""
-        if not measured:
-            p.title("no measured experiment yet")
+        s = self.series
+        small = self.size.height and self.size.height < 8  # a short pane: every row for the plot itself
+        shown = s.kept + s.other + s.failed
+        newest = sorted(e.n for e in shown)[-HISTORY:]
+        first = newest[0] if newest else 0
+        kept = [e for e in s.kept if e.n >= first]
+        other = [e for e in s.other if e.n >= first]
+        failed = [e for e in s.failed if e.n >= first]
+        lims = y_limits(ProgressSeries(kept=kept, best=[b for b in s.best if b[0] >= first], other=other,
+                                       baseline=s.baseline), self.direction)
+        notes = [f"best {self.best:.6f}"] if self.best is not None else []
+        if lims is None:
+            self.border_subtitle = " · ".join(notes)
+            if not small:
+                p.title("no measured experiment yet")
             self.refresh()
             return
-        vals = [v for _, v, _ in measured]
-        core = [v for _, v, st in measured if st in KEPT] or vals
-        lo, hi = min(core), max(core)
-        pad = (hi - lo) * 0.25 or abs(hi) * 0.01 or 0.01
-        lo, hi = lo - pad, hi + pad
-        other = [(n, min(max(v, lo), hi)) for n, v, st in measured if st not in KEPT]
-        if other:
-            p.scatter([n for n, _ in other], [v for _, v in other], marker="dot", color="gray")
-        if best:
-            xs = [n for n, _ in best] + [max(n for n, _, _ in self.points)]
-            ys = [v for _, v in best] + [best[-1][1]]
+        lo, hi = lims
+        bad_high = self.direction == "min"
+        inside = [e for e in other if lo <= e.metric <= hi]
+        off = [e for e in other if not lo <= e.metric <= hi]
+        if inside:
+            p.scatter([e.n for e in inside], [e.metric for e in inside], marker="dot", color="gray")
+        if off:  # far off the scale (a diverged run): at the edge, with their own mark and a count
+            p.scatter([e.n for e in off], [hi if e.metric > hi else lo for e in off],
+                      marker="▲" if bad_high else "▼", color="gray")
+            notes.append(f"{len(off)} off the scale {'▲' if bad_high else '▼'}")
+        # the running best before the window holds at its left edge
+        line = [(n, v) for n, v in s.best if n >= first]
+        before = [v for n, v in s.best if n < first]
+        if before:
+            line = [(first, before[-1])] + line
+        if line:
+            last_n = newest[-1]
+            xs = [n for n, _ in line] + [max(last_n, line[-1][0])]
+            ys = [v for _, v in line] + [line[-1][1]]
             # a step line: each best holds until the next one
             sx, sy = [xs[0]], [ys[0]]
             for x, y in zip(xs[1:], ys[1:]):
                 sx += [x, x]
                 sy += [sy[-1], y]
             p.plot(sx, sy, color="green", marker="braille")
-            kept = [(n, v) for n, v, st in measured if st in KEPT]
-            p.scatter([n for n, _ in kept], [v for _, v in kept], marker="●", color="green")
-        failed = [n for n, v, st in self.points if st in FAILED]
+        base = [e for e in kept if e.kind == "baseline"]
+        keeps = [e for e in kept if e.kind != "baseline" and e.status == "keep"]
+        forced = [e for e in kept if e.kind != "baseline" and e.status == "forced"]
+        for rows, marker, colour in ((base, "●", "gray"), (keeps, "●", "green"), (forced, "◆", "orange")):
+            if rows:
+                p.scatter([e.n for e in rows], [min(max(e.metric, lo), hi) for e in rows], marker=marker, color=colour)
         if failed:
-            edge = hi if self.direction == "min" else lo
-            p.scatter(failed, [edge] * len(failed), marker="x", color="red")
+            p.scatter([e.n for e in failed], [hi if bad_high else lo] * len(failed), marker="x", color="red")
+        if s.hidden:
+            notes.append(f"{s.hidden} under another budget not shown")
         p.ylim(lo, hi)
-        p.xlabel("#")
+        x_lo, x_hi = newest[0], max(newest[-1], line[-1][0] if line else newest[-1])
+        p.xlim(x_lo - 0.5, x_hi + 0.5)
+        ticks = integer_ticks(x_lo, x_hi, max(2, (self.size.width or 40) // 8))
+        p.xticks(ticks, [str(t) for t in ticks])
+        if small:  # the frame's two lines go to the data (the axes' ticks stay)
+            p.frame(False)
+        else:
+            p.xlabel("#")
+        self.border_subtitle = " · ".join(notes)
         self.refresh()
 
 
