@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import evaluate, modelfile
 
+    evaluate_rows = evaluate.eval_rows
+
     t_loaded = time.monotonic()
     line = sys.stdin.buffer.readline()
     if not line.strip():
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         splits[name] = np.frombuffer(_read_exact(sys.stdin.buffer, 2 * int(count)), dtype=np.uint16)
     device = job["device"]
     print(f"evaluator: job received {t0 - t_loaded:.2f}s after imports; data {time.monotonic() - t0:.2f}s; "
-          f"batches of {B} x {T}", flush=True)
+          f"batches of {evaluate_rows(B)} x {T}, called {B} rows at a time (the exported shape)", flush=True)
     try:
         t1 = time.monotonic()
         program = modelfile.read(Path(job["model"]), device)
