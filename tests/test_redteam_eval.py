@@ -171,3 +171,120 @@ def test_an_honest_model_exported_from_one_row_is_scored_like_any_other(tmp_path
     """)
     assert r.status == "ok", (r.status, r.reason)
     assert r.val_bpb == pytest.approx(uniform_bpb, rel=1e-6)
+
+
+# ---- 5. the evaluation's limit is its own CPU time, not the wall clock ----
+
+WORK = """
+class Work(Uniform):
+    '''Honest, and some arithmetic per call: a few CPU seconds of evaluation in all.'''
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, 768)
+        self.mid = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.ReLU(), torch.nn.Linear(768, 768))
+        self.out = torch.nn.Linear(768, V)
+    def forward(self, idx):
+        return self.out(torch.relu(self.mid(self.emb(idx))))
+x, y = next(rt.train_batches(8))
+rt.submit(Work())
+"""
+
+CORE = max(os.sched_getaffinity(0))  # the evaluation's core, in the load test
+
+
+def _evaluator_pids() -> list[int]:
+    """The evaluation process (python, inside bwrap or not) among this test's descendants."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        if "harness.evaluator" in cmd and not os.path.basename(cmd[0]).startswith("bwrap"):
+            out.append(p.pid)
+    return out
+
+
+def _on_phase(phase: str, action):
+    """An on_progress callback that runs `action` in a thread once the run reaches `phase`."""
+    import threading
+
+    done = threading.Event()
+
+    def on_progress(p):
+        if p.phase == phase and not done.is_set():
+            done.set()
+            threading.Thread(target=action, daemon=True).start()
+
+    return on_progress
+
+
+def _cpu_line(r: runner.RunResult) -> str:
+    return next((ln for ln in logged(r).splitlines() if "CPU" in ln and ln.startswith("evaluator:")), "")
+
+
+def test_evaluation_on_a_core_shared_with_busy_loops_is_not_a_timeout(tmp_path, cache):
+    """Three busy loops share the evaluation's one core from the export on: the evaluation takes
+    about four times its CPU time in wall time, past a limit that its CPU time is well within."""
+    loops: list[subprocess.Popen] = []
+
+    def load():
+        for _ in range(3):
+            loops.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                          preexec_fn=lambda: os.sched_setaffinity(0, {CORE})))
+
+    limits = runner.Limits(startup=120, warmup=5, eval=8, over_budget_tolerance=1.0, eval_stall=30)
+    try:
+        r = run_script(tmp_path, cache, WORK, limits=limits, env_extra={"COCKPIT_CPUS": str(CORE)},
+                       on_progress=_on_phase("export", load))
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+    assert len(loops) == 3
+    assert r.status == "ok", (r.status, r.reason, _cpu_line(r))
+    assert r.eval_seconds > limits.eval, f"the load did not slow the evaluation ({r.eval_seconds:.1f}s): {_cpu_line(r)}"
+
+
+def test_an_evaluator_stopped_for_longer_than_its_limit_still_finishes(tmp_path, cache, uniform_bpb):
+    import signal
+    import time
+
+    def pause():
+        pids = []
+        while not pids:  # started at the export; found as soon as it exists
+            pids = _evaluator_pids()
+            time.sleep(0.05)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(5)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    limits = runner.Limits(startup=60, warmup=5, eval=3, over_budget_tolerance=1.0, eval_stall=20)
+    r = run_script(tmp_path, cache, "rt.submit(Uniform())\n", limits=limits, on_progress=_on_phase("eval", pause))
+    assert r.status == "ok", (r.status, r.reason)
+    assert r.val_bpb == pytest.approx(uniform_bpb, rel=1e-6)
+    assert r.eval_seconds > 5
+
+
+def test_a_hung_evaluator_is_still_stopped(tmp_path, cache):
+    import signal
+    import time
+
+    def hang():
+        pids = []
+        while not pids:
+            pids = _evaluator_pids()
+            time.sleep(0.05)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)  # never continued: it uses no CPU from here on
+
+    limits = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0, eval_stall=4)
+    t0 = time.monotonic()
+    r = run_script(tmp_path, cache, "rt.submit(Uniform())\n", limits=limits, on_progress=_on_phase("eval", hang))
+    assert r.status == "timeout" and "hangs" in r.reason, (r.status, r.reason)
+    assert time.monotonic() - t0 < 50
+    assert _evaluator_pids() == []
