@@ -288,3 +288,64 @@ def test_a_hung_evaluator_is_still_stopped(tmp_path, cache):
     assert r.status == "timeout" and "hangs" in r.reason, (r.status, r.reason)
     assert time.monotonic() - t0 < 50
     assert _evaluator_pids() == []
+
+
+# ---- 24. without the sandbox, a .pth planted in site-packages does not reach the evaluation ----
+
+DRIVER = """
+import sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from harness import runner
+from harness.dataset import current_dataset
+from harness.profiles import CPU
+limits = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
+r = runner.run(Path({script!r}), current_dataset(Path({cache!r})), CPU.with_budget(0.0), Path({log!r}), Path({cache!r}),
+               limits=limits, spare=False, sandbox="off")
+print("RESULT " + r.to_json(), flush=True)
+"""
+
+# The planted line: every verdict this process writes on a pipe says val_bpb 0.001.
+EVIL = (r"""import os; _w = os.write; os.write = lambda fd, b, _w=_w: _w(fd, b.replace(b'"bpb": ', """
+        r"""b'"bpb": 0.001, "was": ', 1) if b.startswith(b'{"type": "result"') else b)""" "\n")
+PLANT = """
+import os, site
+where = os.path.join(site.getsitepackages()[0], "zz_verdict.pth")
+with open(where, "w") as f:
+    f.write(evil)
+result = "planted " + where
+"""
+
+
+def test_a_pth_planted_in_site_packages_without_the_sandbox_does_not_change_the_verdict(tmp_path, cache, uniform_bpb):
+    """A throwaway virtual environment (never the real one) whose site-packages reaches the real
+    one's through a path line; the runner runs in it with the sandbox off, and train.py plants a
+    `.pth` there that rewrites any verdict line to val_bpb 0.001."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site_dir = Path(subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                                   capture_output=True, text=True).stdout.strip())
+    assert site_dir.is_relative_to(venv)
+    (site_dir / "real.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    script = tmp_path / "train.py"
+    script.write_text(PRELUDE + textwrap.dedent(f"""
+    g = {{"evil": {EVIL!r}}}
+    torch.fx.graph_module._exec_with_source({PLANT!r}, g)
+    print("ATTACK pth: " + g["result"], flush=True)
+    rt.submit(Uniform())
+    """))
+    log = tmp_path / "runs" / "t" / "1" / "run.log"
+    repo = str(Path(__file__).resolve().parents[1])
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=repo, script=str(script), cache=str(cache), log=str(log)))
+    p = subprocess.run([str(py), str(driver)], capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json.loads(line[7:])
+    assert f"ATTACK pth: planted {site_dir}" in log.read_text(), log.read_text()[-2000:]
+    assert (site_dir / "zz_verdict.pth").exists()
+    assert r["status"] == "ok", r
+    assert r["val_bpb"] == pytest.approx(uniform_bpb, rel=1e-6)
