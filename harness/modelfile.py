@@ -119,9 +119,10 @@ def write(ep, folder: Path) -> None:
     from torch.export.graph_signature import InputKind, OutputKind
 
     try:  # functional form: in-place operators become pure ones, and a write into state shows in the signature
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices, not the model's
-            ep = ep.run_decompositions({})
+        if any(isinstance(n.target, torch._ops.OpOverload) and mutates(n.target) for n in ep.graph.nodes):
+            with warnings.catch_warnings():  # (only then: it takes seconds, and a graph without one is functional)
+                warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices, not the model's
+                ep = ep.run_decompositions({})
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ModelFileError(f"the exported graph could not be made functional ({type(e).__name__}: {first}); "
