@@ -396,7 +396,8 @@ def _evaluate(ev: "_Child", model: Path, dataset: Dataset, profile: Profile, w: 
             pass  # it died: judged by its exit below
 
     threading.Thread(target=feed, daemon=True).start()
-    clock = EvalClock(ev.proc.pid, limits.eval, cpu=profile.device == "cpu", start=w.t_trained, stall=limits.eval_stall)
+    clock = EvalClock(ev.proc.pid, limits.eval, cpu=profile.device == "cpu", start=w.t_trained, stall=limits.eval_stall,
+                      cores=_eval_cores(ev.proc.pid))
     if ev.ready:
         clock.ready()
     msg, late = _read_verdict(ev, clock, cancel)
@@ -440,16 +441,27 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _eval_cores(pid: int) -> int:
+    """How many cores the evaluation process may run on (its affinity: a CPU slot's own cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(pid)))
+    except OSError:
+        return max(1, len(os.sched_getaffinity(0)))
+
+
 class EvalClock:
     """The evaluation's limit. On the CPU it follows the evaluation process's own CPU time (the
     work it did, counted from its imports being done: "ready"), not the wall clock, so a loaded
-    machine slows it without failing it; a process that uses no CPU at all for `stall` seconds
-    (Limits.eval_stall) hangs (blocked, or stopped), and EVAL_BACKSTOP times the allowance of wall time ends any
-    evaluation. On an accelerator the work is the device's, so the limit is wall time."""
+    machine slows it without failing it: the allowance on each of the cores it may use (an idle
+    machine's wall-clock allowance; its threads' time adds up). A process that uses no CPU at all
+    for `stall` seconds (Limits.eval_stall) hangs (blocked, or stopped), and EVAL_BACKSTOP times
+    the allowance of wall time ends any evaluation. On an accelerator the work is the device's, so
+    the limit is wall time."""
 
     def __init__(self, pid: int, allowance: float, cpu: bool, start: float, stall: float = 60.0,
-                 backstop: float = EVAL_BACKSTOP):
+                 backstop: float = EVAL_BACKSTOP, cores: int = 1):
         self.pid, self.allowance, self.cpu, self.start = pid, allowance, cpu, start
+        self.cores, self.cpu_limit = cores, allowance * cores
         self.stall, self.backstop = max(stall, 0.0), backstop * allowance
         self.base: float | None = None  # CPU seconds at "ready"
         self.last = (time.monotonic(), tree_cpu_seconds(pid)) if cpu else None  # (when, CPU seconds) of the last progress
@@ -471,8 +483,9 @@ class EvalClock:
                 return f"evaluation took longer than {self.allowance:g}s"
             return None
         cpu = tree_cpu_seconds(self.pid)
-        if self.base is not None and cpu - self.base > self.allowance:
-            return f"evaluation used more than {self.allowance:g}s of CPU time"
+        if self.base is not None and cpu - self.base > self.cpu_limit:
+            return (f"evaluation used more than {self.cpu_limit:g}s of CPU time ({self.allowance:g}s on each of its "
+                    f"{self.cores} cores)")
         if cpu > self.last[1] + 0.005:
             self.last = (now, cpu)
         elif now - self.last[0] > self.stall:
