@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -113,7 +112,8 @@ def test_a_write_the_checks_would_miss_still_cannot_last_to_the_next_call(tmp_pa
     tensors = torch.load(tmp_path / "model" / modelfile.TENSORS, weights_only=True)
     ops = [(modelfile._op(n["op"]), n["args"], n["kwargs"]) for n in raw["nodes"]]
     program = modelfile.Program.__new__(modelfile.Program)  # as if check_pure had missed the write
-    program.inputs, program.nodes, program.output, program.device = raw["inputs"], raw["nodes"], raw["output"], torch.device("cpu")
+    program.inputs, program.nodes, program.output = raw["inputs"], raw["nodes"], raw["output"]
+    program.device = torch.device("cpu")
     program.tensors, program.ops = tensors, ops
     program.free, program.blank = [[] for _ in ops], [False for _ in ops]
     idx = torch.zeros(1, 8, dtype=torch.long)
