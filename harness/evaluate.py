@@ -31,6 +31,7 @@ _isfinite = math.isfinite
 _LN2 = math.log(2)
 
 PROBE_BATCHES = 3  # scored batches that also get a hidden causality probe
+EVAL_ROWS = 8  # the evaluator's batch has at least this many rows, whatever shape the model was exported with
 CE_CHUNK_ROWS = 8  # rows per cross-entropy chunk: bounds the fp32 copy of the logits
 PROBE_TOL_NATS = 1e-2  # identical prefixes give bit-identical logits in practice; leaks move far more
 LOGPROB_FLOOR = -20.0  # log-probabilities below this are treated as equal (scale-free comparison)
@@ -59,15 +60,28 @@ def autocast_ctx(device: str, autocast: str | None):
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, autocast))
 
 
-def _forward(model, x: torch.Tensor, vocab: int, device: str, autocast: str | None) -> torch.Tensor:
-    with _no_grad(), autocast_ctx(device, autocast):
-        out = model(x.clone())  # a copy: the model may not write into the harness's tensors
-    if not isinstance(out, torch.Tensor):
-        raise ModelContractError(f"model(idx) must return a logits tensor, got {type(out).__name__}")
-    B, T = x.shape
-    if out.dim() != 3 or out.shape[0] != B or out.shape[1] != T or out.shape[2] < vocab:
-        raise ModelContractError(f"model(idx) returned shape {tuple(out.shape)}; expected ({B}, {T}, >= {vocab})")
-    return out[..., :vocab]
+def _forward(model, x: torch.Tensor, vocab: int, device: str, autocast: str | None, rows: int | None = None) -> torch.Tensor:
+    """The logits of the evaluator's batch `x`, called `rows` rows at a time (the batch the model
+    was exported with; None: all at once). The evaluator's batch is its own, so a model exported
+    from one row is still probed across many rows at random positions."""
+    rows = rows or x.shape[0]
+    outs = []
+    for r in range(0, x.shape[0], rows):
+        part = x[r : r + rows]
+        with _no_grad(), autocast_ctx(device, autocast):
+            out = model(part.clone())  # a copy: the model may not write into the harness's tensors
+        if not isinstance(out, torch.Tensor):
+            raise ModelContractError(f"model(idx) must return a logits tensor, got {type(out).__name__}")
+        B, T = part.shape
+        if out.dim() != 3 or out.shape[0] != B or out.shape[1] != T or out.shape[2] < vocab:
+            raise ModelContractError(f"model(idx) returned shape {tuple(out.shape)}; expected ({B}, {T}, >= {vocab})")
+        outs.append(out[..., :vocab])
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def eval_rows(model_rows: int) -> int:
+    """The evaluator's batch: a whole number of the model's batches, at least EVAL_ROWS rows."""
+    return model_rows * max(1, -(-EVAL_ROWS // model_rows))
 
 
 def _logprobs(logits: torch.Tensor) -> torch.Tensor:
@@ -101,7 +115,8 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
     Returns {name: EvalResult} plus "probe_tokens"; raises ModelContractError on a violation."""
     g = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
     tb = torch.from_numpy(token_bytes.astype(np.int64)).to(device)
-    B, T = batch_size, seq_len
+    per_call, T = batch_size, seq_len
+    B = eval_rows(per_call)
     out: dict = {"probe_tokens": 0}
     first_call = None
     for si, (name, stream) in enumerate(splits.items()):
@@ -119,13 +134,13 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
         for b in range(nb):
             rows = order[b * B : (b + 1) * B]
             count = len(rows)
-            if count < B:  # keep the exported shape; pad rows are not scored
+            if count < B:  # a whole number of the model's batches; pad rows are not scored
                 rows = torch.cat([rows, rows[:1].expand(B - count)])
             x, y = xs[rows], ys[rows]
             if b in probe_at:
-                _probe(model, x, xs, n, g, vocab, device, autocast, permute=b == min(probe_at))
+                _probe(model, x, xs, n, g, vocab, device, autocast, permute=b == min(probe_at), rows=per_call)
                 out["probe_tokens"] += (3 if b == min(probe_at) else 2) * B * T
-            logits = _forward(model, x, vocab, device, autocast)
+            logits = _forward(model, x, vocab, device, autocast, per_call)
             if first_call is None:
                 first_call = (x, logits[: min(B, CE_CHUNK_ROWS)].float())
             for r in range(0, count, CE_CHUNK_ROWS):
@@ -143,7 +158,7 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
             raise ModelContractError(f"the {name} split has no text to score")
         out[name] = EvalResult(nats / (_LN2 * nbytes), nats, nbytes, n * T, time.monotonic() - t0)
     x, before = first_call
-    again = _forward(model, x, vocab, device, autocast)[: before.shape[0]].float()
+    again = _forward(model, x, vocab, device, autocast, per_call)[: before.shape[0]].float()
     drift = float((_log_softmax(again, -1) - _log_softmax(before, -1)).abs().max())
     if not _isfinite(drift) or drift > PROBE_TOL_NATS:
         raise ModelContractError(
@@ -153,11 +168,12 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
     return out
 
 
-def _probe(model, x, xs, n, g, vocab, device, autocast, permute: bool) -> None:
-    B, T = x.shape
+def _probe(model, x, xs, n, g, vocab, device, autocast, permute: bool, rows: int | None = None) -> None:
+    B, T = x.shape  # B >= EVAL_ROWS: besides the two fixed cuts, every probe has random ones
     cuts = torch.from_numpy(g.integers(0, T - 1, size=B))
-    cuts[0] = 0
-    cuts[min(1, B - 1)] = T - 2  # a one-token lookahead
+    fixed = torch.from_numpy(g.permutation(B)[:2])
+    cuts[fixed[0]] = 0  # every later token changed
+    cuts[fixed[-1]] = T - 2  # a one-token lookahead
     donors = xs[torch.from_numpy(g.integers(0, n, size=B)).to(device)]
     pos = torch.arange(T)
     after = (pos[None, :] > cuts[:, None]).to(device)
@@ -171,7 +187,7 @@ def _probe(model, x, xs, n, g, vocab, device, autocast, permute: bool) -> None:
             perm = torch.roll(torch.arange(B), 1)
         calls.append(("perm", x[perm.to(device)]))
     g.shuffle(calls)
-    lp = {k: _logprobs(_forward(model, v, vocab, device, autocast)) for k, v in calls}
+    lp = {k: _logprobs(_forward(model, v, vocab, device, autocast, rows)) for k, v in calls}
     keep = ~after  # positions <= cut
     diff = ((lp["real"] - lp["other"]).abs().amax(-1) * keep).amax(-1)  # per row
     worst = int(diff.argmax())

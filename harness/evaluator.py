@@ -1,7 +1,9 @@
 """The evaluation process: `python -m harness.evaluator --fd N`, harness code only.
 
 Started by the runner (inside the sandbox, like the training process, but with no data files
-and no writable folder): it imports torch, then waits on stdin for its job. The job is one JSON
+and no writable folder; `python -I -S`: no site-packages' `.pth` files, no PYTHON* variables, an
+import path the runner gives): it imports torch and the harness, says "ready" on its pipe, then
+waits on stdin for its job. The job is one JSON
 line (device, autocast, vocabulary, batch shape, the model folder, the splits' sizes) followed
 by the raw data: the per-token byte counts (int32) and each split's tokens (uint16). The tokens
 travel on this pipe, so the process never opens a data file, and neither can the model's graph.
@@ -43,6 +45,21 @@ def _watch_parent(parent: int) -> None:
             os._exit(9)
 
 
+def _warm_up(torch, evaluate) -> None:
+    """Run once, on a tiny input, what the evaluation runs (the tensors' loader, the scoring, an
+    operator call through torch.ops), so that what torch imports lazily is imported now."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"t": torch.zeros(2, 3)}, buf)
+    buf.seek(0)
+    torch.load(buf, map_location="cpu", weights_only=True)
+    x = torch.ops.aten.add.Tensor(torch.zeros(1, 2, 4), 1.0)
+    evaluate._logprobs(x).gather(-1, torch.zeros(1, 2, 1, dtype=torch.long))
+    with evaluate.autocast_ctx("cpu", None):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="harness.evaluator")
     ap.add_argument("--fd", type=int, required=True)
@@ -54,12 +71,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import evaluate, modelfile
 
+    evaluate_rows = evaluate.eval_rows
+    _warm_up(torch, evaluate)
+    # Everything this process runs is imported now: without the sandbox the runner starts it, and
+    # waits for this line, before train.py runs, so nothing train.py plants on disk is loaded here.
+    _send(fd, "ready")
+
     t_loaded = time.monotonic()
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return 0  # a spare no longer wanted
     job = json.loads(line)
     t0 = time.monotonic()
+    cpu0 = time.process_time()
     vocab, B, T = int(job["vocab"]), int(job["batch"]), int(job["seq_len"])
     token_bytes = np.frombuffer(_read_exact(sys.stdin.buffer, 4 * vocab), dtype=np.int32)
     splits = {}
@@ -67,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         splits[name] = np.frombuffer(_read_exact(sys.stdin.buffer, 2 * int(count)), dtype=np.uint16)
     device = job["device"]
     print(f"evaluator: job received {t0 - t_loaded:.2f}s after imports; data {time.monotonic() - t0:.2f}s; "
-          f"batches of {B} x {T}", flush=True)
+          f"batches of {evaluate_rows(B)} x {T}, called {B} rows at a time (the exported shape)", flush=True)
     try:
         t1 = time.monotonic()
         program = modelfile.read(Path(job["model"]), device)
@@ -99,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         fields["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     _send(fd, "result", **fields)
     # The log is the agent's to read: only the validation figure goes there, never the holdout's.
-    print(f"evaluator: val_bpb {fields['val']['bpb']:.6f}; load {t_read:.2f}s, score {fields['score_seconds']:.2f}s",
-          flush=True)
+    print(f"evaluator: val_bpb {fields['val']['bpb']:.6f}; load {t_read:.2f}s, score {fields['score_seconds']:.2f}s; "
+          f"CPU {time.process_time() - cpu0:.2f}s since the job", flush=True)
     return 0
 
 

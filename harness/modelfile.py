@@ -12,14 +12,17 @@ strings: a crafted file could run code there. This format has two files:
     tensors.pt    {name: tensor}, read with torch.load(weights_only=True) and nothing else
 
 Rules checked on both sides: every operator is an aten operator (no custom ops: their Python
-would run in the evaluator), none reads files, no input, parameter or buffer is mutated (the
-graph is a pure function of the tokens), and the one output is the logits.
+would run in the evaluator), none reads files, none writes into anything (no in-place or out=
+operator at all: the writer functionalizes the graph first), and the one output is the logits.
+The evaluator also gives every call fresh copies of the parameters and buffers and zeroes
+uninitialized memory, so a call cannot leave anything behind for the next one.
 """
 
 from __future__ import annotations
 
 import json
 import operator
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +31,9 @@ GRAPH, TENSORS = "graph.json", "tensors.pt"
 MAX_NODES = 200_000
 # aten operators that reach outside the tensors they are given.
 DENIED = {"from_file", "_local_scalar_dense_out", "save", "load"}
+# aten operators whose result is uninitialized memory: it could hold what an earlier call left
+# there, so the evaluator zeroes it (a graph keeps no state, not even in freed memory).
+UNINITIALIZED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
 HOW_TO_EXPORT = (
     "make model(idx) exportable with torch.export: a pure tensor function of idx (no Python branches "
     "on tensor values, no .item()/.tolist(), no state changed inside forward, no custom or Triton ops; "
@@ -112,6 +118,15 @@ def write(ep, folder: Path) -> None:
     """Check an ExportedProgram against the rules and write it to `folder` (graph, then tensors)."""
     from torch.export.graph_signature import InputKind, OutputKind
 
+    try:  # functional form: in-place operators become pure ones, and a write into state shows in the signature
+        if any(isinstance(n.target, torch._ops.OpOverload) and mutates(n.target) for n in ep.graph.nodes):
+            with warnings.catch_warnings():  # (only then: it takes seconds, and a graph without one is functional)
+                warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notices, not the model's
+                ep = ep.run_decompositions({})
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelFileError(f"the exported graph could not be made functional ({type(e).__name__}: {first}); "
+                             f"{HOW_TO_EXPORT}") from e
     sig = ep.graph_signature
     outs = sig.output_specs
     mutated = [o.target for o in outs if o.kind != OutputKind.USER_OUTPUT]
@@ -189,29 +204,33 @@ def _refs(v) -> list[int]:
     return []
 
 
+def mutates(op) -> bool:
+    """Whether an operator writes into any of its arguments: an in-place operator (`add_`), an
+    out= variant, or any schema that marks an argument as written. Names are checked besides the
+    schema: purity must not rest on alias annotations alone (`_unsafe_view` returns a view of its
+    argument and says nothing of it)."""
+    if op is operator.getitem:
+        return False
+    name, overload = op._schema.name.split("::")[-1], op._overloadname
+    if name.endswith("_") and not name.endswith("__"):  # dunders (`__and__`, `__iand__`): by their schema
+        return True
+    if overload == "out" or overload.endswith("_out"):
+        return True
+    return bool(op._schema.is_mutable) or any(a.alias_info is not None and a.alias_info.is_write
+                                               for a in op._schema.arguments)
+
+
 def check_pure(inputs: list, ops: list) -> None:
-    """Refuse a graph that writes to its inputs (the tokens, a parameter, a buffer) or to a view
-    of one: in-place operators are fine on tensors the graph made itself, never on its state."""
-    state = set(range(len(inputs)))  # env slots that are, or alias, an input
-    for k, (op, args, kwargs) in enumerate(ops):
-        slot = len(inputs) + k
-        if op is operator.getitem:
-            if any(r in state for r in _refs(args)):
-                state.add(slot)
-            continue
-        schema = op._schema
-        given = dict(zip((a.name for a in schema.arguments), (args.get("list") or []) if isinstance(args, dict) else []))
-        given.update(kwargs)
-        for a in schema.arguments:
-            if a.alias_info is not None and a.alias_info.is_write and a.name in given:
-                if any(r in state for r in _refs(given[a.name])):
-                    raise ModelFileError(f"model(idx) changes state when called ({op._opname} writes into a parameter, "
-                                         "buffer or its input): the evaluation calls it many times and every call must "
-                                         f"give the same logits for the same tokens; {HOW_TO_EXPORT}")
-        if any(r.alias_info is not None for r in schema.returns):  # a view: it aliases what it was made from
-            if any(r in state for a in schema.arguments if a.alias_info is not None and a.name in given
-                   for r in _refs(given[a.name])):
-                state.add(slot)
+    """Refuse a graph that writes into anything: no in-place or out= operator, and no operator
+    whose schema writes into an argument, whatever it is given (a graph exported by
+    `write` is functional: torch's own functionalization turned in-place operators into
+    their pure forms). The evaluator also gives every call fresh copies of the parameters and
+    buffers (Program.__call__), so even a write this check missed could not last to the next call."""
+    for op, _args, _kwargs in ops:
+        if mutates(op):
+            raise ModelFileError(f"model(idx) changes state when called ({op._schema.name.split('::')[-1]} writes into "
+                                 "a tensor; the evaluation runs pure operators only): the evaluation calls it many times "
+                                 f"and every call must give the same logits for the same tokens; {HOW_TO_EXPORT}")
 
 
 class Program:
@@ -222,6 +241,7 @@ class Program:
         self.tensors = tensors
         self.ops = [(_op(n["op"]), n["args"], n["kwargs"]) for n in nodes]
         check_pure(inputs, self.ops)
+        self.blank = [getattr(op, "_opname", None) in UNINITIALIZED for op, _a, _k in self.ops]
         # After node k runs, the slots nothing later reads are freed (as compiled graphs do): the
         # intermediates of a whole forward pass never sit in memory together.
         last: dict[int, int] = {}
@@ -235,12 +255,18 @@ class Program:
                 self.free[k].append(slot)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        env: list = [idx if i.get("user") else self.tensors[i["tensor"]] for i in self.inputs]
+        # Fresh copies of the parameters and buffers for every call: whatever a call wrote into
+        # them (were a write ever to get past check_pure) is gone by the next one.
+        env: list = [idx if i.get("user") else self.tensors[i["tensor"]].clone() for i in self.inputs]
         dev = self.device
-        for (op, args, kwargs), free in zip(self.ops, self.free):
+        for (op, args, kwargs), free, blank in zip(self.ops, self.free, self.blank):
             a = _dec(args, env, dev)
             kw = {k: _dec(v, env, dev) for k, v in kwargs.items()}
-            env.append(op(*a, **kw))
+            out = op(*a, **kw)
+            if blank and isinstance(out, torch.Tensor):
+                out.zero_()
+            env.append(out)
+            del out
             del a, kw
             for slot in free:
                 env[slot] = None

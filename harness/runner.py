@@ -167,6 +167,7 @@ class Limits:
     credit: float | None = None
     export_estimate: float = 0.0
     memory_bytes: int | None = None  # resident memory of all the run's processes; past it: killed
+    eval_stall: float = 60.0  # seconds in which the evaluation process used no CPU at all: it hangs (EvalClock)
 
     @classmethod
     def for_profile(cls, p: Profile) -> "Limits":
@@ -247,7 +248,16 @@ def run(
 
     env = dict(child_env(cache, harness_dir, boxed, compile_cache == "shared"), **(env_extra or {}))
     key = _key(env, harness_dir, hashes, dataset, boxed, profile)
-    child = _take_spare(key, slot) if spare else None
+    # Without the sandbox, train.py can write wherever the user can: the evaluation process starts
+    # now and has imported everything it runs before train.py's first line (it also starts with
+    # -I -S: no site-packages .pth files). With the sandbox it starts later (on_message).
+    evaluator = None if boxed else _early_evaluator(env, harness_dir, log_path.parent.parent, profile, limits)
+    try:
+        child = _take_spare(key, slot) if spare else None
+    except BaseException:
+        if evaluator is not None:
+            _discard(evaluator)
+        raise
     t_go = time.monotonic()  # CLOCK_MONOTONIC is one clock for all processes: the child's timeline uses it
     credit_train = None if limits.credit is None else max(0.0, limits.credit - limits.export_estimate)
     go = {"data": str(dataset.folder), "profile": profile.name, "budget": profile.time_budget,
@@ -260,8 +270,13 @@ def run(
     spare_s = None if child is None else t_go - child.t_spawn
     if child is None:
         t_go = time.monotonic()
-        child = _spawn(env, key, harness_dir, preload_compile=profile.compile, dataset=dataset, boxed=boxed,
-                       gpu=profile.device != "cpu", base=log_path.parent.parent)
+        try:
+            child = _spawn(env, key, harness_dir, preload_compile=profile.compile, dataset=dataset, boxed=boxed,
+                           gpu=profile.device != "cpu", base=log_path.parent.parent)
+        except BaseException:
+            if evaluator is not None:
+                _discard(evaluator)
+            raise
         _stage(child, source)
         # a child that died at once is judged by its exit status below
         _send_go(child, dict(go, script=str(child.workdir / "train.py"), cwd=str(child.workdir), t_go=t_go))
@@ -269,7 +284,6 @@ def run(
     proc = child.proc
     w = _Watch(t_go, pid=proc.pid)
     prestart = _prestarter(spare, profile, env, key, harness_dir, dataset, boxed, log_path.parent.parent, slot)
-    evaluator: _Child | None = None
 
     def on_message(w: _Watch) -> None:
         nonlocal evaluator
@@ -388,15 +402,19 @@ def _evaluate(ev: "_Child", model: Path, dataset: Dataset, profile: Profile, w: 
             pass  # it died: judged by its exit below
 
     threading.Thread(target=feed, daemon=True).start()
-    deadline = w.t_trained + limits.eval
-    msg = _read_verdict(ev, deadline, cancel)
+    clock = EvalClock(ev.proc.pid, limits.eval, cpu=profile.device == "cpu", start=w.t_trained, stall=limits.eval_stall,
+                      cores=_eval_cores(ev.proc.pid))
+    if ev.ready:
+        clock.ready()
+    msg, late = _read_verdict(ev, clock, cancel)
     if msg is None:
         if cancel.is_set():
             return "cancelled", "cancelled by request", None
-        if time.monotonic() > deadline:
-            return "timeout", f"evaluation took longer than {limits.eval:g}s", None
+        if late is not None:
+            return "timeout", late, None
         return "crash", "the evaluation process " + _exit_reason(ev.proc.returncode).removeprefix("the training process "), None
     if msg["type"] == "result":
+        msg["cpu_seconds"] = clock.used()
         return "ok", None, msg
     return ("crash" if msg["type"] == "crash" else "invalid"), str(msg.get("reason"))[:1000], None
 
@@ -408,20 +426,102 @@ def _eval_stream(stream, T: int, max_tokens: int):
     return np.asarray(stream[: n * T + 1], dtype=np.uint16)
 
 
-def _read_verdict(ev: "_Child", deadline: float, cancel) -> dict | None:
+EVAL_BACKSTOP = 10.0  # the evaluation's wall-clock backstop, in multiples of its allowance
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of a process and all its descendants; the
+    descendants that ended count through their parent (`children_*`)."""
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _eval_cores(pid: int) -> int:
+    """How many cores the evaluation process may run on (its affinity: a CPU slot's own cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(pid)))
+    except OSError:
+        return max(1, len(os.sched_getaffinity(0)))
+
+
+class EvalClock:
+    """The evaluation's limit. On the CPU it follows the evaluation process's own CPU time (the
+    work it did, counted from its imports being done: "ready"), not the wall clock, so a loaded
+    machine slows it without failing it: the allowance on each of the cores it may use (an idle
+    machine's wall-clock allowance; its threads' time adds up). A process that uses no CPU at all
+    for `stall` seconds (Limits.eval_stall) hangs (blocked, or stopped), and EVAL_BACKSTOP times
+    the allowance of wall time ends any evaluation. On an accelerator the work is the device's, so
+    the limit is wall time."""
+
+    def __init__(self, pid: int, allowance: float, cpu: bool, start: float, stall: float = 60.0,
+                 backstop: float = EVAL_BACKSTOP, cores: int = 1):
+        self.pid, self.allowance, self.cpu, self.start = pid, allowance, cpu, start
+        self.cores, self.cpu_limit = cores, allowance * cores
+        self.stall, self.backstop = max(stall, 0.0), backstop * allowance
+        self.base: float | None = None  # CPU seconds at "ready"
+        self.last = (time.monotonic(), tree_cpu_seconds(pid)) if cpu else None  # (when, CPU seconds) of the last progress
+
+    def ready(self) -> None:
+        if self.cpu and self.base is None:
+            self.base = tree_cpu_seconds(self.pid)
+
+    def used(self) -> float | None:
+        if not self.cpu or self.base is None:
+            return None
+        return tree_cpu_seconds(self.pid) - self.base
+
+    def over(self) -> str | None:
+        """None while the evaluation may go on; else why it is stopped (a `timeout`)."""
+        now = time.monotonic()
+        if not self.cpu:
+            if now > self.start + self.allowance:
+                return f"evaluation took longer than {self.allowance:g}s"
+            return None
+        cpu = tree_cpu_seconds(self.pid)
+        if self.base is not None and cpu - self.base > self.cpu_limit:
+            return (f"evaluation used more than {self.cpu_limit:g}s of CPU time ({self.allowance:g}s on each of its "
+                    f"{self.cores} cores)")
+        if cpu > self.last[1] + 0.005:
+            self.last = (now, cpu)
+        elif now - self.last[0] > self.stall:
+            return f"the evaluation process hangs: it used no CPU time for {self.stall:g}s"
+        if now > self.start + self.backstop:
+            return f"evaluation took longer than {self.backstop:g}s of wall time (its backstop)"
+        return None
+
+
+def _read_verdict(ev: "_Child", clock: EvalClock, cancel) -> tuple[dict | None, str | None]:
+    """The evaluation process's verdict, or (None, why it was stopped when its clock ran out)."""
     sel = selectors.DefaultSelector()
     os.set_blocking(ev.rfd, False)
     sel.register(ev.rfd, selectors.EVENT_READ)
     buf = b""
+    checked = 0.0
     try:
-        while not cancel.is_set() and time.monotonic() < deadline:
+        while not cancel.is_set():
+            if time.monotonic() - checked > 0.25:  # reading the process tree's times costs a little
+                checked = time.monotonic()
+                late = clock.over()
+                if late is not None:
+                    return None, late
             for _k, _e in sel.select(timeout=0.1):
                 try:
                     chunk = os.read(ev.rfd, 65536)
                 except BlockingIOError:
                     continue
                 if not chunk:
-                    return None
+                    return None, None
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
@@ -429,11 +529,14 @@ def _read_verdict(ev: "_Child", deadline: float, cancel) -> dict | None:
                         msg = json.loads(line)
                     except ValueError:
                         continue
+                    if isinstance(msg, dict) and msg.get("type") == "ready":
+                        ev.ready = True
+                        clock.ready()
                     if isinstance(msg, dict) and msg.get("type") in ("result", "invalid", "crash"):
-                        return msg
+                        return msg, None
             if ev.proc.poll() is not None and not sel.select(timeout=0.2):
-                return None
-        return None
+                return None, None
+        return None, None
     finally:
         sel.close()
 
@@ -519,6 +622,7 @@ class _Child:
     key: tuple  # what it was started with; it serves only a run that needs the same
     t_spawn: float
     workdir: Path  # its own writable folder (its working directory)
+    ready: bool = False  # an evaluation process: it said its imports are done
 
 
 _spares: dict[str, _Child] = {}  # slot -> its waiting spare child
@@ -565,6 +669,39 @@ TRAIN_FILES = ("manifest.json", "train.bin", "train_docs.npy", "token_bytes.npy"
 
 def _python(module: str, harness_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-P", "-B", "-c", _BOOT, str(harness_dir), module, *args]
+
+
+def _python_isolated(module: str, harness_dir: Path, *args: str) -> list[str]:
+    """The evaluation process's interpreter: `-I -S` (no PYTHON* variables, no user site, no
+    site-packages processing: a planted `.pth` or `sitecustomize` is never run) and an import path
+    fixed here: the standard library, the folders torch and numpy are installed in, then the
+    harness's parent (the harness itself is loaded from its sources by the bootstrap finder)."""
+    path = [*_eval_import_path(), str(harness_dir.parent)]
+    return [sys.executable, "-I", "-S", "-B", "-c", f"import sys\nsys.path[:] = {path!r}\n" + _BOOT,
+            str(harness_dir), module, *args]
+
+
+def _eval_import_path() -> list[str]:
+    """Where the evaluation process imports from: this interpreter's standard library, and the
+    site folders that hold torch, numpy and what torch imports (found without importing them)."""
+    import importlib.util
+
+    out: list[str] = []
+    for p in [os.path.dirname(os.__file__), *(p for p in sys.path if p.endswith("lib-dynload"))]:
+        if p and os.path.isdir(p) and p not in out:
+            out.append(p)
+    for name in _EVAL_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        where = spec and (list(spec.submodule_search_locations or []) or [spec.origin])
+        site = os.path.dirname(where[0]) if where and where[0] else None
+        if site and os.path.isdir(site) and site not in out:
+            out.append(site)
+    return out
+
+
+# torch, numpy and the packages torch imports (typing_extensions ... mpmath: sympy's)
+_EVAL_PACKAGES = ("torch", "numpy", "typing_extensions", "sympy", "mpmath", "filelock", "networkx", "jinja2",
+                  "markupsafe", "fsspec")
 
 
 def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd, write=()) -> tuple[subprocess.Popen, LogPump]:
@@ -634,7 +771,7 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
 def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxed: bool, gpu: bool) -> _Child:
     """The evaluation process: harness code, the run's folder read-only, nothing writable."""
     rfd, wfd = os.pipe()
-    cmd = _python("harness.evaluator", harness_dir, "--fd", str(wfd))
+    cmd = _python_isolated("harness.evaluator", harness_dir, "--fd", str(wfd))
     env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     try:
         proc, pump = _popen(cmd, env, wfd, None, boxed, [harness_dir, workdir], gpu, cwd=str(harness_dir.parent))
@@ -644,6 +781,50 @@ def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxe
     finally:
         os.close(wfd)
     return _Child(proc, rfd, pump, (), time.monotonic(), workdir)
+
+
+def _early_evaluator(env: dict[str, str], harness_dir: Path, base: Path, profile: Profile, limits: Limits) -> _Child | None:
+    """An evaluation process started before train.py runs, once it has said "ready" (everything it
+    runs imported); None when it could not get there (one is started after training, as with the
+    sandbox)."""
+    base.mkdir(parents=True, exist_ok=True)
+    ev = _spawn_evaluator(env, harness_dir, base, False, profile.device != "cpu")
+    if _await_ready(ev, limits.startup):
+        return ev
+    _discard(ev)
+    return None
+
+
+def _await_ready(ev: _Child, timeout: float) -> bool:
+    """Read the evaluation process's first line ("ready") from its pipe, byte by byte so that
+    nothing after it is taken from _read_verdict."""
+    sel = selectors.DefaultSelector()
+    sel.register(ev.rfd, selectors.EVENT_READ)
+    line = b""
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if not sel.select(timeout=min(1.0, max(0.0, end - time.monotonic()))):
+                if ev.proc.poll() is not None:
+                    return False
+                continue
+            try:
+                b = os.read(ev.rfd, 1)
+            except BlockingIOError:
+                continue
+            if not b:
+                return False
+            if b != b"\n":
+                line += b
+                continue
+            try:
+                ev.ready = json.loads(line).get("type") == "ready"
+            except (ValueError, AttributeError):
+                ev.ready = False
+            return ev.ready
+        return False
+    finally:
+        sel.close()
 
 
 def _stage(child: _Child, source: bytes) -> None:
