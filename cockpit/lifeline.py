@@ -145,11 +145,14 @@ class TerminalState:
             self.attrs = None
 
     def restore(self) -> None:
+        """Best effort, and never blocking: a terminal that takes no output (ctrl-s, a stuck
+        connection) is why the process may be leaving this way."""
         try:
             if self.attrs is not None:
                 termios.tcsetattr(self.fd, termios.TCSANOW, self.attrs)
+            os.set_blocking(self.fd, False)
             os.write(self.fd, RESET_SEQUENCES.encode())
-        except (OSError, termios.error):  # the terminal is gone after all: nothing to restore
+        except (OSError, termios.error):  # gone, or full (EAGAIN): nothing more to do
             pass
 
 

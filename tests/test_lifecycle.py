@@ -244,6 +244,37 @@ def test_the_tui_exits_within_seconds_when_its_terminal_hangs_up(tmp_path):
     assert (ws / ".cockpit" / "session.lock").read_text() == ""
 
 
+def test_sigterm_ends_the_tui_even_when_its_terminal_takes_no_output(tmp_path):
+    """A terminal that stops reading (ctrl-s, a stuck connection) blocks the UI's writes and, with
+    them, its event loop: SIGTERM must still end the process, the session recorded, the terminal's
+    modes put back."""
+    ws, fifo = slow_workspace(tmp_path)
+    term = Terminal()
+    proc = term.spawn("run", "--workspace", str(ws))
+    try:
+        wait_started(fifo, proc)
+        kids = descendants(proc.pid)
+        term.stop_reading()
+        for i in range(12):  # each size change is a full redraw, into a terminal nobody reads
+            fcntl.ioctl(term.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40 + i % 2, 120 + i % 3, 0, 0))
+            os.kill(proc.pid, signal.SIGWINCH)
+            time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=EXIT_WITHIN)
+    finally:
+        kill_all(proc, ws)
+    try:
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert alive(kids) == []
+        lflag = termios.tcgetattr(term.slave)[3]
+        assert lflag & termios.ECHO and lflag & termios.ICANON
+    finally:
+        term.close()
+    s = Journal(ws / ".cockpit" / "journal.sqlite").latest_session()
+    assert s.status == "stopped" and s.stop_reason == "stopped by signal SIGTERM"
+    assert (ws / ".cockpit" / "session.lock").read_text() == ""
+
+
 @pytest.mark.parametrize("how", ["hang_up", "SIGTERM", "SIGHUP"])
 def test_headless_in_a_terminal_exits_on_a_hang_up_or_a_signal(tmp_path, how):
     ws, fifo = slow_workspace(tmp_path)
