@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ class WorkspaceLock:
         self.path = Path(state_dir) / LOCK_NAME
         self.fd: int | None = None
         self.previous: Holder | None = None  # a record left by a holder that died without a clean stop
+        self._release = threading.Lock()  # the main thread and cockpit/lifeline.py's watcher may both release
 
     @property
     def held(self) -> bool:
@@ -122,7 +124,8 @@ class WorkspaceLock:
 
     def release(self) -> None:
         """A clean stop: the record goes, then the lock."""
-        fd, self.fd = self.fd, None
+        with self._release:
+            fd, self.fd = self.fd, None
         if fd is None:
             return
         try:
