@@ -25,7 +25,7 @@ import pytest
 from engine.journal import Journal
 from engine.lock import Holder, describe, refusal
 from cockpit.lifeline import sane_attrs
-from test_cli import env, leftover_runs
+from test_cli import env
 from test_engine import VALUE_FILES, cli, command_workspace, git
 
 EXIT_WITHIN = 30  # seconds, generous for a loaded machine: before the fix the TUI never exited
@@ -121,11 +121,26 @@ class Terminal:
         return self.screen[-3000:].decode(errors="replace")
 
 
+def runs_in(ws: Path) -> list[int]:
+    """The workspace's training processes still alive (they run in the slots' checkouts, in
+    sessions of their own)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if (p.info["cwd"] or "").startswith(str(ws)) and "slowrun.py" in " ".join(p.info["cmdline"] or []):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
 def kill_all(proc: subprocess.Popen, ws: Path) -> None:
+    """After a test: nothing it started keeps running, whatever happened."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    for pid in leftover_runs(ws):
+    for pid in runs_in(ws):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -346,7 +361,7 @@ def test_the_next_start_restores_a_terminal_a_killed_tui_left_behind(tmp_path):
         assert not termios.tcgetattr(term.slave)[3] & termios.ECHO  # the TUI's raw mode
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        for pid in leftover_runs(ws):
+        for pid in runs_in(ws):
             os.kill(pid, signal.SIGKILL)
         term.stop_reading()
         assert not termios.tcgetattr(term.slave)[3] & termios.ECHO  # left so: typing is invisible
