@@ -4,7 +4,6 @@ buffer it keeps is bounded."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -67,9 +66,8 @@ class CockpitApp(App):
         Binding("q", "quit_prompt", "Quit", id="quit"),
     ]
 
-    def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None, stop_signals: tuple = ()):
+    def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None):
         super().__init__()
-        self.stop_signals = tuple(stop_signals)  # the CLI's SIGTERM, SIGHUP: they stop the session like a quit, now
         self.signalled: int | None = None  # the signal that stopped the session, if one did
         self.engine = engine
         self.control = engine.control
@@ -142,9 +140,6 @@ class CockpitApp(App):
         self.set_interval(1.0, self.sample_device)
         self.set_interval(5.0, self.header_bar.refresh_text)
         self.watch_program()
-        loop = asyncio.get_running_loop()
-        for sig in self.stop_signals:
-            loop.add_signal_handler(sig, self.on_stop_signal, sig)
         self.run_engine()
 
     # ---- the engine, in a worker thread ----
@@ -470,8 +465,9 @@ class CockpitApp(App):
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
 
     def on_stop_signal(self, signum: int) -> None:
-        """SIGTERM or SIGHUP: the session stops now, its run recorded `interrupted` ("stopped by
-        signal SIGTERM during the run"); the app leaves when the engine has stopped (engine_stopped)."""
+        """SIGTERM or SIGHUP (the CLI's handlers call this from their own thread, cockpit/lifeline.py):
+        the session stops now, its run recorded `interrupted` ("stopped by signal SIGTERM during the
+        run"); the app leaves when the engine has stopped (engine_stopped)."""
         self.signalled = self.signalled or signum
         self.control.stop("now", by=f"signal {signal.Signals(signum).name}")
         if self.stop_reason is not None:  # the session had already stopped: nothing to wait for
@@ -486,9 +482,6 @@ class CockpitApp(App):
         super().exit(*args, **kwargs)
 
     def on_unmount(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self.stop_signals:
-            loop.remove_signal_handler(sig)
         if self.stop_reason is None:
             self.control.stop("now")  # the app is going away (ctrl+c, a crash): end the run cleanly
         if self._observer is not None:

@@ -361,19 +361,43 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
     return Claude(key, cfg), why
 
 
-def build_engine(args):
-    """Workspace, target, agent and engine for `cockpit run`, headless or in the TUI."""
-    from engine.loop import Engine, Limits
-    from engine.slots import check_spec
-    from engine.targets import CommandTarget, GptTarget
+def build_engine(args, tui: bool = False):
+    """Workspace, target, agent and engine for `cockpit run`, headless or in the TUI, and the
+    workspace's session lock, held (engine/lock.py): a second cockpit in the workspace is refused
+    here, in one line, before it touches anything."""
+    from engine.lock import WorkspaceLock
     from engine.workspace import open_workspace
-    from harness.paths import cache_root
 
     for flag in ("max_experiments", "max_hours", "max_cost", "budget"):
         v = getattr(args, flag, None)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise HarnessError(f"--{flag.replace('_', '-')} must be a finite number >= 0")
     ws = open_workspace(args.workspace)
+    lock = WorkspaceLock(ws.state)
+    tty = _tty_name() if tui else None
+    if ws.state.is_dir():  # a session may be running here: the lock is the first thing looked at
+        lock.acquire(tty)
+    try:
+        engine, notices = _build_engine(args, ws, lock, tty)
+    except BaseException:
+        lock.release()  # refused: no record of a holder that died is left behind
+        raise
+    return engine, notices, lock
+
+
+def _tty_name() -> str | None:
+    try:
+        return os.ttyname(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return None
+
+
+def _build_engine(args, ws, lock, tty):
+    from engine.loop import Engine, Limits
+    from engine.slots import check_spec
+    from engine.targets import CommandTarget, GptTarget
+    from harness.paths import cache_root
+
     if ws.config.target.kind == "gpt":  # [run] sandbox = "required" where there is none: refused before anything
         from harness.runner import sandbox_state
 
@@ -382,8 +406,12 @@ def build_engine(args):
     # uncommitted change is refused (the agent edits only its own tree, .cockpit/agent).
     ws.git.ensure_clean(allow=("program.md",))
     ws.git.head()  # a repository with no commits is refused here, before any data is prepared
+    # The checks above only read. Nothing is written, prepared or checked out before the lock is
+    # held (a workspace that never ran a session gets its .cockpit/ only now).
+    lock.acquire(tty)
+    repaired = _repair_terminal(lock.previous, tty)
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
-    notices = [why]
+    notices = [why] + ([repaired] if repaired else [])
     if hasattr(agent, "prepare"):  # asks the API what the model can do: a bad model or key stops here
         notices += agent.prepare()
     tc = ws.config.target
@@ -430,55 +458,85 @@ def build_engine(args):
     return engine, notices
 
 
-# `kill`, and a closed SSH connection without tmux: the session stops like a quit, now
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+def _repair_terminal(previous, tty: str | None) -> str | None:
+    """A previous cockpit whose TUI drew on this terminal died without a clean stop (kill -9):
+    the terminal may still be in its alternate screen, without echo. Put it right before
+    anything is drawn, and say so."""
+    if previous is None or previous.tty is None or previous.tty != (tty or _tty_name()):
+        return None
+    from cockpit.lifeline import repair_terminal
+
+    if not repair_terminal(sys.stdout.fileno()):
+        return None
+    return (f"the previous cockpit here (pid {previous.pid}) ended without a clean stop; "
+            f"restored this terminal's screen and modes")
 
 
 def cmd_run(args) -> int:
     """The research loop, in the TUI or headless (asked for, or when stdout is not a terminal).
+    One process per workspace: a second one is refused while this one lives (engine/lock.py).
     Exit status: 0 when a limit or the human ended the session, 1 on an error (a failed
     baseline, an integrity failure, a fatal API error), 128 + the signal's number on SIGTERM or
-    SIGHUP (which stop the session like a quit, now)."""
-    engine, notices = build_engine(args)
-    if args.headless or args.json or not sys.stdout.isatty():
-        signum = _run_headless(engine, notices, args.json)
-    else:
-        from cockpit.app import CockpitApp
-
-        app = CockpitApp(engine, notices, stop_signals=STOP_SIGNALS)
-        app.run()
-        signum = app.signalled
+    SIGHUP (which stop the session like a quit, now; cockpit/lifeline.py) and, headless, on
+    ctrl-c (130)."""
+    tui = not (args.headless or args.json or not sys.stdout.isatty())
+    engine, notices, lock = build_engine(args, tui)
+    try:
+        if tui:
+            signum = _run_tui(engine, notices, lock)
+        else:
+            signum = _run_headless(engine, notices, args.json, lock)
+    finally:
+        lock.release()
     if engine.error:
         _say(f"cockpit: error: {engine.error}")
         return 1
     return 128 + signum if signum else 0
 
 
-def _run_headless(engine, notices: list[str], json_lines: bool) -> int | None:
-    """Run the session, printing its events; returns the stopping signal's number, if one stopped it."""
+def _run_tui(engine, notices: list[str], lock) -> int | None:
+    """Run the session in the TUI; returns the stopping signal's number, if one stopped it."""
+    from cockpit.app import CockpitApp
+    from cockpit.lifeline import Lifeline, TerminalState
+
+    app = CockpitApp(engine, notices)
+
+    def tell_the_app(signum: int) -> None:
+        try:
+            app.call_from_thread(app.on_stop_signal, signum)
+        except RuntimeError:  # the app is not running (yet, or any more): the engine has the stop already
+            return
+
+    life = Lifeline(engine.control, engine.finished, on_stop=tell_the_app, before_exit=lock.release,
+                    terminal=TerminalState()).install()
+    try:
+        app.run()
+    finally:
+        life.uninstall()
+    return life.signalled
+
+
+def _run_headless(engine, notices: list[str], json_lines: bool, lock) -> int | None:
+    """Run the session, printing its events; returns the stopping signal's number, if one stopped
+    it. ctrl-c stops the session like SIGTERM (a second one interrupts at once)."""
     from engine import events as ev
     from engine.headless import Printer
+    from cockpit.lifeline import STOP_SIGNALS, Lifeline
 
     printer = Printer(json_lines=json_lines, metric=engine.target.metric_name)
     engine.subscribe(printer)
     for text in notices:
         printer(ev.Notice(text=text))
-    got: list[int] = []
-
-    def on_signal(signum, frame) -> None:
-        got.append(signum)
-        engine.control.stop("now", by=f"signal {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    life = Lifeline(engine.control, engine.finished, signals=STOP_SIGNALS + (signal.SIGINT,),
+                    before_exit=lock.release).install()
     try:
         engine.run()
     except KeyboardInterrupt:
-        engine.control.stop("now")
+        engine.control.stop("now", by="ctrl-c")
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return got[0] if got else None
+        life.uninstall()
+    return life.signalled
 
 
 def session_state(s) -> str:

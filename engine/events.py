@@ -63,6 +63,7 @@ class SessionStarted(Event):
 class SessionStopped(Event):
     session_id: int
     reason: str
+    error: bool = False  # it stopped on an error (the CLI exits 1 and prints the reason on stderr)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Waiting(Event):
 @dataclass(frozen=True)
 class Error(Event):
     text: str
+    fatal: bool = False  # the session stops on it (the reason of SessionStopped(error=True))
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,10 @@ class Printer:
         if isinstance(e, ev.Waiting):
             return f"waiting: {e.reason}" + (f" (retry in {e.seconds:.0f}s)" if e.seconds else "")
         if isinstance(e, ev.Error):
-            return f"error: {e.text}"
+            # the error the session stops on is said once, by the CLI (`cockpit: error: ...` on stderr)
+            return None if e.fatal else f"error: {e.text}"
         if isinstance(e, ev.SessionStopped):
-            return f"session stopped: {e.reason}"
+            return "session stopped on an error" if e.error else f"session stopped: {e.reason}"
         return None
 
 

@@ -98,6 +98,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self.harness: str | None = None  # the target's harness version (set at start)
         self._head: str | None = None  # where cockpit last put the session branch (anything else there is the human's)
         self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now
+        self.finished = threading.Event()  # run() has returned: the session is recorded stopped, its processes gone
 
     # ---- events ----
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
@@ -243,6 +244,12 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
     def run(self) -> str:
         """Run until a stop condition; returns the reason. Any failure ends the session with its
         reason recorded, the unfinished experiments `interrupted` and the branch at the best commit."""
+        try:
+            return self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> str:
         reason = "stopped"
         try:
             if self.session is None:
@@ -259,11 +266,14 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             reason = self.schedule()
         except _Stop as e:
             reason = str(e)
+        except KeyboardInterrupt:  # a ctrl-c that reached the engine's thread: it is recorded as one
+            reason = "stopped by ctrl-c"
+            raise
         except Exception as e:  # integrity failures, git, disk, the database: stop with one clear line
             reason = self.error = str(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, HarnessError):
                 traceback.print_exc()
-            self.emit(ev.Error(text=reason))
+            self.emit(ev.Error(text=reason, fatal=True))
         finally:
             s = self.session
             if s is not None:
@@ -273,7 +283,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                     traceback.print_exc()
                 if self._fatal is not None and self.error is None:  # a proposal ended it as the session stopped anyway
                     reason = self.error = str(self._fatal)
-                    self.emit(ev.Error(text=reason))
+                    self.emit(ev.Error(text=reason, fatal=True))
                 for slot in self.slots or [None]:
                     target = slot.target if slot is not None else self.target
                     if hasattr(target, "close"):
@@ -286,7 +296,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
                 self.set_state(f"stopped: {reason}")
                 self.write_results()
-                self.emit(ev.SessionStopped(session_id=s.id, reason=reason))
+                self.emit(ev.SessionStopped(session_id=s.id, reason=reason, error=self.error is not None))
         return reason
 
     def _stop_condition(self) -> str | None:
