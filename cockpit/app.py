@@ -5,6 +5,7 @@ buffer it keeps is bounded."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -26,7 +27,8 @@ from engine.journal import duty_cycle
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
-from .screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
+from .consequences import force_keep_consequences, force_keep_refusal, quit_consequences, veto_consequences
+from .screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen
 from .widgets.diff import DiffPane
 from .widgets.gpu import GpuPanel
 from .widgets.header import HeaderBar
@@ -39,6 +41,8 @@ from .widgets.table import ExperimentTable
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
 
 
+MAX_LOGGED = 10_000  # results remembered so that none is said twice in the agent pane
+PROGRAM_QUIET = 0.5  # seconds without an event on program.md before it is read (one save, several events)
 DUTY_EVERY = 10.0  # seconds between recomputations of the duty cycle shown in the run panel
 
 
@@ -68,6 +72,9 @@ class CockpitApp(App):
         Binding("enter", "open_selected", "Open", id="open", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("q", "quit_prompt", "Quit", id="quit"),
+        # Textual's own ways out (ctrl+q quits at once, ctrl+c hints at ctrl+q): the same dialog as q
+        Binding("ctrl+q", "quit_prompt", "Quit", id="quit-ctrl-q", show=False, priority=True),
+        Binding("ctrl+c", "quit_prompt", "Quit", id="quit-ctrl-c", show=False, system=True),
     ]
 
     def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None, stop_signals: tuple = ()):
@@ -84,8 +91,12 @@ class CockpitApp(App):
         self.stop_reason: str | None = None
         self._duty = None  # (when, the session's duty cycle): see _phases
         self._observer = None
+        self._program_hash = ""  # sha256 of program.md as the agent was last told of it
+        self._program_timer = None  # the pending read of program.md, once its events are quiet
+        self.program_quiet = PROGRAM_QUIET
         self._last_render = 0.0
         self._baselines: list[float] = []
+        self._logged: dict[int, str] = {}  # experiment -> the result the agent pane said last (bounded)
         self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
         self.live_diff: ev.DiffUpdated | None = None
         self.diffs: dict[int, str] = {}  # the latest experiments' diffs against their best (bounded)
@@ -164,6 +175,7 @@ class CockpitApp(App):
         self.stop_reason = reason
         self.header_bar.refresh_text()
         self.refresh_state()
+        self.reasoning.flush_all()
         self.reasoning.line(f"session stopped: {reason}", "bold")
         if self.control.stop_mode:
             self.exit(reason)
@@ -218,8 +230,8 @@ class CockpitApp(App):
     # ---- the command palette (ctrl+p): every action, with its key ----
     # What each key does, for the palette (the footer's short labels name them).
     ACTION_HELP = {
-        "veto": "discard the running (or waiting) experiment now: its training is killed",
-        "force_keep": "keep the selected finished experiment (or the running one when it ends) as the new best",
+        "veto": "discard the running (or waiting) experiment now, after a confirmation: a run is killed, a waiting one never runs",
+        "force_keep": "keep the selected finished experiment (or the running one when it ends) as the new best, after a confirmation",
         "edit_program": "edit program.md, the agent's instructions, in the app",
         "external_edit": "edit program.md in $EDITOR",
         "toggle_review": "review gate: hold each proposal until you approve or veto it",
@@ -232,10 +244,37 @@ class CockpitApp(App):
 
     def get_system_commands(self, screen):
         for b in self.BINDINGS:
+            if not b.show:  # ctrl+q, ctrl+c: the same action as a shown key, listed once
+                continue
             key = b.key_display or b.key
             yield SystemCommand(f"{b.description} ({key})", self.ACTION_HELP.get(b.action, b.tooltip or b.description),
                                 lambda action=b.action: self.run_action(action))
-        yield from super().get_system_commands(screen)
+        yield SystemCommand("Screenshot", "save an SVG of the screen under .cockpit/screenshots/ (the notice names it)",
+                            lambda: self.set_timer(0.1, self.save_screen))  # once the palette has closed
+        for c in super().get_system_commands(screen):
+            # Textual's Quit leaves at once (the run lost); its Screenshot saves to a ~/Downloads
+            # that a server seldom has. Both are replaced above.
+            if c.title not in ("Quit", "Screenshot"):
+                yield c
+
+    def action_quit(self) -> None:
+        """Textual's quit (its palette entry, a binding of ctrl+q anywhere): the quit dialog."""
+        self.action_quit_prompt()
+
+    def action_help_quit(self) -> None:
+        """Textual's ctrl+c hint ("press ctrl+q to quit"): the quit dialog instead."""
+        self.action_quit_prompt()
+
+    def save_screen(self) -> None:
+        """The palette's Screenshot: an SVG in the workspace's .cockpit/screenshots/, named in a notice."""
+        folder = self.engine.ws.state / "screenshots"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(path=str(folder))
+        except OSError as e:
+            self.notify(f"could not save the screenshot in {folder}: {e.strerror or e}", severity="error")
+            return
+        self.notify(f"screenshot saved: {path}")
 
     # ---- the state line: what the session does now, never fading ----
     def state_line(self) -> str:
@@ -267,13 +306,13 @@ class CockpitApp(App):
         if isinstance(e, ev.SessionStarted):
             hb.tag = e.tag
             hb.best = e.best_metric
-            self._load_history(e.session_id)
+            self._load_history(e.session_id, e.next_experiment)
         elif isinstance(e, ev.AgentThinking):
-            self.reasoning.delta("thinking", e.text)
+            self.reasoning.delta("thinking", e.text, e.n)
         elif isinstance(e, ev.AgentText):
-            self.reasoning.delta("text", e.text)
+            self.reasoning.delta("text", e.text, e.n)
         elif isinstance(e, ev.ToolCalled):
-            self.reasoning.line(f"→ {e.name} {e.summary}", "cyan" if e.ok else "red")
+            self.reasoning.line(f"#{e.n} → {e.name} {e.summary}", "cyan" if e.ok else "red", n=e.n)
         elif isinstance(e, ev.DiffUpdated):
             self.live_diff = e
             self.diffs[e.n] = e.diff
@@ -283,10 +322,10 @@ class CockpitApp(App):
                 self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
         elif isinstance(e, ev.ExperimentProposed):
             self.table.upsert(e.n, description=e.description, status="proposing")
-            self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold")
+            self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold", n=e.n)
         elif isinstance(e, ev.AwaitingApproval):
             self.awaiting_n = e.n
-            self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow")  # and the state line says so
+            self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow", n=e.n)  # and the state line says so
         elif isinstance(e, ev.ExperimentStarted):
             self.running[e.n] = e.device
             if self.awaiting_n == e.n:
@@ -387,12 +426,17 @@ class CockpitApp(App):
         """The agent pane's record of each result, with its reason."""
         if status == "interrupted" and description == "(not run)":
             return
+        if self._logged.get(n) == status:  # said once (a resume's history and the live event can both carry it)
+            return
+        self._logged[n] = status
+        while len(self._logged) > MAX_LOGGED:
+            self._logged.pop(next(iter(self._logged)))
         val = f" {metric:.6f}" if metric is not None else ""
         d = f" ({delta:+.6f})" if delta is not None else ""
         why = f" — {reason}" if reason else ""
         style = {"keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red",
                  "timeout": "red", "invalid": "magenta", "vetoed": "yellow"}.get(status, "")
-        self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style)
+        self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style, n=n)
 
     def _phases(self, n: int) -> str | None:
         """Where run n's time went, and the session's duty cycle so far, from the journal."""
@@ -411,11 +455,15 @@ class CockpitApp(App):
         return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
                 f"duty {100 * d.ratio:.0f}% ({d.experiments} runs)")
 
-    def _load_history(self, sid: int) -> None:
-        """On resume, the table starts with what the journal already holds."""
+    def _load_history(self, sid: int, next_n: int) -> None:
+        """On resume, the table starts with what the journal held when the session started (rows
+        from next_n on arrive as events: read here too, a busy frame would show them twice)."""
         s = self.engine.journal.session(sid)
         self.table.best_n = s.best_n
-        history = self.engine.journal.experiments(sid)
+        # `up` counts from the session's start, not this process's (the journal's clock is the wall's)
+        hb = self.header_bar
+        hb.started = time.monotonic() - max(0.0, time.time() - s.created)
+        history = [x for x in self.engine.journal.experiments(sid) if x.n < next_n]
         if history:
             self.reasoning.line(f"resumed: the last results of session {s.tag}", "bold")
         for x in history[-10:]:
@@ -427,6 +475,8 @@ class CockpitApp(App):
                               memory=x.memory_gb)
             if x.kind == "experiment":
                 self.header_bar.counts[x.status] = self.header_bar.counts.get(x.status, 0) + 1
+                if x.finished is not None and x.run_started is not None:  # the pace counts from the start too
+                    hb.finished_times.append(time.monotonic() - max(0.0, time.time() - x.finished))
             elif x.metric is not None:
                 self._baselines.append(x.metric)
                 self.header_bar.baseline = sum(self._baselines) / len(self._baselines)
@@ -457,17 +507,29 @@ class CockpitApp(App):
                 if any(os.path.basename(str(p)) == path.name for p in paths) and event.event_type in ("modified", "created", "moved"):
                     app.post_message(ProgramChanged())
 
-        self._program_text = path.read_text(encoding="utf-8") if path.exists() else ""
+        self._program_hash = self._program_digest()
         self._observer = Observer()
         self._observer.schedule(Handler(), str(path.parent), recursive=False)
         self._observer.daemon = True
         self._observer.start()
 
-    def on_program_changed(self, message: ProgramChanged) -> None:
+    def _program_digest(self) -> str:
         path = self.engine.ws.program_path
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        if text != self._program_text:
-            self._program_text = text
+        return hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()
+
+    def on_program_changed(self, message: ProgramChanged) -> None:
+        """One save fires several events (an editor truncates, writes in pieces, renames): the
+        file is read once they have been quiet for PROGRAM_QUIET seconds, and a change is said
+        once per new content."""
+        if self._program_timer is not None:
+            self._program_timer.stop()
+        self._program_timer = self.set_timer(self.program_quiet, self._program_settled)
+
+    def _program_settled(self) -> None:
+        self._program_timer = None
+        digest = self._program_digest()
+        if digest != self._program_hash:
+            self._program_hash = digest
             self.control.instructions_changed()
             self.notify("program.md changed: the agent is told at its next proposal")
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
@@ -528,37 +590,68 @@ class CockpitApp(App):
             return
 
         def done(reason: str | None) -> None:
-            if reason is not None:
-                self.control.veto(reason, n)
-                self.reasoning.line(f"#{n} vetoed: {reason}", "yellow")
+            if reason is None:
+                return
+            if self.control.veto(reason, n):  # the agent pane says it once, from the record (ExperimentFinished)
+                self.notify(f"#{n} vetoed: {reason}")
+            else:
+                self.notify(f"#{n} had already finished: nothing to veto", severity="warning")
 
-        self.push_screen(VetoScreen(n), done)
+        self.push_screen(VetoScreen(n, veto_consequences(n, running=n in self.running)), done)
 
     def action_force_keep(self) -> None:
+        """k: checked first (a baseline, a row without a result, the best already: said, and
+        nothing sent), then a dialog that says how far the run is from the best and that the
+        branch moves; only a yes sends the force-keep."""
         if self._stopped_says("a keep applies to a running session"):
             return
         n = self.table.selected_number()
-        if n is not None and n not in self.running:
-            row = self.table.data_rows.get(n, {})
-            if row.get("metric") is None:
-                self.notify(f"#{n} has no measured result to keep", severity="warning")
+        if n is None or (n not in self.running and n not in self.table.data_rows):
+            n = self._chosen_run()
+        if n is None:
+            self.notify("select a finished experiment to keep", severity="warning")
+            return
+        running = n in self.running
+        if not running:
+            why = self._force_keep_refusal(n)
+            if why is not None:
+                self.notify(why, severity="warning")
+                return
+        metric = None if running else self.table.data_rows[n]["metric"]
+        s = self.engine.session
+        text = force_keep_consequences(n, metric=metric, best=self.header_bar.best, best_n=self.table.best_n,
+                                       direction=self.engine.target.direction, noise=s.noise if s is not None else None,
+                                       metric_name=self.engine.target.metric_name)
+
+        def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.stop_reason is not None:
+                self.notify(f"the session has stopped ({self.stop_reason}): #{n} is not kept", severity="warning")
                 return
             self.control.force_keep(n)
-            self.notify(f"#{n} will become the best before the next experiment")
+            self.notify(f"#{n} will be kept when it finishes" if running
+                        else f"#{n} will become the best before the next experiment")
             self.refresh_state()
-            return
-        n = self._chosen_run() if n is None else n
-        if n is not None and n in self.running:
-            self.control.force_keep(n)
-            self.notify(f"#{n} will be kept when it finishes")
-            self.refresh_state()
-        else:
-            self.notify("select a finished experiment to keep", severity="warning")
+
+        self.push_screen(ForceKeepScreen(n, text), done)
+
+    def _force_keep_refusal(self, n: int) -> str | None:
+        """Why finished experiment n cannot be force-kept, from its journal row (the table's row
+        while the session has none yet)."""
+        row = self.table.data_rows[n]
+        s = self.engine.session
+        x = self.engine.journal.experiment(s.id, n) if s is not None else None
+        if x is None:
+            return force_keep_refusal(n, kind="baseline" if row["status"] == "baseline" else "experiment",
+                                      metric=row["metric"], commit=row["commit"], best_n=self.table.best_n)
+        return force_keep_refusal(n, kind=x.kind, metric=x.metric, commit=x.commit_sha, best_n=self.table.best_n,
+                                  harness_matches=x.harness == self.engine.harness)
 
     def action_edit_program(self) -> None:
         def done(saved: bool | None) -> None:
             if saved:
-                self._program_text = self.engine.ws.program_path.read_text(encoding="utf-8")
+                self._program_hash = self._program_digest()  # its own events then say nothing more
                 self.control.instructions_changed()
                 self.notify("program.md saved: the agent is told at its next proposal")
 
@@ -579,11 +672,10 @@ class CockpitApp(App):
         except FileNotFoundError:
             self.notify(f"editor not found: {editor} (set $EDITOR)", severity="error")
             return
-        path = self.engine.ws.program_path
-        if (path.read_text(encoding="utf-8") if path.exists() else "") == self._program_text:
+        if self._program_digest() == self._program_hash:
             self.notify("program.md unchanged: the agent's instructions stay as they were")
             return
-        self.post_message(ProgramChanged())
+        self._program_settled()  # the editor has exited: the file is whole now
 
     def action_toggle_review(self) -> None:
         if self._stopped_says("the review gate applies to a running session"):
@@ -647,8 +739,11 @@ class CockpitApp(App):
         self.push_screen(HelpScreen(self.BINDINGS, self.ACTION_HELP))
 
     def action_quit_prompt(self) -> None:
+        """Every way out (q, ctrl+q, ctrl+c, the palette's Quit) asks here: after this run, or now."""
         if self.stop_reason is not None:
             self.exit(self.stop_reason)
+            return
+        if isinstance(self.screen, QuitScreen):  # asked already
             return
 
         def done(mode: str | None) -> None:
@@ -656,7 +751,8 @@ class CockpitApp(App):
                 self.control.stop(mode)
                 self.refresh_state()
 
-        self.push_screen(QuitScreen(), done)
+        forced = [self.running_n if n is None else n for n in self.control.force_pending()]
+        self.push_screen(QuitScreen(quit_consequences(sorted(self.running), forced)), done)
 
 
 def _gpu_name(device: str) -> str | None:

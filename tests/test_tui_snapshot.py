@@ -7,6 +7,7 @@ them (a failing run writes a visual diff report, snapshot_report.html)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,9 +64,10 @@ class ScriptedEngine:
         self.error = None
         self._subs = []
         self.target = SimpleNamespace(metric_name="val_bpb", direction="min")
-        self.ws = SimpleNamespace(program_path=program)
+        self.ws = SimpleNamespace(program_path=program, state=program.parent / ".cockpit")
         self.session = None
-        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: SimpleNamespace(best_n=None, best_metric=None),
+        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: SimpleNamespace(best_n=None, best_metric=None,
+                                                                                                   created=time.time()),
                                        experiments=lambda sid: [])
         self.tail = list(tail)  # the events that put the session in the state under test
         self.reason = reason  # set: the session stops by itself with this reason
