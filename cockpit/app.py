@@ -33,6 +33,7 @@ from .widgets.diff import DiffPane
 from .widgets.gpu import GpuPanel
 from .widgets.header import HeaderBar
 from .widgets.plot import LossPlot, MetricPlot
+from .widgets.pinned import PinnedRows
 from .widgets.reasoning import ReasoningLog
 from .widgets.run_panel import RunPanel
 from .widgets.table import ExperimentTable
@@ -56,6 +57,8 @@ class CockpitApp(App):
     #top { height: 1fr; }
     #left { width: 3fr; }
     #right { width: 2fr; }
+    #top.narrow > #left { width: 2fr; }
+    #top.narrow > #right { width: 1fr; }
     #bottom { height: 12; }
     #bottom > * { width: 1fr; }
     #bottom.short { height: 7; }
@@ -104,6 +107,7 @@ class CockpitApp(App):
         metric = engine.target.metric_name
         self.header_bar = HeaderBar(metric)
         self.table = ExperimentTable(metric)
+        self.pinned = PinnedRows()  # the best and running rows while they are out of the table's view
         self.diff = DiffPane()
         self.reasoning = ReasoningLog()
         self.run_panel = RunPanel()
@@ -123,6 +127,7 @@ class CockpitApp(App):
         with Horizontal(id="top"):
             with Vertical(id="left"):
                 yield self.table
+                yield self.pinned
                 yield self.reasoning
             with Vertical(id="right"):
                 yield self.diff
@@ -136,16 +141,18 @@ class CockpitApp(App):
 
     def on_resize(self, event) -> None:
         """Small terminals drop panes by priority rather than cutting every pane a little: below 120
-        columns the device and loss panes go (the table, the agent and the run stay), below 32 rows
-        the bottom row shrinks."""
+        columns the device and loss panes go (the table, the agent and the run stay) and the table
+        takes 2/3 of the width, below 32 rows the bottom row shrinks."""
         w, h = event.size.width, event.size.height
         self.gpu.display = w >= 120
         self.loss_plot.display = w >= 120
+        self.query_one("#top").set_class(w < 120, "narrow")  # the table's share grows (widgets/table.py TABLE_SHARE)
         self.table.set_narrow(w < 120, w)
         # a compact screen has no room for scrollbars: the table follows its cursor, the log its end
         for pane in (self.table, self.reasoning):
             pane.set_class(w < 120 or h < 32, "compact")
         self.query_one("#bottom").set_class(h < 32, "short")
+        self.call_after_refresh(self.refresh_pinned)  # once the table has its new height
 
     def on_mount(self) -> None:
         for text in self.notices:
@@ -159,6 +166,7 @@ class CockpitApp(App):
         loop = asyncio.get_running_loop()
         for sig in self.stop_signals:
             loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        self.watch(self.table, "scroll_y", lambda _: self.refresh_pinned(), init=False)
         self.run_engine()
 
     # ---- the engine, in a worker thread ----
@@ -226,6 +234,20 @@ class CockpitApp(App):
                     self.log.error(traceback.format_exc())
         self.header_bar.refresh_text()
         self.refresh_state()
+        self.refresh_pinned()
+
+    def refresh_pinned(self) -> None:
+        """Pin the best and running rows the table's view does not show (after each frame, each
+        scroll and each resize); a table that follows its last row keeps following it."""
+        was = self.pinned.display
+        self.pinned.show(self.table, self.table.best_n, self.running)
+        if self.pinned.display != was and self.table.follow and self.table.row_count:
+            self.call_after_refresh(self._follow_again)
+
+    def _follow_again(self) -> None:
+        if self.table.follow and self.table.row_count:
+            self.table.move_cursor(row=self.table.row_count - 1)
+            self.call_after_refresh(lambda: self.pinned.show(self.table, self.table.best_n, self.running))
 
     # ---- the command palette (ctrl+p): every action, with its key ----
     # What each key does, for the palette (the footer's short labels name them).
