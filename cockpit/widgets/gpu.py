@@ -1,5 +1,5 @@
 """The device panel: every GPU on one line each (utilisation, memory, temperature, power, from
-NVML) with its recent utilisation as a sparkline (labelled "util"), and the slot's experiment running on it; CPU
+NVML) with its recent utilisation as a sparkline (the border says so), and the slot's experiment running on it; CPU
 and RAM from psutil when there is no GPU."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from textual.widgets import Static
 HISTORY = 60
 SPARK_MIN = 8  # fewer samples would draw one solid block
 BLOCKS = " ▁▂▃▄▅▆▇█"
-SPARK_LABEL = " util "
+SPARK_LABEL = "▁▄█ utilisation, newest right"
 
 
 def spark(values, width: int) -> str:
@@ -49,8 +49,8 @@ class GpuPanel(VerticalScroll):
             n = self.on_device.get(s.name)
             if n is not None:
                 text.append(f" #{n}", style="bold")
-            room = width - len(text.plain) - 1 - len(SPARK_LABEL)
+            room = width - len(text.plain) - 1
             if len(hist) >= SPARK_MIN and room >= 4:
-                text.append(SPARK_LABEL, style="dim")  # what the sparkline draws: utilisation over the last samples
-                text.append(spark(hist, room), style="green")
+                text.append(" " + spark(hist, room), style="green")
+                self.border_subtitle = SPARK_LABEL  # what the sparklines draw, said once for every line
             st.update(text)
