@@ -18,13 +18,8 @@ from cockpit.app import CockpitApp
 from cockpit.consequences import force_keep_consequences, force_keep_refusal, quit_consequences, veto_consequences
 from cockpit.screens import ForceKeepScreen, QuitScreen, VetoScreen
 from engine import events as ev
-from engine.agents.tuner import Tuner
-from engine.control import Control
 from engine.gpu import Sample
-from engine.journal import Journal
-from engine.loop import Engine, Limits
-from engine.targets import CommandTarget
-from engine.workspace import open_workspace
+from engine.journal import Experiment, Journal
 from test_tui import notices, rows, value_app, value_workspace, wait_for
 from test_tui_snapshot import FixedTelemetry, ScriptedEngine, make_app, settle
 
@@ -235,19 +230,41 @@ async def test_a_veto_is_said_once_in_the_agent_pane(tmp_path):
     assert len(said) == 1, said
 
 
-async def test_each_result_is_said_once_after_a_restart(tmp_path):
-    ws = value_workspace(tmp_path)
-    app = value_app(ws, max_experiments=3)
+def journal_row(n: int, status: str, metric: float | None, kind: str = "experiment", description: str = "") -> Experiment:
+    return Experiment(id=n, session_id=1, n=n, kind=kind, parent_commit="a" * 40, commit_sha=f"{n:07x}" + "0" * 33,
+                      diff_stat="", description=description, status=status, reason=None, metric=metric, delta=None,
+                      confidence=None, training_seconds=1.0, total_seconds=2.0, memory_gb=None, tokens_in=0, tokens_out=0,
+                      cache_write=0, cache_read=0, cost_usd=0.0, started=time.time() - 60, finished=time.time() - 30,
+                      log_path=None, run_started=time.time() - 59)
+
+
+async def test_on_resume_a_result_the_journal_and_an_event_both_carry_is_said_once(tmp_path):
+    """A busy machine draws the resume's first frame late: by then the journal already holds #5,
+    which the resumed session ran, and the frame also carries #5's events."""
+    history = [journal_row(1, "keep", 1.0, kind="baseline", description="baseline 1/1"),
+               journal_row(4, "keep", 0.99, description="OTHER 3 -> 2"),
+               journal_row(5, "keep", 0.98, description="OTHER 2 -> 1")]
+
+    def resumed():
+        yield ev.SessionStarted(session_id=1, tag="ui", branch="cockpit/ui", agent="tuner", resumed=True,
+                                best_commit="a" * 40, best_metric=0.99, next_experiment=5)
+        yield ev.ExperimentProposed(n=5, description="OTHER 2 -> 1", diff_stat="")
+        yield ev.ExperimentStarted(n=5, commit="5" * 40)
+        yield ev.BestChanged(n=5, commit="5" * 40, metric=0.98)
+        yield ev.ExperimentFinished(n=5, commit="5" * 40, status="keep", metric=0.98, delta=-0.01, confidence=3.0,
+                                    best_metric=0.98, description="OTHER 2 -> 1")
+
+    program = tmp_path / "program.md"
+    program.write_text("# program\n")
+    engine = ScriptedEngine(program)
+    engine.script = resumed
+    engine.journal.experiments = lambda sid: history
+    app = CockpitApp(engine, [], telemetry=FixedTelemetry())
     async with app.run_test(size=(160, 48)) as pilot:
-        await wait_for(pilot, lambda: app.stop_reason is not None, what="three experiments")
-    w = open_workspace(ws)
-    engine = Engine(w, Tuner(), CommandTarget(w.root, w.config.target, None), control=Control(), limits=Limits(max_experiments=2))
-    app2 = CockpitApp(engine, [])
-    async with app2.run_test(size=(160, 48)) as pilot:
-        await wait_for(pilot, lambda: app2.stop_reason is not None, what="the resumed session's experiments")
-    results = [line.split(" ")[:2] for line in agent_lines(app2)
-               if re.match(r"^#\d+ (keep|discard|baseline|crash|forced|vetoed|timeout|invalid|interrupted)\b", line)]
-    assert results and len(results) == len({tuple(r) for r in results}), results
+        await settle(app, engine)(pilot)
+    said = [line for line in agent_lines(app) if re.match(r"^#\d+ (keep|baseline)\b", line)]
+    assert said == ["#1 baseline 1.000000", "#4 keep 0.990000", "#5 keep 0.980000 (-0.010000)"], said
+    assert app.header_bar.counts == {"keep": 2}  # #4 and #5, each once
 
 
 async def test_one_save_of_program_md_is_said_once(tmp_path):

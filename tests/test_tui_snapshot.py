@@ -66,8 +66,8 @@ class ScriptedEngine:
         self.target = SimpleNamespace(metric_name="val_bpb", direction="min")
         self.ws = SimpleNamespace(program_path=program, state=program.parent / ".cockpit")
         self.session = None
-        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: SimpleNamespace(best_n=None, best_metric=None,
-                                                                                                   created=time.time()),
+        session = SimpleNamespace(best_n=None, best_metric=None, tag="nov27", created=time.time())
+        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: session,
                                        experiments=lambda sid: [])
         self.tail = list(tail)  # the events that put the session in the state under test
         self.reason = reason  # set: the session stops by itself with this reason

@@ -75,10 +75,25 @@ class ExperimentTable(DataTable):
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
+            self.add_column(self._label(c), key=c, width=self._width(c))
 
     def _width(self, column: str) -> int | None:
+        if column == "description":  # the rest of the table's width, once it is known: the header never overflows
+            return self._room() if self.term_width else None
         return column_width(column, self.narrow, self.device_width)
+
+    def _label(self, column: str) -> str:
+        if column == "metric":
+            return self.metric
+        if column == "description" and self.term_width and self._room() < len("description"):
+            return "desc"
+        return column
+
+    def _room(self) -> int:
+        """The description's characters: what the other columns leave of the table's width."""
+        width = self.table_width()
+        return max(8, min(80, width - fixed_width(self.columns_shown, self.narrow, self.device_width))) if width \
+            else NARROW_DESCRIPTION
 
     def table_width(self) -> int:
         """The table's width from the terminal's (the app's layout), so it is the same whenever rows arrive."""
@@ -100,7 +115,7 @@ class ExperimentTable(DataTable):
         selected, follow = self.selected_number(), self.follow
         self.clear(columns=True)
         for c in want:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
+            self.add_column(self._label(c), key=c, width=self._width(c))
         for row in self.data_rows.values():
             row.pop("_added", None)
         for n in list(self.data_rows):
@@ -161,9 +176,7 @@ class ExperimentTable(DataTable):
     def _fit(self, text: str) -> str:
         """The description, ended at a word with "…" when the table is too narrow for all of it
         (enter on the row shows it whole): never cut mid-word."""
-        width = self.table_width()
-        room = max(8, min(80, width - fixed_width(self.columns_shown, self.narrow, self.device_width))) if width \
-            else NARROW_DESCRIPTION
+        room = self._room()
         if len(text) <= room:
             return text
         cut = text[: room - 1]
