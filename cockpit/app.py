@@ -261,7 +261,7 @@ class CockpitApp(App):
         "toggle_pause": "pause: no new experiment starts (the running one finishes); again to resume",
         "open_selected": "open the selected experiment: its diff, reason and log",
         "help": "every key and what it does",
-        "quit_prompt": "stop the session, after this run or now; `cockpit` resumes it later",
+        "quit_prompt": "stop the session, after this run or now (ctrl+q, ctrl+c ask the same); `cockpit` resumes it later",
     }
 
     def get_system_commands(self, screen):

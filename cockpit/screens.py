@@ -25,7 +25,7 @@ class HelpScreen(ModalScreen[None]):
         super().__init__()
         help_text = help_text or {}
         self.lines = [f"[b]{b.key_display or b.key:>5}[/b]  {help_text.get(b.action) or b.tooltip or b.description}"
-                      for b in bindings if b.description]
+                      for b in bindings if b.description and b.show]  # ctrl+q, ctrl+c: said in q's line
 
     def compose(self):
         with VerticalScroll():  # on a short terminal it scrolls rather than losing its last lines
