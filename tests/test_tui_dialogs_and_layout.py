@@ -326,4 +326,4 @@ async def test_the_sparklines_say_what_they_draw(tmp_path):
         text = screen_text(app)
         assert any(re.search(r"│loss +[▁▂▃▄▅▆▇█]", line) for line in text), "\n".join(text[-14:])
         assert any(re.search(r"GPU0 .*[▁▂▃▄▅▆▇█]{4}", line) for line in text), "\n".join(text[-14:])
-        assert any("▁▄█ utilisation, newest right" in line for line in text), "\n".join(text[-14:])
+        assert any("▁▄█ = utilisation" in line for line in text), "\n".join(text[-14:])

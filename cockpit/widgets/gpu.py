@@ -13,7 +13,7 @@ from textual.widgets import Static
 HISTORY = 60
 SPARK_MIN = 8  # fewer samples would draw one solid block
 BLOCKS = " ▁▂▃▄▅▆▇█"
-SPARK_LABEL = "▁▄█ utilisation, newest right"
+SPARK_LABEL = "▁▄█ = utilisation"
 
 
 def spark(values, width: int) -> str:

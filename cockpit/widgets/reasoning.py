@@ -79,6 +79,10 @@ class ReasoningLog(RichLog):
 
     def line(self, text: str, style: str = "", n: int | None = None) -> None:
         """A line of its own (a tool call, a result, a notice); experiment n's stream so far is
-        written first, so its text comes before what followed it."""
-        self.flush(n)
+        written first, so its text comes before what followed it (every stream's, for a line of
+        the session's: a notice often ends what an agent said, as a re-ask does)."""
+        if n is None:
+            self.flush_all()
+        else:
+            self.flush(n)
         self.write(Text(text, style=style))
