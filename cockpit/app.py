@@ -4,6 +4,7 @@ buffer it keeps is bounded."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -25,17 +26,23 @@ from engine.numbers import Ledger, holdout_check, never_ran, plural, row_of
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
-from .screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen
+from .consequences import force_keep_consequences, force_keep_refusal, quit_consequences, veto_consequences
+from .screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen
 from .widgets.diff import DiffPane
 from .widgets.gpu import GpuPanel
 from .widgets.header import HeaderBar
 from .widgets.plot import LossPlot, MetricPlot
+from .widgets.pinned import PinnedRows
 from .widgets.reasoning import ReasoningLog
 from .widgets.run_panel import RunPanel
 from .widgets.table import ExperimentTable
 
 
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
+
+
+MAX_LOGGED = 10_000  # results remembered so that none is said twice in the agent pane
+PROGRAM_QUIET = 0.5  # seconds without an event on program.md before it is read (one save, several events)
 
 
 class ProgramChanged(Message):
@@ -48,6 +55,8 @@ class CockpitApp(App):
     #top { height: 1fr; }
     #left { width: 3fr; }
     #right { width: 2fr; }
+    #top.narrow > #left { width: 2fr; }
+    #top.narrow > #right { width: 1fr; }
     #bottom { height: 12; }
     #bottom > * { width: 1fr; }
     #bottom.short { height: 7; }
@@ -64,6 +73,9 @@ class CockpitApp(App):
         Binding("enter", "open_selected", "Open", id="open", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("q", "quit_prompt", "Quit", id="quit"),
+        # Textual's own ways out (ctrl+q quits at once, ctrl+c hints at ctrl+q): the same dialog as q
+        Binding("ctrl+q", "quit_prompt", "Quit", id="quit-ctrl-q", show=False, priority=True),
+        Binding("ctrl+c", "quit_prompt", "Quit", id="quit-ctrl-c", show=False, system=True),
     ]
 
     def __init__(self, engine, notices: list[str] = (), telemetry: Telemetry | None = None):
@@ -78,9 +90,13 @@ class CockpitApp(App):
         self.awaiting_n: int | None = None
         self.stop_reason: str | None = None
         self._observer = None
+        self._program_hash = ""  # sha256 of program.md as the agent was last told of it
+        self._program_timer = None  # the pending read of program.md, once its events are quiet
+        self.program_quiet = PROGRAM_QUIET
         self._last_render = 0.0
         self.ledger = Ledger()  # the rows seen, for the header's and the plot's numbers (engine/numbers.py)
         self._best: tuple[int | None, float | None] = (None, None)  # the engine's best (BestChanged), its row and value
+        self._logged: dict[int, str] = {}  # experiment -> the result the agent pane said last (bounded)
         self.diff_pinned: int | None = None  # an experiment the human opened; live diffs wait
         self.live_diff: ev.DiffUpdated | None = None
         self.diffs: dict[int, str] = {}  # the latest experiments' diffs against their best (bounded)
@@ -88,6 +104,7 @@ class CockpitApp(App):
         metric = engine.target.metric_name
         self.header_bar = HeaderBar(metric)
         self.table = ExperimentTable(metric)
+        self.pinned = PinnedRows()  # the best and running rows while they are out of the table's view
         self.diff = DiffPane()
         self.reasoning = ReasoningLog()
         self.run_panel = RunPanel()
@@ -107,6 +124,7 @@ class CockpitApp(App):
         with Horizontal(id="top"):
             with Vertical(id="left"):
                 yield self.table
+                yield self.pinned
                 yield self.reasoning
             with Vertical(id="right"):
                 yield self.diff
@@ -120,16 +138,18 @@ class CockpitApp(App):
 
     def on_resize(self, event) -> None:
         """Small terminals drop panes by priority rather than cutting every pane a little: below 120
-        columns the device and loss panes go (the table, the agent and the run stay), below 32 rows
-        the bottom row shrinks."""
+        columns the device and loss panes go (the table, the agent and the run stay) and the table
+        takes 2/3 of the width, below 32 rows the bottom row shrinks."""
         w, h = event.size.width, event.size.height
         self.gpu.display = w >= 120
         self.loss_plot.display = w >= 120
+        self.query_one("#top").set_class(w < 120, "narrow")  # the table's share grows (widgets/table.py TABLE_SHARE)
         self.table.set_narrow(w < 120, w)
         # a compact screen has no room for scrollbars: the table follows its cursor, the log its end
         for pane in (self.table, self.reasoning):
             pane.set_class(w < 120 or h < 32, "compact")
         self.query_one("#bottom").set_class(h < 32, "short")
+        self.call_after_refresh(self.refresh_pinned)  # once the table has its new height
 
     def on_mount(self) -> None:
         for text in self.notices:
@@ -140,6 +160,7 @@ class CockpitApp(App):
         self.set_interval(1.0, self.sample_device)
         self.set_interval(5.0, self.header_bar.refresh_text)
         self.watch_program()
+        self.watch(self.table, "scroll_y", lambda _: self.refresh_pinned(), init=False)
         self.run_engine()
 
     # ---- the engine, in a worker thread ----
@@ -156,6 +177,7 @@ class CockpitApp(App):
         self.stop_reason = reason
         self.header_bar.refresh_text()
         self.refresh_state()
+        self.reasoning.flush_all()
         self.reasoning.line(f"session stopped: {reason}", "bold")
         if self.control.stop_mode:
             self.exit(reason)
@@ -206,12 +228,26 @@ class CockpitApp(App):
                     self.log.error(traceback.format_exc())
         self.header_bar.refresh_text()
         self.refresh_state()
+        self.refresh_pinned()
+
+    def refresh_pinned(self) -> None:
+        """Pin the best and running rows the table's view does not show (after each frame, each
+        scroll and each resize); a table that follows its last row keeps following it."""
+        was = self.pinned.display
+        self.pinned.show(self.table, self.table.best_n, self.running)
+        if self.pinned.display != was and self.table.follow and self.table.row_count:
+            self.call_after_refresh(self._follow_again)
+
+    def _follow_again(self) -> None:
+        if self.table.follow and self.table.row_count:
+            self.table.move_cursor(row=self.table.row_count - 1)
+            self.call_after_refresh(lambda: self.pinned.show(self.table, self.table.best_n, self.running))
 
     # ---- the command palette (ctrl+p): every action, with its key ----
     # What each key does, for the palette (the footer's short labels name them).
     ACTION_HELP = {
-        "veto": "discard the running (or waiting) experiment now: its training is killed",
-        "force_keep": "keep the selected finished experiment (or the running one when it ends) as the new best",
+        "veto": "discard the running (or waiting) experiment now, after a confirmation: a run is killed, a waiting one never runs",
+        "force_keep": "keep the selected finished experiment (or the running one when it ends) as the new best, after a confirmation",
         "edit_program": "edit program.md, the agent's instructions, in the app",
         "external_edit": "edit program.md in $EDITOR",
         "toggle_review": "review gate: hold each proposal until you approve or veto it",
@@ -219,15 +255,42 @@ class CockpitApp(App):
         "toggle_pause": "pause: no new experiment starts (the running one finishes); again to resume",
         "open_selected": "open the selected experiment: its diff, reason and log",
         "help": "every key and what it does",
-        "quit_prompt": "stop the session, after this run or now; `cockpit` resumes it later",
+        "quit_prompt": "stop the session, after this run or now (ctrl+q, ctrl+c ask the same); `cockpit` resumes it later",
     }
 
     def get_system_commands(self, screen):
         for b in self.BINDINGS:
+            if not b.show:  # ctrl+q, ctrl+c: the same action as a shown key, listed once
+                continue
             key = b.key_display or b.key
             yield SystemCommand(f"{b.description} ({key})", self.ACTION_HELP.get(b.action, b.tooltip or b.description),
                                 lambda action=b.action: self.run_action(action))
-        yield from super().get_system_commands(screen)
+        yield SystemCommand("Screenshot", "save an SVG of the screen under .cockpit/screenshots/ (the notice names it)",
+                            lambda: self.set_timer(0.1, self.save_screen))  # once the palette has closed
+        for c in super().get_system_commands(screen):
+            # Textual's Quit leaves at once (the run lost); its Screenshot saves to a ~/Downloads
+            # that a server seldom has. Both are replaced above.
+            if c.title not in ("Quit", "Screenshot"):
+                yield c
+
+    def action_quit(self) -> None:
+        """Textual's quit (its palette entry, a binding of ctrl+q anywhere): the quit dialog."""
+        self.action_quit_prompt()
+
+    def action_help_quit(self) -> None:
+        """Textual's ctrl+c hint ("press ctrl+q to quit"): the quit dialog instead."""
+        self.action_quit_prompt()
+
+    def save_screen(self) -> None:
+        """The palette's Screenshot: an SVG in the workspace's .cockpit/screenshots/, named in a notice."""
+        folder = self.engine.ws.state / "screenshots"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = self.save_screenshot(path=str(folder))
+        except OSError as e:
+            self.notify(f"could not save the screenshot in {folder}: {e.strerror or e}", severity="error")
+            return
+        self.notify(f"screenshot saved: {path}")
 
     # ---- the state line: what the session does now, never fading ----
     def state_line(self) -> str:
@@ -258,13 +321,13 @@ class CockpitApp(App):
         hb = self.header_bar
         if isinstance(e, ev.SessionStarted):
             hb.tag = e.tag
-            self._load_history(e.session_id)
+            self._load_history(e.session_id, e.next_experiment)
         elif isinstance(e, ev.AgentThinking):
-            self.reasoning.delta("thinking", e.text)
+            self.reasoning.delta("thinking", e.text, e.n)
         elif isinstance(e, ev.AgentText):
-            self.reasoning.delta("text", e.text)
+            self.reasoning.delta("text", e.text, e.n)
         elif isinstance(e, ev.ToolCalled):
-            self.reasoning.line(f"→ {e.name} {e.summary}", "cyan" if e.ok else "red")
+            self.reasoning.line(f"#{e.n} → {e.name} {e.summary}", "cyan" if e.ok else "red", n=e.n)
         elif isinstance(e, ev.DiffUpdated):
             self.live_diff = e
             self.diffs[e.n] = e.diff
@@ -274,10 +337,10 @@ class CockpitApp(App):
                 self.diff.show(f"#{e.n} vs best", e.diff, n=e.n)
         elif isinstance(e, ev.ExperimentProposed):
             self.table.upsert(e.n, description=e.description, status="proposing")
-            self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold")
+            self.reasoning.line(f"#{e.n} proposed: {e.description}", "bold", n=e.n)
         elif isinstance(e, ev.AwaitingApproval):
             self.awaiting_n = e.n
-            self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow")  # and the state line says so
+            self.reasoning.line(f"#{e.n} waits for approval: a approves, v vetoes", "bold yellow", n=e.n)  # and the state line says so
         elif isinstance(e, ev.ExperimentStarted):
             self.running[e.n] = e.device
             if self.awaiting_n == e.n:
@@ -386,12 +449,17 @@ class CockpitApp(App):
         """The agent pane's record of each result, with its reason."""
         if status == "interrupted" and description == "(not run)":
             return
+        if self._logged.get(n) == status:  # said once (a resume's history and the live event can both carry it)
+            return
+        self._logged[n] = status
+        while len(self._logged) > MAX_LOGGED:
+            self._logged.pop(next(iter(self._logged)))
         val = f" {metric:.6f}" if metric is not None else ""
         d = f" ({delta:+.6f})" if delta is not None else ""
         why = f" — {reason}" if reason else ""
         style = {"keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red",
                  "timeout": "red", "invalid": "magenta", "vetoed": "yellow"}.get(status, "")
-        self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style)
+        self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style, n=n)
 
     def _phases(self, n: int) -> str | None:
         """Where run n's time went, and the session's duty cycle so far, from the journal."""
@@ -408,11 +476,15 @@ class CockpitApp(App):
         return (f"start {f(x.startup_seconds)} · train {f(x.training_seconds)} · eval {f(x.eval_seconds)} · "
                 f"duty {100 * d.ratio:.0f}% ({plural(d.experiments, 'run')})")
 
-    def _load_history(self, sid: int) -> None:
-        """On resume, the table starts with what the journal already holds."""
+    def _load_history(self, sid: int, next_n: int) -> None:
+        """On resume, the table starts with what the journal held when the session started (rows
+        from next_n on arrive as events: read here too, a busy frame would show them twice)."""
         s = self.engine.journal.session(sid)
         self.table.best_n = s.best_n
-        history = self.engine.journal.experiments(sid)
+        # `up` counts from the session's start, not this process's (the journal's clock is the wall's)
+        hb = self.header_bar
+        hb.started = time.monotonic() - max(0.0, time.time() - s.created)
+        history = [x for x in self.engine.journal.experiments(sid) if x.n < next_n]
         if history:
             self.reasoning.line(f"resumed: the last results of session {s.tag}", "bold")
         for x in history[-10:]:
@@ -423,6 +495,8 @@ class CockpitApp(App):
                               delta=x.delta, conf=x.confidence, description=x.description or "", seconds=x.total_seconds,
                               memory=x.memory_gb)
             self.ledger.put(x)
+            if x.kind == "experiment" and x.finished is not None and x.run_started is not None:
+                hb.finished_times.append(time.monotonic() - max(0.0, time.time() - x.finished))  # the pace counts from the start too
         self._best = (s.best_n, s.best_metric)
         self._show_numbers()
         self._holdout(s.best_n)
@@ -449,17 +523,29 @@ class CockpitApp(App):
                 if any(os.path.basename(str(p)) == path.name for p in paths) and event.event_type in ("modified", "created", "moved"):
                     app.post_message(ProgramChanged())
 
-        self._program_text = path.read_text(encoding="utf-8") if path.exists() else ""
+        self._program_hash = self._program_digest()
         self._observer = Observer()
         self._observer.schedule(Handler(), str(path.parent), recursive=False)
         self._observer.daemon = True
         self._observer.start()
 
-    def on_program_changed(self, message: ProgramChanged) -> None:
+    def _program_digest(self) -> str:
         path = self.engine.ws.program_path
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        if text != self._program_text:
-            self._program_text = text
+        return hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()
+
+    def on_program_changed(self, message: ProgramChanged) -> None:
+        """One save fires several events (an editor truncates, writes in pieces, renames): the
+        file is read once they have been quiet for PROGRAM_QUIET seconds, and a change is said
+        once per new content."""
+        if self._program_timer is not None:
+            self._program_timer.stop()
+        self._program_timer = self.set_timer(self.program_quiet, self._program_settled)
+
+    def _program_settled(self) -> None:
+        self._program_timer = None
+        digest = self._program_digest()
+        if digest != self._program_hash:
+            self._program_hash = digest
             self.control.instructions_changed()
             self.notify("program.md changed: the agent is told at its next proposal")
             self.reasoning.line("program.md changed on disk; the agent will see it next", "yellow")
@@ -518,37 +604,68 @@ class CockpitApp(App):
             return
 
         def done(reason: str | None) -> None:
-            if reason is not None:
-                self.control.veto(reason, n)
-                self.reasoning.line(f"#{n} vetoed: {reason}", "yellow")
+            if reason is None:
+                return
+            if self.control.veto(reason, n):  # the agent pane says it once, from the record (ExperimentFinished)
+                self.notify(f"#{n} vetoed: {reason}")
+            else:
+                self.notify(f"#{n} had already finished: nothing to veto", severity="warning")
 
-        self.push_screen(VetoScreen(n), done)
+        self.push_screen(VetoScreen(n, veto_consequences(n, running=n in self.running)), done)
 
     def action_force_keep(self) -> None:
+        """k: checked first (a baseline, a row without a result, the best already: said, and
+        nothing sent), then a dialog that says how far the run is from the best and that the
+        branch moves; only a yes sends the force-keep."""
         if self._stopped_says("a keep applies to a running session"):
             return
         n = self.table.selected_number()
-        if n is not None and n not in self.running:
-            row = self.table.data_rows.get(n, {})
-            if row.get("metric") is None:
-                self.notify(f"#{n} has no measured result to keep", severity="warning")
+        if n is None or (n not in self.running and n not in self.table.data_rows):
+            n = self._chosen_run()
+        if n is None:
+            self.notify("select a finished experiment to keep", severity="warning")
+            return
+        running = n in self.running
+        if not running:
+            why = self._force_keep_refusal(n)
+            if why is not None:
+                self.notify(why, severity="warning")
+                return
+        metric = None if running else self.table.data_rows[n]["metric"]
+        s = self.engine.session
+        text = force_keep_consequences(n, metric=metric, best=self._best[1], best_n=self.table.best_n,
+                                       direction=self.engine.target.direction, noise=s.noise if s is not None else None,
+                                       metric_name=self.engine.target.metric_name)
+
+        def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.stop_reason is not None:
+                self.notify(f"the session has stopped ({self.stop_reason}): #{n} is not kept", severity="warning")
                 return
             self.control.force_keep(n)
-            self.notify(f"#{n} will become the best before the next experiment")
+            self.notify(f"#{n} will be kept when it finishes" if running
+                        else f"#{n} will become the best before the next experiment")
             self.refresh_state()
-            return
-        n = self._chosen_run() if n is None else n
-        if n is not None and n in self.running:
-            self.control.force_keep(n)
-            self.notify(f"#{n} will be kept when it finishes")
-            self.refresh_state()
-        else:
-            self.notify("select a finished experiment to keep", severity="warning")
+
+        self.push_screen(ForceKeepScreen(n, text), done)
+
+    def _force_keep_refusal(self, n: int) -> str | None:
+        """Why finished experiment n cannot be force-kept, from its journal row (the table's row
+        while the session has none yet)."""
+        row = self.table.data_rows[n]
+        s = self.engine.session
+        x = self.engine.journal.experiment(s.id, n) if s is not None else None
+        if x is None:
+            return force_keep_refusal(n, kind="baseline" if row["status"] == "baseline" else "experiment",
+                                      metric=row["metric"], commit=row["commit"], best_n=self.table.best_n)
+        return force_keep_refusal(n, kind=x.kind, metric=x.metric, commit=x.commit_sha, best_n=self.table.best_n,
+                                  harness_matches=x.harness == self.engine.harness)
 
     def action_edit_program(self) -> None:
         def done(saved: bool | None) -> None:
             if saved:
-                self._program_text = self.engine.ws.program_path.read_text(encoding="utf-8")
+                self._program_hash = self._program_digest()  # its own events then say nothing more
                 self.control.instructions_changed()
                 self.notify("program.md saved: the agent is told at its next proposal")
 
@@ -569,11 +686,10 @@ class CockpitApp(App):
         except FileNotFoundError:
             self.notify(f"editor not found: {editor} (set $EDITOR)", severity="error")
             return
-        path = self.engine.ws.program_path
-        if (path.read_text(encoding="utf-8") if path.exists() else "") == self._program_text:
+        if self._program_digest() == self._program_hash:
             self.notify("program.md unchanged: the agent's instructions stay as they were")
             return
-        self.post_message(ProgramChanged())
+        self._program_settled()  # the editor has exited: the file is whole now
 
     def action_toggle_review(self) -> None:
         if self._stopped_says("the review gate applies to a running session"):
@@ -637,8 +753,11 @@ class CockpitApp(App):
         self.push_screen(HelpScreen(self.BINDINGS, self.ACTION_HELP))
 
     def action_quit_prompt(self) -> None:
+        """Every way out (q, ctrl+q, ctrl+c, the palette's Quit) asks here: after this run, or now."""
         if self.stop_reason is not None:
             self.exit(self.stop_reason)
+            return
+        if isinstance(self.screen, QuitScreen):  # asked already
             return
 
         def done(mode: str | None) -> None:
@@ -646,7 +765,8 @@ class CockpitApp(App):
                 self.control.stop(mode)
                 self.refresh_state()
 
-        self.push_screen(QuitScreen(), done)
+        forced = [self.running_n if n is None else n for n in self.control.force_pending()]
+        self.push_screen(QuitScreen(quit_consequences(sorted(self.running), forced)), done)
 
 
 def _gpu_name(device: str) -> str | None:

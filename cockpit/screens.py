@@ -1,4 +1,5 @@
-"""Modal screens: help, veto (with a reason), quit (after the run or now), the program.md editor."""
+"""Modal screens: help, veto (with a reason), force-keep (confirm), quit (after the run or now),
+the program.md editor. What a dialog says will happen comes from cockpit/consequences.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class HelpScreen(ModalScreen[None]):
         super().__init__()
         help_text = help_text or {}
         self.lines = [f"[b]{b.key_display or b.key:>5}[/b]  {help_text.get(b.action) or b.tooltip or b.description}"
-                      for b in bindings if b.description]
+                      for b in bindings if b.description and b.show]  # ctrl+q, ctrl+c: said in q's line
 
     def compose(self):
         with VerticalScroll():  # on a short terminal it scrolls rather than losing its last lines
@@ -42,14 +43,15 @@ class VetoScreen(ModalScreen[str | None]):
     VetoScreen Static { width: 100%; height: auto; }
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, text: str):
         super().__init__()
         self.n = n
+        self.text = text  # what the veto does to it: killed while it runs, dropped while it waits
 
     def compose(self):
         with Vertical():
             # Static wraps: a dialog's text is never cut, whatever the terminal's width
-            yield Static(f"Veto experiment #{self.n}? Its training is killed and the code reset to the best.")
+            yield Static(self.text)
             yield Input(placeholder="reason (optional; the agent is told)", id="reason")
             yield Static("[dim]enter: veto   escape: cancel[/dim]")
 
@@ -58,6 +60,35 @@ class VetoScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ForceKeepScreen(ModalScreen[bool]):
+    """Confirm a force-keep: it overrules the decision rule and moves the session branch."""
+
+    BINDINGS = [
+        Binding("y,enter", "choose(True)", "Force-keep", id="force-keep-yes"),
+        Binding("n,escape", "choose(False)", "Cancel", id="force-keep-cancel"),
+    ]
+    DEFAULT_CSS = """
+    ForceKeepScreen { align: center middle; }
+    ForceKeepScreen > Vertical { width: 72; max-width: 100%; height: auto; border: round $warning; background: $surface;
+                                 padding: 1 2; }
+    ForceKeepScreen Static { width: 100%; height: auto; }
+    ForceKeepScreen Static.hint { margin-top: 1; }
+    """
+
+    def __init__(self, n: int, text: str):
+        super().__init__()
+        self.n = n
+        self.text = text
+
+    def compose(self):
+        with Vertical():
+            yield Static(self.text)
+            yield Static("[dim]y or enter: force-keep   n or escape: cancel[/dim]", classes="hint")
+
+    def action_choose(self, yes: bool) -> None:
+        self.dismiss(yes)
 
 
 class QuitScreen(ModalScreen[str | None]):
@@ -73,9 +104,13 @@ class QuitScreen(ModalScreen[str | None]):
     QuitScreen Horizontal { height: auto; margin-top: 1; }
     """
 
+    def __init__(self, text: str = "Stop the session? `cockpit` resumes it later."):
+        super().__init__()
+        self.text = text  # what each choice does to the runs in flight (cockpit/consequences.py)
+
     def compose(self):
         with Vertical():
-            yield Static("Stop the session? Nothing is lost either way; `cockpit` resumes it later.")
+            yield Static(self.text, markup=False)
             with Horizontal():
                 yield Button("After this run [a]", id="after_run", variant="primary")
                 yield Button("Now [n]", id="now", variant="error")

@@ -7,6 +7,7 @@ them (a failing run writes a visual diff report, snapshot_report.html)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,9 +64,10 @@ class ScriptedEngine:
         self.error = None
         self._subs = []
         self.target = SimpleNamespace(metric_name="val_bpb", direction="min")
-        self.ws = SimpleNamespace(program_path=program)
+        self.ws = SimpleNamespace(program_path=program, state=program.parent / ".cockpit")
         self.session = None
-        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: SimpleNamespace(best_n=None, best_metric=None),
+        session = SimpleNamespace(best_n=None, best_metric=None, tag="nov27", created=time.time())
+        self.journal = SimpleNamespace(total_cost=lambda sid: 1.23, session=lambda sid: session,
                                        experiments=lambda sid: [])
         self.tail = list(tail)  # the events that put the session in the state under test
         self.reason = reason  # set: the session stops by itself with this reason
@@ -236,23 +238,22 @@ def test_nothing_is_cut_when_the_terminal_shrinks(tmp_path):
 
 # ---- every key in every state: it acts, or it says why it does not ----
 
-from cockpit.screens import HelpScreen, ProgramEditor, QuitScreen, VetoScreen  # noqa: E402
+from cockpit.screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen  # noqa: E402
 
 STOPPED = "the session has stopped"
-KEEP_RUNNING = "#7 will be kept when it finishes"
 NO_RESULT = "#8 has no measured result to keep"
 PAUSING = "pausing: #7 finishes, then no new experiment starts until p"
 NOT_WAITING = "nothing is waiting for approval (the review gate is off"
 # state -> key -> the screen it opens, or the start of what it says
 ANSWERS = {
-    "running": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
-    "evaluating": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "running": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "evaluating": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
     "proposing": dict(v="nothing is running or waiting to veto", k=NO_RESULT, p="paused: no new experiment starts",
                       a=NOT_WAITING, r="review gate on"),
-    "paused": dict(v=VetoScreen, k=KEEP_RUNNING, p="resumed", a=NOT_WAITING, r="review gate on"),
+    "paused": dict(v=VetoScreen, k=ForceKeepScreen, p="resumed", a=NOT_WAITING, r="review gate on"),
     "awaiting": dict(v=VetoScreen, k=NO_RESULT, p="paused: no new experiment starts", a="#8 approved", r="review gate off"),
-    "force-keep": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
-    "stopping": dict(v=VetoScreen, k=KEEP_RUNNING, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "force-keep": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "stopping": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
     "stopped": dict(v=STOPPED, k=STOPPED, p=STOPPED, a=STOPPED, r=STOPPED),
 }
 SAME_IN_EVERY_STATE = dict(e=ProgramEditor, E="program.md unchanged", question_mark=HelpScreen)

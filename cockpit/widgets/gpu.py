@@ -1,5 +1,5 @@
 """The device panel: every GPU on one line each (utilisation, memory, temperature, power, from
-NVML) with its recent utilisation as a sparkline, and the slot's experiment running on it; CPU
+NVML) with its recent utilisation as a sparkline (the border says so), and the slot's experiment running on it; CPU
 and RAM from psutil when there is no GPU."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from textual.widgets import Static
 HISTORY = 60
 SPARK_MIN = 8  # fewer samples would draw one solid block
 BLOCKS = " ▁▂▃▄▅▆▇█"
+SPARK_LABEL = "▁▄█ = utilisation"
 
 
 def spark(values, width: int) -> str:
@@ -51,4 +52,5 @@ class GpuPanel(VerticalScroll):
             room = width - len(text.plain) - 1
             if len(hist) >= SPARK_MIN and room >= 4:
                 text.append(" " + spark(hist, room), style="green")
+                self.border_subtitle = SPARK_LABEL  # what the sparklines draw, said once for every line
             st.update(text)

@@ -1,4 +1,5 @@
-"""The run panel. One slot: budget progress, live loss and tokens/s with a sparkline, the ETA, and
+"""The run panel. One slot: budget progress, live loss and tokens/s with a sparkline labelled
+"loss" (the run's loss so far), the ETA, and
 where the last run's time went (startup, training, evaluation) with the session's duty cycle.
 Several slots: one compact line per slot (experiment, device, progress bar, loss, tokens/s,
 phase), fewer details when the panel is narrow."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 
 from rich.text import Text
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Sparkline, Static
 
 from .batch import Batched
@@ -23,7 +24,9 @@ class RunPanel(Batched, Vertical):
     RunPanel { border: round $accent; height: 100%; }
     RunPanel > Static { height: auto; max-height: 2; }
     RunPanel > #slots { max-height: 100; }
-    RunPanel > Sparkline { height: 2; }
+    RunPanel > #loss-history { height: 2; }
+    RunPanel > #loss-history > Static { width: 5; color: $text-muted; }
+    RunPanel > #loss-history > Sparkline { width: 1fr; height: 2; }
     RunPanel ProgressBar { width: 1fr; }
     """
 
@@ -35,6 +38,7 @@ class RunPanel(Batched, Vertical):
         self.phases = Static("")
         self.bar = ProgressBar(total=100, show_eta=False)
         self.spark = Sparkline([], summary_function=min)
+        self.spark_row = Horizontal(Static("loss"), self.spark, id="loss-history")  # labelled: the run's loss so far
         self.slot_lines = Static("", id="slots")
         self.runs: dict[int, dict] = {}  # running experiment -> its slot, device, progress
         self.slots: set[int] = set()
@@ -45,11 +49,11 @@ class RunPanel(Batched, Vertical):
         yield self.stats
         yield self.slot_lines
         yield self.phases
-        yield self.spark
+        yield self.spark_row
 
     def on_mount(self) -> None:
         self.slot_lines.display = False
-        self.spark.display = False
+        self.spark_row.display = False
 
     @property
     def many(self) -> bool:
@@ -61,7 +65,7 @@ class RunPanel(Batched, Vertical):
         self.shown = n
         self.losses.clear()
         self.spark.data = []
-        self.spark.display = False
+        self.spark_row.display = False
         self.bar.update(progress=0)
         self.stats.update(f"#{n} starting" + (f" on {device}" if device else ""))
         self._layout()
@@ -83,7 +87,7 @@ class RunPanel(Batched, Vertical):
             return
         self.losses.append(loss)
         self.spark.data = list(self.losses)
-        self.spark.display = len(self.losses) >= SPARK_MIN  # one or two points would draw a solid block
+        self.spark_row.display = len(self.losses) >= SPARK_MIN  # one or two points would draw a solid block
         self.bar.update(progress=100 * frac)
         rate = f" {tok_s / 1e3:.1f}k tok/s" if tok_s else ""
         mfu_s = f" MFU {100 * mfu:.0f}%" if mfu else ""
@@ -120,7 +124,7 @@ class RunPanel(Batched, Vertical):
         self.bar.display = self.stats.display = not many
         self.slot_lines.display = many
         if many:
-            self.spark.display = False
+            self.spark_row.display = False
             self._lines()
 
     def _lines(self) -> None:

@@ -12,16 +12,47 @@ STATUS_STYLE = {
     "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red", "timeout": "red",
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
-COLUMNS = ("#", "commit", "metric", "Δ best", "conf", "status", "time", "mem", "description")
-MANY = ("#", "device", "metric", "Δ best", "conf", "status", "time", "mem", "description")  # several devices: the device
-# takes the commit's place (the commit shows when the row is opened, and in results.tsv)
-NARROW = ("#", "metric", "status", "description")  # under 120 columns: by priority (Δ shows on open)
-NARROW_MANY = ("#", "dev", "metric", "status", "description")  # the same with several slots: the device, short
+COLUMNS = ("#", "commit", "device", "dev", "metric", "Δ best", "conf", "status", "time", "mem", "description")  # their order
+# What a table always shows, whatever its width: the row, its result and Δ, its status, what it tried
+# (and, with several devices, where it ran: short under 120 columns).
+ESSENTIAL = ("#", "metric", "Δ best", "status", "description")
+# Then, by priority, what fits while the description keeps MIN_DESCRIPTION characters (wide terminals;
+# the device takes the commit's place once experiments run on several: the commit shows on open).
+OPTIONAL = ("conf", "time", "commit", "mem")
+OPTIONAL_MANY = ("device", "conf", "time", "mem")
+MIN_DESCRIPTION = 20
 # Fixed widths: the layout never depends on which rows arrived first (descriptions take the rest).
 WIDTHS = {"#": 4, "commit": 7, "device": 7, "dev": 3, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5,
           "mem": 6}
+NARROW_DELTA = 7  # under 120 columns Δ has 4 decimals (+0.0012), as the header's gain has there
 MAX_DEVICE = 17  # the device column's widest: a cluster's "node/3" (engine/cluster.py keeps node names to 12)
-NARROW_DESCRIPTION = 17  # characters of description beside the narrow columns in an 80-column terminal
+NARROW_DESCRIPTION = 17  # characters of description when the terminal's width is not known yet (unit use)
+TABLE_SHARE = {False: 3 / 5, True: 2 / 3}  # the table's share of the terminal's width (the app's CSS), wide/narrow
+
+
+def column_width(column: str, narrow: bool, device_width: int = WIDTHS["device"]) -> int | None:
+    if column == "device":
+        return device_width
+    if column == "Δ best" and narrow:
+        return NARROW_DELTA
+    return WIDTHS.get(column)
+
+
+def fixed_width(columns, narrow: bool, device_width: int = WIDTHS["device"]) -> int:
+    """The cells every column but the description takes: its width and a cell of padding each
+    side, the table's edges, and a wide table's 1-cell scrollbar."""
+    return sum((column_width(c, narrow, device_width) or 0) + 2 for c in columns if c != "description") + 2 + (not narrow)
+
+
+def choose_columns(table_width: int, narrow: bool, many: bool, device_width: int = WIDTHS["device"]) -> tuple[str, ...]:
+    """The columns shown in a table table_width cells wide: the essential ones always, then the
+    optional ones by priority while the description keeps MIN_DESCRIPTION characters."""
+    want = set(ESSENTIAL) | ({"dev"} if many and narrow else set())
+    if not narrow:
+        for c in OPTIONAL_MANY if many else OPTIONAL:
+            if table_width - fixed_width(want | {c}, narrow, device_width) >= MIN_DESCRIPTION:
+                want.add(c)
+    return tuple(c for c in COLUMNS if c in want)
 
 
 class ExperimentTable(DataTable):
@@ -36,7 +67,7 @@ class ExperimentTable(DataTable):
         self.data_rows: dict[int, dict] = {}
         self.best_n: int | None = None
         self.follow = True
-        self.columns_shown = COLUMNS
+        self.columns_shown = tuple(c for c in COLUMNS if c in set(ESSENTIAL) | set(OPTIONAL))
         self.narrow = False
         self.devices: set[str] = set()  # the devices experiments ran on
         self.term_width = 0
@@ -44,27 +75,47 @@ class ExperimentTable(DataTable):
 
     def on_mount(self) -> None:
         for c in self.columns_shown:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
+            self.add_column(self._label(c), key=c, width=self._width(c))
 
     def _width(self, column: str) -> int | None:
-        return self.device_width if column == "device" else WIDTHS.get(column)
+        if column == "description":  # the rest of the table's width, once it is known: the header never overflows
+            return self._room() if self.term_width else None
+        return column_width(column, self.narrow, self.device_width)
+
+    def _label(self, column: str) -> str:
+        if column == "metric":
+            return self.metric
+        if column == "description" and self.term_width and self._room() < len("description"):
+            return "desc"
+        return column
+
+    def _room(self) -> int:
+        """The description's characters: what the other columns leave of the table's width."""
+        width = self.table_width()
+        return max(8, min(80, width - fixed_width(self.columns_shown, self.narrow, self.device_width))) if width \
+            else NARROW_DESCRIPTION
+
+    def table_width(self) -> int:
+        """The table's width from the terminal's (the app's layout), so it is the same whenever rows arrive."""
+        return int(self.term_width * TABLE_SHARE[self.narrow])
 
     def set_narrow(self, narrow: bool, width: int | None = None, relabel: bool = False) -> None:
-        """Show the columns that fit: status, metric, Δ and description first (and the device,
-        short, once experiments run on several)."""
+        """Show the columns that fit (choose_columns): #, metric, Δ, status and description
+        always; the rest while the description keeps room."""
+        changed = narrow != self.narrow
         self.narrow = narrow
         resized = bool(width) and width != self.term_width
         if resized:
             self.term_width = width  # the terminal's new width (the app's size may not have caught up yet)
         many = len(self.devices) > 1
-        want = (NARROW_MANY if many else NARROW) if narrow else (MANY if many else COLUMNS)
-        if want == self.columns_shown and not resized and not relabel:
+        want = choose_columns(self.table_width(), narrow, many, self.device_width) if self.term_width else self.columns_shown
+        if want == self.columns_shown and not resized and not relabel and not changed:
             return
         self.columns_shown = want
         selected, follow = self.selected_number(), self.follow
         self.clear(columns=True)
         for c in want:
-            self.add_column(self.metric if c == "metric" else c, key=c, width=self._width(c))
+            self.add_column(self._label(c), key=c, width=self._width(c))
         for row in self.data_rows.values():
             row.pop("_added", None)
         for n in list(self.data_rows):
@@ -107,7 +158,7 @@ class ExperimentTable(DataTable):
         best = r["n"] == self.best_n
         mark = "*" if best else ""  # ASCII: a wide star would eat the column's padding in some terminals
         metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
-        delta = f"{r['delta']:+.6f}" if r["delta"] is not None else ""
+        delta = f"{r['delta']:+.{4 if self.narrow else 6}f}" if r["delta"] is not None else ""
         conf = f"{r['conf']:+.1f}σ" if r["conf"] is not None else ""
         secs = r["seconds"]
         dur = f"{secs:.0f}s" if secs is not None else ""
@@ -125,17 +176,7 @@ class ExperimentTable(DataTable):
     def _fit(self, text: str) -> str:
         """The description, ended at a word with "…" when the table is too narrow for all of it
         (enter on the row shows it whole): never cut mid-word."""
-        # the table has 3/5 of the terminal's width (the app's layout); the fixed columns and their
-        # padding take the rest. From the terminal's size, so it is the same whenever rows arrive.
-        width = self.term_width
-        if not width:
-            try:
-                width = self.app.size.width
-            except Exception:  # not mounted in an app (unit use)
-                width = 0
-        # each column has a cell of padding each side; a wide table also has a 1-cell scrollbar
-        fixed = sum((self._width(c) or 0) + 2 for c in self.columns_shown if c != "description") + 2 + (not self.narrow)
-        room = max(8, min(80, int(width * 3 / 5) - fixed)) if width else NARROW_DESCRIPTION
+        room = self._room()
         if len(text) <= room:
             return text
         cut = text[: room - 1]
@@ -144,6 +185,38 @@ class ExperimentTable(DataTable):
         elif text[room - 1] != " " and "_" in cut:  # one long name: cut where its parts join
             cut = cut[: cut.rindex("_") + 1]
         return cut.rstrip(" ,;:-") + "…"
+
+    def offscreen(self, ns) -> list[tuple[str, int]]:
+        """Which of rows ns are out of the table's view, each with the way to it ("↑" above, "↓"
+        below), in row order."""
+        order = {n: i for i, n in enumerate(self.data_rows)}
+        height = self.scrollable_content_region.height - (self.header_height if self.show_header else 0)
+        if height <= 0:  # not laid out yet
+            return []
+        top = round(self.scroll_y)
+        out = []
+        for n in sorted(set(ns) & set(order), key=order.get):
+            i = order[n]
+            if i < top:
+                out.append(("↑", n))
+            elif i >= top + height:
+                out.append(("↓", n))
+        return out
+
+    def row_text(self, n: int, arrow: str = "") -> Text:
+        """Row n as one line in the table's columns (the pinned rows under it), the arrow in the
+        padding before its number."""
+        cells = self._cells(self.data_rows[n])
+        out = Text()
+        for i, (col, cell) in enumerate(zip(self.columns_shown, cells)):
+            width = self._width(col) or len(Text(cell).plain if isinstance(cell, str) else cell.plain)
+            cell = cell if isinstance(cell, Text) else Text(str(cell))
+            cell = cell.copy()
+            cell.truncate(width, pad=True)
+            out.append(arrow[:1] if i == 0 and arrow else " ", style="bold")
+            out.append(cell)
+            out.append(" ")
+        return out
 
     def selected_number(self) -> int | None:
         if self.row_count == 0:
