@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -12,7 +13,7 @@ from . import tokenizer as tokmod
 from .errors import NotPreparedError
 from .integrity import verify_dataset
 from .paths import current_pointer, datasets_dir
-from .prepare import load_manifest
+from .prepare import PUBLIC_RULE_FORMATS, load_manifest
 
 
 @dataclass
@@ -54,6 +55,13 @@ class Dataset:
 def open_dataset(folder: Path) -> Dataset:
     manifest = load_manifest(folder)
     if manifest is None:
+        try:
+            old = json.loads((folder / "manifest.json").read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old in PUBLIC_RULE_FORMATS:
+            raise NotPreparedError(f"the prepared data in {folder} was split by the old public rule, which train.py "
+                                   "could use to rebuild its validation text; run `cockpit prepare` to prepare it again")
         raise NotPreparedError(f"no complete prepared dataset in {folder}; run `cockpit prepare`")
     return Dataset(folder, manifest)
 
