@@ -271,6 +271,11 @@ def cmd_train(args) -> int:
             from harness.sandbox import OFF_NOTICE
 
             print(f"{OFF_NOTICE} ({why})", file=sys.stderr)
+        else:
+            from harness.resources import notice
+
+            if notice():
+                print(notice(), file=sys.stderr)
 
     def show(p: runner.Progress) -> None:
         if args.json:

@@ -34,6 +34,7 @@ import psutil
 
 PIDS_MAX = 4096  # processes and threads of one run
 MEMORY_FRACTION = 0.85  # of the machine's RAM, for all of one run's processes (and its tmpfs files)
+MEMORY_LIMIT: int | None = None  # bytes, instead of MEMORY_FRACTION (tests)
 RUN_DISK_CAP = 16 << 30  # bytes a run may have in its folder while it runs
 RUN_FILES_CAP = 200_000  # entries (files and folders) a run may have in its folder while it runs
 FILES_KEEP_CAP = 1 << 30  # a run's files/ kept after it, at most (bytes); a larger one is not kept
@@ -171,7 +172,7 @@ class Group:
         (cs / "cpuset.cpus").write_text(",".join(map(str, sorted(cpus))))
         if b.version == 1:
             (cs / "cpuset.mems").write_text((cs.parent / "cpuset.mems").read_text())
-        memory = memory or int(MEMORY_FRACTION * psutil.virtual_memory().total)
+        memory = memory or MEMORY_LIMIT or int(MEMORY_FRACTION * psutil.virtual_memory().total)
         (mem / ("memory.max" if b.version == 2 else "memory.limit_in_bytes")).write_text(str(memory))
         if b.version == 2:
             _write_ok(mem / "memory.swap.max", "0")
@@ -187,6 +188,19 @@ class Group:
     def procs_files(self) -> list[str]:
         """The files a process writes its pid into to join (in the child, before exec)."""
         return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def oom_kills(self) -> int:
+        """How many times the kernel killed a process of the group for its memory limit."""
+        for d in self.dirs:
+            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                try:
+                    for line in (d / name).read_text().splitlines():
+                        k, _, v = line.partition(" ")
+                        if k == key and v.strip().isdigit():
+                            return int(v)
+                except OSError:
+                    continue
+        return 0
 
     def members(self) -> set[int]:
         out = set()

@@ -280,8 +280,7 @@ def run(
         if on_spawn:
             on_spawn(proc.pid)
         status, reason = _watch(proc, child.rfd, w, profile, limits, cancel, on_progress, on_message=on_message)
-        if child.disk is not None and child.disk.reason and status != "trained":
-            status, reason = "crash", child.disk.reason  # killed for what it wrote: say so
+        status, reason = _bounds_verdict(child, status, reason)
         kill_group(proc)  # trained or not, the training process is done: nothing it does from here counts
         if status == "trained":
             if evaluator is None:
@@ -696,6 +695,19 @@ def _discard(child: _Child) -> None:
     except OSError:
         pass
     child.pump.stop()
+
+
+def _bounds_verdict(child: _Child, status: str, reason: str | None) -> tuple[str, str | None]:
+    """A run that died of a bound (its folder's size, its control group's memory) says which."""
+    if status in ("trained", "cancelled"):
+        return status, reason
+    if child.disk is not None and child.disk.reason:
+        return "crash", child.disk.reason
+    group = getattr(child.proc, "cockpit_group", None)
+    if status == "crash" and group is not None and group.oom_kills():
+        return "crash", (f"the run went over its memory limit of {group.memory / 1e9:.1f} GB and the kernel "
+                         "killed it (SIGKILL)")
+    return status, reason
 
 
 def _keep_files(workdir: Path, run_dir: Path) -> None:
