@@ -23,7 +23,7 @@ import pytest
 
 from harness import resources, runner, sandbox
 from harness.dataset import current_dataset, open_dataset
-from harness.errors import NotPreparedError, SourceError
+from harness.errors import HarnessError, NotPreparedError, SourceError
 from harness.integrity import lock_harness
 from harness.paths import HARNESS_DIR
 from harness.prepare import prepare, split_of, split_salt
@@ -197,10 +197,12 @@ def test_a_cache_split_by_the_public_rule_is_refused_in_one_line(tmp_path, tiny_
     m = json.loads((current_dataset(tiny_cache).folder / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps(dict(m, format=2)))
     (tmp_path / "cache" / "current").write_text(old.name + "\n")
-    with pytest.raises(NotPreparedError) as e:
+    with pytest.raises(HarnessError) as e:
         current_dataset(tmp_path / "cache")
-    assert "\n" not in str(e.value) and "public rule" in str(e.value) and "cockpit prepare" in str(e.value)
-    with pytest.raises(NotPreparedError):
+    assert not isinstance(e.value, NotPreparedError)  # not re-prepared silently from another corpus
+    assert "\n" not in str(e.value) and "public rule" in str(e.value)
+    assert f"cockpit prepare --text {m['source']['spec']}" in str(e.value)
+    with pytest.raises(HarnessError):
         open_dataset(old)
 
 
