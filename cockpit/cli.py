@@ -420,6 +420,9 @@ def build_engine(args):
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
         target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,
                            compile_cache=ws.config.compile_cache)
+        from harness.resources import keep_files_caps
+
+        keep_files_caps(ws.config.keep_files_mb, ws.config.keep_files_total_mb)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
     from engine.slots import cuda_devices, resolve

@@ -307,6 +307,12 @@ class DiskWatch(threading.Thread):
         self.done.set()
 
 
+def keep_files_caps(per_run_mb: float, total_mb: float) -> None:
+    """The caps on kept files/ from cockpit.toml (`[run] keep_files_mb`, `keep_files_total_mb`)."""
+    global FILES_KEEP_CAP, FILES_TOTAL_CAP
+    FILES_KEEP_CAP, FILES_TOTAL_CAP = int(per_run_mb * (1 << 20)), int(total_mb * (1 << 20))
+
+
 def keep_files(files: Path) -> str | None:
     """After a run: its files/ is kept only up to FILES_KEEP_CAP; returns a line when it was not."""
     if not files.is_dir():

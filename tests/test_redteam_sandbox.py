@@ -379,3 +379,17 @@ def test_kept_files_are_capped_per_run_and_per_session_oldest_first(tmp_path, mo
     gone = resources.prune_files(session, keep=session / "3" / "files")
     assert gone == [session / "1" / "files"]  # 6 MB -> 4 MB: the oldest went
     assert (session / "2" / "files").exists() and (session / "3" / "files").exists()
+
+
+def test_the_kept_files_caps_come_from_cockpit_toml(tmp_path, monkeypatch):
+    from engine.config import ConfigError, load
+
+    (tmp_path / "cockpit.toml").write_text("[run]\nkeep_files_mb = 5\nkeep_files_total_mb = 50\n")
+    cfg = load(tmp_path)
+    monkeypatch.setattr(resources, "FILES_KEEP_CAP", resources.FILES_KEEP_CAP)
+    monkeypatch.setattr(resources, "FILES_TOTAL_CAP", resources.FILES_TOTAL_CAP)
+    resources.keep_files_caps(cfg.keep_files_mb, cfg.keep_files_total_mb)
+    assert (resources.FILES_KEEP_CAP, resources.FILES_TOTAL_CAP) == (5 << 20, 50 << 20)
+    (tmp_path / "cockpit.toml").write_text("[run]\nkeep_files_mb = \"lots\"\n")
+    with pytest.raises(ConfigError, match=r"\[run\]\.keep_files_mb must be a number of megabytes"):
+        load(tmp_path)
