@@ -260,6 +260,18 @@ ts = [threading.Thread(target=burn) for _ in range(4)]
 [t.join() for t in ts]
 result = json.dumps({"affinity": mine, "ran_on": sorted(ran_on)})
 ''')
+attack("cgroup", '''
+wrote, tried = 0, 0
+for f in glob.glob("/sys/fs/cgroup/**/cpuset.cpus", recursive=True) + glob.glob("/sys/fs/cgroup/**/cgroup.procs", recursive=True):
+    tried += 1
+    try:
+        with open(f, "w") as fh:
+            fh.write(str(os.getpid()) if f.endswith("procs") else "0-1023")
+        wrote += 1
+    except OSError:
+        pass
+result = f"wrote {wrote} of {tried}"
+''')
 rt.submit(Uniform())
 """
 
@@ -278,6 +290,7 @@ def test_a_cpu_slot_cannot_widen_its_cores(tmp_path, tiny_cache):
     seen = json.loads(attacks(r)["widen"])
     assert set(seen["affinity"]) <= own, (seen, own)
     assert set(seen["ran_on"]) <= own, (seen, own)
+    assert attacks(r)["cgroup"].startswith("wrote 0 of "), attacks(r)["cgroup"]  # /sys is read-only in the sandbox
     assert r.status == "ok"
 
 
