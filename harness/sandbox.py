@@ -177,7 +177,7 @@ def present_gpu_nodes() -> list[str]:
 # The environment a run gets: these names, and nothing else of the user's (an allow-list: a
 # secret under any name stays out). The runner then sets its own (PYTHONPATH, HOME, TMPDIR, the
 # compile caches, the slot's device and threads).
-ENV_NAMES = {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "CC", "CXX", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH",
+ENV_NAMES = {"PATH", "PYTHONPATH", "LANG", "LANGUAGE", "TZ", "TERM", "CC", "CXX", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH",
              "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_MODULE_LOADING", "CUDA_LAUNCH_BLOCKING",
              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
              "PYTORCH_CUDA_ALLOC_CONF", "COCKPIT_PROFILE", "COCKPIT_COMPILE_STATS", "COCKPIT_CPUS",
