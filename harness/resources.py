@@ -32,6 +32,8 @@ from pathlib import Path
 
 import psutil
 
+from .errors import HarnessError
+
 PIDS_MAX = 4096  # processes and threads of one run
 MEMORY_FRACTION = 0.85  # of the machine's RAM, for all of one run's processes (and its tmpfs files)
 MEMORY_LIMIT: int | None = None  # bytes, instead of MEMORY_FRACTION (tests)
@@ -166,6 +168,13 @@ class Group:
         for d in self.dirs:
             d.mkdir(exist_ok=True)
         self.version = b.version
+        try:
+            self._limit(b, name, cpus, memory, pids)
+        except OSError:
+            self.remove()
+            raise
+
+    def _limit(self, b: Backend, name: str, cpus: set[int] | None, memory: int | None, pids: int | None) -> None:
         cs, mem, pid = (b.parents[c] / name for c in CONTROLLERS)
         cpus = cpus or set(os.sched_getaffinity(0))
         self.cpus = cpus
@@ -249,7 +258,11 @@ def make_group(env: dict[str, str]) -> Group | None:
     if backend() is None:
         return None
     cpus = {int(c) for c in env.get("COCKPIT_CPUS", "").split(",") if c.strip().isdigit()}
-    return Group(cpus or None)
+    try:
+        return Group(cpus or None)
+    except OSError as e:  # e.g. a slot's cores outside the ones cockpit may use
+        raise HarnessError(f"could not make the run's control group ({e.strerror}); "
+                           "check the slot's cores (--devices cpu:N)") from None
 
 
 # ---- disk ----
