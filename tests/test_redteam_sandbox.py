@@ -206,6 +206,24 @@ def test_a_cache_split_by_the_public_rule_is_refused_in_one_line(tmp_path, tiny_
         open_dataset(old)
 
 
+def test_cockpit_train_on_a_cache_split_by_the_public_rule_says_so_in_one_line(tmp_path, tiny_cache):
+    import subprocess
+
+    cache = tmp_path / "cache"
+    old = cache / "datasets" / "text-0123456789abcdef"
+    old.mkdir(parents=True)
+    m = json.loads((current_dataset(tiny_cache).folder / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(dict(m, format=2)))
+    (cache / "current").write_text(old.name + "\n")
+    (tmp_path / "train.py").write_text("print('never runs')\n")
+    r = subprocess.run([sys.executable, "-m", "cockpit", "--cache-dir", str(cache), "train", "--workspace", str(tmp_path),
+                        "--script", str(tmp_path / "train.py")], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "COCKPIT_CACHE"})
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and "public rule" in r.stderr, r.stderr
+    assert not list((cache / "datasets").glob("stdlib-*"))  # the built-in corpus was not prepared instead
+
+
 def test_a_text_corpus_inside_the_python_environment_is_refused(tmp_path):
     site = Path(np.__file__).resolve().parent  # a folder the sandbox shows: site-packages/numpy
     with pytest.raises(SourceError) as e:
