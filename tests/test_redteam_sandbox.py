@@ -424,3 +424,15 @@ def test_the_kept_files_caps_come_from_cockpit_toml(tmp_path, monkeypatch):
     (tmp_path / "cockpit.toml").write_text("[run]\nkeep_files_mb = \"lots\"\n")
     with pytest.raises(ConfigError, match=r"\[run\]\.keep_files_mb must be a number of megabytes"):
         load(tmp_path)
+
+
+def test_without_a_writable_cgroup_the_start_says_what_is_not_bounded(monkeypatch):
+    monkeypatch.setattr(resources, "backend", lambda: None)
+    line = resources.notice()
+    assert "\n" not in line and "no writable cgroup" in line
+    assert "cores are an affinity the run can widen" in line and "memory is polled once a second" in line
+    assert ("fork bomb is not bounded" in line) == (os.geteuid() == 0)
+    assert resources.make_group({"COCKPIT_CPUS": "0"}) is None  # runs go on, without the group
+    monkeypatch.undo()
+    if resources.backend() is not None:
+        assert resources.notice() is None  # nothing to say where the kernel bounds every run
