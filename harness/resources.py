@@ -13,8 +13,8 @@ cgroup v2 (a writable unified hierarchy with the cpuset, memory and pids control
 named controllers' own hierarchies, writable as root) are used, whichever this machine has.
 Where neither is writable, `notice()` says what is not bounded, once, at start.
 
-Disk: a run's folder is watched while it runs (RUN_DISK_CAP bytes, RUN_FILES_CAP entries: past
-either the run is killed), and after it the `files/` it leaves are kept only up to FILES_KEEP_CAP
+Disk: a run's folder is watched while it runs (RUN_DISK_CAP bytes, RUN_FILES_CAP entries, or over
+1 GB with under DISK_RESERVE free on its disk: the run is killed), and after it the `files/` it leaves are kept only up to FILES_KEEP_CAP
 bytes per run and FILES_TOTAL_CAP for all the runs of one session's folder (oldest pruned first).
 """
 
@@ -37,7 +37,8 @@ from .errors import HarnessError
 PIDS_MAX = 4096  # processes and threads of one run
 MEMORY_FRACTION = 0.85  # of the machine's RAM, for all of one run's processes (and its tmpfs files)
 MEMORY_LIMIT: int | None = None  # bytes, instead of MEMORY_FRACTION (tests)
-RUN_DISK_CAP = 16 << 30  # bytes a run may have in its folder while it runs
+RUN_DISK_CAP = 64 << 30  # bytes a run may have in its folder while it runs (its exported model included)
+DISK_RESERVE = 2 << 30  # a run holding over 1 GB is also stopped when its disk has less than this free
 RUN_FILES_CAP = 200_000  # entries (files and folders) a run may have in its folder while it runs
 FILES_KEEP_CAP = 1 << 30  # a run's files/ kept after it, at most (bytes); a larger one is not kept
 FILES_TOTAL_CAP = 10 << 30  # all kept files/ of one session's runs; the oldest go first
@@ -305,9 +306,14 @@ class DiskWatch(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(DISK_POLL_SECONDS):
             size, n = usage(self.folder)
-            if size > RUN_DISK_CAP or n > RUN_FILES_CAP:
+            try:
+                free = shutil.disk_usage(self.folder).free
+            except OSError:
+                free = DISK_RESERVE
+            if size > RUN_DISK_CAP or n > RUN_FILES_CAP or (size > 1 << 30 and free < DISK_RESERVE):
                 self.reason = (f"the run wrote {size / 1e9:.1f} GB in {n:,} entries in its folder, over its cap of "
-                               f"{RUN_DISK_CAP / 1e9:.1f} GB and {RUN_FILES_CAP:,} entries, and was killed")
+                               f"{RUN_DISK_CAP / 1e9:.1f} GB and {RUN_FILES_CAP:,} entries (or leaving under "
+                               f"{DISK_RESERVE / 1e9:.0f} GB free on its disk), and was killed")
                 try:
                     os.killpg(self.pgid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
