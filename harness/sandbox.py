@@ -3,21 +3,24 @@
 Every training process (and every evaluation process) runs as
 
     bwrap --unshare-all --die-with-parent --new-session --cap-drop ALL
-          read-only: /usr (and /lib*, /bin, /sbin), a few files of /etc, the Python environment,
+          read-only: /usr (and /lib*, /bin, /sbin), a few files of /etc, the Python environment's
+                     prefixes and package folders (never a workspace or a repository: bindable()),
                      the harness package, the named data files, /sys
+          hidden:    the stdlib's test suite and GUI tools (the built-in corpus's held-out text)
           writable:  the run's own folder (its working directory), a private /tmp
-          --dev /dev (+ the NVIDIA device nodes), --proc /proc (its own PID namespace)
+          --dev /dev (+ the slot's own NVIDIA device node), --proc /proc (its own PID namespace)
           python -P -B ...
 
-so it has no network (a network namespace with nothing in it), sees only its own processes
-(and so no ancestor's /proc/*/environ), cannot write the journal, the cache, the harness or
-site-packages, cannot read the validation or holdout data, and everything it starts dies with
-it: when the namespace's first process ends, the kernel kills the rest. Resource limits come
-from setrlimit before bwrap starts (file size, processes, core dumps); memory is watched by the
-runner. Where bubblewrap is missing or the kernel refuses user namespaces, `check()` says why
-and the run goes without the walls (unless `[run] sandbox = "required"`).
+with an allow-listed environment (allowed_env), so it has no network (a network namespace with
+nothing in it), sees only its own processes (and so no ancestor's /proc/*/environ), cannot write
+the journal, the cache, the harness or site-packages, cannot read the validation or holdout
+data nor any source of their text, nor the workspace's journal or another run's folder, and
+everything it starts dies with it: when the namespace's first process ends, the kernel kills the
+rest. Resource limits come from setrlimit before bwrap starts (file size, processes, core dumps)
+and from the run's control group (harness/resources.py: cores, memory, processes). Where
+bubblewrap is missing or the kernel refuses user namespaces, `check()` says why and the run goes
+without the walls (unless `[run] sandbox = "required"`).
 """
-
 from __future__ import annotations
 
 import functools
