@@ -271,6 +271,11 @@ def cmd_train(args) -> int:
             from harness.sandbox import OFF_NOTICE
 
             print(f"{OFF_NOTICE} ({why})", file=sys.stderr)
+        else:
+            from harness.resources import notice
+
+            if notice():
+                print(notice(), file=sys.stderr)
 
     def show(p: runner.Progress) -> None:
         if args.json:
@@ -443,6 +448,9 @@ def _build_engine(args, ws, lock, tty):
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
         target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,
                            compile_cache=ws.config.compile_cache)
+        from harness.resources import keep_files_caps
+
+        keep_files_caps(ws.config.keep_files_mb, ws.config.keep_files_total_mb)
     else:
         target = CommandTarget(ws.root, tc, args.budget)
     from engine.slots import cuda_devices, resolve

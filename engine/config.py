@@ -53,6 +53,8 @@ class Config:
     devices: str = "auto"  # [run] devices: auto (every visible CUDA device) | "0,1,3" | "cpu:N" (engine/slots.py)
     cluster: str = "local"  # [run] cluster: local (this machine's devices) | ray (every node's: engine/cluster.py)
     address: str = "auto"  # [run] address: the Ray cluster's (auto: the one `ray start` made on this machine)
+    keep_files_mb: float = 1024  # [run] keep_files_mb: a run's files/ kept after it, at most (harness/resources.py)
+    keep_files_total_mb: float = 10240  # [run] keep_files_total_mb: all kept files/ of a session's runs (oldest go)
 
 
 # The numeric keys of [target], [decision] and [stop], checked by the command line's rules:
@@ -158,7 +160,7 @@ def load(root: Path) -> Config:
     run_tbl = data.get("run", {})
     if not isinstance(run_tbl, dict):
         raise ConfigError(f"{path}: [run] must be a table")
-    known_run = {"sandbox", "compile_cache", "devices", "cluster", "address"}
+    known_run = {"sandbox", "compile_cache", "devices", "cluster", "address", "keep_files_mb", "keep_files_total_mb"}
     if set(run_tbl) - known_run:
         odd = sorted(set(run_tbl) - known_run)[0]
         raise ConfigError(f"{path}: unknown key [run].{odd} (known: {', '.join(sorted(known_run))})")
@@ -184,6 +186,12 @@ def load(root: Path) -> Config:
     compile_cache = run_tbl.get("compile_cache", "private")
     if compile_cache not in ("private", "shared"):
         raise ConfigError(f"{path}: [run].compile_cache must be private or shared, not {compile_cache!r}")
+    caps = {}
+    for k in ("keep_files_mb", "keep_files_total_mb"):
+        v = run_tbl.get(k, Config.__dataclass_fields__[k].default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise ConfigError(f"{path}: [run].{k} must be a number of megabytes >= 0, not {v!r}")
+        caps[k] = float(v)
     crashes = _section(data, "stop", _StopConfig, path).max_consecutive_crashes
     if target.kind not in ("gpt", "command"):
         raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
@@ -194,7 +202,8 @@ def load(root: Path) -> Config:
     if not target.editable:
         raise ConfigError(f"{path}: [target].editable must name at least one file")
     return Config(target, decision, agent, agent_tbl.get("model"), agent_tbl.get("base_url"), crashes,
-                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache, devices, cluster, address)
+                  settings, agent_tbl.get("pipeline", True), sandbox, compile_cache, devices, cluster, address,
+                  caps["keep_files_mb"], caps["keep_files_total_mb"])
 
 
 def _prices(v, path: Path) -> dict:
@@ -250,6 +259,8 @@ name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else
 # compile_cache = "private"       # each run compiles afresh (on an H200, ~22 s more per run of the default
 #                                 # model); "shared": runs reuse torch.compile's cache, which any run can
 #                                 # also write, so state can pass from one run to the next
+# keep_files_mb = 1024            # what a run leaves in its folder is kept (.cockpit/runs/<tag>/<n>/files/)
+# keep_files_total_mb = 10240     # up to this per run, and this for all of a session's runs (oldest go first)
 #
 # [agent.prices]                  # USD per million tokens, overriding the built-in table for your model
 # input = 2.0

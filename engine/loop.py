@@ -258,6 +258,11 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                 from harness.sandbox import OFF_NOTICE
 
                 self.emit(ev.Alert(text=f"{OFF_NOTICE} ({self.target.sandbox_reason})"))
+            elif getattr(self.target, "sandboxed", None):
+                from harness.resources import notice
+
+                if notice():  # what the kernel does not bound here (cores, memory, processes)
+                    self.emit(ev.Notice(text=notice()))
             if len(self.slots) > 1:
                 self.emit(ev.Notice(text=f"{len(self.slots)} slots, one experiment each at once: "
                                          + ", ".join(sl.device.label for sl in self.slots)))

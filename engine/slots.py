@@ -77,8 +77,34 @@ def cuda_devices() -> list[tuple[str, str]]:
     return out
 
 
+def gpu_ids() -> dict[str, tuple[int, str]]:
+    """NVML index -> (the device's minor number: its /dev/nvidiaN, its UUID); {} without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        out = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            out[str(i)] = (int(pynvml.nvmlDeviceGetMinorNumber(h)), uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+        return out
+    except Exception:  # no driver, no library, no GPU
+        return {}
+
+
+def gpu_env(entry: str, ids: dict[str, tuple[int, str]]) -> dict[str, str]:
+    """A GPU slot's environment: its device for CUDA, and (where NVML knows it) its UUID and its
+    /dev/nvidiaN minor, so that the sandbox binds that node only (harness/sandbox.gpu_nodes) and
+    CUDA finds the device by UUID whatever else it can enumerate."""
+    if entry not in ids:
+        return {"CUDA_VISIBLE_DEVICES": entry}
+    minor, uuid = ids[entry]
+    return {"CUDA_VISIBLE_DEVICES": uuid, "COCKPIT_GPU_MINORS": str(minor)}
+
+
 def resolve(spec: str, accelerator: bool, gpus: list[tuple[str, str]] | None = None,
-            cores: list[int] | None = None) -> tuple[list[Device], list[str]]:
+            cores: list[int] | None = None, ids: dict[str, tuple[int, str]] | None = None) -> tuple[list[Device], list[str]]:
     """The slots a devices setting gives on this machine, and the notices to show. `accelerator`:
     the profile trains on a GPU. Raises DeviceError (one line) for what cannot be used."""
     check_spec(spec)
@@ -100,7 +126,10 @@ def resolve(spec: str, accelerator: bool, gpus: list[tuple[str, str]] | None = N
         if s == "auto":
             return [Device("cpu", "cpu")], []
         raise DeviceError(f"--devices {s}: no CUDA GPU is visible (use auto, or cpu:N for CPU slots)")
-    gpus = cuda_devices() if gpus is None else gpus
+    if gpus is None:
+        gpus = cuda_devices()
+        ids = gpu_ids() if ids is None else ids
+    ids = ids or {}
     if not gpus:
         if s == "auto":  # a GPU profile without NVML: the one device the profile found
             return [Device("cuda:0", "gpu")], []
@@ -118,7 +147,7 @@ def resolve(spec: str, accelerator: bool, gpus: list[tuple[str, str]] | None = N
     if others:
         notices.append(f"devices of another model are not used: {', '.join(f'cuda:{i} ({gpus[i][1]})' for i in others)}; "
                        f"results are compared on one model only ({model}); name them with --devices to choose")
-    out = [Device(f"cuda:{i}", model, {"CUDA_VISIBLE_DEVICES": gpus[i][0]}) for i in wanted if gpus[i][1] == model]
+    out = [Device(f"cuda:{i}", model, gpu_env(gpus[i][0], ids)) for i in wanted if gpus[i][1] == model]
     return out, notices
 
 

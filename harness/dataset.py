@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from . import tokenizer as tokmod
-from .errors import NotPreparedError
+from .errors import HarnessError, NotPreparedError
 from .integrity import verify_dataset
 from .paths import current_pointer, datasets_dir
-from .prepare import load_manifest
+from .prepare import PUBLIC_RULE_FORMATS, load_manifest
 
 
 @dataclass
@@ -51,9 +52,33 @@ class Dataset:
         verify_dataset(self.folder, self.manifest)
 
 
+class PublicSplitError(HarnessError):
+    """Data prepared by an earlier cockpit, split by a public rule: refused, never re-prepared
+    silently (that could change the corpus under a session)."""
+
+
+def _again(manifest: dict) -> str:
+    """The command that prepares the same source again."""
+    src = manifest.get("source") or {}
+    kind, spec = src.get("kind"), str(src.get("spec", ""))
+    if kind == "text":
+        folder, _, include = spec.partition(" [")
+        return f"`cockpit prepare --text {folder}" + (f" --include '{include.rstrip(']')}'" if include else "") + "`"
+    if kind == "parquet":
+        return f"`cockpit prepare --parquet '{spec}'`"
+    return "`cockpit prepare`"
+
+
 def open_dataset(folder: Path) -> Dataset:
     manifest = load_manifest(folder)
     if manifest is None:
+        try:
+            old = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        if isinstance(old, dict) and old.get("format") in PUBLIC_RULE_FORMATS:
+            raise PublicSplitError(f"the prepared data in {folder} was split by the old public rule, which train.py "
+                                   f"could use to rebuild its validation text; prepare it again: {_again(old)}")
         raise NotPreparedError(f"no complete prepared dataset in {folder}; run `cockpit prepare`")
     return Dataset(folder, manifest)
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from .paths import atomic_write_text, current_pointer, datasets_dir
 from .progress import Bar
 from .sources import Source
 
-FORMAT_VERSION = 2  # bump when the on-disk layout or the split/tokenizer rules change (2: the holdout split)
-READABLE_FORMATS = (1, 2)  # format 1 (no holdout) still loads: its sessions just have no holdout figures
+FORMAT_VERSION = 3  # bump when the on-disk layout or the split/tokenizer rules change (2: the holdout split; 3: salted)
+READABLE_FORMATS = (3,)
+# Formats 1 and 2 split by a public rule (a hash of the document's name), so a run that could read
+# the corpus rebuilt the validation text; they are refused with one line (run `cockpit prepare`).
+PUBLIC_RULE_FORMATS = (1, 2)
 DEFAULT_VOCAB = 8192
 DEFAULT_VAL_FRACTION = 0.05
 HOLDOUT_FRACTION = 0.05  # the holdout split: the next slice of the hash range after validation
@@ -42,20 +46,50 @@ MIN_VAL_TOKENS = 2049  # one CUDA evaluation window: 2048 inputs + 1 target shif
 ENCODE_BATCH_CHARS = 8_000_000
 
 
-def _position(identity: str) -> float:
-    return int.from_bytes(hashlib.sha256(identity.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2**64
+def _position(identity: str, salt: str = "") -> float:
+    key = (salt + "\0" + identity) if salt else identity
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2**64
 
 
-def is_val(identity: str, fraction: float) -> bool:
-    """The pinned split: a stable hash of the document's identity, independent of order and machine."""
-    return _position(identity) < fraction
+def is_val(identity: str, fraction: float, salt: str = "") -> bool:
+    """The pinned split: a stable hash of the cache's secret salt and the document's identity,
+    independent of order and machine ("" : the unsalted rule of formats 1 and 2)."""
+    return _position(identity, salt) < fraction
 
 
-def split_of(identity: str, val_fraction: float, holdout_fraction: float = HOLDOUT_FRACTION) -> str:
+def split_of(identity: str, val_fraction: float, holdout_fraction: float = HOLDOUT_FRACTION, salt: str = "",
+             eligible: bool = True, scale: float = 1.0) -> str:
     """"val" (the first `val_fraction` of the hash range), "holdout" (the next `holdout_fraction`:
-    scored for kept experiments, never shown to the agent) or "train"."""
-    h = _position(identity)
-    return "val" if h < val_fraction else "holdout" if h < val_fraction + holdout_fraction else "train"
+    scored for kept experiments, never shown to the agent) or "train". Only an `eligible` document
+    can be held out (the built-in corpus holds out only what the sandbox hides: Source.eligible);
+    `scale` raises both fractions so that they stay shares of the whole corpus."""
+    if not eligible:
+        return "train"
+    v = min(val_fraction * scale, 0.45)
+    h = _position(identity, salt)
+    return "val" if h < v else "holdout" if h < v + min(holdout_fraction * scale, 0.45) else "train"
+
+
+SALT_FILE = "split.salt"
+
+
+def split_salt(cache: Path) -> str:
+    """The cache's secret salt for the split, made at the first `cockpit prepare` (never inside a
+    dataset folder, never in the sandbox's view): without it, knowing the corpus and the rule does
+    not tell which documents are validation or holdout."""
+    p = cache / SALT_FILE
+    try:
+        salt = p.read_text().strip()
+        if salt:
+            return salt
+    except FileNotFoundError:
+        pass
+    cache.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_hex(16)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(salt + "\n")
+    return salt
 
 
 @dataclass
@@ -83,9 +117,11 @@ def _fault(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def dataset_key(source: Source, vocab_size: int, val_fraction: float, tokenizer_chars: int) -> str:
+def dataset_key(source: Source, vocab_size: int, val_fraction: float, tokenizer_chars: int, salt: str = "") -> str:
+    salt_id = hashlib.sha256(salt.encode()).hexdigest()[:16]  # another salt, another split: another folder
     h = hashlib.sha256(
-        json.dumps([FORMAT_VERSION, source.kind, source.fingerprint(), vocab_size, val_fraction, tokenizer_chars]).encode()
+        json.dumps([FORMAT_VERSION, source.kind, source.fingerprint(), vocab_size, val_fraction, tokenizer_chars,
+                    salt_id]).encode()
     )
     return f"{source.kind}-{h.hexdigest()[:16]}"
 
@@ -115,9 +151,17 @@ def prepare(
         raise SourceError(f"--val-fraction must be between 0 and 0.5, got {val_fraction}")
     if not 257 <= vocab_size <= 65536:
         raise SourceError(f"--vocab-size must be between 257 and 65536 (uint16 shards), got {vocab_size}")
+    if source.kind != "stdlib":
+        from .sandbox import view_overlap
+
+        inside = view_overlap(source.root or Path(source.spec), source.files)
+        if inside is not None:
+            raise SourceError(f"the source {source.spec} overlaps {inside}, which the sandbox shows to train.py: its "
+                              "validation text would be readable there; copy the corpus to a folder outside it")
     root = datasets_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
-    key = dataset_key(source, vocab_size, val_fraction, tokenizer_chars)
+    salt = split_salt(cache)
+    key = dataset_key(source, vocab_size, val_fraction, tokenizer_chars, salt)
     final = root / key
     _recover_interrupted_swap(root, final)
     _remove_stale_tmp(root)
@@ -131,7 +175,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        manifest = _build(source, tmp, vocab_size, val_fraction, tokenizer_chars, show_progress)
+        manifest = _build(source, tmp, vocab_size, val_fraction, tokenizer_chars, show_progress, salt)
         _fault("rename")
         if final.exists():  # --force: move the old one aside first, then swap
             trash = root / f".old-{key}-{os.getpid()}"
@@ -149,10 +193,15 @@ def prepare(
     return PrepareReport(final, False, manifest, time.monotonic() - t0, relocked)
 
 
-def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, tokenizer_chars: int, show: bool) -> dict:
+def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, tokenizer_chars: int, show: bool,
+           salt: str = "") -> dict:
     total_bytes = source.total_bytes()
     if total_bytes == 0:
         raise SourceError(f"the source {source.spec} is empty")
+    scale = source.holdout_scale()
+
+    def split_of(ident: str, val_fraction: float) -> str:
+        return _split(ident, val_fraction, salt=salt, eligible=source.eligible(ident), scale=scale)
 
     # ---- pass 1: the tokenizer, trained on training documents only ----
     bar = Bar("tokenizer", min(total_bytes, tokenizer_chars), enabled=show)
@@ -253,6 +302,7 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
         "bos_id": bos,
         "val_fraction": val_fraction,
         "holdout_fraction": HOLDOUT_FRACTION,
+        "split": "salted",  # by the cache's secret salt (never in the sandbox's view), not a public rule
         "counts": {f"{split}_{what}": n[split] for split in splits
                    for what, n in (("docs", docs), ("tokens", ntok), ("bytes", nbytes))},
         "files": files,
@@ -302,3 +352,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_split = split_of

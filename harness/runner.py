@@ -43,6 +43,7 @@ from typing import Callable
 
 import psutil
 
+from . import resources
 from . import sandbox as sbx
 from .dataset import Dataset
 from .errors import HarnessError
@@ -299,6 +300,7 @@ def run(
         if on_spawn:
             on_spawn(proc.pid)
         status, reason = _watch(proc, child.rfd, w, profile, limits, cancel, on_progress, on_message=on_message)
+        status, reason = _bounds_verdict(child, status, reason)
         kill_group(proc)  # trained or not, the training process is done: nothing it does from here counts
         if status == "trained":
             if evaluator is None:
@@ -623,6 +625,7 @@ class _Child:
     t_spawn: float
     workdir: Path  # its own writable folder (its working directory)
     ready: bool = False  # an evaluation process: it said its imports are done
+    disk: "resources.DiskWatch | None" = None  # watches its folder's size while it runs
 
 
 _spares: dict[str, _Child] = {}  # slot -> its waiting spare child
@@ -631,11 +634,13 @@ _atexit_registered = False
 
 
 def child_env(cache: Path, harness_dir: Path = HARNESS_DIR, boxed: bool = False, shared_cache: bool = False) -> dict[str, str]:
-    """The training subprocess's environment: this one without secrets, plus the harness's
-    import path and the compile caches (in the sandbox: the run's own folder, so that nothing
-    persists from one run to the next, unless `[run] compile_cache = "shared"`; outside it:
-    shared under the cache dir)."""
-    env = scrub_env(dict(os.environ))
+    """The training subprocess's environment: of this one only the allowed names
+    (sandbox.allowed_env: PATH, locale, the device and thread settings; a secret under any other
+    name stays out), plus the harness's import path and the compile caches (in the sandbox: the
+    run's own folder, so that nothing persists from one run to the next, unless
+    `[run] compile_cache = "shared"`; outside it: shared under the cache dir). HOME is the run's
+    own folder (set where the folder is made)."""
+    env = sbx.allowed_env(scrub_env(dict(os.environ)))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(harness_dir.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -706,30 +711,44 @@ _EVAL_PACKAGES = ("torch", "numpy", "typing_extensions", "sympy", "mpmath", "fil
 
 def _popen(cmd, env, rfd_w, workdir, boxed, read, gpu, cwd, write=()) -> tuple[subprocess.Popen, LogPump]:
     out_r, out_w = os.pipe()
+    group = None
     if boxed:
-        # what the user put on PYTHONPATH is importable (read-only), as it would be without the sandbox
-        extra = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isdir(p)]
-        cmd = sbx.command(cmd, workdir=workdir, read=read + extra, gpu=gpu, write=write)
+        # What the user put on PYTHONPATH is importable (read-only), as it would be without the
+        # sandbox, but never a workspace or a repository (sandbox.bindable): the harness's own
+        # parent (a clone, in the README's set-up the workspace) is not bound, only the harness.
+        harness_parent = Path(cmd[cmd.index(_BOOT) + 1]).parent if _BOOT in cmd else None
+        extra = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                 if p and os.path.isdir(p) and Path(p) != harness_parent and sbx.bindable(Path(p))]
+        minors = [int(m) for m in env.get("COCKPIT_GPU_MINORS", "").split(",") if m.isdigit()] or None
+        cmd = sbx.command(cmd, workdir=workdir, read=read + extra, gpu=gpu, write=write, gpu_minors=minors)
+        group = resources.make_group(env)
     try:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out_w, stderr=out_w, pass_fds=(rfd_w,),
-            start_new_session=True, preexec_fn=_preexec(env),
+            start_new_session=True, preexec_fn=_preexec(env, group),
         )
     except BaseException:
         os.close(out_r)
+        if group is not None:
+            group.remove()
         raise
     finally:
         os.close(out_w)
+    proc.cockpit_group = group  # removed (and anything left in it killed) by _discard
     pump = LogPump(out_r)
     pump.start()
     return proc, pump
 
 
-def _preexec(env: dict[str, str]):
-    """In the child before exec: the resource limits, and a CPU slot's own cores (COCKPIT_CPUS)."""
+def _preexec(env: dict[str, str], group: "resources.Group | None" = None):
+    """In the child before exec: into its control group (cores, memory, processes: bounds the run
+    cannot widen), the resource limits, and a CPU slot's own cores (COCKPIT_CPUS)."""
     cpus = {int(c) for c in env.get("COCKPIT_CPUS", "").split(",") if c.strip().isdigit()}
+    join = group.procs_files() if group is not None else []
 
     def pre() -> None:
+        if join:
+            resources.join(join)
         sbx.limit_resources()
         if cpus:
             os.sched_setaffinity(0, cpus)
@@ -745,7 +764,7 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
     cmd = _python("harness.child", harness_dir, "--fd", str(wfd), *([] if boxed else ["--parent", str(os.getpid())]),
                   *(["--preload-compile"] if preload_compile else []))
     read = [harness_dir] + [dataset.folder / f for f in TRAIN_FILES if (dataset.folder / f).exists()]
-    env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache")) if boxed else env
+    env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache"))
     write: tuple = ()
     if boxed and "TORCHINDUCTOR_CACHE_DIR" not in env:  # private: nothing persists to the next run
         env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
@@ -765,7 +784,9 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
         raise
     finally:
         os.close(wfd)
-    return _Child(proc, rfd, pump, key, time.monotonic(), workdir)
+    disk = resources.DiskWatch(workdir, proc.pid)
+    disk.start()
+    return _Child(proc, rfd, pump, key, time.monotonic(), workdir, disk)
 
 
 def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxed: bool, gpu: bool) -> _Child:
@@ -843,8 +864,15 @@ def _send_go(child: _Child, go: dict) -> bool:
 
 
 def _discard(child: _Child) -> None:
-    """Kill the child's group, close our ends, and finish its log."""
+    """Kill the child's group (and its control group, with anything left in it), close our ends,
+    and finish its log."""
     kill_group(child.proc)
+    if child.disk is not None:
+        child.disk.stop()
+    group = getattr(child.proc, "cockpit_group", None)
+    if group is not None:
+        group.remove()
+        child.proc.cockpit_group = None
     try:
         child.proc.stdin.close()
     except (OSError, ValueError):  # the pipe broke: the child is gone, nothing left to flush
@@ -856,9 +884,23 @@ def _discard(child: _Child) -> None:
     child.pump.stop()
 
 
+def _bounds_verdict(child: _Child, status: str, reason: str | None) -> tuple[str, str | None]:
+    """A run that died of a bound (its folder's size, its control group's memory) says which."""
+    if status in ("trained", "cancelled"):
+        return status, reason
+    if child.disk is not None and child.disk.reason:
+        return "crash", child.disk.reason
+    group = getattr(child.proc, "cockpit_group", None)
+    if status == "crash" and group is not None and group.oom_kills():
+        return "crash", (f"the run went over its memory limit of {group.memory / 1e9:.1f} GB and the kernel "
+                         "killed it (SIGKILL)")
+    return status, reason
+
+
 def _keep_files(workdir: Path, run_dir: Path) -> None:
     """After a run: the exported model goes (the evaluation has read it); anything else the run
-    wrote in its folder is kept under the run's folder as `files/`."""
+    wrote in its folder is kept under the run's folder as `files/`, up to resources.FILES_KEEP_CAP;
+    the oldest runs' files/ of the session go past resources.FILES_TOTAL_CAP (said in the log)."""
     shutil.rmtree(workdir / "model", ignore_errors=True)
     shutil.rmtree(workdir / ".cache", ignore_errors=True)
     try:
@@ -867,6 +909,11 @@ def _keep_files(workdir: Path, run_dir: Path) -> None:
             dest = run_dir / "files"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.move(str(workdir), str(dest))
+            notes = [resources.keep_files(dest)]
+            notes += [f"harness: files/ of {f.parent.name} deleted: the session's runs keep at most "
+                      f"{resources.FILES_TOTAL_CAP / 1e9:.1f} GB" for f in resources.prune_files(run_dir.parent, dest)]
+            with open(run_dir / "run.log", "a") as log:
+                log.writelines(n + "\n" for n in notes if n)
         else:
             workdir.rmdir()
     except OSError:

@@ -45,6 +45,31 @@ class Source:
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files)
 
+    # ---- what may be held out (validation, holdout) ----
+    def eligible(self, ident: str) -> bool:
+        """Whether a document may be held out. The built-in corpus is the interpreter's own
+        standard library, which the sandbox must show (Python runs from it): its held-out
+        documents come only from the folders the sandbox hides (sandbox.STDLIB_HIDDEN: the test
+        suite and the GUI tools), so no run can read them. Any other source: every document."""
+        if self.kind != "stdlib":
+            return True
+        from .sandbox import STDLIB_HIDDEN
+
+        return ident.split("/", 1)[0] in STDLIB_HIDDEN
+
+    def holdout_scale(self) -> float:
+        """How much the split's fractions are raised for the eligible documents, so that validation
+        stays its share of the whole corpus (1 when every document is eligible)."""
+        if self.kind != "stdlib" or self.root is None:
+            return 1.0
+        total = eligible = 0
+        for p in self.files:
+            n = p.stat().st_size
+            total += n
+            if self.eligible(p.relative_to(self.root).as_posix()):
+                eligible += n
+        return total / eligible if eligible else 1.0
+
     # ---- documents ----
     def documents(self) -> Iterator[tuple[str, str]]:
         if self.kind == "parquet":

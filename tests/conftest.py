@@ -15,6 +15,9 @@ def pytest_configure(config):
 import pytest  # noqa: E402
 
 
+TEST_SALT = "cockpit-tests-4"  # a salt whose split of the tiny corpus holds enough validation and holdout text
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A small prepared corpus (a few stdlib packages as text, vocab 512), shared by the session."""
@@ -27,6 +30,7 @@ def tiny_cache(tmp_path_factory) -> Path:
         for f in sorted(folder.glob("*.py")):
             (src / f"{mod}_{f.name}.txt").write_text(f.read_text(encoding="utf-8"))
     cache = tmp_path_factory.mktemp("cache")
+    (cache / "split.salt").write_text(TEST_SALT + "\n")  # the split is salted per cache: this one, every time
     prepare(text_source(str(src)), cache, vocab_size=512, show_progress=False)
     return cache
 

@@ -24,7 +24,17 @@ import pytest
 from harness.dataset import Dataset, current_dataset, open_dataset
 from harness.errors import IntegrityError, NotPreparedError
 from harness.integrity import lock_harness, verify_harness
-from harness.prepare import is_val, split_of
+from harness.prepare import is_val as _is_val, split_of as _split_of
+
+SALT = "cockpit-tests-prepare"  # run_cli gives every cache this split salt, so a test can predict the split
+
+
+def is_val(identity: str, fraction: float) -> bool:
+    return _is_val(identity, fraction, salt=SALT)
+
+
+def split_of(identity: str, fraction: float) -> str:
+    return _split_of(identity, fraction, salt=SALT)
 from harness.tokenizer import BOS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +102,9 @@ def pick_name(template: str, want_val: bool) -> str:
 def run_cli(args, cache: Path, extra_env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_PREPARE_KILL_AT", "COCKPIT_CACHE")}
     env["COCKPIT_CACHE"] = str(cache)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    if not (Path(cache) / "split.salt").exists():
+        (Path(cache) / "split.salt").write_text(SALT + "\n")
     env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "cockpit", *map(str, args)],
@@ -267,13 +280,13 @@ def test_token_bytes_give_each_tokens_utf8_length(prepared):
 
 def test_is_val_is_pinned_to_known_values():
     # Changing the split rule silently would change what every score is measured on.
-    assert [i for i in range(400) if is_val(f"doc{i:03d}.txt", 0.05)] == [14, 61, 76, 99, 101, 115, 128, 195, 285, 371, 372]
+    assert [i for i in range(400) if _is_val(f"doc{i:03d}.txt", 0.05)] == [14, 61, 76, 99, 101, 115, 128, 195, 285, 371, 372]
 
 
 def test_is_val_depends_only_on_identity():
     ids = [f"pkg{i % 5}/file_{i}.py" for i in range(3000)] + ["ünï/cödé.txt", "a b", ""]
-    here = [is_val(i, 0.05) for i in ids]
-    assert here == [is_val(i, 0.05) for i in reversed(ids)][::-1]  # order does not matter
+    here = [_is_val(i, 0.05) for i in ids]
+    assert here == [_is_val(i, 0.05) for i in reversed(ids)][::-1]  # order does not matter
     # another process, another hash seed: the same answers
     code = "import json,sys; from harness.prepare import is_val, split_of; print(json.dumps([is_val(i, 0.05) for i in json.load(sys.stdin)]))"
     env = dict(os.environ, PYTHONHASHSEED="12345")
@@ -284,7 +297,7 @@ def test_is_val_depends_only_on_identity():
 
 def test_is_val_fraction_is_respected_and_monotone():
     ids = [f"id-{i}" for i in range(20_000)]
-    sets = {f: {i for i in ids if is_val(i, f)} for f in (0.01, 0.05, 0.2)}
+    sets = {f: {i for i in ids if _is_val(i, f)} for f in (0.01, 0.05, 0.2)}
     for f, s in sets.items():
         assert abs(len(s) / len(ids) - f) < 0.01 + f * 0.1, f
     # raising --val-fraction only moves documents from train to val, never back

@@ -257,7 +257,8 @@ def test_no_secret_reaches_the_training_subprocess(tmp_path, cache, monkeypatch)
     }
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("COCKPIT_HARMLESS", "visible")
+    monkeypatch.setenv("COCKPIT_HARMLESS", "not on the allow-list")
+    monkeypatch.setenv("TZ", "Europe/Paris")  # on the allow-list
     environs = []
 
     def capture(pid):
@@ -267,7 +268,7 @@ def test_no_secret_reaches_the_training_subprocess(tmp_path, cache, monkeypatch)
     r = run_script(tmp_path, cache, body, on_spawn=capture)
     assert r.status == "ok", r.log_tail
     env = environs[0]
-    assert b"COCKPIT_HARMLESS=visible" in env
+    assert b"TZ=Europe/Paris" in env and b"COCKPIT_HARMLESS" not in env  # an allow-list (sandbox.allowed_env)
     for k, v in secrets.items():
         assert k.encode() not in env and v.encode() not in env
         assert v not in Path(r.log_path).read_text()
@@ -501,7 +502,7 @@ def test_the_next_run_takes_the_spare_and_a_used_child_is_never_reused(tmp_path,
 
 def test_a_spare_started_for_another_environment_is_not_used(tmp_path, cache, monkeypatch):
     old = runner.start_spare(cache, current_dataset(cache))
-    monkeypatch.setenv("COCKPIT_SOMETHING_NEW", "1")
+    monkeypatch.setenv("TZ", "Pacific/Auckland")  # a variable the run gets (sandbox.allowed_env)
     pids = []
     r = run_script(tmp_path, cache, bigram(), on_spawn=pids.append)
     assert r.status == "ok" and r.spare_seconds is None
