@@ -134,6 +134,7 @@ class RunResult:
     export_seconds: float | None = None
     credit_used: float | None = None  # the allowance taken off this run's clock
     sandbox: bool = False
+    step_seconds: float | None = None  # the median time between its step reports, per step (a baseline's bounds the tolerance)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -358,6 +359,7 @@ def run(
         export_seconds=(w.t_trained - w.t_exporting) if w.t_trained and w.t_exporting else None,
         credit_used=credit if train_s is not None else None,
         sandbox=boxed,
+        step_seconds=statistics.median(w.step_s) if w.step_s else None,
     )
 
 
