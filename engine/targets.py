@@ -104,7 +104,7 @@ class GptTarget:
         the workspace). Every run, baseline or not, gets the session's allowance for compilation
         and export (allowance()); the baselines' step times bound the tolerance of later runs."""
         limits = runner.Limits.for_profile(self.profile)
-        limits.credit, limits.export_estimate = self.allowance(baseline)
+        limits.credit, limits.export_estimate = self.allowance(baseline, cancel)
         limits.session_step = session_step(self.steps)
         script = self.script if tree is None else Path(tree) / self.script.relative_to(self.root)
         r = runner.run(script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
@@ -112,28 +112,30 @@ class GptTarget:
                        slot=self.slot, env_extra=self.env_extra)
         return self.measured(r, baseline)
 
-    def allowance(self, baseline: bool = False) -> tuple[float, float]:
+    def allowance(self, baseline: bool = False, cancel: threading.Event | None = None) -> tuple[float, float]:
         """The run's allowance for compilation and export, and the export's part of it: the same
         for every run of the session, baseline or not (`baseline` changes nothing: a run must not
         be able to tell). It comes from the harness's reference measurement (harness/calibrate.py,
         once, before the first run), never from a run; a resumed session keeps the one its
         baselines ran under."""
-        with self._calibrating:  # the slots start their first runs at once: one measurement
-            if "allowance" not in self.calibration:
-                self.calibration["allowance"] = self._calibrate()
-        return session_allowance(self.calibration["allowance"], self.credits)
-
-    def _calibrate(self) -> tuple[float, float]:
         from harness import calibrate
 
         p = self.profile
-        try:
-            first, export = calibrate.measure(p, self.cache, self.dataset.vocab_size, sandbox=self.sandbox,
-                                              base=self.root / ".cockpit" / "runs", env_extra=self.env_extra)
-        except calibrate.CalibrationError as e:  # a machine too busy to measure: the profile's caps (fixed)
-            print(f"cockpit: {e}; the allowance for compilation and export is the profile's cap", file=sys.stderr)
-            return p.warmup_allowance + runner.EXPORT_ALLOWANCE, runner.EXPORT_ALLOWANCE
-        return calibrate.allowance(first, export, p.warmup_allowance, runner.EXPORT_ALLOWANCE)
+        caps = p.warmup_allowance + runner.EXPORT_ALLOWANCE, runner.EXPORT_ALLOWANCE
+        with self._calibrating:  # the slots start their first runs at once: one measurement
+            if "allowance" not in self.calibration:
+                try:
+                    first, export = calibrate.measure(p, self.cache, self.dataset.vocab_size, sandbox=self.sandbox,
+                                                      base=self.root / ".cockpit" / "runs", env_extra=self.env_extra,
+                                                      cancel=cancel)
+                    self.calibration["allowance"] = calibrate.allowance(first, export, *caps)
+                except calibrate.CalibrationError as e:
+                    if cancel is not None and cancel.is_set():
+                        return caps  # the run is cancelled before it starts; the next one measures
+                    # a machine too busy to measure: the profile's caps (fixed, the same for every run)
+                    print(f"cockpit: {e}; the allowance for compilation and export is the profile's cap", file=sys.stderr)
+                    self.calibration["allowance"] = caps
+        return session_allowance(self.calibration.get("allowance", caps), self.credits)
 
     def measured(self, r: "runner.RunResult", baseline: bool) -> Outcome:
         """The run's outcome; a baseline's step time is kept for the session's later runs."""

@@ -40,9 +40,10 @@ def allowance(first: float, export: float, warmup_cap: float, export_cap: float)
 
 
 def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path | None = None,
-            env_extra: dict | None = None, timeout: float | None = None) -> tuple[float, float]:
+            env_extra: dict | None = None, timeout: float | None = None, cancel=None) -> tuple[float, float]:
     """Run the reference once (this machine, the profile's device) and return (first step,
-    export) in seconds. Raises CalibrationError when it fails or takes too long."""
+    export) in seconds. Raises CalibrationError when it fails, takes too long or `cancel` (an
+    Event) is set."""
     from . import runner
     from .paths import HARNESS_DIR
 
@@ -74,8 +75,8 @@ def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path 
     sel = selectors.DefaultSelector()
     sel.register(rfd, selectors.EVENT_READ)
     try:
-        while msg is None and time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+        while msg is None and time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+            if not sel.select(timeout=max(0.0, min(0.2, deadline - time.monotonic()))):
                 continue
             chunk = os.read(rfd, 65536)
             if not chunk:

@@ -150,9 +150,10 @@ class Limits:
 
     `credit`: the seconds of compilation and export taken off the run's clock. None: the run
     measures its own (its first step, up to the warm-up allowance, plus its export, up to
-    EXPORT_ALLOWANCE): that is how a session's baseline runs. Otherwise the session's fixed
-    allowance (measured on its baseline), the same for every run: nothing a run does before its
-    first step or inside its export buys it training time. `export_estimate`: the baseline's
+    EXPORT_ALLOWANCE), as `cockpit train` does. In a session: the session's fixed allowance
+    (measured on the harness's reference model, harness/calibrate.py), the same for every run,
+    baselines included: nothing a run does before its first step or inside its export buys it
+    training time, and no run can tell a baseline from an experiment by it. `export_estimate`: the baseline's
     export seconds, the part of the credit the run spends after its in-process clock has run out."""
 
     startup: float
