@@ -276,3 +276,34 @@ def test_reporting_long_steps_buys_no_training_time(tmp_path, cache):
     r = target.run(tmp_path / "e.log", threading.Event(), baseline=False)
     assert "claim" in attacks_of(tmp_path / "e.log")
     assert r.status == "invalid" and "over the 2s budget" in r.reason, (r.status, r.reason, r.training_seconds)
+
+
+def test_a_journal_written_before_step_times_were_kept_gains_the_column(tmp_path):
+    """The baselines' step times are kept with their rows, like their allowance; an older journal
+    gains the column when opened, and its rows are kept as they were."""
+    import sqlite3
+
+    from engine.journal import Journal
+
+    path = tmp_path / "journal.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+    CREATE TABLE sessions(id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL,
+      base_commit TEXT NOT NULL, agent TEXT, target TEXT, created REAL, updated REAL, best_n INTEGER,
+      best_commit TEXT, best_metric REAL, noise REAL, status TEXT DEFAULT 'running', stop_reason TEXT);
+    CREATE TABLE experiments(id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL, n INTEGER NOT NULL,
+      kind TEXT NOT NULL DEFAULT 'experiment', parent_commit TEXT, commit_sha TEXT, diff_stat TEXT,
+      description TEXT, status TEXT NOT NULL, reason TEXT, metric REAL, delta REAL, confidence REAL,
+      training_seconds REAL, total_seconds REAL, memory_gb REAL, tokens_in INTEGER DEFAULT 0,
+      tokens_out INTEGER DEFAULT 0, cache_write INTEGER DEFAULT 0, cache_read INTEGER DEFAULT 0,
+      cost_usd REAL DEFAULT 0, started REAL, finished REAL, log_path TEXT, UNIQUE(session_id, n));
+    INSERT INTO sessions(tag, branch, base_commit) VALUES ('old', 'b', 'c');
+    INSERT INTO experiments(session_id, n, kind, status, metric) VALUES (1, 1, 'baseline', 'keep', 3.5);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(path)
+    old = j.experiment(1, 1)
+    assert old.metric == 3.5 and old.step_seconds is None
+    j.update_experiment(1, 1, step_seconds=0.25, credit=4.0)
+    assert (j.experiment(1, 1).step_seconds, j.experiment(1, 1).credit) == (0.25, 4.0)
