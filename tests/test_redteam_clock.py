@@ -119,9 +119,9 @@ def test_resending_ready_does_not_restart_the_clock(tmp_path, cache):
     last, step = time.monotonic(), 0
     while time.monotonic() < t_end:
         if time.monotonic() - last > 0.5:
+            print("ATTACK ready: sent again", flush=True)  # before: the runner may end the process at once
             S.send("ready", pid=0, profile="cpu", budget=2.0)
             S.t_ready = last = time.monotonic()
-            print("ATTACK ready: sent again", flush=True)
         loss, n = one_step()
         rt.progress(step, loss, tokens=n); step += 1
     print("ATTACK end: trained 4x the budget", flush=True)
