@@ -28,7 +28,7 @@ class Baselines:
                 and e.commit_sha and self._same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done]
         if hasattr(self.target, "set_credit"):  # a resumed session keeps its measured allowance
-            self.target.set_credit([e.credit for e in done])
+            self.target.set_credit([e.credit for e in done], [e.step_seconds for e in done])
         want = max(self.dcfg.baseline_runs, len(self.slots))
         timing_failures = 0
         while len(values) < want:
@@ -108,6 +108,7 @@ class Baselines:
             s.id, r.n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
             total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,
             startup_seconds=out.startup_seconds, eval_seconds=out.eval_seconds, holdout=out.holdout, credit=out.credit,
+            step_seconds=out.step_seconds,
         )
         self.emit(ev.ExperimentFinished(n=r.n, commit=s.best_commit, status=status, metric=out.metric, delta=None,
                                         confidence=None, best_metric=None, description=e.description, reason=reason,

@@ -45,7 +45,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 from .slots import Device, check_spec
-from .targets import GptTarget, Outcome
+from .targets import GptTarget, Outcome, session_step
 
 RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
 JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
@@ -159,7 +159,8 @@ class SlotWorker:
                            sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
                            env_extra=c["env"])
 
-    def run(self, run_id: str, files: dict, script: str, credit: float | None, export_estimate: float) -> tuple[dict, bytes]:
+    def run(self, run_id: str, files: dict, script: str, credit: float | None, export_estimate: float,
+            session_step: float | None = None) -> tuple[dict, bytes]:
         """One run of the experiment's files; returns the runner's result and the run's log."""
         from harness import runner
 
@@ -172,7 +173,7 @@ class SlotWorker:
         ds, prof = self._dataset_profile()
         c = self.cfg
         limits = runner.Limits.for_profile(prof)  # this node's memory
-        limits.credit, limits.export_estimate = credit, export_estimate
+        limits.credit, limits.export_estimate, limits.session_step = credit, export_estimate, session_step
         # the run's log in <base>/exp-*/ (the runner puts the sandbox folders of this run and of
         # the next run's spare beside it, in <base>), its files in <base>/tree-*/
         work = Path(tempfile.mkdtemp(prefix="exp-", dir=self.base))
@@ -259,7 +260,7 @@ class RayTarget(GptTarget):
         t0 = time.monotonic()
         try:
             run_id = uuid.uuid4().hex
-            ref = self.actor.run.remote(run_id, files, rel, credit, export)
+            ref = self.actor.run.remote(run_id, files, rel, credit, export, session_step(self.steps))
             seen, stopped = 0, False
             while True:
                 ready, _ = ray.wait([ref], timeout=POLL)

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS experiments(
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
   started REAL, finished REAL, log_path TEXT,
   propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, harness TEXT,
-  holdout REAL, credit REAL, slot INTEGER, device TEXT,
+  holdout REAL, credit REAL, slot INTEGER, device TEXT, step_seconds REAL,
   UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
@@ -90,9 +90,10 @@ class Experiment:
     run_started: float | None = None  # when its training process started (the row is made at proposal time)
     harness: str | None = None  # the version of the harness (or measure script) that measured it
     holdout: float | None = None  # the metric on the holdout split: for the human and the report, never the agent
-    credit: float | None = None  # a baseline's measured allowance for compilation and export (seconds)
+    credit: float | None = None  # a baseline's allowance for compilation and export: the session's (seconds)
     slot: int | None = None  # the device slot it ran on
     device: str | None = None  # that slot's device ("cuda:3", "cpu:1")
+    step_seconds: float | None = None  # a baseline's median step time: it bounds later runs' step tolerance
 
     def __post_init__(self) -> None:
         # The agent wrote the description, train.py the reason (an exception's message): the raw text
@@ -146,7 +147,7 @@ class Journal:
         have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
         for col, kind in (("propose_seconds", "REAL"), ("startup_seconds", "REAL"), ("eval_seconds", "REAL"),
                           ("run_started", "REAL"), ("harness", "TEXT"), ("holdout", "REAL"), ("credit", "REAL"),
-                          ("slot", "INTEGER"), ("device", "TEXT")):
+                          ("slot", "INTEGER"), ("device", "TEXT"), ("step_seconds", "REAL")):
             if col not in have:
                 self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {kind}")
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ class Outcome:
     eval_seconds: float | None = None
     timing: bool = False  # failed a timing rule (over budget, a deadline): a busy machine can cause it
     holdout: float | None = None  # the metric on the holdout split (never shown to the agent)
-    credit: float | None = None  # a baseline's own allowance for compilation and export (seconds)
+    credit: float | None = None  # a baseline's allowance for compilation and export, the session's (seconds)
     sandbox: bool = False  # whether the run was inside the sandbox
+    step_seconds: float | None = None  # a baseline's median step time (bounds later runs' tolerance)
 
     def __post_init__(self) -> None:
         # A command target's reason quotes its command's output: no control sequences (harness/text.py).
@@ -62,8 +64,10 @@ class GptTarget:
         self.profile_name = profile.name
         self.sandbox, self.compile_cache = sandbox, compile_cache
         self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
-        self.credits: list[float] = []  # the baselines' measured allowances for compilation and export
-        self.exports: list[float] = []
+        self.credits: list[float] = []  # the allowance this session's baselines ran under (kept on a resume)
+        self.steps: list[float] = []  # the baselines' measured step times
+        self.calibration: dict = {}  # the harness's reference measurement (shared by the slots' copies)
+        self._calibrating = threading.Lock()
         self.slot, self.env_extra = "", {}  # the device slot this copy runs on (for_slot)
 
     def for_slot(self, slot: str, env_extra: dict[str, str]) -> "GptTarget":
@@ -73,9 +77,11 @@ class GptTarget:
         t.slot, t.env_extra = slot, dict(env_extra)
         return t
 
-    def set_credit(self, credits: list[float]) -> None:
-        """The allowances measured by this session's baselines (from the journal on a resume)."""
+    def set_credit(self, credits: list[float], steps: list[float] = ()) -> None:
+        """The allowance this session's baselines ran under and their step times (from the
+        journal on a resume)."""
         self.credits[:] = [c for c in credits if c is not None]  # in place: the slots' copies share it
+        self.steps[:] = [s for s in steps if s]
 
     def warm_up(self) -> None:
         """Start the first run's training process now (imports only; it waits for its run and
@@ -101,36 +107,74 @@ class GptTarget:
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
             baseline: bool = False, tree: Path | None = None) -> Outcome:
         """One run of the code in `tree` (the slot's checkout of the experiment's commit; default
-        the workspace). A baseline measures its own allowance for compilation and export; every
-        other run gets the session's, fixed: the largest a baseline measured."""
+        the workspace). Every run, baseline or not, gets the session's allowance for compilation
+        and export (allowance()); the baselines' step times bound the tolerance of later runs."""
         limits = runner.Limits.for_profile(self.profile)
-        limits.credit, limits.export_estimate = self.allowance(baseline)
+        limits.credit, limits.export_estimate = self.allowance(baseline, cancel)
+        limits.session_step = session_step(self.steps)
         script = self.script if tree is None else Path(tree) / self.script.relative_to(self.root)
         r = runner.run(script, self.dataset, self.profile, log_path, self.cache, on_progress=on_progress,
                        cancel=cancel, limits=limits, sandbox=self.sandbox, compile_cache=self.compile_cache,
                        slot=self.slot, env_extra=self.env_extra)
         return self.measured(r, baseline)
 
-    def allowance(self, baseline: bool) -> tuple[float | None, float]:
-        """The run's allowance for compilation and export, and the export's part of it: None for
-        a baseline (it measures its own), else the largest a baseline measured."""
-        if baseline or not self.credits:
-            return None, 0.0
-        return max(self.credits), max(self.exports, default=0.0)
+    def allowance(self, baseline: bool = False, cancel: threading.Event | None = None) -> tuple[float, float]:
+        """The run's allowance for compilation and export, and the export's part of it: the same
+        for every run of the session, baseline or not (`baseline` changes nothing: a run must not
+        be able to tell). It comes from the harness's reference measurement (harness/calibrate.py,
+        once, before the first run), never from a run; a resumed session keeps the one its
+        baselines ran under."""
+        from harness import calibrate
+
+        p = self.profile
+        caps = p.warmup_allowance + runner.EXPORT_ALLOWANCE, runner.EXPORT_ALLOWANCE
+        with self._calibrating:  # the slots start their first runs at once: one measurement
+            if "allowance" not in self.calibration:
+                try:
+                    first, export = calibrate.measure(p, self.cache, self.dataset.vocab_size, sandbox=self.sandbox,
+                                                      base=self.root / ".cockpit" / "runs", env_extra=self.env_extra,
+                                                      cancel=cancel)
+                    self.calibration["allowance"] = calibrate.allowance(first, export, *caps)
+                except calibrate.CalibrationError as e:
+                    if cancel is not None and cancel.is_set():
+                        return caps  # the run is cancelled before it starts; the next one measures
+                    # a machine too busy to measure: the profile's caps (fixed, the same for every run)
+                    print(f"cockpit: {e}; the allowance for compilation and export is the profile's cap", file=sys.stderr)
+                    self.calibration["allowance"] = caps
+        return session_allowance(self.calibration.get("allowance", caps), self.credits)
 
     def measured(self, r: "runner.RunResult", baseline: bool) -> Outcome:
-        """The run's outcome; a baseline's own allowance is kept for the session's later runs."""
-        if baseline and r.status == "ok" and r.credit_seconds is not None:
-            self.credits.append(r.credit_seconds)
-            self.exports.append(r.export_seconds or 0.0)
+        """The run's outcome; a baseline's step time is kept for the session's later runs."""
+        if baseline and r.status == "ok":
+            if r.credit_used is not None:
+                self.credits.append(r.credit_used)
+            if r.step_seconds:
+                self.steps.append(r.step_seconds)
         return outcome_of(r, baseline)
 
 
+def session_allowance(calibrated: tuple[float, float], stored: list[float]) -> tuple[float, float]:
+    """(allowance, its export part) for every run of a session: the calibrated one, unless the
+    session's baselines already ran under one (a resume): then the smallest of those, so that the
+    session's runs stay comparable; the export part never exceeds the allowance."""
+    credit, export = calibrated
+    if stored:
+        credit = min(stored)
+    return credit, min(export, credit)
+
+
+def session_step(steps: list[float]) -> float | None:
+    """The session's step time, which bounds a run's step-based tolerance: the fastest of its
+    baselines' median step times (the baselines run the same code, so a slower one was a busier
+    machine, or a run that numbered its steps sparsely); None before any."""
+    return min(steps) if steps else None
+
+
 def outcome_of(r: "runner.RunResult", baseline: bool) -> Outcome:
-    """The engine's view of a harness run (a baseline's own allowance kept, as measured)."""
+    """The engine's view of a harness run (a baseline's allowance and step time kept)."""
     return Outcome(r.status, r.val_bpb, r.reason, r.training_seconds, r.total_seconds, r.peak_memory_gb, r.log_path,
                    r.log_tail, r.startup_seconds, r.eval_seconds, r.timing, r.holdout_bpb,
-                   r.credit_seconds if baseline else None, r.sandbox)
+                   r.credit_used if baseline else None, r.sandbox, r.step_seconds if baseline else None)
 
 
 def _remove_stale_run_folders(runs: Path) -> None:

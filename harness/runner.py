@@ -136,6 +136,7 @@ class RunResult:
     export_seconds: float | None = None
     credit_used: float | None = None  # the allowance taken off this run's clock
     sandbox: bool = False
+    step_seconds: float | None = None  # the median time between its step reports, per step (a baseline's bounds the tolerance)
 
     def __post_init__(self) -> None:
         # The reason may be train.py's exception message, the tail its output: shown to the human.
@@ -156,9 +157,10 @@ class Limits:
 
     `credit`: the seconds of compilation and export taken off the run's clock. None: the run
     measures its own (its first step, up to the warm-up allowance, plus its export, up to
-    EXPORT_ALLOWANCE): that is how a session's baseline runs. Otherwise the session's fixed
-    allowance (measured on its baseline), the same for every run: nothing a run does before its
-    first step or inside its export buys it training time. `export_estimate`: the baseline's
+    EXPORT_ALLOWANCE), as `cockpit train` does. In a session: the session's fixed allowance
+    (measured on the harness's reference model, harness/calibrate.py), the same for every run,
+    baselines included: nothing a run does before its first step or inside its export buys it
+    training time, and no run can tell a baseline from an experiment by it. `export_estimate`: the baseline's
     export seconds, the part of the credit the run spends after its in-process clock has run out."""
 
     startup: float
@@ -170,15 +172,25 @@ class Limits:
     memory_bytes: int | None = None  # resident memory of all the run's processes; past it: killed
     eval_stall: float = 60.0  # seconds in which the evaluation process used no CPU at all: it hangs (EvalClock)
 
+    session_step: float | None = None  # the session's step time, measured on its baselines (bounds the tolerance)
+
     @classmethod
     def for_profile(cls, p: Profile) -> "Limits":
         return cls(p.startup_allowance, p.warmup_allowance, p.eval_allowance, max(2.0, 0.05 * p.time_budget),
                    memory_bytes=int(0.85 * psutil.virtual_memory().total))
 
+    def wall(self, budget: float) -> float:
+        """The training process's whole life, fixed at launch, whatever it says: the startup cap,
+        the allowance cap (the warm-up allowance, or the session's allowance when larger, plus the
+        export's), the budget, the tolerance cap and the slack for the step in flight."""
+        allowance = max(self.warmup, self.credit or 0.0) + EXPORT_ALLOWANCE
+        return self.startup + allowance + budget + _tolerance_cap(budget) + _slack(budget)
+
 
 @dataclass
 class _Watch:
     t_go: float
+    phase: str = "launched"  # where the protocol stands (protocol()): the clock's marks are taken once, in order
     t_ready: float | None = None
     t_first: float | None = None
     t_exporting: float | None = None
@@ -370,6 +382,7 @@ def run(
         export_seconds=(w.t_trained - w.t_exporting) if w.t_trained and w.t_exporting else None,
         credit_used=credit if train_s is not None else None,
         sandbox=boxed,
+        step_seconds=statistics.median(w.step_s) if w.step_s else None,
     )
 
 
@@ -1006,23 +1019,40 @@ def _prestarter(enabled: bool, profile: Profile, env: dict, key: tuple, harness_
     return check
 
 
-def _tolerance(w: _Watch, limits: Limits, budget: float) -> float:
+STEP_TOLERANCE = 4.0  # the step-based tolerance is at most this many of the session's measured step times
+
+
+def tolerance(floor: float, cap: float, step_s: list[float], first_overrun: float | None,
+              session_step: float | None) -> float:
     """How far past the budget training may end: the step in progress when the budget ran out may
-    finish. The larger of the profile's share of the budget and, on a loaded machine, three median
-    step times, the last step measured (a spike), or how far the first step ran past its warm-up
-    allowance (when the budget ran out during it). Capped at 10 s plus a tenth of the budget:
-    train.py reports its own step numbers, so it could claim long steps."""
+    finish. The larger of `floor` (the profile's share of the budget) and what a loaded machine
+    needs: three median step times, 1.2x the last step (a spike), or how far the first step ran
+    past its warm-up allowance (when the budget ran out during it). The step times are the run's
+    own claim (train.py numbers its steps), so that part is bounded: by `cap` (10 s plus a tenth
+    of the budget) and, once the session's baselines have measured it, by STEP_TOLERANCE times
+    the session's step time. A run that reports one "step" every few seconds claims nothing
+    past that."""
     candidates = []
-    if w.step_s:
-        candidates += [3.0 * statistics.median(w.step_s), 1.2 * w.step_s[-1]]
-    if w.t_first is not None and w.t_ready is not None:
-        candidates.append(w.t_first - w.t_ready - limits.warmup)
-    cap = _tolerance_cap(budget)
-    return max(limits.over_budget_tolerance, min(max(candidates, default=0.0), cap))
+    if step_s:
+        candidates += [3.0 * statistics.median(step_s), 1.2 * step_s[-1]]
+    if first_overrun is not None:
+        candidates.append(first_overrun)
+    bound = cap if session_step is None else min(cap, STEP_TOLERANCE * session_step)
+    return max(floor, min(max(candidates, default=0.0), bound))
+
+
+def _tolerance(w: _Watch, limits: Limits, budget: float) -> float:
+    first = w.t_first - w.t_ready - limits.warmup if (w.t_first is not None and w.t_ready is not None) else None
+    return tolerance(limits.over_budget_tolerance, _tolerance_cap(budget), w.step_s, first, limits.session_step)
 
 
 def _tolerance_cap(budget: float) -> float:
     return 10.0 + 0.1 * budget
+
+
+def _slack(budget: float) -> float:
+    """Seconds past budget and tolerance before a run that does not stop is killed (messages in flight)."""
+    return max(5.0, 0.1 * budget)
 
 
 def _memory(pid: int) -> int:
@@ -1105,13 +1135,47 @@ def _watch(proc, rfd, w: _Watch, profile: Profile, limits: Limits, cancel, on_pr
         sel.close()
 
 
+PHASES = ("launched", "ready", "training", "exporting", "trained")
+CLOCK_MESSAGES = ("ready", "step", "exporting", "trained")  # "step": a progress report or "warm"
+
+
+def protocol(phase: str, kind: str) -> tuple[str, str | None]:
+    """The training process's protocol as it moves the clock: (the phase after a message of this
+    kind, a reason when the message breaks the protocol). Each mark is taken once, in order:
+    launched -> ready -> training (its first step) -> exporting -> trained. "ready" comes once,
+    before anything else, and "exporting" once: train.py can reach the channel (it runs in the
+    same process), and a repeat is how it would restart or stretch the clock, so a repeat makes
+    the run invalid. A step report after the export began moves nothing (ignored); so does any
+    message the clock does not read."""
+    if kind not in CLOCK_MESSAGES or phase == "trained":
+        return phase, None
+    if phase == "launched":
+        return ("ready", None) if kind == "ready" else (phase, f"the training process sent {kind!r} before 'ready'")
+    if kind == "ready":
+        return phase, "the training process sent 'ready' a second time (the harness's clock cannot be restarted)"
+    if kind == "step":
+        return ("training" if phase == "ready" else phase), None
+    if kind == "exporting" and phase == "exporting":
+        return phase, "the training process sent 'exporting' a second time"
+    return kind, None
+
+
 def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
     now = time.monotonic()
     kind = msg.get("type")
+    clock = "step" if kind in ("progress", "warm") else kind
+    phase, broken = protocol(w.phase, clock)
+    if broken is not None:
+        if w.verdict is None:
+            w.verdict, w.verdict_time = {"type": "invalid", "reason": broken + "; the run is invalid"}, now
+        return
+    moved, w.phase = phase != w.phase, phase
     if kind == "ready":
         w.t_ready = now
     elif kind == "progress":
-        if msg.get("first") and w.t_first is None:
+        if w.phase != "training":
+            return  # a step reported after the export began: nothing to count
+        if moved:
             w.t_first = now
         step = msg.get("step")
         if isinstance(step, int) and not msg.get("first"):
@@ -1133,14 +1197,13 @@ def _handle(msg: dict, w: _Watch, profile: Profile, on_progress) -> None:
             except Exception:  # a broken display must not take the run down
                 traceback.print_exc()
     elif kind == "warm":
-        if w.t_first is None:
+        if moved:
             w.t_first = now
     elif kind == "exporting":
-        if w.t_exporting is None:
-            w.t_exporting = now
-            _phase(w, "export", now, on_progress)
+        w.t_exporting = now
+        _phase(w, "export", now, on_progress)
     elif kind == "trained":
-        if w.t_trained is None and w.t_ready is not None:
+        if moved:
             w.t_trained = now
             w.trained = msg
             if w.t_exporting is None:
@@ -1165,18 +1228,23 @@ def _phase(w: _Watch, phase: str, now: float, on_progress) -> None:
 
 
 def _deadline(w: _Watch, profile: Profile, limits: Limits) -> tuple[float, str]:
+    """When the training process is killed (`timeout`): the earlier of the deadline of the phase it
+    is in and its whole life's, fixed at launch (Limits.wall), whatever it has said."""
+    wall = (w.t_go + limits.wall(profile.time_budget),
+            f"the training process ran past {limits.wall(profile.time_budget):.0f}s, the most a run may take "
+            f"with a {profile.time_budget:g}s budget, and was killed")
     if w.t_ready is None:
-        return w.t_go + limits.startup, f"no start within {limits.startup:g}s"
-    if w.t_exporting is not None:
-        return w.t_exporting + EXPORT_ALLOWANCE, f"exporting the model took longer than {EXPORT_ALLOWANCE:g}s"
-    slack = _tolerance(w, limits, profile.time_budget) + max(5.0, 0.1 * profile.time_budget)
-    if w.t_first is None:  # still in the first step: on a loaded machine it may run past its allowance
-        slack += _tolerance_cap(profile.time_budget)
-    allowance = limits.warmup if limits.credit is None else max(limits.credit, limits.warmup)
-    return (
-        w.t_ready + allowance + profile.time_budget + slack,
-        f"training ran past its {profile.time_budget:g}s budget and was killed",
-    )
+        phase = (w.t_go + limits.startup, f"no start within {limits.startup:g}s")
+    elif w.t_exporting is not None:
+        phase = (w.t_exporting + EXPORT_ALLOWANCE, f"exporting the model took longer than {EXPORT_ALLOWANCE:g}s")
+    else:
+        slack = _tolerance(w, limits, profile.time_budget) + _slack(profile.time_budget)
+        if w.t_first is None:  # still in the first step: on a loaded machine it may run past its allowance
+            slack += _tolerance_cap(profile.time_budget)
+        allowance = limits.warmup if limits.credit is None else max(limits.credit, limits.warmup)
+        phase = (w.t_ready + allowance + profile.time_budget + slack,
+                 f"training ran past its {profile.time_budget:g}s budget and was killed")
+    return min(phase, wall)
 
 
 def _exit_reason(code: int | None) -> str:

@@ -9,10 +9,11 @@
     rt.submit(model)                      # ends the run: model(idx) -> logits (B, T, V) is exported
 
 The clock: training time is the time since the harness handed control to train.py, minus an
-allowance for compilation. A session's baseline measures it (its warm-up before the first
-`progress` call or the second batch from `train_batches`, up to the profile's warm-up allowance,
-plus its export); every later run gets that allowance fixed (`credit` from the runner), so
-nothing a run does before its first report buys it time. The runner measures the same thing
+allowance for compilation. In a session every run, baseline or not, gets the same allowance
+(`credit` from the runner), measured before the session's first run on the harness's own
+reference model (harness/calibrate.py), so nothing a run does before its first report buys it
+time. Run on its own (`cockpit train`), a run measures its own warm-up instead (before the first
+`progress` call or the second batch from `train_batches`, up to the profile's warm-up allowance). The runner measures the same thing
 from its own side, from the arrival times of these messages, up to the model being exported,
 and a run over budget is `invalid`. The verdict is not computed here: `submit` exports the model
 and the runner scores it in a separate process (harness/evaluator.py).
