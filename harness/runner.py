@@ -799,7 +799,7 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
         os.close(wfd)
     disk = resources.DiskWatch(workdir, proc.pid)
     disk.start()
-    return _Child(proc, rfd, pump, key, time.monotonic(), workdir, disk)
+    return _Child(proc, rfd, pump, key, time.monotonic(), workdir, disk=disk)
 
 
 def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxed: bool, gpu: bool) -> _Child:
