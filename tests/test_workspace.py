@@ -88,8 +88,12 @@ def test_the_shipped_trainer_and_program_are_the_repositorys_own():
 
 def test_a_wheel_ships_the_trainer_and_program_that_init_copies(tmp_path):
     """Installed from a wheel (not editable), `cockpit init` still finds what it copies."""
-    out = tmp_path / "wheel"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+    src, out = tmp_path / "src", tmp_path / "wheel"  # built from a copy: no build/ left in the checkout
+    for part in ("cockpit", "engine", "harness", "trainer"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / f, src / f)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if r.returncode != 0 and "No module named pip" in r.stderr:
         pytest.skip("no pip in this environment")
