@@ -17,7 +17,9 @@ def bench(tiny_cache, *args):
 
 
 def test_trainer_bench_smoke(tiny_cache):
-    r = bench(tiny_cache, "bench/trainer.py", "--no-prepare", "--budget", "1.5", "--runs", "1", "--device", "cpu")
+    # the shipped trainer, not the clone's working copy (a session in the clone edits that one)
+    r = bench(tiny_cache, "bench/trainer.py", "--no-prepare", "--budget", "1.5", "--runs", "1", "--device", "cpu",
+              "--script", ROOT / "engine" / "template" / "train.py")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "val_bpb" in r.stdout and "outside" in r.stdout
 

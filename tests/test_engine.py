@@ -21,7 +21,7 @@ from engine.control import Control
 from engine.journal import CURVE_POINTS, Journal
 from engine.loop import Engine, Limits
 from engine.targets import CommandTarget, GptTarget
-from engine.workspace import init_workspace, open_workspace
+from engine.workspace import TRAINER, init_workspace, open_workspace
 from harness.dataset import current_dataset
 from harness.profiles import CPU
 
@@ -91,7 +91,7 @@ def test_init_creates_a_committed_workspace_and_refuses_a_second_time(tmp_path):
         assert (ws / f).is_file()
     assert ".cockpit/" in (ws / ".gitignore").read_text()
     assert git(ws, "status", "--porcelain") == ""
-    assert (ws / "trainer/train.py").read_text() == (ROOT / "trainer/train.py").read_text()
+    assert (ws / "trainer/train.py").read_text() == TRAINER.read_text()  # as shipped
     again = cli("init", ws)
     assert again.returncode != 0
     assert again.stderr.strip().count("\n") == 0 and "already holds a workspace" in again.stderr

@@ -136,6 +136,7 @@ def test_a_second_checkout_beside_the_first_locks_its_own_harness_and_a_changed_
     clone = tmp_path / "clone"
     for part in ("cockpit", "engine", "harness", "trainer"):
         shutil.copytree(root / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(root / "engine" / "template" / "train.py", clone / "trainer" / "train.py")  # as shipped
     env = dict(os.environ, PYTHONPATH=str(clone))
     env.pop("ANTHROPIC_API_KEY", None)
 

@@ -304,10 +304,15 @@ def test_a_changed_harness_file_is_refused(tmp_path, cache):
 def test_cockpit_train_runs_the_bundled_trainer_and_learns(tmp_path, cache):
     env = {k: v for k, v in os.environ.items()}
     env["COCKPIT_CACHE"] = str(cache)
+    # a fresh workspace: the shipped trainer, never the clone's working copy (a session in the
+    # clone leaves the agent's train.py there)
+    from engine.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
 
     def train(budget):
         out = subprocess.run(
-            [sys.executable, "-m", "cockpit", "train", "--workspace", str(ROOT), "--budget", str(budget), "--json", "--device", "cpu"],
+            [sys.executable, "-m", "cockpit", "train", "--workspace", str(ws), "--budget", str(budget), "--json", "--device", "cpu"],
             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
         )
         assert out.returncode == 0, out.stderr + out.stdout
@@ -455,7 +460,9 @@ def test_the_guard_refuses_the_ways_to_game_the_metric(src):
 def test_the_guard_accepts_the_bundled_trainer_and_its_settings():
     from harness.guard import check
 
-    assert check((ROOT / "trainer" / "train.py").read_text()) is None
+    from engine.workspace import TRAINER
+
+    assert check(TRAINER.read_text()) is None
     assert check("import torch\ntorch.backends.cuda.matmul.allow_tf32 = True\ntorch._inductor.config.coordinate_descent_tuning = True") is None
 
 
