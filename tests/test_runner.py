@@ -313,7 +313,7 @@ def test_cockpit_train_runs_the_bundled_trainer_and_learns(tmp_path, cache):
     def train(budget):
         out = subprocess.run(
             [sys.executable, "-m", "cockpit", "train", "--workspace", str(ws), "--budget", str(budget), "--json", "--device", "cpu"],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800,  # catches a hang only
         )
         assert out.returncode == 0, out.stderr + out.stdout
         return json.loads(out.stdout)
@@ -474,7 +474,7 @@ def _no_spare_outlives_this_module():
     runner.shutdown_spare()
 
 
-def gone(pid: int, timeout: float = 5.0) -> bool:
+def gone(pid: int, timeout: float = 60.0) -> bool:
     """True once the process has exited (a zombie counts as exited)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -603,13 +603,13 @@ def test_a_spare_dies_when_its_runner_is_killed(cache):
 def test_a_spare_is_shut_down_when_its_runner_exits(cache):
     owner, pid = _spare_owner(cache, "time.sleep(0.5)")
     assert owner.wait(timeout=30) == 0
-    assert gone(pid, timeout=2.0)
+    assert gone(pid, timeout=60.0)  # its end is the event; the deadline only catches one that never ends
 
 
 def test_shutdown_spare_kills_the_waiting_spare(cache):
     pid = runner.start_spare(cache, current_dataset(cache))
     runner.shutdown_spare()
-    assert runner.spare_pid() is None and gone(pid, timeout=1.0)
+    assert runner.spare_pid() is None and gone(pid, timeout=60.0)
 
 
 def test_a_child_that_dies_while_importing_leaves_its_error_in_the_log(tmp_path, cache, monkeypatch):
