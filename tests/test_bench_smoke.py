@@ -16,10 +16,15 @@ def bench(tiny_cache, *args):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)  # catches a hang only
 
 
-def test_trainer_bench_smoke(tiny_cache):
-    # the shipped trainer, not the clone's working copy (a session in the clone edits that one)
+def test_trainer_bench_smoke(tiny_cache, tmp_path):
+    # the bench is the subject, not a trainer: the tests' light one (the bundled trainer is trained by
+    # test_runner and test_engine), and never the clone's working copy, which a session there edits
+    from conftest import LIGHT_TRAINER
+
+    script = tmp_path / "train.py"
+    script.write_text(LIGHT_TRAINER)
     r = bench(tiny_cache, "bench/trainer.py", "--no-prepare", "--budget", "1.5", "--runs", "1", "--device", "cpu",
-              "--script", ROOT / "engine" / "template" / "train.py")
+              "--script", script)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "val_bpb" in r.stdout and "outside" in r.stdout
 
