@@ -219,12 +219,15 @@ def test_a_veto_kills_the_remote_run_at_once_and_a_node_that_joins_adds_its_slot
         c.shutdown()
 
 
-def _harness_processes() -> list[psutil.Process]:
+def _harness_processes(among: list[psutil.Process] | None = None) -> list[psutil.Process]:
+    """This test's training and evaluation processes that still run: the ones among `among`, or
+    else among this process's descendants (the test's Ray nodes are started from here). Never the
+    machine's: another cockpit running beside the tests is not this test's business."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.Process().children(recursive=True) if among is None else among:
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if ("harness.child" in cmd or "harness.evaluator" in cmd) and p.status() != psutil.STATUS_ZOMBIE:
+            cmd = " ".join(p.cmdline())
+            if ("harness.child" in cmd or "harness.evaluator" in cmd) and p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
         except psutil.Error:
             pass
@@ -262,14 +265,15 @@ def test_kill_9_of_the_head_leaves_nothing_training_on_the_nodes(tmp_path, tiny_
     refused = [t for t in notices if "refused" in t]
     assert len(refused) == 1 and "harness/errors.py" in refused[0] and "same cockpit version" in refused[0], notices
     assert sum("slot(s)" in t for t in notices) == 2  # the two good nodes only
-    assert _harness_processes()
+    training = _harness_processes()  # (taken now: once its actor is gone, a run's process is no longer our descendant)
+    assert training
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Ray kills the actors the head owned, and their runs die with them: waited for as events (each
     # process's end), with a deadline far past what a loaded machine takes, so that only a process
     # that really outlives the head fails the test
     deadline = time.monotonic() + 180
-    while left := _harness_processes():
+    while left := _harness_processes(training) + [p for p in _harness_processes() if p not in training]:
         assert time.monotonic() < deadline, f"a training process outlived the head: {[p.pid for p in left]}"
         psutil.wait_procs(left, timeout=min(5.0, max(0.0, deadline - time.monotonic())))
     j = Journal(ws / ".cockpit" / "journal.sqlite")
