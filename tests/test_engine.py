@@ -115,13 +115,17 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert events[0]["type"] == "Notice" and "no API key: offline tuner" in events[0]["text"]
     finished = [e for e in events if e["type"] == "ExperimentFinished"]
-    assert [e["kind"] for e in finished] == ["baseline"] * 2 + ["experiment"] * 5, r.stdout[-3000:]
+    # on a busy machine a baseline run that broke a timing rule is run again, each time with a notice
+    # (README: "A busy machine"); two baselines measure the code, whatever else the machine does
+    again = [e for e in events if e["type"] == "Notice" and "broke a timing rule" in e["text"]]
+    assert [e["kind"] for e in finished] == ["baseline"] * (2 + len(again)) + ["experiment"] * 5, r.stdout[-3000:]
+    assert len(again) <= 3 and [e["status"] for e in finished[:2 + len(again)]].count("keep") == 2
     assert events[-1]["type"] == "SessionStopped" and "max-experiments 5" in events[-1]["reason"]
 
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     s = j.session_by_tag("acc")
     exps = j.experiments(s.id)
-    assert [e.n for e in exps] == list(range(1, 8))
+    assert [e.n for e in exps] == list(range(1, 8 + len(again)))
     # (a proposal asked again may finish after a later one: compared by number)
     assert {e.n: e.status for e in exps} == {f["n"]: f["status"] for f in finished}
     # each run's loss curve is journaled, so the comparison with the best survives a restart
