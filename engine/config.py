@@ -81,6 +81,36 @@ def _number(path: Path, section: str, key: str, v):
     return int(v) if whole else float(v)
 
 
+# Where each key of cockpit.toml lives, for a key written under the wrong section: the one line
+# then says where it goes (and the command-line flag that sets it too, where there is one).
+FLAGS = {"budget": "--budget", "devices": "--devices", "cluster": "--cluster", "address": "--address",
+         "model": "--model", "base_url": "--base-url"}
+
+
+def _home(key: str) -> str | None:
+    if key in TargetConfig.__dataclass_fields__:
+        return "target"
+    if key in DecisionConfig.__dataclass_fields__:
+        return "decision"
+    if key in _StopConfig.__dataclass_fields__:
+        return "stop"
+    if key in RUN_KEYS:
+        return "run"
+    if key in AGENT_KEYS:
+        return "agent"
+    return None
+
+
+def _unknown_key(path: Path, section: str, key: str, known) -> ConfigError:
+    """One line for a key its section does not have: where it belongs when another section has it
+    (`[run] budget` -> [target] budget), else the section's known keys."""
+    home = _home(key)
+    if home is not None and home != section:
+        flag = f" (or {FLAGS[key]})" if key in FLAGS else ""
+        return ConfigError(f"{path}: [{section}] {key}: unknown key; the {key} is set under [{home}] {key}{flag}")
+    return ConfigError(f"{path}: unknown key [{section}].{key} (known: {', '.join(sorted(known))})")
+
+
 def _section(data: dict, name: str, cls, path: Path):
     raw = data.get(name, {})
     if not isinstance(raw, dict):
@@ -88,7 +118,7 @@ def _section(data: dict, name: str, cls, path: Path):
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key [{name}].{unknown[0]} (known: {', '.join(sorted(known))})")
+        raise _unknown_key(path, name, unknown[0], known)
     out = {}
     for k, v in raw.items():
         default = cls.__dataclass_fields__[k].default
@@ -111,6 +141,13 @@ class _StopConfig:
     max_consecutive_crashes: int = 5
 
 
+AGENT_INTS = {"context_tokens", "thinking_budget", "max_tokens"}
+AGENT_FLOATS = {"max_api_wait", "connect_timeout", "read_timeout"}
+AGENT_CHOICES = {"thinking": ("auto", "adaptive", "enabled", "off"), "effort": ("low", "medium", "high", "xhigh", "max")}
+AGENT_KEYS = {"name", "model", "base_url", "pipeline", "prices"} | AGENT_INTS | AGENT_FLOATS | set(AGENT_CHOICES)
+RUN_KEYS = {"sandbox", "compile_cache", "devices", "cluster", "address", "keep_files_mb", "keep_files_total_mb"}
+
+
 def load(root: Path) -> Config:
     path = root / CONFIG_NAME
     if not path.exists():
@@ -127,13 +164,11 @@ def load(root: Path) -> Config:
     agent_tbl = data.get("agent", {})
     if not isinstance(agent_tbl, dict):
         raise ConfigError(f"{path}: [agent] must be a table")
-    ints = {"context_tokens", "thinking_budget", "max_tokens"}
-    floats = {"max_api_wait", "connect_timeout", "read_timeout"}
-    choices = {"thinking": ("auto", "adaptive", "enabled", "off"), "effort": ("low", "medium", "high", "xhigh", "max")}
-    known_agent = {"name", "model", "base_url", "pipeline", "prices"} | ints | floats | set(choices)
+    ints, floats, choices = AGENT_INTS, AGENT_FLOATS, AGENT_CHOICES
+    known_agent = AGENT_KEYS
     unknown_agent = sorted(set(agent_tbl) - known_agent)
     if unknown_agent:
-        raise ConfigError(f"{path}: unknown key [agent].{unknown_agent[0]} (known: {', '.join(sorted(known_agent))})")
+        raise _unknown_key(path, "agent", unknown_agent[0], known_agent)
     settings: dict = {}
     for k in (ints | floats) & set(agent_tbl):
         v = agent_tbl[k]
@@ -160,10 +195,8 @@ def load(root: Path) -> Config:
     run_tbl = data.get("run", {})
     if not isinstance(run_tbl, dict):
         raise ConfigError(f"{path}: [run] must be a table")
-    known_run = {"sandbox", "compile_cache", "devices", "cluster", "address", "keep_files_mb", "keep_files_total_mb"}
-    if set(run_tbl) - known_run:
-        odd = sorted(set(run_tbl) - known_run)[0]
-        raise ConfigError(f"{path}: unknown key [run].{odd} (known: {', '.join(sorted(known_run))})")
+    if set(run_tbl) - RUN_KEYS:
+        raise _unknown_key(path, "run", sorted(set(run_tbl) - RUN_KEYS)[0], RUN_KEYS)
     cluster, address = run_tbl.get("cluster", "local"), run_tbl.get("address", "auto")
     if cluster not in ("local", "ray"):
         raise ConfigError(f"{path}: [run].cluster must be local or ray, not {cluster!r}")
@@ -231,6 +264,8 @@ kind = "gpt"                      # the bundled GPT trainer, measured by the loc
 editable = ["trainer/train.py"]   # the only files the agent may change
 metric = "val_bpb"
 direction = "min"
+# budget = 300                    # seconds of training per experiment (or --budget); default: the
+#                                 # profile's, 300 on a GPU, 60 on the CPU. A change starts a new baseline
 
 [decision]
 baseline_runs = 2                 # the unchanged code is run this often to measure the noise

@@ -13,10 +13,13 @@ from harness.errors import HarnessError
 from . import config as configmod
 from .git import GitError, GitRepo
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-TRAINER = PACKAGE_ROOT / "trainer" / "train.py"
-PROGRAM_TEMPLATE = PACKAGE_ROOT / "program.md"
-FALLBACK_PROGRAM = "# Research program\n\nLower val_bpb. Edit only trainer/train.py; one idea per experiment.\n"
+# What `cockpit init` copies: the trainer and program.md as this cockpit shipped them. They are
+# package data that no session edits, not the clone's trainer/train.py and program.md: in the
+# README's set-up the clone is a workspace too, so those are the agent's and the human's working
+# copies (an editable install would otherwise hand a session's edits to every new workspace).
+TEMPLATE = Path(__file__).resolve().parent / "template"
+TRAINER = TEMPLATE / "train.py"
+PROGRAM_TEMPLATE = TEMPLATE / "program.md"
 
 
 @dataclass
@@ -105,8 +108,7 @@ def init_workspace(path: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "trainer").mkdir(exist_ok=True)
     shutil.copyfile(TRAINER, root / "trainer" / "train.py")
-    program = PROGRAM_TEMPLATE.read_text() if PROGRAM_TEMPLATE.exists() else FALLBACK_PROGRAM
-    (root / "program.md").write_text(program)
+    shutil.copyfile(PROGRAM_TEMPLATE, root / "program.md")
     (root / configmod.CONFIG_NAME).write_text(configmod.DEFAULT_TOML)
     gi = root / ".gitignore"
     existing = gi.read_text() if gi.exists() else ""

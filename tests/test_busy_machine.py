@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 
 from engine.journal import Journal
-from test_engine import cli, command_workspace
+from test_engine import SLOW, cli, command_workspace
 
 HOG = "while True: pass"
 
@@ -33,7 +33,7 @@ def test_a_baseline_and_three_experiments_on_a_busy_machine_are_judged_not_refus
     assert cli("init", ws).returncode == 0
     with busy():
         r = cli("--cache-dir", tiny_cache, "run", "--headless", "--json", "--workspace", ws, "--agent", "tuner",
-                "--budget", "4", "--device", "cpu", "--max-experiments", "3", "--tag", "busy", timeout=900)
+                "--budget", "4", "--device", "cpu", "--max-experiments", "3", "--tag", "busy", timeout=SLOW)
     assert r.returncode == 0, r.stderr + r.stdout[-3000:]
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     rows = j.experiments(j.session_by_tag("busy").id)

@@ -48,17 +48,20 @@ def edit_then_submit(old="MATRIX_LR = 0.04", new="MATRIX_LR = 0.05", desc="MATRI
 # ---- the whole loop, through the CLI: a scripted session ----
 
 def test_a_scripted_claude_session_edits_train_py_and_the_experiment_is_recorded(tmp_path, tiny_cache):
+    from conftest import use_light_trainer
+
     ws = tmp_path / "ws"
     subprocess.run([sys.executable, "-m", "cockpit", "init", str(ws)], check=True, capture_output=True)
-    toml = (ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1")
-    (ws / "cockpit.toml").write_text(toml)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "one baseline"], cwd=ws, check=True)
-    with FakeAnthropic(edit_then_submit()) as fake:
+    # the agent is the subject: the light trainer, whose one experiment a busy machine cannot push
+    # over its budget (the bundled trainer's first step can outlast a 1.5 s budget there)
+    use_light_trainer(ws, baseline_runs=1)
+    edit = edit_then_submit("LEARNING_RATE = 0.01", "LEARNING_RATE = 0.02", "LEARNING_RATE 0.01 -> 0.02: faster early progress")
+    with FakeAnthropic(edit) as fake:
         env = dict(os.environ, ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL=fake.base_url)
         r = subprocess.run(
             [sys.executable, "-m", "cockpit", "--cache-dir", str(tiny_cache), "run", "--headless", "--json",
              "--workspace", str(ws), "--budget", "1.5", "--device", "cpu", "--max-experiments", "1", "--tag", "c"],
-            capture_output=True, text=True, env=env, timeout=300,
+            capture_output=True, text=True, env=env, timeout=1800,  # only catches a hang: runs on a busy machine take minutes
         )
         assert r.returncode == 0, r.stderr + r.stdout[-2000:]
         requests = [q for q in fake.requests if q["path"].endswith("/v1/messages")]
@@ -73,10 +76,10 @@ def test_a_scripted_claude_session_edits_train_py_and_the_experiment_is_recorded
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     s = j.session_by_tag("c")
     e = j.experiment(s.id, 2)
-    assert e.description == "MATRIX_LR 0.04 -> 0.05: faster early progress"
+    assert e.description == "LEARNING_RATE 0.01 -> 0.02: faster early progress"
     assert e.status in ("keep", "discard") and e.metric is not None
     diff = subprocess.run(["git", "diff", e.parent_commit, e.commit_sha], cwd=ws, capture_output=True, text=True).stdout
-    assert "+MATRIX_LR = 0.05" in diff
+    assert "+LEARNING_RATE = 0.02" in diff
     # per-experiment token and cost accounting
     assert (e.tokens_in, e.tokens_out, e.cache_write, e.cache_read) == (2700, 380, 900, 900)
     # Sonnet 5.5's published prices: $2 in, $10 out, $2.50 cache writes, $0.10 cache hits per million
@@ -92,7 +95,7 @@ def test_a_scripted_claude_session_edits_train_py_and_the_experiment_is_recorded
     assert body["thinking"] == {"type": "adaptive", "display": "summarized"}
     assert body["output_config"] == {"effort": "high"}
     assert fake.rejected == []
-    assert "MATRIX_LR = 0.04" in first_text(body)  # the best code is in the context
+    assert "LEARNING_RATE = 0.01" in first_text(body)  # the best code is in the context
     # the key: sent to the API, and nowhere else
     assert any(KEY in json.dumps(q["headers"]) for q in requests)
     hits = [str(p) for p in ws.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]

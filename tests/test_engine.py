@@ -22,9 +22,11 @@ from engine.journal import CURVE_POINTS, Journal
 from engine.loop import Engine, Limits
 from engine.numbers import never_ran
 from engine.targets import CommandTarget, GptTarget
-from engine.workspace import init_workspace, open_workspace
+from engine.workspace import TRAINER, init_workspace, open_workspace
 from harness.dataset import current_dataset
 from harness.profiles import CPU
+
+from conftest import use_light_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,12 @@ def git(ws: Path, *args) -> str:
     return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def cli(*args, cwd=None, env_extra=None, timeout=600):
+# A wait on a process is an event; its deadline only catches a hang, so it is far past what a busy
+# 2-core machine takes (a session's runs there take minutes, not seconds).
+SLOW = 1800
+
+
+def cli(*args, cwd=None, env_extra=None, timeout=SLOW):
     env = dict(os.environ)
     env.pop("ANTHROPIC_API_KEY", None)
     env.update(env_extra or {})
@@ -92,7 +99,7 @@ def test_init_creates_a_committed_workspace_and_refuses_a_second_time(tmp_path):
         assert (ws / f).is_file()
     assert ".cockpit/" in (ws / ".gitignore").read_text()
     assert git(ws, "status", "--porcelain") == ""
-    assert (ws / "trainer/train.py").read_text() == (ROOT / "trainer/train.py").read_text()
+    assert (ws / "trainer/train.py").read_text() == TRAINER.read_text()  # as shipped
     again = cli("init", ws)
     assert again.returncode != 0
     assert again.stderr.strip().count("\n") == 0 and "already holds a workspace" in again.stderr
@@ -109,13 +116,17 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert events[0]["type"] == "Notice" and "no API key: offline tuner" in events[0]["text"]
     finished = [e for e in events if e["type"] == "ExperimentFinished"]
-    assert [e["kind"] for e in finished] == ["baseline"] * 2 + ["experiment"] * 5, r.stdout[-3000:]
+    # on a busy machine a baseline run that broke a timing rule is run again, each time with a notice
+    # (README: "A busy machine"); two baselines measure the code, whatever else the machine does
+    again = [e for e in events if e["type"] == "Notice" and "broke a timing rule" in e["text"]]
+    assert [e["kind"] for e in finished] == ["baseline"] * (2 + len(again)) + ["experiment"] * 5, r.stdout[-3000:]
+    assert len(again) <= 3 and [e["status"] for e in finished[:2 + len(again)]].count("keep") == 2
     assert events[-1]["type"] == "SessionStopped" and "max-experiments 5" in events[-1]["reason"]
 
     j = Journal(ws / ".cockpit" / "journal.sqlite")
     s = j.session_by_tag("acc")
     exps = j.experiments(s.id)
-    assert [e.n for e in exps] == list(range(1, 8))
+    assert [e.n for e in exps] == list(range(1, 8 + len(again)))
     # (a proposal asked again may finish after a later one: compared by number)
     assert {e.n: e.status for e in exps} == {f["n"]: f["status"] for f in finished}
     # each run's loss curve is journaled, so the comparison with the best survives a restart
@@ -154,17 +165,27 @@ def test_headless_cpu_session_of_five_experiments_agrees_with_git_and_results(tm
 
 # ---- kill -9 and resume ----
 
+def _alive(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, tiny_cache):
     ws = tmp_path / "ws"
     assert cli("init", ws).returncode == 0
+    use_light_trainer(ws, baseline_runs=1)  # the kill and the resume are the subject: a light trainer
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("ANTHROPIC_API_KEY", None)
     base = [sys.executable, "-m", "cockpit", "--cache-dir", str(tiny_cache), "run", "--headless", "--json", "--workspace", str(ws)]
-    cfg = (ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1")
-    (ws / "cockpit.toml").write_text(cfg)
-    commit_all(ws, "one baseline")
     # first the baseline and one experiment on a short budget, so the kill lands in an experiment
-    first = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1", "--tag", "k"], capture_output=True, text=True, env=env, timeout=300)
+    first = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1", "--tag", "k"], capture_output=True, text=True, env=env, timeout=SLOW)
     assert first.returncode == 0, first.stderr
     # the same budget: a new one would be a new harness version, measured by a new baseline first
     proc = subprocess.Popen(base + ["--budget", "1.5", "--tag", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -184,12 +205,13 @@ def test_kill_9_during_a_run_then_restart_resumes_with_nothing_lost(tmp_path, ti
     assert len(running) == 1
     n_killed = running[0].n
     # the orphaned training process group dies with its runner
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in child_pids):
+    # (waited for as each process's end; the deadline only catches one that never ends)
+    deadline = time.monotonic() + 120
+    while left := _alive(child_pids):
         assert time.monotonic() < deadline, "training processes outlived cockpit"
-        time.sleep(0.2)
+        psutil.wait_procs(left, timeout=2.0)
     # restart with no --tag: the latest session continues
-    again = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1"], capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(base + ["--budget", "1.5", "--max-experiments", "1"], capture_output=True, text=True, env=env, timeout=SLOW)
     assert again.returncode == 0, again.stderr
     events = [json.loads(line) for line in again.stdout.splitlines()]
     started = next(e for e in events if e["type"] == "SessionStarted")
@@ -217,9 +239,7 @@ def test_every_run_after_the_first_takes_the_spare_process_its_slot_started(tmp_
     from harness import runner
 
     ws = tmp_path / "ws"
-    init_workspace(ws)
-    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
-    commit_all(ws)
+    use_light_trainer(init_workspace(ws), baseline_runs=1)  # the loop is the subject: a light trainer
     w = open_workspace(ws)
     target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.0))
     results = []
@@ -244,9 +264,7 @@ def test_every_run_after_the_first_takes_the_spare_process_its_slot_started(tmp_
 
 def test_veto_ends_the_training_process_group_within_two_seconds(tmp_path, tiny_cache):
     ws = tmp_path / "ws"
-    init_workspace(ws)
-    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
-    commit_all(ws)
+    use_light_trainer(init_workspace(ws), baseline_runs=1)  # the loop is the subject: a light trainer
     w = open_workspace(ws)
     target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
     control = Control()
@@ -688,9 +706,7 @@ def test_a_stale_index_lock_from_a_killed_git_command_does_not_block_resume(tmp_
 
 def test_the_holdout_is_recorded_for_the_human_and_never_reaches_what_the_agent_reads(tmp_path, tiny_cache):
     ws = tmp_path / "ws"
-    init_workspace(ws)
-    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1"))
-    commit_all(ws)
+    use_light_trainer(init_workspace(ws), baseline_runs=1)  # the loop is the subject: a light trainer
     w = open_workspace(ws)
     target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5))
     contexts = []
@@ -716,9 +732,8 @@ def test_the_holdout_is_recorded_for_the_human_and_never_reaches_what_the_agent_
 
 def test_a_session_without_the_sandbox_says_so_at_start_and_in_the_journal(tmp_path, tiny_cache):
     ws = tmp_path / "ws"
-    init_workspace(ws)
-    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text().replace("baseline_runs = 2", "baseline_runs = 1")
-                                     + '\n[run]\nsandbox = "off"\n')
+    use_light_trainer(init_workspace(ws), baseline_runs=1)  # the notice is the subject: a light trainer
+    (ws / "cockpit.toml").write_text((ws / "cockpit.toml").read_text() + '\n[run]\nsandbox = "off"\n')
     commit_all(ws)
     w = open_workspace(ws)
     target = GptTarget(w.root, w.config.target, tiny_cache, current_dataset(tiny_cache), CPU.with_budget(1.5),

@@ -136,12 +136,13 @@ def test_a_second_checkout_beside_the_first_locks_its_own_harness_and_a_changed_
     clone = tmp_path / "clone"
     for part in ("cockpit", "engine", "harness", "trainer"):
         shutil.copytree(root / part, clone / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(root / "engine" / "template" / "train.py", clone / "trainer" / "train.py")  # as shipped
     env = dict(os.environ, PYTHONPATH=str(clone))
     env.pop("ANTHROPIC_API_KEY", None)
 
     def train():
         return subprocess.run([sys.executable, "-m", "cockpit", "--cache-dir", str(tiny_cache), "train", "--workspace", str(clone),
-                               "--budget", "0", "--device", "cpu", "--json"], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+                               "--budget", "0", "--device", "cpu", "--json"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
 
     first = train()
     assert first.returncode == 0, first.stderr
