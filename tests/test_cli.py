@@ -56,7 +56,9 @@ def leftover_runs(ws: Path) -> list[int]:
     out = []
     for p in psutil.process_iter(["cmdline", "cwd"]):
         try:
-            if p.info["cwd"] == str(ws) and "slowrun.py" in " ".join(p.info["cmdline"] or []):
+            # runs go in their slot's checkout (.cockpit/slots/<i>), not in the workspace's tree
+            cwd = p.info["cwd"] or ""
+            if (cwd == str(ws) or cwd.startswith(str(ws / ".cockpit") + os.sep)) and "slowrun.py" in " ".join(p.info["cmdline"] or []):
                 if p.status() != psutil.STATUS_ZOMBIE:
                     out.append(p.pid)
         except psutil.Error:
