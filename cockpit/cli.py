@@ -380,12 +380,15 @@ def build_engine(args, tui: bool = False):
     ws = open_workspace(args.workspace)
     lock = WorkspaceLock(ws.state)
     tty = _tty_name() if tui else None
-    if ws.state.is_dir():  # a session may be running here: the lock is the first thing looked at
+    fresh = not ws.state.is_dir()
+    if not fresh:  # a session may be running here: the lock is the first thing looked at
         lock.acquire(tty)
     try:
         engine, notices = _build_engine(args, ws, lock, tty)
     except BaseException:
         lock.release()  # refused: no record of a holder that died is left behind
+        if fresh:  # bad input changes nothing: not even the .cockpit/ the lock made
+            lock.remove()
         raise
     return engine, notices, lock
 

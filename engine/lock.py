@@ -134,5 +134,15 @@ class WorkspaceLock:
             os.close(fd)
 
 
+    def remove(self) -> None:
+        """After a refused start in a workspace that had no .cockpit/: the lock file goes, and the
+        folder too when nothing else is in it (bad input changes nothing)."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # something else is in it (or it is gone): it stays as it is
+            pass
+
+
 def _read(fd: int) -> str:
     return os.pread(fd, 4096, 0).decode("utf-8", "replace")

@@ -126,7 +126,7 @@ def test_the_generated_cockpit_toml_names_the_budget_under_target(tmp_path):
     ("[decision]\nmax_consecutive_crashes = 3\n", "the max_consecutive_crashes is set under [stop] max_consecutive_crashes"),
     ('[target]\nmodel = "x"\n', "[target] model: unknown key; the model is set under [agent] model (or --model)"),
     # a key no section has: the section's own keys
-    ("[run]\nsandbx = 'off'\n", "unknown key [run].sandbx (known: address, cluster, compile_cache, devices, sandbox)"),
+    ("[run]\nsandbx = 'off'\n", "unknown key [run].sandbx (known: address, cluster, compile_cache, devices, keep_files_mb, keep_files_total_mb, sandbox)"),
     ("[target]\nbudgt = 30\n", "unknown key [target].budgt (known: budget, direction, editable"),
 ])
 def test_a_key_in_the_wrong_section_says_where_it_goes(tmp_path, toml, line):
