@@ -215,5 +215,7 @@ class LossPlot(Batched, PlotextPlot):
         p.xlim(0.0, 1.0)
         p.xlabel("fraction of the budget")
         d = self.behind()
-        self.border_subtitle = "" if d is None else f"#{self.n} {d:+.3f} vs best"
+        # in words, as every surface says a comparison (engine/numbers.py versus): no sign to decode
+        self.border_subtitle = "" if d is None else (
+            f"#{self.n} loss {abs(d):.3f} {'above' if d > 0 else 'below'} the best's" if round(d, 3) else f"#{self.n} loss level with the best's")
         self.refresh()
