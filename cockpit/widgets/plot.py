@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from textual_plotext import PlotextPlot
 
 from engine.report import ProgressSeries, progress_series, y_limits
@@ -52,6 +54,25 @@ class MetricPlot(Batched, PlotextPlot):
         self._shown = (rows, harness, best_n, best_metric)
         self.changed()
 
+    def _small(self) -> bool:
+        return bool(self.size.height) and self.size.height < 8  # a short pane: every row for the plot itself
+
+    def render(self):
+        # the frame follows the pane's size as it is drawn, whenever the layout settled: a plot
+        # built before the last layout would keep the frame of a pane it no longer is
+        small = self._small()
+        if small != getattr(self, "_drawn_small", None):
+            self.replot()
+        if not small:
+            return super().render()
+        # PlotextPlot.render sets the theme again, which brings the frame back: drawn here the same
+        # way (textual-plotext's own steps), without the frame
+        p = self.plt
+        p.plotsize(self.size.width, self.size.height)
+        p.theme(self._get_plotext_theme_name(self.app.theme))
+        p.frame(False)
+        return Text.from_ansi(p.build())
+
     def redraw(self) -> None:
         if self._shown is not None:  # once a frame, however many results it brought
             rows, harness, best_n, best_metric = self._shown
@@ -65,7 +86,7 @@ class MetricPlot(Batched, PlotextPlot):
         p.clear_figure()
         p.theme("textual-design-dark")
         s = self.series
-        small = self.size.height and self.size.height < 8  # a short pane: every row for the plot itself
+        small = self._drawn_small = self._small()
         shown = s.kept + s.other + s.failed
         newest = sorted(e.n for e in shown)[-HISTORY:]
         first = newest[0] if newest else 0
