@@ -119,6 +119,10 @@ class RunPanel(Batched, Vertical):
         self.bar.update(progress=100)
         self.stats.update(text)
 
+    def on_resize(self, event) -> None:
+        if self.many:  # the slots' lines are fitted to the width: again at the width the layout gave
+            self._lines()
+
     def _layout(self) -> None:
         many = self.many
         self.bar.display = self.stats.display = not many
