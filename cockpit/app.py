@@ -23,20 +23,20 @@ from textual.widgets import Footer, Static
 from engine import events as ev
 from engine.gpu import Telemetry
 from engine.numbers import Ledger, holdout_check, never_ran, plural, row_of
+from engine.record import force_keep_refusal
 from harness.runner import log_tail
 
 from .bridge import EngineBridge, Flush
-from .consequences import force_keep_consequences, force_keep_refusal, quit_consequences, veto_consequences
+from .consequences import force_keep_consequences, quit_consequences, veto_consequences
 from .screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen
 from .widgets.diff import DiffPane
 from .widgets.gpu import GpuPanel
 from .widgets.header import HeaderBar
-from .widgets.plot import LossPlot, MetricPlot
 from .widgets.pinned import PinnedRows
+from .widgets.plot import LossPlot, MetricPlot
 from .widgets.reasoning import ReasoningLog
 from .widgets.run_panel import RunPanel
 from .widgets.table import ExperimentTable
-
 
 FRAME_RATE = 10  # engine events are drawn at most this often; keys are handled at once
 

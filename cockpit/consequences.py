@@ -41,21 +41,6 @@ def veto_consequences(n: int, running: bool) -> str:
 
 # ---- force-keep ----
 
-def force_keep_refusal(n: int, *, kind: str, metric: float | None, commit: str | None, best_n: int | None,
-                       harness_matches: bool = True) -> str | None:
-    """Why finished experiment n cannot be force-kept (None: it can). The engine's own rule
-    (engine/record.py apply_past_force_keeps), checked before anything is said or sent."""
-    if kind == "baseline":
-        return f"cannot force-keep #{n}: it is a baseline (the starting code measured), not a change to keep"
-    if metric is None or not commit:
-        return f"#{n} has no measured result to keep"
-    if not harness_matches:
-        return f"cannot force-keep #{n}: it was measured by another harness version, so its result cannot be the best's"
-    if n == best_n:
-        return f"#{n} is already the best"
-    return None
-
-
 def force_keep_consequences(n: int, *, metric: float | None, best: float | None, best_n: int | None,
                             direction: str, noise: float | None, metric_name: str = "val_bpb") -> str:
     """The force-keep dialog's text: how far the experiment is from the best (in the session's

@@ -168,12 +168,11 @@ class Recording:
                 self.control.force_keep(n)  # still running: it is kept when it finishes
                 continue
             e = self.journal.experiment(s.id, n)
-            if e is None or e.commit_sha is None or e.metric is None or e.kind != "experiment":
-                self.emit(ev.Error(text=f"cannot force-keep #{n}: it has no measured result"))
-                continue
-            if e.harness != self.harness:
-                self.emit(ev.Error(text=f"cannot force-keep #{n}: it was measured by another harness version "
-                                        f"({e.harness}, now {self.harness}), so its result cannot be the best's"))
+            why = (f"#{n} has no measured result to keep" if e is None else
+                   force_keep_refusal(n, kind=e.kind, metric=e.metric, commit=e.commit_sha, best_n=None,
+                                      harness_matches=e.harness == self.harness))
+            if why is not None:
+                self.emit(ev.Error(text=why))
                 continue
             self._check_tree()  # the human's work first: the session stops with it kept
             with self.journal.transaction():  # recorded before the branch moves (a kill in between is repaired at start)
@@ -202,3 +201,19 @@ class Recording:
     def write_results(self) -> None:
         if self.session is not None:
             write_results_tsv(self.ws.results_path, self.journal.experiments(self.session.id), self.target.metric_name)
+
+
+def force_keep_refusal(n: int, *, kind: str, metric: float | None, commit: str | None, best_n: int | None,
+                       harness_matches: bool = True) -> str | None:
+    """Why finished experiment n cannot be force-kept (None: it can): the one rule the engine
+    applies (apply_past_force_keeps) and the TUI checks before anything is said or sent.
+    `best_n` None: whether it is already the best is not asked."""
+    if kind == "baseline":
+        return f"cannot force-keep #{n}: it is a baseline (the starting code measured), not a change to keep"
+    if metric is None or not commit:
+        return f"#{n} has no measured result to keep"
+    if not harness_matches:
+        return f"cannot force-keep #{n}: it was measured by another harness version, so its result cannot be the best's"
+    if n == best_n:
+        return f"#{n} is already the best"
+    return None

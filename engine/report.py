@@ -9,7 +9,6 @@ call from a worker thread of the TUI.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 import warnings

@@ -57,21 +57,12 @@ def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path 
     workdir = Path(tempfile.mkdtemp(prefix=".calibrate-", dir=base))
     if boxed:
         env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache"), TMPDIR="/tmp")
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")  # private: a cold compile, as a run's
-        env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
-    rfd, wfd = os.pipe()
-    cmd = runner._python("harness.calibrate", HARNESS_DIR, "--fd", str(wfd), "--profile", profile.name,
-                         "--vocab", str(vocab))
+        runner.private_compile_cache(env, workdir)  # a cold compile, as a run's
     limit = timeout or (profile.startup_allowance + profile.warmup_allowance + runner.EXPORT_ALLOWANCE)
-    try:
-        proc, pump = runner._popen(cmd, env, wfd, workdir, boxed, [HARNESS_DIR], profile.device != "cpu",
-                                   cwd=str(workdir))
-    except BaseException:
-        os.close(rfd)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    finally:
-        os.close(wfd)
+    proc, pump, rfd = runner.piped(
+        lambda fd: runner._python("harness.calibrate", HARNESS_DIR, "--fd", str(fd), "--profile", profile.name,
+                                  "--vocab", str(vocab)),
+        env, workdir, boxed, [HARNESS_DIR], profile.device != "cpu", cwd=str(workdir), owned=workdir)
     pump.attach(workdir / "calibrate.log")
     deadline = time.monotonic() + limit
     buf, msg = b"", None

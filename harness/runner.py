@@ -769,19 +769,41 @@ def _preexec(env: dict[str, str], group: "resources.Group | None" = None):
     return pre
 
 
+def private_compile_cache(env: dict[str, str], workdir: Path) -> None:
+    """The compile caches (Inductor, Triton) inside the process's own folder: nothing persists to
+    the next run, and a compile is cold, as a run's."""
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
+    env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
+
+
+def piped(make_cmd: Callable[[int], list[str]], env: dict[str, str], workdir: Path | None, boxed: bool, read, gpu: bool,
+          cwd: str, write=(), owned: Path | None = None) -> tuple[subprocess.Popen, "LogPump", int]:
+    """A harness process with a message pipe of its own (its command is made with the pipe's write
+    end): the process, its log pump and the pipe's read end. The write end is closed here (the
+    child has it); if the start fails, the read end is closed and `owned` (a folder made for the
+    process) removed."""
+    rfd, wfd = os.pipe()
+    try:
+        proc, pump = _popen(make_cmd(wfd), env, wfd, workdir, boxed, read, gpu, cwd=cwd, write=write)
+    except BaseException:
+        os.close(rfd)
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    finally:
+        os.close(wfd)
+    return proc, pump, rfd
+
+
 def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: bool, dataset: Dataset,
            boxed: bool, gpu: bool, base: Path) -> _Child:
-    rfd, wfd = os.pipe()
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".run-", dir=base))
-    cmd = _python("harness.child", harness_dir, "--fd", str(wfd), *([] if boxed else ["--parent", str(os.getpid())]),
-                  *(["--preload-compile"] if preload_compile else []))
     read = [harness_dir] + [dataset.folder / f for f in TRAIN_FILES if (dataset.folder / f).exists()]
     env = dict(env, HOME=str(workdir), XDG_CACHE_HOME=str(workdir / ".cache"))
     write: tuple = ()
     if boxed and "TORCHINDUCTOR_CACHE_DIR" not in env:  # private: nothing persists to the next run
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / ".cache" / "inductor")
-        env["TRITON_CACHE_DIR"] = str(workdir / ".cache" / "triton")
+        private_compile_cache(env, workdir)
     elif boxed:  # [run] compile_cache = "shared": writable by every run (a channel between runs)
         os.makedirs(env["TORCHINDUCTOR_CACHE_DIR"], exist_ok=True)
         os.makedirs(env["TRITON_CACHE_DIR"], exist_ok=True)
@@ -789,14 +811,10 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
     if boxed and env.get("COCKPIT_PROFILE"):  # a measuring aid: its traces go where the user asked
         os.makedirs(env["COCKPIT_PROFILE"], exist_ok=True)
         write += (Path(env["COCKPIT_PROFILE"]),)
-    try:
-        proc, pump = _popen(cmd, env, wfd, workdir, boxed, read, gpu, cwd=str(workdir), write=write)
-    except BaseException:
-        os.close(rfd)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    finally:
-        os.close(wfd)
+    proc, pump, rfd = piped(
+        lambda fd: _python("harness.child", harness_dir, "--fd", str(fd), *([] if boxed else ["--parent", str(os.getpid())]),
+                           *(["--preload-compile"] if preload_compile else [])),
+        env, workdir, boxed, read, gpu, cwd=str(workdir), write=write, owned=workdir)
     disk = resources.DiskWatch(workdir, proc.pid)
     disk.start()
     return _Child(proc, rfd, pump, key, time.monotonic(), workdir, disk=disk)
@@ -804,16 +822,9 @@ def _spawn(env: dict[str, str], key: tuple, harness_dir: Path, preload_compile: 
 
 def _spawn_evaluator(env: dict[str, str], harness_dir: Path, workdir: Path, boxed: bool, gpu: bool) -> _Child:
     """The evaluation process: harness code, the run's folder read-only, nothing writable."""
-    rfd, wfd = os.pipe()
-    cmd = _python_isolated("harness.evaluator", harness_dir, "--fd", str(wfd))
     env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    try:
-        proc, pump = _popen(cmd, env, wfd, None, boxed, [harness_dir, workdir], gpu, cwd=str(harness_dir.parent))
-    except BaseException:
-        os.close(rfd)
-        raise
-    finally:
-        os.close(wfd)
+    proc, pump, rfd = piped(lambda fd: _python_isolated("harness.evaluator", harness_dir, "--fd", str(fd)),
+                            env, None, boxed, [harness_dir, workdir], gpu, cwd=str(harness_dir.parent))
     return _Child(proc, rfd, pump, (), time.monotonic(), workdir)
 
 

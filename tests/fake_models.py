@@ -121,7 +121,7 @@ def _check_thinking(body: dict, m: dict):
         return _bad('"thinking.type.between_tools" is not supported for this model.')
     display = (th or {}).get("display") if isinstance(th, dict) else None
     if display is not None and display not in ("summarized", "omitted"):
-        return _bad(f"thinking.display: Input should be 'summarized' or 'omitted' (fake)")
+        return _bad("thinking.display: Input should be 'summarized' or 'omitted' (fake)")
     if kind == "enabled":
         budget = th.get("budget_tokens")
         if not isinstance(budget, int) or budget < 1024:

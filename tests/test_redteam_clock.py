@@ -7,7 +7,6 @@ attack really ran (the guard did not stop it first)."""
 from __future__ import annotations
 
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,11 @@ import pytest
 from harness import runner
 from harness.dataset import current_dataset
 from harness.profiles import CPU
+from attacks import ATTACK, FAST, HEAD
 
-FAST = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
-
-# The escape hatch of tests/test_sandbox.py (any Python source, past the guard), and the
-# runtime's session object, reached the way the red team did: through gc.get_objects().
-PRELUDE = '''
-import time
-import torch
-import torch.nn.functional as F
-from harness import runtime as rt
-
-def attack(name, src, **values):
-    g = dict(values)
-    src = "import os, sys, gc\\n" + src
-    try:
-        torch.fx.graph_module._exec_with_source(src, g)
-        print(f"ATTACK {name}: " + str(g.get("result", "done")), flush=True)
-    except Exception as e:
-        print(f"ATTACK {name}: blocked ({type(e).__name__}: {e})", flush=True)
-    return g
-
+# The escape hatch (tests/attacks.py: any Python source, past the guard), and the runtime's
+# session object, reached the way the red team did: through gc.get_objects().
+PRELUDE = HEAD + ATTACK + '''
 V = rt.vocab_size()
 rt.fraction()  # the runtime's session exists from here on
 S = attack("session", "S = next(o for o in gc.get_objects() if type(o).__name__ == '_Session'); result = 'found'")["S"]

@@ -11,39 +11,23 @@ test run for real: a train.py through the runner, or the model file an attacker 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from harness import modelfile, runner, sandbox
 from harness.dataset import current_dataset
 from harness.profiles import CPU
+import attacks as attacks_shared
+from attacks import FAST, HEAD, UNIFORM
 
 BOXED = sandbox.check() is None
-FAST = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
-
-PRELUDE = '''
-import torch
-import torch.nn.functional as F
-from harness import runtime as rt
-
-V = rt.vocab_size()
-
-class Uniform(torch.nn.Module):
-    """Every token equally likely: its val_bpb is known exactly."""
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-    def forward(self, idx):
-        return torch.zeros(*idx.shape, V) + self.w * 0
-'''
+PRELUDE = HEAD + UNIFORM  # tests/attacks.py
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +37,7 @@ def cache(tiny_cache) -> Path:
 
 @pytest.fixture(scope="module")
 def uniform_bpb(tiny_cache) -> float:
-    d = current_dataset(tiny_cache)
-    T = CPU.seq_len
-    val = np.asarray(d.stream("val"))
-    n = min((len(val) - 1) // T, CPU.eval_tokens // T)
-    nb = d.token_bytes[val[1 : n * T + 1]]
-    return int((nb > 0).sum()) * math.log(d.vocab_size) / (math.log(2) * int(nb.sum()))
+    return attacks_shared.uniform_bpb(tiny_cache)
 
 
 def run_script(tmp_path: Path, cache: Path, body: str, limits=FAST, **kw) -> runner.RunResult:

@@ -27,10 +27,9 @@ from harness.errors import HarnessError, NotPreparedError, SourceError
 from harness.integrity import lock_harness
 from harness.paths import HARNESS_DIR
 from harness.prepare import prepare, split_of, split_salt
-from harness.profiles import CPU
 from harness.sources import Source, text_source
 
-from test_sandbox import FAST, attacks, run_attack  # noqa: E402  (skips the module where there is no sandbox)
+from test_sandbox import attacks, run_attack  # noqa: E402  (skips the module where there is no sandbox)
 
 from engine.slots import gpu_env, resolve
 

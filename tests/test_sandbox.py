@@ -8,7 +8,6 @@ the attack really ran (the guard did not stop it first)."""
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sqlite3
@@ -17,7 +16,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
@@ -25,40 +23,15 @@ from harness import runner, sandbox
 from harness.dataset import current_dataset
 from harness.errors import IntegrityError
 from harness.profiles import CPU
+import attacks as attacks_shared
+from attacks import ATTACK, FAST, HEAD, UNIFORM
 
 if sandbox.check() is not None:
     if os.environ.get("COCKPIT_REQUIRE_SANDBOX"):
         raise RuntimeError(f"the sandbox is required here but {sandbox.check()}")
     pytest.skip(f"no sandbox on this machine: {sandbox.check()}", allow_module_level=True)
 
-FAST = runner.Limits(startup=60, warmup=5, eval=60, over_budget_tolerance=1.0)
-
-# The escape hatch: any Python source, run inside train.py's process, past the guard.
-PRELUDE = '''
-import torch
-import torch.nn.functional as F
-from harness import runtime as rt
-
-def attack(name, src, **values):
-    g = dict(values)
-    src = "import os, sys, json, socket, subprocess, pathlib, glob\\n" + src
-    try:
-        torch.fx.graph_module._exec_with_source(src, g)
-        print(f"ATTACK {name}: " + str(g.get("result", "done")), flush=True)
-    except Exception as e:
-        print(f"ATTACK {name}: blocked ({type(e).__name__}: {e})", flush=True)
-    return g
-
-V = rt.vocab_size()
-
-class Uniform(torch.nn.Module):
-    """Every token equally likely: its val_bpb is known exactly."""
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-    def forward(self, idx):
-        return torch.zeros(*idx.shape, V) + self.w * 0
-'''
+PRELUDE = HEAD + ATTACK + UNIFORM  # tests/attacks.py: the escape hatch and the uniform model
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +41,7 @@ def cache(tiny_cache) -> Path:
 
 @pytest.fixture(scope="module")
 def uniform_bpb(tiny_cache) -> float:
-    """What the harness must record for the uniform model: ln(V) nats per scored token."""
-    d = current_dataset(tiny_cache)
-    T = CPU.seq_len
-    val = np.asarray(d.stream("val"))
-    n = min((len(val) - 1) // T, CPU.eval_tokens // T)
-    nb = d.token_bytes[val[1 : n * T + 1]]
-    return int((nb > 0).sum()) * math.log(d.vocab_size) / (math.log(2) * int(nb.sum()))
+    return attacks_shared.uniform_bpb(tiny_cache)
 
 
 def workspace(tmp_path: Path) -> Path:

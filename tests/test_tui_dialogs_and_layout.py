@@ -15,11 +15,12 @@ import pytest
 from rich.console import Console
 
 from cockpit.app import CockpitApp
-from cockpit.consequences import force_keep_consequences, force_keep_refusal, quit_consequences, veto_consequences
+from cockpit.consequences import force_keep_consequences, quit_consequences, veto_consequences
 from cockpit.screens import ForceKeepScreen, QuitScreen, VetoScreen
 from engine import events as ev
 from engine.gpu import Sample
 from engine.journal import Experiment, Journal
+from engine.record import force_keep_refusal
 from test_tui import notices, rows, value_app, value_workspace, wait_for
 from test_tui_snapshot import FixedTelemetry, ScriptedEngine, make_app, settle
 
