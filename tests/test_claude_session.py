@@ -197,3 +197,37 @@ def test_bad_agent_settings_are_one_clear_line_and_change_nothing(tmp_path, toml
         assert fake.requests == []
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
     assert not (ws / ".cockpit" / "journal.sqlite").exists()
+
+
+def test_a_stop_reaches_every_proposal_waiting_out_the_api(tmp_path):
+    """Each proposal runs in its own thread, and the Claude agent keeps its interrupt per thread:
+    the engine hands every proposal's thread the stop. A SIGTERM while two proposals wait out an
+    overloaded API (the back-off doubles: 2, 4, 8, 16, 32 s) ends the session in seconds, not
+    after the wait."""
+    import signal
+
+    ws = workspace(tmp_path)
+    overloaded = HttpError(529, "overloaded_error", "Overloaded")
+    env = dict(os.environ, ANTHROPIC_API_KEY=KEY)
+    env.pop("COCKPIT_MODEL", None)
+    with FakeAnthropic(by_experiment={2: [overloaded] * 40, 3: [overloaded] * 40}) as fake:
+        env["ANTHROPIC_BASE_URL"] = fake.base_url
+        proc = subprocess.Popen([sys.executable, "-m", "cockpit", "run", "--headless", "--workspace", str(ws), "--tag", "s"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            long_waits = 0
+            for line in proc.stdout:  # the baseline runs; both proposals then wait out the API
+                long_waits += "retry in 32s" in line
+                if long_waits >= 2:
+                    break
+            assert long_waits >= 2, "the proposals never waited 32 s"
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=100)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+    # 0.5 s here; a thread that never got the stop is waited for ~10 s (the engine's join) and then left
+    assert took < 6, f"the session took {took:.1f}s to stop: a proposal's thread waited out its back-off"
