@@ -22,7 +22,6 @@ What limits the rate first shows as idle time per run growing with N.
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import statistics
 import subprocess
@@ -38,27 +37,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import events as ev  # noqa: E402
-from engine.agents.base import Proposal  # noqa: E402
+from engine.agents.base import Agent, Proposal  # noqa: E402
 from engine.journal import Journal  # noqa: E402
 from engine.loop import Engine, Limits  # noqa: E402
 from engine.slots import Device  # noqa: E402
-from engine.targets import Outcome  # noqa: E402
+from engine.targets import Outcome, Target  # noqa: E402
+from harness.runner import Progress  # noqa: E402
 from engine.workspace import open_workspace  # noqa: E402
 
 LINES = 4000  # value.py holds this many constants: each proposal changes one, far from the others
 
 
-class SimTarget:
+class SimTarget(Target):
     """A run of fixed length: progress ticks, then a metric (the baseline's, better by chance)."""
 
-    metric_name, direction, label, profile_name = "val_bpb", "min", "sim", ""
+    metric_name, direction, label = "val_bpb", "min", "sim"
 
     def __init__(self, seconds: float):
+        super().__init__()
         self.seconds = seconds
         self.rng = random.Random(1)
-
-    def for_slot(self, slot: str, env: dict):
-        return copy.copy(self)
 
     def version(self) -> str:
         return "sim"
@@ -73,14 +71,14 @@ class SimTarget:
             step += 1
             if on_progress is not None:
                 f = min(1.0, (time.monotonic() - t0) / self.seconds)
-                on_progress(type("P", (), dict(step=step, loss=3.0 - f, tokens_per_second=1e6, mfu=0.4, fraction=f,
-                                              elapsed=time.monotonic() - t0, phase="train"))())
+                on_progress(Progress(step=step, loss=3.0 - f, tokens=0, tokens_per_second=1e6, mfu=0.4, fraction=f,
+                                     elapsed=time.monotonic() - t0))
         metric = 3.0 + self.rng.gauss(0, 0.01) - (0.0 if baseline else self.rng.random() * 0.012)
         return Outcome("ok", metric, None, self.seconds, time.monotonic() - t0, 1.0, str(log_path), startup_seconds=0.0,
                        eval_seconds=0.0)
 
 
-class SimAgent:
+class SimAgent(Agent):
     """Thinks for `latency` seconds, then changes one constant of value.py (a different one each time)."""
 
     name = "sim"
@@ -245,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(gaps)} gaps; {len(steady)} steady-state starts)")
     print(f"  journal: {meter.n} statements, {meter.n / wall:.0f}/s; lock wait total {meter.wait:.2f}s, worst {1e3 * meter.worst:.1f} ms")
     print(f"  events: {events['n']} ({events['n'] / wall:.0f}/s into the UI's bridge)")
-    print(f"  memory (RSS, MB) by experiments finished: " + ", ".join(f"{k}: {v:.0f}" for k, v in rss))
+    print("  memory (RSS, MB) by experiments finished: " + ", ".join(f"{k}: {v:.0f}" for k, v in rss))
     if keys is not None:
         print(f"  TUI: key -> screen p50 {1e3 * keys['p50']:.1f} ms, p99 {1e3 * keys['p99']:.1f} ms, max "
               f"{1e3 * keys['max']:.1f} ms over {keys['presses']} presses; events dropped by the bridge {keys['dropped']}")

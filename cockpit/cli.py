@@ -420,8 +420,7 @@ def _build_engine(args, ws, lock, tty):
     repaired = _repair_terminal(lock.previous, tty)
     agent, why = select_agent(args.agent, ws.config, getattr(args, "model", None), getattr(args, "base_url", None))
     notices = [why] + ([repaired] if repaired else [])
-    if hasattr(agent, "prepare"):  # asks the API what the model can do: a bad model or key stops here
-        notices += agent.prepare()
+    notices += agent.prepare()  # Claude asks the API what the model can do: a bad model or key stops here
     tc = ws.config.target
     spec = getattr(args, "devices", None) or ws.config.devices
     check_spec(spec)

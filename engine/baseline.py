@@ -27,8 +27,7 @@ class Baselines:
                 if e.kind == "baseline" and e.status == "keep" and e.harness == self.harness
                 and e.commit_sha and self._same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done]
-        if hasattr(self.target, "set_credit"):  # a resumed session keeps its measured allowance
-            self.target.set_credit([e.credit for e in done], [e.step_seconds for e in done])
+        self.target.set_credit([e.credit for e in done], [e.step_seconds for e in done])  # a resumed session keeps its allowance
         want = max(self.dcfg.baseline_runs, len(self.slots))
         timing_failures = 0
         while len(values) < want:

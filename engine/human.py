@@ -142,8 +142,8 @@ class HumanWork:
             self.journal.update_session(s.id, harness=self.harness)
             self.journal.set_harness(s.id, self.harness)
             return
-        why = remeasure_reason(s.target, getattr(self.target, "label", None))  # "budget changed 60 s -> 30 s"
-        self.journal.update_session(s.id, harness=self.harness, noise=None, target=getattr(self.target, "label", s.target))
+        why = remeasure_reason(s.target, self.target.label)  # "budget changed 60 s -> 30 s"
+        self.journal.update_session(s.id, harness=self.harness, noise=None, target=self.target.label or s.target)
         self.journal.add_note(s.id, "human", "harness", f"{why} ({s.harness} -> {self.harness}): results "
                               "before this point were measured by the old one; the best code is measured again")
         self.emit(ev.Notice(text=f"{why} since this session's baseline ({s.harness} -> {self.harness}): "

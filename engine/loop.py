@@ -81,9 +81,10 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self._crashes = 0
         self._stop_reason: str | None = None
         self._agent_failures = 0
+        self._state: str | None = None  # the state line last emitted (set_state)
+        self._journaled: str | None = None  # and last written to the journal, with the pending requests
         self._backoff_until = 0.0  # after an agent failure, no new proposal before this (monotonic)
-        if hasattr(agent, "interrupt"):
-            agent.interrupt = self.control.stopping  # stop-now reaches an agent waiting on the API
+        agent.interrupt = self.control.stopping  # stop-now reaches an agent waiting on the API
         self.pipeline = ws.config.pipeline
         self.slots: list[Slot] = []
         self.pool = ProposalPool(self)
@@ -112,15 +113,15 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             # other way to see them; the TUI adds them itself)
             runs = sum(1 for sl in self.slots if sl.run is not None)
             journaled = " · ".join([text, *pending_requests(self.control, runs)]) if not text.startswith("stopped") else text
-            if text == getattr(self, "_state", None) and phase is None and journaled == getattr(self, "_journaled", None):
+            if text == self._state and phase is None and journaled == self._journaled:
                 return
-            if self.session is not None and journaled != getattr(self, "_journaled", None):
+            if self.session is not None and journaled != self._journaled:
                 try:
                     self.journal.update_session(self.session.id, state=journaled, pid=os.getpid())
                     self._journaled = journaled
                 except Exception:  # the state line is a display: never a reason to stop
                     traceback.print_exc()
-            if text == getattr(self, "_state", None) and phase is None:
+            if text == self._state and phase is None:
                 return
             self._state = text
             self.emit(ev.StateChanged(text=text, n=n, phase=phase))
@@ -199,11 +200,10 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self.pool.reset_trees(s.best_commit)  # an unsubmitted edit left there by a killed cockpit goes
         self._make_slots()
         for slot in self.slots:
-            if hasattr(slot.target, "warm_up"):
-                try:
-                    slot.target.warm_up()
-                except Exception as e:  # only a head start: the first run starts its own process
-                    self.emit(ev.Notice(text=f"could not start the first run's process early on {slot.device.label}: {e}"))
+            try:
+                slot.target.warm_up()
+            except Exception as e:  # only a head start: the first run starts its own process
+                self.emit(ev.Notice(text=f"could not start the first run's process early on {slot.device.label}: {e}"))
         if self.git.removed_stale_lock:
             self.emit(ev.Notice(text="removed a stale .git/index.lock left by a git command that was killed"))
         self._sync_human_files()
@@ -213,9 +213,8 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         return s
 
     def _version(self) -> str | None:
-        if hasattr(self.target, "rehash"):
-            self.target.rehash()  # the locked files as the session branch has them
-        return self.target.version() if hasattr(self.target, "version") else None
+        self.target.rehash()  # the locked files as the session branch has them
+        return self.target.version()
 
     def _make_slots(self) -> None:
         """One slot per device, each with its own copy of the target (its own spare child)."""
@@ -233,7 +232,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             return
         many = len(self.devices) > 1 or bool(self.devices[0].env)
         for i, d in enumerate(self.devices):
-            target = self.target.for_slot(str(i), d.env) if many and hasattr(self.target, "for_slot") else self.target
+            target = self.target.for_slot(str(i), d.env) if many else self.target
             self.slots.append(self.new_slot(d, target))
 
     def new_slot(self, d: Device, target) -> Slot:
@@ -254,11 +253,11 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         try:
             if self.session is None:
                 self.start()
-            if getattr(self.target, "sandboxed", None) is False:  # said at every start, and kept in the journal
+            if self.target.sandboxed is False:  # said at every start, and kept in the journal
                 from harness.sandbox import OFF_NOTICE
 
                 self.emit(ev.Alert(text=f"{OFF_NOTICE} ({self.target.sandbox_reason})"))
-            elif getattr(self.target, "sandboxed", None):
+            elif self.target.sandboxed:
                 from harness.resources import notice
 
                 if notice():  # what the kernel does not bound here (cores, memory, processes)
@@ -291,8 +290,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                     self.emit(ev.Error(text=reason, fatal=True))
                 for slot in self.slots or [None]:
                     target = slot.target if slot is not None else self.target
-                    if hasattr(target, "close"):
-                        target.close()  # no spare training process outlives the session
+                    target.close()  # no spare training process outlives the session
                     if slot is not None:
                         slot.close()
                 if self.cluster is not None:
@@ -339,5 +337,5 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
 
 
 def _default_label(target) -> str:
-    device = getattr(getattr(target, "profile", None), "device", None)
+    device = target.device
     return {"cuda": "cuda:0", "cpu": "cpu", "mps": "mps"}.get(device, "local")

@@ -121,8 +121,7 @@ class ProposalPool:
         agent = e.agent
 
         def work() -> None:
-            if hasattr(agent, "interrupt"):
-                agent.interrupt = AnyOf(e.control.stopping, a.cancel)  # per thread (agents keep it thread-local)
+            agent.interrupt = AnyOf(e.control.stopping, a.cancel)  # per thread (agents keep it thread-local)
             t0 = time.monotonic()
             try:
                 a.proposal = agent.propose(context, tools, e.emit)
@@ -131,7 +130,7 @@ class ProposalPool:
                 if isinstance(x, AgentFatal):  # nothing more can be proposed: the session ends now
                     e.fatal(x)
             a.seconds = time.monotonic() - t0
-            a.usage = getattr(agent, "last_usage", None)
+            a.usage = agent.last_usage
             with a.lock:
                 a.done = True
                 late = a.late
@@ -206,13 +205,13 @@ class ProposalPool:
             human_notes=[x["text"] for x in notes if x["author"] == "human"],
             agent_notes=[x["text"] for x in notes if x["author"] == "agent"],
             direction=e.target.direction,
-            profile=getattr(e.target, "profile_name", ""),
+            profile=e.target.profile_name,
             seed=s.id,
             n=n,
             metric=e.target.metric_name,
             best_metric=s.best_metric,
             noise=s.noise,
-            budget=getattr(getattr(e.target, "profile", None), "time_budget", None) or getattr(e.target, "budget", None),
+            budget=e.target.budget,
             show=e.show,
             in_flight=tuple(in_flight),
         )

@@ -104,7 +104,7 @@ class Scheduling:
         want = len(self.slots) + 1 if self.pipeline else len(self.slots) - busy
         have = len(self.pool.attempts) + len(self.queued) + (self._awaiting is not None) + len(self._again)
         while have < want or any(x[2] < self._judged for x in self._again):
-            if not getattr(self.agent, "concurrent", True) and self.pool.preparing():
+            if not self.agent.concurrent and self.pool.preparing():
                 return  # an agent that proposes one at a time (the tuner: distinct moves need the last one known)
             if time.monotonic() - self._synced > 1.0:
                 self._synced = time.monotonic()
@@ -206,7 +206,7 @@ class Scheduling:
         curve: list[tuple[float, float]] = []
 
         def progress(p):
-            phase = getattr(p, "phase", None) or "train"
+            phase = p.phase  # a harness Progress: "train", "export" or "eval"
             if phase != r.phase:
                 r.phase = phase
                 self.show_state(n, phase)

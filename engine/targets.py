@@ -52,12 +52,58 @@ class Outcome:
         object.__setattr__(self, "log_tail", printable_or_none(self.log_tail))
 
 
-class GptTarget:
+class Target:
+    """The contract every target declares; what a target does not need it inherits from here
+    (the engine never probes a target for an attribute). A target runs one experiment's code and
+    measures it (`run`); the rest has defaults that do nothing."""
+
+    metric_name: str = "metric"
+    direction: str = "min"  # "min" or "max": the metric's better direction
+    label: str = ""  # what measures, with its budget ("gpt/cpu/60s"): a change is said at resume
+    profile_name: str = ""  # "cuda" | "cpu" | "mps" for the GPT trainer; "" for other targets
+    budget: float | None = None  # seconds of training per experiment, where there is one
+    device: str | None = None  # the kind of device it trains on ("cuda", "cpu", "mps"), where it has one
+    sandboxed: bool | None = None  # None: this target has no sandbox to speak of
+    sandbox_reason: str | None = None  # why the sandbox is off, when it is
+    slot: str = ""  # the device slot this copy runs on (for_slot)
+
+    def __init__(self) -> None:
+        self.env_extra: dict[str, str] = {}  # the slot's device environment (for_slot)
+
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+            baseline: bool = False, tree: Path | None = None) -> "Outcome":
+        raise NotImplementedError
+
+    def for_slot(self, slot: str, env_extra: dict[str, str]) -> "Target":
+        """This target on one device slot (its own copy, its own device environment)."""
+        t = copy.copy(self)
+        t.slot, t.env_extra = slot, dict(env_extra)
+        return t
+
+    def version(self) -> str | None:
+        """What measures, as one short name: results under another are not compared (None: one version)."""
+        return None
+
+    def rehash(self) -> None:
+        """Read the locked files again (the session branch is checked out now)."""
+
+    def set_credit(self, credits: list[float], steps: list[float] = ()) -> None:
+        """What a resumed session's baselines measured that later runs depend on."""
+
+    def warm_up(self) -> None:
+        """Start the first run's process early (a head start only)."""
+
+    def close(self) -> None:
+        """Let go of what the target keeps between runs (a spare process)."""
+
+
+class GptTarget(Target):
     metric_name = "val_bpb"
     direction = "min"
 
     def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile, sandbox: str = "auto",
                  compile_cache: str = "private"):
+        super().__init__()
         self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
         self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
         self.label = f"gpt/{profile.name}/{profile.time_budget:g}s"  # what measures (engine/numbers.py: remeasure_reason)
@@ -68,14 +114,16 @@ class GptTarget:
         self.steps: list[float] = []  # the baselines' measured step times
         self.calibration: dict = {}  # the harness's reference measurement (shared by the slots' copies)
         self._calibrating = threading.Lock()
-        self.slot, self.env_extra = "", {}  # the device slot this copy runs on (for_slot)
+        # for_slot: each slot's copy has its own spare child and device environment; the measured
+        # allowances are shared by all slots (one list)
 
-    def for_slot(self, slot: str, env_extra: dict[str, str]) -> "GptTarget":
-        """This target on one device slot: its own spare child and device environment; the
-        measured allowances are shared by all slots (one list)."""
-        t = copy.copy(self)
-        t.slot, t.env_extra = slot, dict(env_extra)
-        return t
+    @property
+    def budget(self) -> float:
+        return self.profile.time_budget
+
+    @property
+    def device(self) -> str:
+        return self.profile.device
 
     def set_credit(self, credits: list[float], steps: list[float] = ()) -> None:
         """The allowance this session's baselines ran under and their step times (from the
@@ -199,16 +247,14 @@ def _remove_stale_run_folders(runs: Path) -> None:
 _METRIC_LINE = re.compile(r"^\s*metric\s*:\s*([-+0-9.eEinfa]+)\s*$")
 
 
-class CommandTarget:
-    direction: str
-
+class CommandTarget(Target):
     def __init__(self, root: Path, cfg: TargetConfig, budget: float | None):
+        super().__init__()
         self.root, self.cfg = root, cfg
         self.metric_name = cfg.metric
         self.direction = cfg.direction
         self.budget = float(budget or cfg.budget or 60.0)
         self.label = f"command/{self.budget:g}s"
-        self.profile_name = ""
         for tok in (cfg.run or "").split() + cfg.measure.split():
             if tok.endswith((".py", ".sh")) and not (root / tok).is_file():
                 from .config import ConfigError
@@ -233,11 +279,6 @@ class CommandTarget:
         tree = tree or self.root
         return {rel: file_hash(tree / rel) for rel in self.locked if (tree / rel).is_file()}
 
-    def for_slot(self, slot: str, env_extra: dict[str, str]) -> "CommandTarget":
-        t = copy.copy(self)
-        t.slot, t.env_extra = slot, dict(env_extra)
-        return t
-
     def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
             baseline: bool = False, tree: Path | None = None) -> Outcome:
         """The run command, then the measure script, in `tree` (the slot's checkout of the
@@ -249,7 +290,7 @@ class CommandTarget:
         if changed:
             raise IntegrityError(f"locked file changed since the session started: {changed[0]}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(runner.scrub_env(dict(os.environ)), **getattr(self, "env_extra", {}))
+        env = dict(runner.scrub_env(dict(os.environ)), **self.env_extra)
         t0 = time.monotonic()
 
         def outcome(status, reason=None, metric=None, tail=True):

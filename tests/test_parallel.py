@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from engine import events as ev
-from engine.agents.base import Proposal
+from engine.agents.base import Agent, Proposal
 from engine.agents.tuner import Tuner
 from engine.control import Control
 from engine.journal import Journal
@@ -37,7 +37,7 @@ FILES = {
 }
 
 
-class ByNumber:
+class ByNumber(Agent):
     """An agent whose proposal for experiment n is scripted: a list of (old, new) edits of value.py,
     or None (nothing to propose). It records the context each call saw."""
 

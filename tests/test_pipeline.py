@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine import events as ev
-from engine.agents.base import Proposal
+from engine.agents.base import Agent, Proposal
 from engine.control import Control
 from engine.journal import Journal, duty_cycle
 from engine.loop import Engine, Limits
@@ -24,7 +24,7 @@ FILES = {
 }
 
 
-class Scripted:
+class Scripted(Agent):
     """An agent that applies scripted edits to value.py, one per call, after `latency` seconds,
     and remembers what it saw."""
 

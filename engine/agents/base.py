@@ -6,9 +6,9 @@ lives in the journal and comes back through the Context (history, notes), not in
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from engine.events import Event
 from engine.tools import Tools
@@ -92,10 +92,24 @@ class Proposal:
     usage: Usage | None = None
 
 
-class Agent(Protocol):
-    name: str
+class Agent:
+    """The contract every agent declares; what an agent does not need it inherits from here (the
+    engine never probes an agent for an attribute)."""
+
+    name: str = "agent"
+    concurrent: bool = True  # may several propose() calls run at once, one per thread?
+    # Set by the engine before each propose(): an event that says stop now (the session stops, or the
+    # proposal is abandoned), for an agent that waits on something it can give up. An agent whose
+    # calls run concurrently keeps it per thread.
+    interrupt: threading.Event | None = None
+    last_usage: Usage | None = None  # what this thread's latest propose() spent (None: nothing to count)
+
+    def prepare(self) -> list[str]:
+        """Run by the CLI before anything else (no session, branch or data is touched before it):
+        lines to show as notices; AgentFatal stops cockpit with exit code 2."""
+        return []
 
     def propose(self, ctx: Context, tools: Tools, emit: Callable[[Event], None]) -> Proposal | None:
         """Change the editable files through `tools` and describe the change in one line;
         None when the agent has nothing to propose."""
-        ...
+        raise NotImplementedError

@@ -27,7 +27,7 @@ from typing import Callable
 
 from .. import events as ev
 from ..tools import ToolError, Tools
-from .base import Context, Proposal, ProposalRejected, ProposalSkipped, Usage
+from .base import Agent, Context, Proposal, ProposalRejected, ProposalSkipped, Usage
 from .models import AgentFatal, ModelSpec, RequestSettings, settings_for, spec_from_family, spec_from_info
 from .prices import Price, price_for
 
@@ -116,7 +116,15 @@ def estimate_tokens(text: str) -> int:
     return int(len(text) / 3.2) + 1
 
 
-class Claude:
+class _Own(threading.local):
+    """What belongs to one proposal's thread (several conversations run at once)."""
+
+    interrupt: threading.Event | None = None
+    estimate: int | None = None  # the size of this conversation's last first prompt
+    usage: Usage | None = None
+
+
+class Claude(Agent):
     name = "claude"
 
     def __init__(self, api_key: str, cfg: ClaudeConfig = ClaudeConfig(), sleep: Callable[[float], None] = time.sleep):
@@ -130,7 +138,7 @@ class Claude:
         self.client = anthropic.Anthropic(api_key=api_key, base_url=cfg.base_url, max_retries=cfg.sdk_retries,
                                           timeout=timeout)
         self.sleep = sleep
-        self._own = threading.local()  # per proposal thread: several conversations run at once
+        self._own = _Own()  # per proposal thread: several conversations run at once
         self._prepare_lock = threading.Lock()
         self.interrupt = None  # a threading.Event the engine sets on stop-now
         self._last_program: str | None = None
@@ -144,7 +152,7 @@ class Claude:
     # proposal is kept per thread.
     @property
     def interrupt(self):
-        return getattr(self._own, "interrupt", None)
+        return self._own.interrupt
 
     @interrupt.setter
     def interrupt(self, event) -> None:
@@ -153,7 +161,7 @@ class Claude:
     @property
     def _prompt_estimate(self) -> int:
         """The size of this conversation's last first prompt."""
-        return getattr(self._own, "estimate", self._default_estimate)
+        return self._default_estimate if self._own.estimate is None else self._own.estimate
 
     @_prompt_estimate.setter
     def _prompt_estimate(self, tokens: int) -> None:
@@ -161,7 +169,7 @@ class Claude:
 
     @property
     def last_usage(self) -> Usage:
-        return getattr(self._own, "usage", None) or Usage()
+        return self._own.usage or Usage()
 
     @last_usage.setter
     def last_usage(self, usage: Usage) -> None:

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from engine.agents.base import KEPT, Context, PastExperiment, Proposal
+from engine.agents.base import KEPT, Agent, Context, PastExperiment, Proposal
 from engine.events import AgentText, Event
 from engine.tools import ToolError, Tools
 
@@ -303,7 +303,7 @@ def describe(moves: list[Move]) -> str:
 # ---------------------------------------------------------------------------
 
 
-class Tuner:
+class Tuner(Agent):
     """Seeded hill-climbing over numeric constants; deterministic given (seed, n) and the history."""
 
     name = "tuner"
