@@ -21,6 +21,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
+
+    import torch
+
+    from .profiles import Profile
 
 FACTOR = 2.0  # the warm-up part is this many times the reference's first step (a loaded machine, a larger model)
 FLOOR = 1.0  # seconds: the warm-up part is never less (the messages' own latency)
@@ -42,12 +50,14 @@ def allowance(first: float, export: float, warmup_cap: float, export_cap: float)
     return warm + exp, exp
 
 
-def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path | None = None,
-            env_extra: dict | None = None, timeout: float | None = None, cancel=None) -> tuple[float, float]:
+def measure(profile: Profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path | None = None,
+            env_extra: dict[str, str] | None = None, timeout: float | None = None,
+            cancel: threading.Event | None = None) -> tuple[float, float]:
     """Run the reference once (this machine, the profile's device) and return (first step,
     export) in seconds. Raises CalibrationError when it fails, takes too long or `cancel` (an
     Event) is set."""
     from . import runner
+    from .launch import python_command
     from .paths import HARNESS_DIR
 
     boxed, _ = runner.sandbox_state(sandbox)
@@ -60,7 +70,7 @@ def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path 
         runner.private_compile_cache(env, workdir)  # a cold compile, as a run's
     limit = timeout or (profile.startup_allowance + profile.warmup_allowance + runner.EXPORT_ALLOWANCE)
     proc, pump, rfd = runner.piped(
-        lambda fd: runner._python("harness.calibrate", HARNESS_DIR, "--fd", str(fd), "--profile", profile.name,
+        lambda fd: python_command("harness.calibrate", HARNESS_DIR, "--fd", str(fd), "--profile", profile.name,
                                   "--vocab", str(vocab)),
         env, workdir, boxed, [HARNESS_DIR], profile.device != "cpu", cwd=str(workdir), owned=workdir)
     pump.attach(workdir / "calibrate.log")
@@ -93,7 +103,7 @@ def measure(profile, cache: Path, vocab: int, sandbox: str = "auto", base: Path 
 
 # ---- the calibration process: harness code only ----
 
-def _reference(V: int, T: int, gpu: bool):
+def _reference(V: int, T: int, gpu: bool) -> torch.nn.Module:
     """A small GPT shaped like the bundled trainer's at the profile's sizes."""
     import torch
     import torch.nn as nn
@@ -102,28 +112,29 @@ def _reference(V: int, T: int, gpu: bool):
     depth, dim, head = (8, 512, 128) if gpu else (4, 128, 32)
 
     class Block(nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.qkv = nn.Linear(dim, 3 * dim, bias=False)
             self.proj = nn.Linear(dim, dim, bias=False)
             self.up = nn.Linear(dim, 4 * dim, bias=False)
             self.down = nn.Linear(4 * dim, dim, bias=False)
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             B, T_, _ = x.shape
             q, k, v = self.qkv(F.rms_norm(x, (dim,))).view(B, T_, 3, dim // head, head).unbind(2)
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
             x = x + self.proj(y.transpose(1, 2).reshape(B, T_, dim))
-            return x + self.down(F.relu(self.up(F.rms_norm(x, (dim,)))).square())
+            out: torch.Tensor = x + self.down(F.relu(self.up(F.rms_norm(x, (dim,)))).square())
+            return out
 
     class GPT(nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.emb = nn.Embedding(V, dim)
             self.blocks = nn.ModuleList(Block() for _ in range(depth))
             self.head = nn.Linear(dim, V, bias=False)
 
-        def forward(self, idx):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
             x = self.emb(idx)
             for b in self.blocks:
                 x = b(x)
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with evaluate.autocast_ctx(P.device, P.autocast):
         loss = F.cross_entropy(step_model(x).view(-1, V), x.roll(-1, 1).reshape(-1))
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # (torch's is unannotated)
     opt.step()
     float(loss.detach())  # sync point: the first step is done
     first = time.monotonic() - t0

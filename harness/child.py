@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 # What a run imports anyway, loaded before "go" so that a spare has it ready. Dynamo comes with
 # the first torch.optim optimizer even without compiling; Inductor (seconds) only where the
@@ -36,7 +37,7 @@ PRELOAD_COMPILE = ("torch._inductor.compile_fx", "torch._functorch.aot_autograd"
 SPARE_EXIT = 0  # stdin closed before "go": the runner no longer wants this spare
 
 
-def _send(fd: int, kind: str, **fields) -> None:
+def _send(fd: int, kind: str, **fields: Any) -> None:
     os.write(fd, (json.dumps({"type": kind, **fields}) + "\n").encode())
 
 
@@ -59,7 +60,7 @@ def _preload(compile_: bool) -> None:
             codecache.torch_key()  # a hash of torch's own files, part of every compile cache key (cached)
     import torch
 
-    if torch.cuda.is_initialized():  # a run must never share the GPU: a spare holds no context
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # (torch's is unannotated)  # a run must never share the GPU: a spare holds no context
         raise RuntimeError("harness: CUDA was initialised before the run started")
 
 

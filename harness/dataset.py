@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,11 +16,14 @@ from .integrity import verify_dataset
 from .paths import current_pointer, datasets_dir
 from .prepare import PUBLIC_RULE_FORMATS, load_manifest
 
+if TYPE_CHECKING:
+    import tiktoken
+
 
 @dataclass
 class Dataset:
     folder: Path
-    manifest: dict = field(repr=False)
+    manifest: dict[str, Any] = field(repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -30,13 +34,14 @@ class Dataset:
         return int(self.manifest["bos_id"])
 
     @cached_property
-    def tokenizer(self):
+    def tokenizer(self) -> tiktoken.Encoding:
         return tokmod.load(self.folder)
 
     @cached_property
     def token_bytes(self) -> np.ndarray:
         """(vocab,) int32 UTF-8 byte length of each token; 0 for BOS."""
-        return np.load(self.folder / "token_bytes.npy")
+        lengths: np.ndarray = np.load(self.folder / "token_bytes.npy")
+        return lengths
 
     def stream(self, split: str) -> np.ndarray:
         """The split's uint16 token stream, memory-mapped (read-only)."""
@@ -46,7 +51,8 @@ class Dataset:
         return f"{split}.bin" in self.manifest["files"]
 
     def doc_offsets(self, split: str) -> np.ndarray:
-        return np.load(self.folder / f"{split}_docs.npy")
+        offsets: np.ndarray = np.load(self.folder / f"{split}_docs.npy")
+        return offsets
 
     def verify(self) -> None:
         verify_dataset(self.folder, self.manifest)
@@ -57,7 +63,7 @@ class PublicSplitError(HarnessError):
     silently (that could change the corpus under a session)."""
 
 
-def _again(manifest: dict) -> str:
+def _again(manifest: dict[str, Any]) -> str:
     """The command that prepares the same source again."""
     src = manifest.get("source") or {}
     kind, spec = src.get("kind"), str(src.get("spec", ""))

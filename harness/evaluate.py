@@ -17,7 +17,10 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ _cross_entropy = F.cross_entropy
 _log_softmax = F.log_softmax
 _no_grad = torch.no_grad
 _isfinite = math.isfinite
+Model = Callable[[torch.Tensor], Any]  # logits = model(idx): a Program, or any module in tests
 _LN2 = math.log(2)
 
 PROBE_BATCHES = 3  # scored batches that also get a hidden causality probe
@@ -54,13 +58,13 @@ class EvalResult:
     seconds: float
 
 
-def autocast_ctx(device: str, autocast: str | None):
+def autocast_ctx(device: str, autocast: str | None) -> AbstractContextManager[Any]:
     if autocast is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, autocast))
 
 
-def _forward(model, x: torch.Tensor, vocab: int, device: str, autocast: str | None, rows: int | None = None) -> torch.Tensor:
+def _forward(model: Model, x: torch.Tensor, vocab: int, device: str, autocast: str | None, rows: int | None = None) -> torch.Tensor:
     """The logits of the evaluator's batch `x`, called `rows` rows at a time (the batch the model
     was exported with; None: all at once). The evaluator's batch is its own, so a model exported
     from one row is still probed across many rows at random positions."""
@@ -91,7 +95,7 @@ def _logprobs(logits: torch.Tensor) -> torch.Tensor:
     return lp.clamp_min(LOGPROB_FLOOR)
 
 
-def tokens_to_device(stream: np.ndarray, device, dtype=torch.int64) -> torch.Tensor:
+def tokens_to_device(stream: np.ndarray, device: str | torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """A uint16 token stream as a `dtype` tensor on the device. The tokens travel as they are
     (2 bytes each, one host copy out of the memory map) and widen on the device: int16 has the
     same bits, and & 0xFFFF undoes its sign."""
@@ -99,8 +103,8 @@ def tokens_to_device(stream: np.ndarray, device, dtype=torch.int64) -> torch.Ten
     return host.to(device).to(dtype).bitwise_and_(0xFFFF)
 
 
-def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: int, seq_len: int, device: str,
-          autocast: str | None, probes: int = PROBE_BATCHES, seed: int | None = None) -> dict:
+def score(model: Model, splits: dict[str, np.ndarray], token_bytes: np.ndarray, vocab: int, batch_size: int, seq_len: int,
+          device: str, autocast: str | None, probes: int = PROBE_BATCHES, seed: int | None = None) -> dict[str, Any]:
     """Score a model (a pure function: logits = model(idx)) on each split's windows.
 
     `splits`: {name: uint16 stream}; each is cut into consecutive windows of T inputs and the next
@@ -117,8 +121,8 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
     tb = torch.from_numpy(token_bytes.astype(np.int64)).to(device)
     per_call, T = batch_size, seq_len
     B = eval_rows(per_call)
-    out: dict = {"probe_tokens": 0}
-    first_call = None
+    out: dict[str, Any] = {"probe_tokens": 0}
+    first_call: tuple[torch.Tensor, torch.Tensor] | None = None
     for si, (name, stream) in enumerate(splits.items()):
         t0 = time.monotonic()
         n = max(0, (len(stream) - 1) // T)
@@ -148,15 +152,16 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
                 lp = _log_softmax(logits[r : r + k].float(), dim=-1)
                 yy = y[r : r + k]
                 nll = -lp.gather(-1, yy.unsqueeze(-1)).squeeze(-1)
-                nbytes = tb[yy]
-                total_nats += (nll * (nbytes > 0)).sum(dtype=torch.float64)
-                total_bytes += nbytes.sum()
+                tok_bytes = tb[yy]
+                total_nats += (nll * (tok_bytes > 0)).sum(dtype=torch.float64)
+                total_bytes += tok_bytes.sum()
         nats, nbytes = float(total_nats), int(total_bytes)
         if not _isfinite(nats):
             raise NonFiniteLogits(f"the {name} loss is not finite (the model diverged)")
         if nbytes == 0:
             raise ModelContractError(f"the {name} split has no text to score")
         out[name] = EvalResult(nats / (_LN2 * nbytes), nats, nbytes, n * T, time.monotonic() - t0)
+    assert first_call is not None  # every split holds a window (else refused above)
     x, before = first_call
     again = _forward(model, x, vocab, device, autocast, per_call)[: before.shape[0]].float()
     drift = float((_log_softmax(again, -1) - _log_softmax(before, -1)).abs().max())
@@ -168,7 +173,8 @@ def score(model, splits: dict, token_bytes: np.ndarray, vocab: int, batch_size: 
     return out
 
 
-def _probe(model, x, xs, n, g, vocab, device, autocast, permute: bool, rows: int | None = None) -> None:
+def _probe(model: Model, x: torch.Tensor, xs: torch.Tensor, n: int, g: np.random.Generator, vocab: int, device: str,
+           autocast: str | None, permute: bool, rows: int | None = None) -> None:
     B, T = x.shape  # B >= EVAL_ROWS: besides the two fixed cuts, every probe has random ones
     cuts = torch.from_numpy(g.integers(0, T - 1, size=B))
     fixed = torch.from_numpy(g.permutation(B)[:2])

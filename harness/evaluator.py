@@ -22,13 +22,15 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO
 
 
-def _send(fd: int, kind: str, **fields) -> None:
+def _send(fd: int, kind: str, **fields: Any) -> None:
     os.write(fd, (json.dumps({"type": kind, **fields}) + "\n").encode())
 
 
-def _read_exact(f, n: int) -> bytes:
+def _read_exact(f: BinaryIO, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = f.read(n - len(buf))
@@ -45,7 +47,7 @@ def _watch_parent(parent: int) -> None:
             os._exit(9)
 
 
-def _warm_up(torch, evaluate) -> None:
+def _warm_up(torch: ModuleType, evaluate: ModuleType) -> None:
     """Run once, on a tiny input, what the evaluation runs (the tensors' loader, the scoring, an
     operator call through torch.ops), so that what torch imports lazily is imported now."""
     import io

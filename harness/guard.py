@@ -76,7 +76,7 @@ def check(source: str, filename: str = "train.py") -> str | None:
     imported = _import_aliases(tree)  # alias -> the top-level module it comes from
     modules = set(imported)
     torch_names = {a for a, root in imported.items() if root == "torch"}
-    bases = {("runtime",) if a == "runtime" else (a,) for a in runtime_aliases if a != "harness"}
+    bases: set[tuple[str, ...]] = {("runtime",) if a == "runtime" else (a,) for a in runtime_aliases if a != "harness"}
     if "harness" in runtime_aliases:
         bases.add(("harness", "runtime"))
     for node in ast.walk(tree):
@@ -90,13 +90,14 @@ def check(source: str, filename: str = "train.py") -> str | None:
             if (node.attr.startswith("_") and not node.attr.startswith("__") and root in modules
                     and root not in torch_names):
                 return f"{filename} line {node.lineno}: uses the private name {node.attr} of {'.'.join(base)}"
-        targets = []
+        targets: list[ast.expr] = []
+        line = 0
         if isinstance(node, ast.Assign):
-            targets = node.targets
+            targets, line = node.targets, node.lineno
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
+            targets, line = [node.target], node.lineno
         elif isinstance(node, ast.Delete):
-            targets = node.targets
+            targets, line = node.targets, node.lineno
         stack = list(targets)
         while stack:
             t = stack.pop()
@@ -108,7 +109,7 @@ def check(source: str, filename: str = "train.py") -> str | None:
             chain = _chain(t) if isinstance(t, ast.Attribute) else []
             if chain and chain[0] in modules:
                 if not SETTABLE_SEGMENTS & set(chain[1:-1]):
-                    return f"{filename} line {node.lineno}: assigns to {'.'.join(chain)}, changing an imported module"
+                    return f"{filename} line {line}: assigns to {'.'.join(chain)}, changing an imported module"
     return None
 
 

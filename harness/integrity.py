@@ -12,6 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import IntegrityError
 from .paths import HARNESS_DIR, atomic_write_text
@@ -28,7 +29,7 @@ def file_hash(path: Path) -> str:
 def harness_paths(harness_dir: Path = HARNESS_DIR) -> list[Path]:
     """Every file of the harness package (sources, and anything planted beside them: a .pth, a .so,
     a data file), except byte-compiled caches: the runner's processes load the harness from its
-    sources only (runner._BOOT), so a __pycache__ file is never read there."""
+    sources only (launch.BOOT), so a __pycache__ file is never read there."""
     return sorted(p for p in harness_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
@@ -108,7 +109,7 @@ def file_identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def verify_dataset(folder: Path, manifest: dict) -> None:
+def verify_dataset(folder: Path, manifest: dict[str, Any]) -> None:
     """Check every file the manifest lists against its recorded hash; refuse on the first mismatch.
     A file hashed earlier by this process and not changed since (see _verified) is not re-read."""
     for name, rec in manifest["files"].items():

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import operator
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,7 +49,7 @@ class ModelFileError(Exception):
 
 # ---- values: JSON with tags ----
 
-def _enc(v, names: dict):
+def _enc(v: Any, names: dict[torch.fx.Node, int]) -> Any:
     if isinstance(v, torch.fx.Node):
         return {"ref": names[v]}
     if isinstance(v, (list, tuple)):
@@ -69,7 +71,7 @@ def _enc(v, names: dict):
     raise ModelFileError(f"the exported graph holds a value of type {type(v).__name__}; {HOW_TO_EXPORT}")
 
 
-def _dec(v, env: list, device: torch.device):
+def _dec(v: Any, env: list[Any], device: torch.device) -> Any:
     if isinstance(v, dict):
         if len(v) != 1:
             raise ModelFileError("malformed model file: a tagged value with more than one tag")
@@ -93,7 +95,7 @@ def _dec(v, env: list, device: torch.device):
     return v
 
 
-def _op(name: str):
+def _op(name: str) -> Callable[..., Any]:
     """The aten operator named `aten.<op>.<overload>`, refused unless it is one."""
     parts = name.split(".") if isinstance(name, str) else []
     if name == "getitem":
@@ -114,7 +116,7 @@ def _op(name: str):
 
 # ---- the training side ----
 
-def write(ep, folder: Path) -> None:
+def write(ep: Any, folder: Path) -> None:
     """Check an ExportedProgram against the rules and write it to `folder` (graph, then tensors)."""
     from torch.export.graph_signature import InputKind, OutputKind
 
@@ -138,8 +140,9 @@ def write(ep, folder: Path) -> None:
         raise ModelFileError(f"model(idx) returns {len(outs)} values; it must return one logits tensor")
     tensors: dict[str, torch.Tensor] = {}
     state = {**ep.state_dict, **ep.constants}
-    names: dict = {}
-    inputs, nodes = [], []
+    names: dict[torch.fx.Node, int] = {}
+    inputs: list[dict[str, Any]] = []
+    nodes: list[dict[str, Any]] = []
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(sig.input_specs):
         raise ModelFileError(f"the exported graph's inputs do not match its signature; {HOW_TO_EXPORT}")
@@ -195,7 +198,7 @@ def write(ep, folder: Path) -> None:
 
 # ---- the evaluation side ----
 
-def _refs(v) -> list[int]:
+def _refs(v: Any) -> list[int]:
     if isinstance(v, dict):
         if "ref" in v:
             return [v["ref"]] if isinstance(v["ref"], int) else []
@@ -204,7 +207,7 @@ def _refs(v) -> list[int]:
     return []
 
 
-def mutates(op) -> bool:
+def mutates(op: Any) -> bool:
     """Whether an operator writes into any of its arguments: an in-place operator (`add_`), an
     out= variant, or any schema that marks an argument as written. Names are checked besides the
     schema: purity must not rest on alias annotations alone (`_unsafe_view` returns a view of its
@@ -220,7 +223,7 @@ def mutates(op) -> bool:
                                                for a in op._schema.arguments)
 
 
-def check_pure(inputs: list, ops: list) -> None:
+def check_pure(inputs: list[dict[str, Any]], ops: list[tuple[Any, Any, Any]]) -> None:
     """Refuse a graph that writes into anything: no in-place or out= operator, and no operator
     whose schema writes into an argument, whatever it is given (a graph exported by
     `write` is functional: torch's own functionalization turned in-place operators into
@@ -236,7 +239,8 @@ def check_pure(inputs: list, ops: list) -> None:
 class Program:
     """A model file, ready to call: logits = program(idx)."""
 
-    def __init__(self, inputs: list, nodes: list, output, tensors: dict, device: torch.device):
+    def __init__(self, inputs: list[dict[str, Any]], nodes: list[dict[str, Any]], output: Any,
+                 tensors: dict[str, torch.Tensor], device: torch.device):
         self.inputs, self.nodes, self.output, self.device = inputs, nodes, output, device
         self.tensors = tensors
         self.ops = [(_op(n["op"]), n["args"], n["kwargs"]) for n in nodes]
@@ -257,7 +261,7 @@ class Program:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         # Fresh copies of the parameters and buffers for every call: whatever a call wrote into
         # them (were a write ever to get past check_pure) is gone by the next one.
-        env: list = [idx if i.get("user") else self.tensors[i["tensor"]].clone() for i in self.inputs]
+        env: list[Any] = [idx if i.get("user") else self.tensors[i["tensor"]].clone() for i in self.inputs]
         dev = self.device
         for (op, args, kwargs), free, blank in zip(self.ops, self.free, self.blank):
             a = _dec(args, env, dev)
@@ -270,7 +274,8 @@ class Program:
             del a, kw
             for slot in free:
                 env[slot] = None
-        return _dec(self.output, env, dev)
+        logits: torch.Tensor = _dec(self.output, env, dev)
+        return logits
 
 
 def read(folder: Path, device: str | torch.device) -> Program:

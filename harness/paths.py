@@ -10,7 +10,7 @@ import platformdirs
 HARNESS_DIR = Path(__file__).resolve().parent
 
 
-def cache_root(explicit: str | os.PathLike | None = None) -> Path:
+def cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The cache directory: explicit argument > $COCKPIT_CACHE > the platform's user cache dir."""
     if explicit:
         return Path(explicit).expanduser().resolve()

@@ -21,8 +21,10 @@ import shutil
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +98,7 @@ def split_salt(cache: Path) -> str:
 class PrepareReport:
     folder: Path
     noop: bool
-    manifest: dict
+    manifest: dict[str, Any]
     seconds: float
     relocked: bool
 
@@ -126,10 +128,10 @@ def dataset_key(source: Source, vocab_size: int, val_fraction: float, tokenizer_
     return f"{source.kind}-{h.hexdigest()[:16]}"
 
 
-def load_manifest(folder: Path) -> dict | None:
+def load_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a complete dataset folder, or None."""
     try:
-        m = json.loads((folder / "manifest.json").read_text())
+        m: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
     if not m.get("complete") or m.get("format") not in READABLE_FORMATS:
@@ -194,7 +196,7 @@ def prepare(
 
 
 def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, tokenizer_chars: int, show: bool,
-           salt: str = "") -> dict:
+           salt: str = "") -> dict[str, Any]:
     total_bytes = source.total_bytes()
     if total_bytes == 0:
         raise SourceError(f"the source {source.spec} is empty")
@@ -207,7 +209,7 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
     bar = Bar("tokenizer", min(total_bytes, tokenizer_chars), enabled=show)
     fed = 0
 
-    def train_texts():
+    def train_texts() -> Iterator[str]:
         nonlocal fed
         for ident, text in source.documents():
             bar.advance(len(text))
@@ -243,7 +245,7 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
     batch: list[tuple[str, str]] = []
     batch_chars = 0
 
-    def flush():
+    def flush() -> None:
         nonlocal batch, batch_chars
         ids_list = enc.encode_ordinary_batch([t for _, t in batch], num_threads=threads)
         for (ident, text), ids in zip(batch, ids_list):
@@ -308,10 +310,10 @@ def _build(source: Source, out: Path, vocab_size: int, val_fraction: float, toke
         "files": files,
     }
     _fault("manifest")
-    with open(out / "manifest.json", "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(out / "manifest.json", "w") as mf:
+        json.dump(manifest, mf, indent=1)
+        mf.flush()
+        os.fsync(mf.fileno())
     return manifest
 
 

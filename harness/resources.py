@@ -27,6 +27,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ _ROOT = Path("/sys/fs/cgroup")
 @dataclass(frozen=True)
 class Backend:
     version: int  # 1 or 2
-    parents: dict  # controller -> the folder new groups are made in (v2: one folder for all)
+    parents: dict[str, Path]  # controller -> the folder new groups are made in (v2: one folder for all)
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,7 +214,7 @@ class Group:
         return 0
 
     def members(self) -> set[int]:
-        out = set()
+        out: set[int] = set()
         for d in self.dirs:
             try:
                 out.update(int(x) for x in (d / "cgroup.procs").read_text().split())
@@ -297,7 +298,7 @@ class DiskWatch(threading.Thread):
     """Watches a run's folder while it runs; past RUN_DISK_CAP bytes or RUN_FILES_CAP entries it
     kills the run's process group and says so in `reason`."""
 
-    def __init__(self, folder: Path, pgid: int, log=None):
+    def __init__(self, folder: Path, pgid: int, log: Callable[[bytes], object] | None = None):
         super().__init__(daemon=True, name="cockpit-disk-watch")
         self.folder, self.pgid, self.log = folder, pgid, log
         self.done = threading.Event()

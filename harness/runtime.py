@@ -31,12 +31,18 @@ import time
 import numpy as np
 import torch
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import evaluate
 from .dataset import Dataset, current_dataset, open_dataset
 from .paths import cache_root
 from .profiles import Profile, detect
+
+if TYPE_CHECKING:
+    import tiktoken
 
 REPORT_EVERY = 0.5  # seconds between progress reports (each one reads the loss: a device sync)
 EVAL_MAX_ROWS = 64  # evaluation follows the training batch's rows up to this many (its log-probs are fp32 B x T x V)
@@ -70,7 +76,7 @@ class _Session:
         self.batches = 0
 
     # ---- the channel to the runner (JSON lines on a pipe; never stdout) ----
-    def send(self, kind: str, **fields) -> None:
+    def send(self, kind: str, **fields: Any) -> None:
         if self.fd is None:
             return
         line = json.dumps({"type": kind, **fields}) + "\n"
@@ -100,17 +106,12 @@ class _Session:
 _session: _Session | None = None
 
 
-def _configure(profile: Profile, dataset_dir, channel_fd: int | None, t_go: float | None = None,
+def _configure(profile: Profile, dataset_dir: Path, channel_fd: int | None, t_go: float | None = None,
                credit: float | None = None) -> _Session:
     """Called by the harness's child driver before train.py runs."""
     global _session
     _session = _Session(profile, open_dataset(dataset_dir), channel_fd, t_go, credit)
     return _session
-
-
-def _reset() -> None:
-    global _session
-    _session = None
 
 
 def _get() -> _Session:
@@ -136,12 +137,12 @@ def bos_id() -> int:
     return _get().dataset.bos_id
 
 
-def tokenizer():
+def tokenizer() -> tiktoken.Encoding:
     """The tiktoken.Encoding the data was prepared with (BOS is the special token <|bos|>)."""
     return _get().dataset.tokenizer
 
 
-def autocast():
+def autocast() -> AbstractContextManager[Any]:
     """The profile's autocast context (bf16 on CUDA; a no-op on CPU)."""
     p = _get().profile
     return evaluate.autocast_ctx(p.device, p.autocast)
@@ -164,10 +165,11 @@ def _row_starts(doc_offsets: np.ndarray, n_tokens: int, T: int) -> np.ndarray:
     group_start = np.repeat(np.cumsum(chunks) - chunks, chunks)
     within = np.arange(int(chunks.sum())) - group_start
     starts = np.repeat(doc_offsets, chunks) + within * T
-    return starts[starts + T + 1 <= n_tokens]
+    fits: np.ndarray = starts[starts + T + 1 <= n_tokens]
+    return fits
 
 
-def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
+def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) forever: int64 (B, T) on the device, y = x shifted by one.
 
     Rows start at a document's BOS (or at a T-token boundary inside a long document) and run on
@@ -196,7 +198,8 @@ def train_batches(batch_size: int, seq_len: int | None = None, seed: int = 0):
         yield x, y
 
 
-def _batches(stream, starts, batch_size: int, T: int, device, g):
+def _batches(stream: np.ndarray, starts: np.ndarray, batch_size: int, T: int, device: torch.device,
+             g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if device.type == "cuda" and len(stream) <= DEVICE_RESIDENT_MAX_TOKENS:
         data = evaluate.tokens_to_device(stream, device, torch.int32)
         starts_t = torch.from_numpy(starts).to(device)
@@ -208,12 +211,12 @@ def _batches(stream, starts, batch_size: int, T: int, device, g):
                 yield rows[:, :-1], rows[:, 1:]
     else:
         host = np.asarray(stream) if len(stream) <= DEVICE_RESIDENT_MAX_TOKENS else stream
-        offs = np.arange(T + 1)
+        offs_np = np.arange(T + 1)
         pin = device.type == "cuda"
         while True:
-            perm = torch.randperm(len(starts), generator=g).numpy()
-            for i in range(0, len(perm) - batch_size + 1, batch_size):
-                rows = torch.from_numpy(host[starts[perm[i : i + batch_size]][:, None] + offs].astype(np.int64))
+            perm_np = torch.randperm(len(starts), generator=g).numpy()
+            for i in range(0, len(perm_np) - batch_size + 1, batch_size):
+                rows = torch.from_numpy(host[starts[perm_np[i : i + batch_size]][:, None] + offs_np].astype(np.int64))
                 if pin:
                     rows = rows.pin_memory()
                 rows = rows.to(device, non_blocking=True)
@@ -231,7 +234,7 @@ def done() -> bool:
     return _get().fraction() >= 1.0
 
 
-def progress(step: int, loss, tokens: int) -> None:
+def progress(step: int, loss: torch.Tensor | float, tokens: int) -> None:
     """Report one finished optimizer step: its loss (tensor or float) and tokens processed.
 
     Cheap: the loss is read (a device sync) only every REPORT_EVERY seconds. A NaN or exploding
@@ -279,7 +282,7 @@ def _peak_memory_bytes(device: str) -> int:
 
 
 _PROFILE_DIR = os.environ.get("COCKPIT_PROFILE")  # made absolute by the runner
-_prof: dict = {}  # the profiler while it records ("running"), then its result ("done")
+_prof: dict[str, Any] = {}  # the profiler while it records ("running"), then its result ("done")
 _KERNEL_KINDS = (  # (kind, substrings of kernel names), first match wins; the rest is "other"
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
@@ -310,7 +313,7 @@ def _profile_step(step: int) -> None:
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
             _sync(device)
             p = profile(activities=acts)
-            p.__enter__()
+            p.__enter__()  # type: ignore[no-untyped-call]  # torch.profiler's is unannotated
             _prof.update(running=p, t0=time.perf_counter(), first=step + 1)
         elif step >= start + n - 1 and "running" in _prof:
             _profile_stop(step)
@@ -359,18 +362,18 @@ def _profile_report() -> None:
             events = [e for e in events if e.device_type.name == "CUDA"]
         total = sum(getattr(e, key) for e in events) or 1
         kinds: dict[str, float] = {}
-        for e in events:
-            name = e.key.lower()
+        for ev in events:
+            name = ev.key.lower()
             kind = next((k for k, subs in _KERNEL_KINDS if any(x in name for x in subs)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + getattr(e, key)
+            kinds[kind] = kinds.get(kind, 0.0) + getattr(ev, key)
         first = _prof["first"]
         print(f"harness: profile of steps {first}-{first + n - 1}: {_prof['wall'] / n * 1e3:.1f} ms per step (wall), "
               f"{total / n / 1e3:.1f} ms of {'GPU kernels' if cuda else 'CPU ops'} per step; trace {path}", flush=True)
         split = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
         print(f"harness: profile by kind: {split}", flush=True)
-        for e in sorted(events, key=lambda e: -getattr(e, key))[:15]:
-            v = getattr(e, key)
-            print(f"harness: profile {100 * v / total:5.1f}% {v / n / 1e3:7.2f} ms/step x{e.count // n:<4d} {e.key[:100]}", flush=True)
+        for ev in sorted(events, key=lambda ev: -getattr(ev, key))[:15]:
+            v = getattr(ev, key)
+            print(f"harness: profile {100 * v / total:5.1f}% {v / n / 1e3:7.2f} ms/step x{ev.count // n:<4d} {ev.key[:100]}", flush=True)
     except Exception as e:  # a measuring aid never takes a run down
         print(f"harness: profile failed: {type(e).__name__}: {e}", flush=True)
 
@@ -385,7 +388,7 @@ def _print_compile_stats() -> None:
         print(f"harness: counters[{name}] = {dict(dynamo.counters[name])}", flush=True)
 
 
-def submit(model) -> None:
+def submit(model: object) -> None:
     """Hand the trained model to the harness; the run ends here (this call does not return).
 
     The model's forward is exported with torch.export (a graph of aten operators) and written

@@ -30,6 +30,7 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 MODES = ("auto", "required", "off")
@@ -149,7 +150,7 @@ def view_roots() -> list[Path]:
     return out + python_paths() + toolchain_paths()
 
 
-def view_overlap(root: Path, files: list[Path] = ()) -> Path | None:
+def view_overlap(root: Path, files: Sequence[Path] = ()) -> Path | None:
     """The folder of the view that a corpus overlaps (it lies inside it, or holds it), or None."""
     hidden = hidden_paths()
     for r in {Path(os.path.realpath(root)), Path(os.path.abspath(root)), *(Path(os.path.realpath(f)) for f in files[:1])}:
@@ -193,7 +194,7 @@ def allowed_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
 
 
-def command(cmd: list[str], *, workdir: Path | None, read: list[Path], gpu: bool, write: tuple = (),
+def command(cmd: list[str], *, workdir: Path | None, read: Sequence[Path], gpu: bool, write: Sequence[Path] = (),
             gpu_minors: list[int] | None = None) -> list[str]:
     """`cmd` wrapped in bwrap: `workdir` writable and the working directory (None: nothing
     writable but the private /tmp), `read` read-only (each must be bindable()). `gpu_minors`: the

@@ -124,7 +124,7 @@ class Source:
 def stdlib_source() -> Source:
     """The Python standard-library source of the running interpreter: offline, on every machine."""
     root = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         files.extend(Path(dirpath) / f for f in filenames if f.endswith(".py"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import runner
+from harness import clock, runner, watch
 from harness.dataset import current_dataset
 from harness.profiles import CPU
 from attacks import ATTACK, FAST, HEAD
@@ -87,8 +87,8 @@ def test_whatever_the_child_says_its_whole_life_is_bounded_at_launch():
     """A run that has said "exporting" is killed 60 s later, unless that is past the bound fixed
     at launch: startup cap + allowance cap + budget + tolerance cap + slack."""
     limits = runner.Limits(startup=60, warmup=10, eval=60, over_budget_tolerance=2.0)
-    w = runner._Watch(t_go=0.0, t_ready=1.0, t_first=2.0, t_exporting=10_000.0, phase="exporting")
-    deadline, why = runner._deadline(w, CPU.with_budget(10), limits)
+    w = watch.Watch(t_go=0.0, t_ready=1.0, t_first=2.0, t_exporting=10_000.0, phase="exporting")
+    deadline, why = watch.deadline(w, CPU.with_budget(10), limits)
     assert deadline == limits.wall(10) == 60 + (10 + 60) + 10 + (10 + 1) + 5
     assert "most a run may take" in why
 
@@ -221,7 +221,7 @@ def attacks_of(log: Path) -> dict[str, str]:
     ([], 30.0, 0.5, 2.0),  # ... bounded by the session's steps too
 ])
 def test_the_step_tolerance_is_bounded_by_the_session_not_by_the_run(steps, first_overrun, session_step, tol):
-    assert runner.tolerance(2.0, runner._tolerance_cap(20.0), steps, first_overrun, session_step) == pytest.approx(tol)
+    assert runner.tolerance(2.0, clock.tolerance_cap(20.0), steps, first_overrun, session_step) == pytest.approx(tol)
 
 
 HONEST = """

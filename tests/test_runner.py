@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import runner
+from harness import runner, watch
 from harness.dataset import current_dataset
 from harness.errors import IntegrityError
 from harness.integrity import lock_harness
@@ -415,10 +415,10 @@ def _watch_subprocess(code: str, **kw):
     rfd, wfd = os.pipe()
     proc = subprocess.Popen([sys.executable, "-c", code, str(wfd)], pass_fds=(wfd,), start_new_session=True)
     os.close(wfd)
-    w = runner._Watch(time.monotonic())
+    w = watch.Watch(time.monotonic())
     t0 = time.monotonic()
     try:
-        out = runner._watch(proc, rfd, w, CPU.with_budget(5), FAST, threading.Event(), None)
+        out = watch.watch(proc, rfd, w, CPU.with_budget(5), FAST, threading.Event(), None)
     finally:
         os.close(rfd)
         runner.kill_group(proc)

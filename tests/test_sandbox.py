@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import runner, sandbox
+from harness import runlog, runner, sandbox
 from harness.dataset import current_dataset
 from harness.errors import IntegrityError
 from harness.profiles import CPU
@@ -377,8 +377,8 @@ def test_the_validation_data_is_out_of_reach(tmp_path, cache, uniform_bpb):
 
 
 def test_an_unbounded_log_keeps_its_head_and_tail(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(runner, "LOG_HEAD_BYTES", 1 << 20)
-    monkeypatch.setattr(runner, "LOG_TAIL_BYTES", 256 << 10)
+    monkeypatch.setattr(runlog, "LOG_HEAD_BYTES", 1 << 20)
+    monkeypatch.setattr(runlog, "LOG_TAIL_BYTES", 256 << 10)
     r = run_attack(tmp_path, cache, """
     print("FIRST LINE", flush=True)
     line = "x" * 1023
