@@ -171,6 +171,18 @@ def own_credit(warmup: float, t_ready: float, t_first: float | None, t_exporting
     return min(max(warm, 0.0), warmup) + min(max(export, 0.0), EXPORT_ALLOWANCE)
 
 
+def counted_training(t_ready: float, t_exporting: float | None, t_trained: float, credit: float,
+                     export_estimate: float) -> float:
+    """The seconds of training a run's budget counted, for its record (duty cycle, tokens/s): from
+    ready to "exporting", less the in-process part of the allowance (what train.py's own clock
+    counts). The export is outside training whatever it took; without an "exporting" mark, ready
+    to "trained" less the whole allowance. The over-budget check charges a slow export
+    (`t_trained - t_ready - credit`), this does not."""
+    if t_exporting is None:
+        return t_trained - t_ready - credit
+    return t_exporting - t_ready - max(0.0, credit - export_estimate)
+
+
 def over_budget(train_s: float, budget: float, tolerance: float, credit: float) -> str | None:
     """Why a run that trained `train_s` seconds (its allowance, `credit`, already taken off) is
     invalid, or None when it kept to its budget and tolerance."""

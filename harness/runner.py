@@ -41,7 +41,7 @@ from typing import Any
 
 from . import resources
 from . import sandbox as sbx
-from .clock import EXPORT_ALLOWANCE, Limits, over_budget, protocol, tolerance
+from .clock import EXPORT_ALLOWANCE, Limits, counted_training, over_budget, protocol, tolerance
 from .clock import own_credit as _own_credit_rule
 from .dataset import Dataset
 from .errors import HarnessError
@@ -196,12 +196,15 @@ def _result(w: Watch, status: str, reason: str | None, result: dict[str, Any] | 
     """The run's result from its watch and the evaluator's verdict: its training time (the
     allowance taken off), the budget's verdict, and its measures."""
     own_credit = None
-    train_s = None
+    train_s = counted = None
     credit = limits.credit
     if w.t_trained is not None and w.t_ready is not None:
         own_credit = _own_credit_rule(limits.warmup, w.t_ready, w.t_first, w.t_exporting, w.t_trained)
         credit = limits.credit if limits.credit is not None else own_credit
-        train_s = w.t_trained - w.t_ready - credit
+        train_s = w.t_trained - w.t_ready - credit  # against the budget: a slow export is charged
+        exported = (w.t_trained - w.t_exporting) if w.t_exporting is not None else 0.0
+        counted = counted_training(w.t_ready, w.t_exporting, w.t_trained, credit,
+                                   limits.export_estimate if limits.credit is not None else min(exported, EXPORT_ALLOWANCE))
     timing = status == "timeout"  # every kill deadline is a clock
     val = holdout = None
     if status == "ok" and result is not None:
@@ -215,8 +218,8 @@ def _result(w: Watch, status: str, reason: str | None, result: dict[str, Any] | 
             status, reason, timing = "invalid", late, True
     tok_s = _median(w.tok_s)
     mfu = _median(w.mfu)
-    if tok_s is None and train_s and w.trained.get("tokens"):
-        tok_s = w.trained["tokens"] / max(train_s, 1e-9)
+    if tok_s is None and counted and w.trained.get("tokens"):
+        tok_s = w.trained["tokens"] / max(counted, 1e-9)
     peak = w.trained.get("peak_memory_bytes")
     if result and result.get("peak_memory_bytes"):
         peak = max(peak or 0, result["peak_memory_bytes"])
@@ -224,7 +227,7 @@ def _result(w: Watch, status: str, reason: str | None, result: dict[str, Any] | 
         status=status,
         reason=reason,
         val_bpb=val if status == "ok" else None,
-        training_seconds=train_s,
+        training_seconds=counted,
         total_seconds=t_end - w.t_go,
         startup_seconds=(w.t_first or w.t_trained or t_end) - w.t_go if w.t_ready else None,
         ready_seconds=w.t_ready - w.t_go if w.t_ready else None,

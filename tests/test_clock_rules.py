@@ -100,6 +100,20 @@ def test_a_run_that_trained_past_its_budget_and_tolerance_is_over_budget(train_s
                           "compilation and export are allowed 3.0s)")
 
 
+# The H200 case that showed the difference: allowance 38.8 s (33.8 s of it in process, a 5 s export
+# estimate), ready at 0.04, "exporting" at 94.05, "trained" at 95.43 (a 1.4 s export): the budget's
+# clock counted 60.2 s; ready-to-trained less the whole allowance said 56.6 s.
+@pytest.mark.parametrize("t_exporting, t_trained, credit, export_estimate, counted", [
+    (94.05, 95.43, 38.8, 5.0, 60.21),  # a quick export is not taken off training
+    (94.05, 104.05, 38.8, 5.0, 60.21),  # a slow export is not training either
+    (None, 95.43, 38.8, 5.0, 56.59),  # no "exporting" mark: ready to trained, less the whole allowance
+    (94.05, 95.43, 3.0, 5.0, 94.01),  # an allowance below the export estimate gives none in process
+])
+def test_the_training_a_run_is_credited_with_is_what_its_budget_counted(t_exporting, t_trained, credit,
+                                                                          export_estimate, counted):
+    assert clock.counted_training(0.04, t_exporting, t_trained, credit, export_estimate) == pytest.approx(counted, abs=0.01)
+
+
 @pytest.mark.parametrize("used, limit, killed", [
     (2_000_000_000, None, False),  # no limit
     (2_000_000_000, 0, False),
