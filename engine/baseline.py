@@ -9,6 +9,7 @@ from . import events as ev
 from .decide import noise_of
 from .human import _Stop
 from .record import Run
+from .status import Status
 
 BASELINE_TIMING_RETRIES = 3  # a baseline run that broke a timing rule is run again this often (a busy machine)
 NOISY_SHARE = 0.02  # a keep threshold above this share of the metric is said at once
@@ -24,7 +25,7 @@ class Baselines:
         their mean and the noise their spread, from all of them."""
         s = self.session
         done = [e for e in self.journal.experiments(s.id)  # the best code, as measured by this harness
-                if e.kind == "baseline" and e.status == "keep" and e.harness == self.harness
+                if e.kind == "baseline" and e.status == Status.KEEP and e.harness == self.harness
                 and e.commit_sha and self._same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done]
         self.target.set_credit([e.credit for e in done], [e.step_seconds for e in done])  # a resumed session keeps its allowance
@@ -41,7 +42,7 @@ class Baselines:
                 n = self.journal.next_number(s.id)
                 desc = f"baseline {len(values) + busy + 1}/{want}"
                 busy += 1
-                self.journal.add_experiment(s.id, n, "baseline", s.base_commit, "running", desc)
+                self.journal.add_experiment(s.id, n, "baseline", s.base_commit, Status.RUNNING, desc)
                 self.journal.update_experiment(s.id, n, commit_sha=s.best_commit, diff_stat="")
                 self.emit(ev.ExperimentProposed(n=n, description=desc, diff_stat="", kind="baseline"))
                 self.start_run(slot, Run(n, s.best_commit, s.best_commit, None, None, "baseline", desc))
@@ -94,13 +95,13 @@ class Baselines:
     def _baseline_done(self, r: Run, s) -> bool:
         """Record a finished baseline run; True when it measured the code."""
         out = r.out
-        status = "keep" if out.status == "ok" else {"cancelled": "vetoed", "lost": "interrupted"}.get(out.status, out.status)
+        status = Status.KEEP if out.status == "ok" else {"cancelled": Status.VETOED, "lost": Status.INTERRUPTED}.get(out.status, Status(out.status))
         reason = out.reason
         veto = self.control.take_veto(r.n)
         if out.status == "cancelled" and self._fatal is not None:
-            status, reason = "interrupted", f"the session stopped: {self._fatal}"
+            status, reason = Status.INTERRUPTED, f"the session stopped: {self._fatal}"
         elif out.status == "cancelled" and veto is None:  # stop-now: the human's or a signal's
-            status, reason = "interrupted", f"stopped by {self.control.stopped_by} during the run"
+            status, reason = Status.INTERRUPTED, f"stopped by {self.control.stopped_by} during the run"
         elif veto is not None and out.status != "ok":
             reason = veto  # (a veto that came after the run measured the code changes nothing)
         e = self.journal.update_experiment(
@@ -113,6 +114,6 @@ class Baselines:
                                         confidence=None, best_metric=None, description=e.description, reason=reason,
                                         kind="baseline"))
         self.write_results()
-        if status == "interrupted" and self._fatal is not None:
+        if status == Status.INTERRUPTED and self._fatal is not None:
             raise self._fatal
         return out.status == "ok"

@@ -12,7 +12,7 @@ import traceback
 
 from . import events as ev
 from .git import GitError
-from .journal import KEPT
+from .status import KEPT, Status
 from .numbers import remeasure_reason
 
 

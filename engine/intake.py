@@ -14,6 +14,7 @@ from . import events as ev
 from .agents.base import AgentFatal, ProposalRejected, ProposalSkipped
 from .human import _Stop
 from .record import Run
+from .status import Status
 
 MAX_AGENT_FAILURES = 20  # consecutive agent failures (with back-off between them) before the session stops
 
@@ -37,7 +38,7 @@ class Intake:
                 return None
             problem = self.pool.validate(a)
             if problem:
-                self.finish(None, "invalid", problem, n=n, description=description, diff_stat=a.tree.diff_stat("HEAD"))
+                self.finish(None, Status.INVALID, problem, n=n, description=description, diff_stat=a.tree.diff_stat("HEAD"))
                 return None
             changed = [f for f in a.tree.changed_files(self.editable) if f not in self.human_files]
             message = f"cockpit {s.tag} #{n}: {description}"
@@ -51,21 +52,21 @@ class Intake:
         except Exception as e:
             if (a.tree.root / ".git").is_file():
                 raise
-            self.finish(None, "crash", f"the agent's tree {a.tree.root} was removed during the proposal "
+            self.finish(None, Status.CRASH, f"the agent's tree {a.tree.root} was removed during the proposal "
                                        f"({type(e).__name__})", n=n, agent_error=True)
             return None
         finally:
             self.pool.release(a)
         same = self._same_as(sha, n)
         if same is not None:
-            self.finish(None, "invalid", f"the same code as #{same}, already tried: refused before it ran; "
+            self.finish(None, Status.INVALID, f"the same code as #{same}, already tried: refused before it ran; "
                                          "propose something else", n=n, description=description,
                         diff_stat=self.git.diff_stat(s.best_commit, sha))
             return None
         self.git.pin(s.tag, n, sha)
         stat = self.git.diff_stat(s.best_commit, sha)
         j.update_experiment(s.id, n, parent_commit=s.best_commit, commit_sha=sha, diff_stat=stat, description=description,
-                            status="queued")
+                            status=Status.QUEUED)
         self.emit(ev.DiffUpdated(n=n, diff=self.git.diff(s.best_commit, sha)))
         self.emit(ev.ExperimentProposed(n=n, description=description, diff_stat=stat))
         return Run(n, sha, s.best_commit, s.best_metric, s.best_n, "experiment", description)
@@ -79,18 +80,18 @@ class Intake:
         """The agent's failure, recorded (True: there is a proposal to take)."""
         n, failure = a.n, a.failure
         if isinstance(failure, AgentFatal):
-            self.finish(None, "interrupted", f"not proposed: {failure}", n=n, description="(not proposed)", agent_error=True)
+            self.finish(None, Status.INTERRUPTED, f"not proposed: {failure}", n=n, description="(not proposed)", agent_error=True)
             raise failure
         if isinstance(failure, HarnessError):
             raise failure
         if isinstance(failure, ProposalSkipped):  # the model refused, or its reply did not fit: recorded, not retried
-            self.finish(None, "invalid", str(failure), n=n, description="(no proposal)")
+            self.finish(None, Status.INVALID, str(failure), n=n, description="(no proposal)")
             return False
         if isinstance(failure, ProposalRejected):  # nothing valid after the agent's own retries: skipped
-            self.finish(None, "invalid", f"proposal rejected {failure}", n=n, description="(no valid change)")
+            self.finish(None, Status.INVALID, f"proposal rejected {failure}", n=n, description="(no valid change)")
             return False
         if failure is not None:  # the agent's own failure is recorded, not fatal
-            self.finish(None, "crash", f"agent failed: {type(failure).__name__}: {failure}", n=n,
+            self.finish(None, Status.CRASH, f"agent failed: {type(failure).__name__}: {failure}", n=n,
                         description="(agent error)", agent_error=True)
             self._agent_failures += 1
             if self._agent_failures >= MAX_AGENT_FAILURES:
@@ -107,7 +108,7 @@ class Intake:
                 self._ask_again(n, f"the agent had nothing to propose for #{n} while other runs trained; asking "
                                    "again now that a result is known", after_result=self._judged == a.seen)
                 return False
-            self.journal.update_experiment(self.session.id, n, status="discard", reason="the agent had nothing to propose",
+            self.journal.update_experiment(self.session.id, n, status=Status.DISCARD, reason="the agent had nothing to propose",
                                            finished=time.time())
             raise _Stop("the agent has nothing left to propose")
         return True

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from harness.text import printable, printable_or_none
 
+from .status import FINAL, KEPT, Status  # noqa: F401  (FINAL, KEPT: re-exported for the readers of the journal)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(
   id INTEGER PRIMARY KEY, tag TEXT UNIQUE NOT NULL, branch TEXT NOT NULL, base_commit TEXT NOT NULL,
@@ -52,10 +54,6 @@ def thin(points: list, most: int = CURVE_POINTS) -> list:
     step = len(points) / most
     out = [points[int(i * step)] for i in range(most - 1)]
     return out + [points[-1]]
-
-
-FINAL = ("keep", "discard", "crash", "timeout", "invalid", "vetoed", "forced", "interrupted", "baseline")
-KEPT = ("keep", "forced")
 
 
 @dataclass
@@ -242,7 +240,7 @@ class Journal:
         ).fetchall()
         ns = [r[0] for r in rows]
         for n in ns:
-            self.update_experiment(sid, n, status="interrupted", reason="cockpit stopped during this experiment", finished=time.time())
+            self.update_experiment(sid, n, status=Status.INTERRUPTED, reason="cockpit stopped during this experiment", finished=time.time())
         return ns
 
     def set_harness(self, sid: int, version: str) -> None:

@@ -36,7 +36,8 @@ from .agents.base import AgentFatal
 from .control import Control, pending_requests
 from .git import GitError
 from .human import HumanWork, _Stop
-from .journal import KEPT, Journal, Session
+from .journal import Journal, Session
+from .status import KEPT, Status
 from .proposals import ProposalPool
 from .baseline import Baselines
 from .intake import Intake

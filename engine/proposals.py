@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .agents.base import AgentFatal, Context, InFlight, PastExperiment
 from .merge import merge3
+from .status import IN_FLIGHT
 from .tools import Tools
 
 HELD = ""  # rebase(): nothing of the change is left on the new best (it already holds it)
@@ -176,7 +177,7 @@ class ProposalPool:
         recent = {x.n for x in exps[-HISTORY_DIFFS:]}
         history = []
         for x in exps:
-            if x.status in ("running", "proposing", "queued"):
+            if x.status in IN_FLIGHT:
                 continue  # in flight: told below
             diff = ""
             if x.n in recent and x.commit_sha and x.parent_commit and x.kind == "experiment":

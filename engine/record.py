@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from . import events as ev
 from .decide import decide
-from .journal import KEPT, write_results_tsv
+from .journal import write_results_tsv
+from .status import CRASHED, KEPT, Status
 
 MAX_CONFIRMATIONS = 3  # a change confirmed on a best that moved again is confirmed again, this often
 
@@ -48,17 +49,17 @@ class Recording:
         """The verdict on a finished experiment (or confirmation), recorded."""
         out, n = r.out, r.n
         if out.status == "cancelled" and self._fatal is not None:
-            self.finish(r, "interrupted", f"the session stopped: {self._fatal}")
+            self.finish(r, Status.INTERRUPTED, f"the session stopped: {self._fatal}")
             return
         veto = self.control.take_veto(n)
         if veto is not None:
-            self.finish(r, "vetoed", veto)
+            self.finish(r, Status.VETOED, veto)
             return
         if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
-            self.finish(r, "interrupted", f"stopped by {self.control.stopped_by} during the run")
+            self.finish(r, Status.INTERRUPTED, f"stopped by {self.control.stopped_by} during the run")
             return
         if out.status == "lost":  # its node died during the run (engine/cluster.py)
-            self.finish(r, "interrupted", out.reason)
+            self.finish(r, Status.INTERRUPTED, out.reason)
             return
         if out.status != "ok":
             self.finish(r, out.status, out.reason)
@@ -69,18 +70,18 @@ class Recording:
         against = s.best_metric if same_base else r.base_metric
         d = decide(out.metric, against, s.noise or 0.0, self.dcfg.min_delta, self.dcfg.noise_k, self.target.direction)
         if same_base or forced:
-            status = "keep" if d.keep and same_base else ("forced" if forced else "discard")
-            reason = None if status != "discard" else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
+            status = Status.KEEP if d.keep and same_base else (Status.FORCED if forced else Status.DISCARD)
+            reason = None if status != Status.DISCARD else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
             self.finish(r, status, reason, decision=d)
             return
         base = f"its base #{r.base_n}" if r.base_n is not None else "its base"
         if not d.keep:
-            self.finish(r, "discard", f"improvement {d.improvement:+.6f} over {base} not above the threshold "
+            self.finish(r, Status.DISCARD, f"improvement {d.improvement:+.6f} over {base} not above the threshold "
                                       f"{d.threshold:.6f}", decision=d)
             return
         moved = f"the best moved to #{s.best_n} while it ran"
         if r.rounds >= MAX_CONFIRMATIONS:
-            self.finish(r, "discard", f"beat {base} by {d.improvement:.6f}, but {moved}, {r.rounds} times: not kept",
+            self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved}, {r.rounds} times: not kept",
                         decision=d)
             return
         message = f"cockpit {s.tag}: #{r.confirms or n} re-applied onto #{s.best_n} (confirmation)"
@@ -88,11 +89,11 @@ class Recording:
         if not merged:
             why = ("its change conflicts with #{m}'s (3-way merge): not kept; propose it again on the new best"
                    if merged is None else "#{m} already holds its change: nothing of it is left to confirm")
-            self.finish(r, "discard", f"beat {base} by {d.improvement:.6f}, but {moved} and " + why.format(m=s.best_n),
+            self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved} and " + why.format(m=s.best_n),
                         decision=d)
             return
         k = self.journal.next_number(s.id)
-        self.finish(r, "discard", f"beat {base} by {d.improvement:.6f}, but {moved}: re-applied onto it and run again as "
+        self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved}: re-applied onto it and run again as "
                                   f"#{k}, the confirmation; only that result can be kept", decision=d)
         self.queue_confirmation(k, merged, r)
 
@@ -100,7 +101,7 @@ class Recording:
         s, j = self.session, self.journal
         origin = r.confirms or r.n
         desc = r.description if r.description.startswith("confirm #") else f"confirm #{origin}: {r.description}"
-        j.add_experiment(s.id, k, "experiment", s.best_commit, "queued", desc[:200])
+        j.add_experiment(s.id, k, "experiment", s.best_commit, Status.QUEUED, desc[:200])
         self.git.pin(s.tag, k, sha)
         stat = self.git.diff_stat(s.best_commit, sha)
         j.update_experiment(s.id, k, commit_sha=sha, diff_stat=stat)
@@ -134,11 +135,11 @@ class Recording:
         kept = status in KEPT and out is not None and out.metric is not None
         human = self._human_change() if kept else None
         if human:  # the human's commit or edit comes first: measured, not kept; the session stops with it kept
-            kept, status = False, "discard"
+            kept, status = False, Status.DISCARD
             fields.update(status=status, reason="measured, but not kept: the human changed the session branch or its "
                                                 "code while it ran (force-keep it after the restart to keep it)")
         if kept:
-            if sha != s.best_commit and r.parent != s.best_commit and status == "keep":
+            if sha != s.best_commit and r.parent != s.best_commit and status == Status.KEEP:
                 # the same code on a best that only took the human's program.md edit: landed on it
                 sha = self.pool.land(sha, r.parent, s.best_commit, self.git.subject(sha)) or sha
                 self.git.pin(s.tag, n, sha)
@@ -149,11 +150,11 @@ class Recording:
                 j.update_session(s.id, best_n=n, best_commit=sha, best_metric=out.metric)
         if kept:
             self._move(sha)
-            self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == "forced"))
-        if status == "vetoed":
+            self.emit(ev.BestChanged(n=n, commit=sha, metric=out.metric, forced=status == Status.FORCED))
+        if status == Status.VETOED:
             j.add_note(s.id, "human", "veto", f"experiment #{n} ({e.description}) was vetoed: {reason}")
         if not agent_error:  # the agent's failures (API outages) have their own counter and back-off
-            self._crashes = self._crashes + 1 if status in ("crash", "timeout") else 0
+            self._crashes = self._crashes + 1 if status in CRASHED else 0
         self.session = j.session(s.id)
         self.write_results()
         self.emit(ev.ExperimentFinished(n=n, commit=sha or "", status=status, metric=e.metric, delta=e.delta,
@@ -176,7 +177,7 @@ class Recording:
                 continue
             self._check_tree()  # the human's work first: the session stops with it kept
             with self.journal.transaction():  # recorded before the branch moves (a kill in between is repaired at start)
-                self.journal.update_experiment(s.id, n, status="forced", reason="force-kept by the human")
+                self.journal.update_experiment(s.id, n, status=Status.FORCED, reason="force-kept by the human")
                 self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
             self._move(e.commit_sha)
             self.session = self.journal.session(s.id)

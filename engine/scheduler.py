@@ -17,6 +17,7 @@ from . import events as ev
 from .agents.base import AgentFatal
 from .journal import CURVE_POINTS, thin
 from .record import Run
+from .status import Status
 
 ABANDON_WAIT = 10.0  # seconds a stopping session waits for abandoned proposals before leaving them to finish alone
 SLOT_WAIT = 60.0  # seconds a stopping session waits for its cancelled runs to end
@@ -87,9 +88,9 @@ class Scheduling:
             return
         self.control.end_run(r.n)
         if verdict == "vetoed":
-            self.finish(r, "vetoed", self.control.take_veto(r.n))
+            self.finish(r, Status.VETOED, self.control.take_veto(r.n))
         else:
-            self.finish(r, "interrupted", "stopped before the run")
+            self.finish(r, Status.INTERRUPTED, "stopped before the run")
 
     def top_up(self) -> None:
         """Keep N + 1 proposals in flight (N: the slots), within the limits."""
@@ -132,7 +133,7 @@ class Scheduling:
         return self.pool.context(n, running + ([self._awaiting] if self._awaiting else []))
 
     def new_row(self, n: int) -> None:
-        self.journal.add_experiment(self.session.id, n, "experiment", self.session.best_commit, "proposing")
+        self.journal.add_experiment(self.session.id, n, "experiment", self.session.best_commit, Status.PROPOSING)
         if self.control.take_instructions_changed():
             self.journal.add_note(self.session.id, "human", "instructions", "program.md was changed by the human; re-read it")
 
@@ -183,7 +184,7 @@ class Scheduling:
             r.cancel.set()  # no request of this session can succeed: the session is ending
         r.slot = slot
         self.journal.update_experiment(self.session.id, r.n, run_started=time.time(), harness=self.harness,
-                                       slot=slot.index, device=slot.device.label, status="running")
+                                       slot=slot.index, device=slot.device.label, status=Status.RUNNING)
         self.emit(ev.ExperimentStarted(n=r.n, commit=r.sha, kind=r.kind, slot=slot.index, device=slot.device.label))
         slot.start(r, self._slot_work)
         self.show_state(r.n, "startup")
@@ -276,14 +277,14 @@ class Scheduling:
                     else:
                         self.judge(r)  # it finished before the stop reached it: its result counts
                 else:
-                    self.finish(r if r.out is not None else None, "interrupted", f"the session stopped: {reason}", n=r.n)
+                    self.finish(r if r.out is not None else None, Status.INTERRUPTED, f"the session stopped: {reason}", n=r.n)
             except Exception:  # best effort: the next start marks what is left `interrupted`
                 traceback.print_exc()
         try:
             for r in ([self._awaiting] if self._awaiting else []) + self.queued:
                 self.control.end_run(r.n)
                 try:
-                    self.finish(None, "interrupted", "the session stopped before it ran", n=r.n)
+                    self.finish(None, Status.INTERRUPTED, "the session stopped before it ran", n=r.n)
                 except Exception:  # (the human's commit says so again): the row is recorded all the same
                     pass
             for n, _why, _after in self._again:
@@ -310,7 +311,7 @@ class Scheduling:
 
     def _never_ran(self, n: int, reason: str) -> None:
         """A proposal row the session stopped before it ran: `interrupted`, with why."""
-        self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(), reason=reason)
-        self.emit(ev.ExperimentFinished(n=n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
+        self.journal.update_experiment(self.session.id, n, status=Status.INTERRUPTED, finished=time.time(), reason=reason)
+        self.emit(ev.ExperimentFinished(n=n, commit="", status=Status.INTERRUPTED, metric=None, delta=None, confidence=None,
                                         best_metric=self.session.best_metric, description="(not run)", reason=reason))
 

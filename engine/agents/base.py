@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.events import Event
+from engine.status import KEPT  # noqa: F401  (re-exported for agents)
 from engine.tools import Tools
 from harness.errors import HarnessError
 
-KEPT = frozenset({"keep", "forced"})  # statuses whose change became (part of) the best code
 
 
 @dataclass(frozen=True)
