@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from . import events as ev
-from .decide import noise_of
+from .verdict import judge_baseline, noise_of, threshold_of
 from .human import _Stop
 from .record import Run
 from .status import Status
@@ -84,7 +84,7 @@ class Baselines:
         self.session = self.journal.session(s.id)
         self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))
         self.emit(ev.BestChanged(n=last, commit=s.best_commit, metric=best))
-        threshold = max(self.dcfg.min_delta, self.dcfg.noise_k * noise)
+        threshold = threshold_of(noise, self.dcfg.min_delta, self.dcfg.noise_k)
         if best and threshold > NOISY_SHARE * abs(best):
             self.emit(ev.Alert(text=(
                 f"the noise is high: repeated runs of the same code differ by {noise:.4g} (std), so a change must beat "
@@ -95,15 +95,9 @@ class Baselines:
     def _baseline_done(self, r: Run, s) -> bool:
         """Record a finished baseline run; True when it measured the code."""
         out = r.out
-        status = Status.KEEP if out.status == "ok" else {"cancelled": Status.VETOED, "lost": Status.INTERRUPTED}.get(out.status, Status(out.status))
-        reason = out.reason
-        veto = self.control.take_veto(r.n)
-        if out.status == "cancelled" and self._fatal is not None:
-            status, reason = Status.INTERRUPTED, f"the session stopped: {self._fatal}"
-        elif out.status == "cancelled" and veto is None:  # stop-now: the human's or a signal's
-            status, reason = Status.INTERRUPTED, f"stopped by {self.control.stopped_by} during the run"
-        elif veto is not None and out.status != "ok":
-            reason = veto  # (a veto that came after the run measured the code changes nothing)
+        fatal = str(self._fatal) if self._fatal is not None else None
+        v = judge_baseline(out, veto=self.control.take_veto(r.n), fatal=fatal, stopped_by=self.control.stopped_by)
+        status, reason = v.status, v.reason
         e = self.journal.update_experiment(
             s.id, r.n, status=status, reason=reason, metric=out.metric, training_seconds=out.training_seconds,
             total_seconds=out.total_seconds, memory_gb=out.memory_gb, finished=time.time(), log_path=out.log_path,

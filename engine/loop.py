@@ -44,6 +44,7 @@ from .intake import Intake
 from .record import Recording, Run
 from .scheduler import Scheduling
 from .slots import Device, Slot
+from .verdict import Rule
 from .workspace import Workspace
 
 
@@ -69,6 +70,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self.journal = journal or Journal(ws.journal_path)
         self.git = ws.git
         self.dcfg = ws.config.decision
+        self.rule = Rule(self.dcfg.min_delta, self.dcfg.noise_k, target.direction)
         self.editable = list(ws.config.target.editable)
         self.human_files = ("program.md",)  # the human edits these mid-run; resets never touch them
         self.devices = list(devices) if devices else [Device(_default_label(target), "")]

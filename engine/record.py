@@ -1,13 +1,6 @@
-"""Decide and record: the verdict on a finished run, written before the branch moves. An Engine
-mixin (engine/loop.py).
-
-The rule for runs that ran side by side (docs/ARCHITECTURE.md, "The decision rule"):
-- an experiment is judged against the best it was built on;
-- when the best moved while it ran and it beat its own base, it is not kept as measured: its
-  change is re-applied onto the new best (3-way merge) and run again at once as a confirmation,
-  ahead of new proposals; only a confirmation's result can be kept;
-- a merge conflict is a discard with its reason, which the agent reads in its history;
-- the branch head is always exactly the code of a measured `keep` (or `forced`) row.
+"""Record: the verdict on a finished run (engine/verdict.py, a pure function) written before the
+branch moves; the branch head is always exactly the code of a measured `keep` (or `forced`) row.
+An Engine mixin (engine/loop.py).
 """
 
 from __future__ import annotations
@@ -16,11 +9,9 @@ import time
 from dataclasses import dataclass, field
 
 from . import events as ev
-from .decide import decide
+from .verdict import BestSoFar, confirmation, judge
 from .journal import write_results_tsv
 from .status import CRASHED, KEPT, Status
-
-MAX_CONFIRMATIONS = 3  # a change confirmed on a best that moved again is confirmed again, this often
 
 
 @dataclass
@@ -46,56 +37,24 @@ class Run:
 
 class Recording:
     def judge(self, r: Run) -> None:
-        """The verdict on a finished experiment (or confirmation), recorded."""
-        out, n = r.out, r.n
-        if out.status == "cancelled" and self._fatal is not None:
-            self.finish(r, Status.INTERRUPTED, f"the session stopped: {self._fatal}")
+        """The verdict on a finished experiment (or confirmation), recorded (engine/verdict.py)."""
+        out, n, s = r.out, r.n, self.session
+        fatal = str(self._fatal) if self._fatal is not None else None
+        ok = out.status == "ok"
+        v = judge(out, r, BestSoFar(s.best_metric, s.noise, s.best_n), self.rule,
+                  same_base=ok and self._same_code(r.parent, s.best_commit),
+                  veto=None if out.status == "cancelled" and fatal else self.control.take_veto(n),
+                  forced=ok and self.control.take_force(n), fatal=fatal, stopped_by=self.control.stopped_by)
+        if v.confirm:
+            message = f"cockpit {s.tag}: #{r.confirms or n} re-applied onto #{s.best_n} (confirmation)"
+            merged = self.pool.land(r.sha, r.parent, s.best_commit, message)
+            k = self.journal.next_number(s.id)
+            v = confirmation(v, merged, k, s.best_n)
+            self.finish(r, v.status, v.reason, decision=v.decision)
+            if v.confirm:
+                self.queue_confirmation(k, merged, r)
             return
-        veto = self.control.take_veto(n)
-        if veto is not None:
-            self.finish(r, Status.VETOED, veto)
-            return
-        if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
-            self.finish(r, Status.INTERRUPTED, f"stopped by {self.control.stopped_by} during the run")
-            return
-        if out.status == "lost":  # its node died during the run (engine/cluster.py)
-            self.finish(r, Status.INTERRUPTED, out.reason)
-            return
-        if out.status != "ok":
-            self.finish(r, out.status, out.reason)
-            return
-        s = self.session
-        forced = self.control.take_force(n)
-        same_base = self._same_code(r.parent, s.best_commit)
-        against = s.best_metric if same_base else r.base_metric
-        d = decide(out.metric, against, s.noise or 0.0, self.dcfg.min_delta, self.dcfg.noise_k, self.target.direction)
-        if same_base or forced:
-            status = Status.KEEP if d.keep and same_base else (Status.FORCED if forced else Status.DISCARD)
-            reason = None if status != Status.DISCARD else f"improvement {d.improvement:+.6f} not above the threshold {d.threshold:.6f}"
-            self.finish(r, status, reason, decision=d)
-            return
-        base = f"its base #{r.base_n}" if r.base_n is not None else "its base"
-        if not d.keep:
-            self.finish(r, Status.DISCARD, f"improvement {d.improvement:+.6f} over {base} not above the threshold "
-                                      f"{d.threshold:.6f}", decision=d)
-            return
-        moved = f"the best moved to #{s.best_n} while it ran"
-        if r.rounds >= MAX_CONFIRMATIONS:
-            self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved}, {r.rounds} times: not kept",
-                        decision=d)
-            return
-        message = f"cockpit {s.tag}: #{r.confirms or n} re-applied onto #{s.best_n} (confirmation)"
-        merged = self.pool.land(r.sha, r.parent, s.best_commit, message)
-        if not merged:
-            why = ("its change conflicts with #{m}'s (3-way merge): not kept; propose it again on the new best"
-                   if merged is None else "#{m} already holds its change: nothing of it is left to confirm")
-            self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved} and " + why.format(m=s.best_n),
-                        decision=d)
-            return
-        k = self.journal.next_number(s.id)
-        self.finish(r, Status.DISCARD, f"beat {base} by {d.improvement:.6f}, but {moved}: re-applied onto it and run again as "
-                                  f"#{k}, the confirmation; only that result can be kept", decision=d)
-        self.queue_confirmation(k, merged, r)
+        self.finish(r, v.status, v.reason, decision=v.decision)
 
     def queue_confirmation(self, k: int, sha: str, r: Run) -> None:
         s, j = self.session, self.journal
