@@ -27,7 +27,6 @@ processes die with them (the sandbox's die-with-parent, the child's orphan watch
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import logging
 import os
@@ -45,22 +44,16 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 from .slots import Device, check_spec
-from .targets import GptTarget, Outcome, session_step
+from .targets import GptTarget, Outcome, Target, session_step
 
 RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
 JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
 HELLO_TIMEOUT = 300.0  # seconds a node's first actor may take to start (its worker imports)
 POLL = 0.2  # seconds between progress polls of a running remote run
-CLUSTERS = ("local", "ray")
 
 
 class ClusterError(HarnessError):
     """The cluster cannot be used (one line)."""
-
-
-def check_cluster(kind: str) -> None:
-    if kind not in CLUSTERS:
-        raise ClusterError(f"--cluster {kind!r}: must be one of {', '.join(CLUSTERS)}")
 
 
 # ---- the actor: runs on a node of the cluster ----
@@ -226,13 +219,17 @@ class RayTarget(GptTarget):
     """The session's target on one remote slot: GptTarget's contract (run, warm_up, close,
     version, set_credit), with the run made by the slot's actor on its node."""
 
-    @classmethod
-    def on(cls, base: GptTarget, actor, node: str, slot: str) -> "RayTarget":
-        t = copy.copy(base)  # the head's target: its profile, version, credits (one shared list)
-        t.__class__ = cls
-        t.actor, t.node, t.slot, t.env_extra = actor, node, slot, {}
-        t.overhead = None
-        return t
+    def __init__(self, base: GptTarget, actor, node: str, slot: str):
+        """The head's target `base` on a remote slot: its settings, and the measurements shared by
+        all slots (the session's allowances, step times and calibration: the same objects)."""
+        Target.__init__(self)
+        self.root, self.cfg, self.cache, self.dataset, self.profile = base.root, base.cfg, base.cache, base.dataset, base.profile
+        self.script, self.label, self.profile_name = base.script, base.label, base.profile_name
+        self.sandbox, self.compile_cache = base.sandbox, base.compile_cache
+        self.sandboxed, self.sandbox_reason = base.sandboxed, base.sandbox_reason
+        self.credits, self.steps = base.credits, base.steps
+        self.calibration, self._calibrating = base.calibration, base._calibrating
+        self.actor, self.node, self.slot = actor, node, slot
 
     def for_slot(self, slot: str, env_extra: dict[str, str]):
         return self
@@ -285,7 +282,6 @@ class RayTarget(GptTarget):
             raise e.as_instanceof_cause() from None
         log_path.write_bytes(log)
         r = RunResult(**dict(result, log_path=str(log_path)))
-        self.overhead = (time.monotonic() - t0) - r.total_seconds  # what Ray added to this run (bench/cluster.py)
         return self.measured(r, baseline)
 
 
@@ -312,10 +308,6 @@ class Cluster:
             self.gpu = any(n.get("Resources", {}).get("GPU", 0) for n in self.ray.nodes() if n.get("Alive"))
             if spec.startswith("cpu:"):
                 self.gpu = False
-
-    @property
-    def profile_device(self) -> str:
-        return "cuda" if self.gpu else "cpu"
 
     def discover(self) -> list[tuple[Device, RayTarget]]:
         """The slots of every alive node not looked at yet (their actors started and checked)."""
@@ -409,7 +401,7 @@ class Cluster:
                                                          "MKL_NUM_THREADS": str(opts["num_cpus"]),
                                                          "CUDA_VISIBLE_DEVICES": ""}), timeout=HELLO_TIMEOUT)
             out.append((Device(f"{label}/{k}" if self.gpu else f"{label}/c{k}", i["gpu"] if self.gpu else "cpu", {}, node=n["NodeID"]),
-                        RayTarget.on(t, a, label, slot)))
+                        RayTarget(t, a, label, slot)))
         self.nodes[n["NodeID"]] = label
         self.notices.put(f"node {label} ({info['ip']}): {len(out)} slot(s)" + (f" ({self.model})" if self.gpu else ""))
         return out

@@ -186,14 +186,3 @@ class BestChanged(Event):
     commit: str
     metric: float
     forced: bool = False
-
-
-@dataclass(frozen=True)
-class GpuStats(Event):
-    index: int
-    util: float
-    mem_used_gb: float
-    mem_total_gb: float
-    temp_c: float | None = None
-    power_w: float | None = None
-    HIGH_RATE = True

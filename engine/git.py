@@ -98,13 +98,6 @@ class GitRepo:
             files.extend(p for p in untracked.splitlines() if p)
         return sorted(set(files))
 
-    def discard_paths(self, paths: list[str]) -> None:
-        """Restore `paths` to HEAD, removing untracked ones (the repair after a failure)."""
-        tracked = [p for p in paths if self.g.ls_files("--", p)]
-        if tracked:
-            self.g.checkout("HEAD", "--", *tracked)
-        self.g.clean("-fq", "--", *paths)
-
     # ---- history ----
     def resolve(self, ref: str) -> str | None:
         """The commit `ref` names, or None."""

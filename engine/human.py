@@ -12,7 +12,7 @@ import traceback
 
 from . import events as ev
 from .git import GitError
-from .status import KEPT, Status
+from .status import KEPT
 from .numbers import remeasure_reason
 
 

@@ -37,7 +37,7 @@ from .control import Control, pending_requests
 from .git import GitError
 from .human import HumanWork, _Stop
 from .journal import Journal, Session
-from .status import KEPT, Status
+from .status import KEPT
 from .proposals import ProposalPool
 from .baseline import Baselines
 from .intake import Intake
@@ -82,7 +82,6 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         self._started = time.monotonic()
         self._ran = 0  # proposals taken (they count against --max-experiments)
         self._crashes = 0
-        self._stop_reason: str | None = None
         self._agent_failures = 0
         self._state: str | None = None  # the state line last emitted (set_state)
         self._journaled: str | None = None  # and last written to the journal, with the pending requests
@@ -307,8 +306,6 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
 
     def _stop_condition(self) -> str | None:
         L, s = self.limits, self.session
-        if self._stop_reason:
-            return self._stop_reason
         by = self.control.stopped_by  # "the human", or e.g. "signal SIGTERM"
         if self.control.stop_mode == "now":
             return f"stopped by {by}" + (" (now)" if by == "the human" else "")

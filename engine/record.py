@@ -6,7 +6,7 @@ An Engine mixin (engine/loop.py).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import events as ev
 from .verdict import BestSoFar, confirmation, judge
@@ -32,7 +32,6 @@ class Run:
     error: BaseException | None = None  # the run could not be made (an integrity failure, the disk)
     slot: object = None
     phase: str = "startup"
-    progress: dict = field(default_factory=dict)
 
 
 class Recording:
