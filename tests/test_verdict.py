@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.record import Run
+from engine.runs import Run
 from engine.status import Status
 from engine.targets import Outcome
 from engine.verdict import BestSoFar, Rule, confirmation, decide, judge, judge_baseline
