@@ -40,7 +40,8 @@ class Baselines:
                 if e.kind == "baseline" and e.status == Status.KEEP and e.harness == harness
                 and e.commit_sha and self.branch.same_code(e.commit_sha, s.best_commit)]
         values = [e.metric for e in done if e.metric is not None]
-        self.target.set_credit([e.credit for e in done], [e.step_seconds for e in done])  # a resumed session keeps its allowance
+        self.target.set_credit([e.credit for e in done if e.credit is not None],
+                               [e.step_seconds for e in done if e.step_seconds is not None])  # a resumed session keeps its allowance
         want = max(self.dcfg.baseline_runs, len(self.slots.slots))
         timing_failures = 0
         while len(values) < want:

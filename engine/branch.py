@@ -9,7 +9,6 @@ goes on from it."""
 from __future__ import annotations
 
 import traceback
-
 from collections.abc import Callable
 
 from . import events as ev

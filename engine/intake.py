@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 from harness.errors import HarnessError
-
-from collections.abc import Callable
 
 from . import events as ev
 from .agents.base import AgentFatal, ProposalRejected, ProposalSkipped
@@ -66,11 +65,12 @@ class Intake:
             message = f"cockpit {s.tag} #{n}: {description}"
             sha = a.tree.commit_all(changed, message)
             if a.base != s.best_commit:  # the best moved while the agent worked (a keep, a human edit)
-                sha = self.pool.rebase(a.tree, sha, a.base, s.best_commit, message)
-                if not sha:
-                    why = "conflicts with" if sha is None else "is already in"
+                rebased = self.pool.rebase(a.tree, sha, a.base, s.best_commit, message)
+                if not rebased:
+                    why = "conflicts with" if rebased is None else "is already in"
                     self.inflight.ask_again(n, f"#{n}'s change {why} the new best #{s.best_n}; asking the agent again")
                     return None
+                sha = rebased
         except Exception as e:
             if (a.tree.root / ".git").is_file():
                 raise

@@ -54,7 +54,7 @@ from .workspace import Workspace
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-__all__ = ["Engine", "Limits", "KEPT"]
+__all__ = ["KEPT", "Engine", "Limits"]
 
 
 class Engine:
@@ -282,8 +282,9 @@ class Engine:
             elif self.target.sandboxed:
                 from harness.resources import notice
 
-                if notice():  # what the kernel does not bound here (cores, memory, processes)
-                    self.emit(ev.Notice(text=notice()))
+                text = notice()
+                if text:  # what the kernel does not bound here (cores, memory, processes)
+                    self.emit(ev.Notice(text=text))
             if len(self.slots) > 1:
                 self.emit(ev.Notice(text=f"{len(self.slots)} slots, one experiment each at once: "
                                          + ", ".join(sl.device.label for sl in self.slots)))
@@ -330,5 +331,4 @@ class Engine:
 
 
 def _default_label(target: Target) -> str:
-    device = target.device
-    return {"cuda": "cuda:0", "cpu": "cpu", "mps": "mps"}.get(device, "local")
+    return {"cuda": "cuda:0", "cpu": "cpu", "mps": "mps"}.get(target.device or "", "local")

@@ -13,10 +13,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from collections.abc import Callable
 
 from .agents.base import Agent, AgentFatal, Context, Proposal, Usage
 from .control import Control
@@ -88,7 +87,7 @@ class ProposalPool:
         self._trees = 0
 
     # ---- the agent's trees ----
-    def _tree(self, base: str):
+    def _tree(self, base: str) -> GitRepo:
         if self._free_trees:
             wt = self._free_trees.pop()
             try:
@@ -180,7 +179,7 @@ class ProposalPool:
             return f"the proposal changed files outside the editable list: {', '.join(outside[:3])}"
         return syntax_error(a.tree.root, changed)
 
-    def rebase(self, wt, sha: str, base: str, best: str, message: str) -> str | None:
+    def rebase(self, wt: GitRepo, sha: str, base: str, best: str, message: str) -> str | None:
         # None: a conflict; HELD: the new best already holds the change
         """Re-apply commit `sha` (made on `base`) onto `best` with a 3-way merge of each file it
         changed, in the tree `wt`; None on a conflict (or when nothing of it is left)."""
@@ -210,7 +209,7 @@ class ProposalPool:
             return HELD  # the new best already holds this change
         if syntax_error(wt.root, changed):  # a merge that does not compile is a conflict, not an experiment
             return None
-        return wt.commit_all(changed, message)
+        return str(wt.commit_all(changed, message))
 
     def land(self, sha: str, base: str, best: str, message: str) -> str | None:
         """`sha` re-applied onto `best`, in a spare agent tree (the engine's own merges)."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import queue
 import time
 import traceback
-
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import events as ev
 from .agents.base import Agent, AgentFatal, Context
@@ -33,6 +33,9 @@ from .stop import StopRules
 from .targets import Outcome
 from .verdict import judge_baseline
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from harness.runner import Progress
 
 ABANDON_WAIT = 10.0  # seconds a stopping session waits for abandoned proposals before leaving them to finish alone
 SLOT_WAIT = 60.0  # seconds a stopping session waits for its cancelled runs to end
@@ -205,7 +208,7 @@ class Scheduler:
         log = self.ws.run_dir(self.session().tag, n) / "run.log"
         curve: list[tuple[float, float]] = []
 
-        def progress(p):
+        def progress(p: Progress) -> None:
             phase = p.phase  # a harness Progress: "train", "export" or "eval"
             if phase != r.phase:
                 r.phase = phase
@@ -218,6 +221,7 @@ class Scheduler:
                     if len(curve) > 4 * CURVE_POINTS:
                         curve[:] = thin(curve)
 
+        assert r.cancel is not None, "a run has its cancel event once it starts"
         try:
             return slot.target.run(log, r.cancel, progress, baseline=r.kind == "baseline", tree=slot.tree)
         finally:

@@ -35,4 +35,4 @@ IN_FLIGHT: frozenset[Status] = frozenset({Status.PROPOSING, Status.QUEUED, Statu
 FINAL: tuple[Status, ...] = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.VETOED,
                              Status.FORCED, Status.INTERRUPTED, Status.BASELINE)  # a row in one of these is done
 
-__all__ = ["Status", "KEPT", "FAILED", "CRASHED", "NOT_RUN", "IN_FLIGHT", "FINAL"]
+__all__ = ["CRASHED", "FAILED", "FINAL", "IN_FLIGHT", "KEPT", "NOT_RUN", "Status"]
