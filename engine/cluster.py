@@ -40,6 +40,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -70,10 +71,10 @@ class SlotWorker:
         self.lock = threading.Lock()
         self.current: str | None = None  # the run being made
         self.stopped: set[str] = set()  # runs the head stopped (vetoed, stop now)
-        self.items: list[dict] = []
-        self.cfg: dict | None = None
+        self.items: list[dict[str, Any]] = []
+        self.cfg: dict[str, Any] | None = None
 
-    def hello(self) -> dict:
+    def hello(self) -> dict[str, Any]:
         """Who this node is, what it runs, and whether its cache has the data."""
         from harness.integrity import harness_files
         from harness.paths import datasets_dir
@@ -90,7 +91,7 @@ class SlotWorker:
                 "datasets": sorted(p.name for p in ds.iterdir()) if ds.is_dir() else [],
                 "cache": str(self.cache), "pid": os.getpid()}
 
-    def receive(self, key: str, manifest: dict, files: dict) -> int:
+    def receive(self, key: str, manifest: dict[str, Any], files: dict[str, bytes]) -> int:
         """The prepared dataset, from the object store: written once per node (under a lock, so
         the node's other slots wait for it rather than write it again), verified, then in place."""
         from harness.dataset import open_dataset
@@ -118,8 +119,8 @@ class SlotWorker:
             open_dataset(final).verify()
             return size
 
-    def setup(self, slot: str, key: str, harness: dict, profile: str, budget: float, sandbox: str,
-              compile_cache: str, env: dict) -> None:
+    def setup(self, slot: str, key: str, harness: dict[str, Any], profile: str, budget: float, sandbox: str,
+              compile_cache: str, env: dict[str, str]) -> None:
         """The slot's settings; the node's harness is locked in its cache as the head's (only when
         its files are the head's: checked again here)."""
         from harness.dataset import open_dataset
@@ -152,8 +153,8 @@ class SlotWorker:
                            sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
                            env_extra=c["env"])
 
-    def run(self, run_id: str, files: dict, script: str, credit: float | None, export_estimate: float,
-            session_step: float | None = None) -> tuple[dict, bytes]:
+    def run(self, run_id: str, files: dict[str, bytes], script: str, credit: float | None, export_estimate: float,
+            session_step: float | None = None) -> tuple[dict[str, Any], bytes]:
         """One run of the experiment's files; returns the runner's result and the run's log."""
         from harness import runner
 
@@ -183,7 +184,7 @@ class SlotWorker:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(tree, ignore_errors=True)
 
-    def progress(self, since: int) -> list[dict]:
+    def progress(self, since: int) -> list[dict[str, Any]]:
         return self.items[since:]
 
     def stop(self, run_id: str) -> None:
@@ -298,8 +299,8 @@ class Cluster:
         self.known: set[str] = set()  # node ids looked at (used or refused)
         self.model: str | None = None  # the GPU model of the session's slots
         self.nodes: dict[str, str] = {}  # node id -> its label
-        self.new: queue.Queue = queue.Queue()  # (Device, RayTarget) of nodes that joined
-        self.notices: queue.Queue = queue.Queue()  # lines for the session's notices
+        self.new: queue.Queue[tuple[Device, RayTarget]] = queue.Queue()  # (Device, RayTarget) of nodes that joined
+        self.notices: queue.Queue[str] = queue.Queue()  # lines for the session's notices
         self._blob = None  # the dataset in the object store (put once, when a node first lacks it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -321,7 +322,7 @@ class Cluster:
                 self.notices.put(f"node {n.get('NodeManagerHostname', n['NodeID'][:8])}: not used ({type(e).__name__}: {e})")
         return out
 
-    def _label(self, n: dict, info: dict) -> str:
+    def _label(self, n: dict[str, Any], info: dict[str, Any]) -> str:
         """The node's name in the table: its host name, with its id's start where several nodes
         share a machine (a test cluster)."""
         host = info["host"].split(".")[0][:12]  # the table's device column holds "node/3" whole
@@ -331,7 +332,7 @@ class Cluster:
             host = f"{host}~{n['NodeID'][:3]}"
         return host
 
-    def _node_slots(self, n: dict) -> list[tuple[Device, RayTarget]]:
+    def _node_slots(self, n: dict[str, Any]) -> list[tuple[Device, RayTarget]]:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
