@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 from cockpit.cli import _profile, ensure_prepared  # noqa: E402
 from engine.agents.tuner import Tuner  # noqa: E402
 from engine.journal import duty_cycle  # noqa: E402
-from engine.loop import Engine, Limits  # noqa: E402
-from engine.targets import GptTarget  # noqa: E402
+from engine.build import SessionOptions, build_session  # noqa: E402
 from engine.workspace import init_workspace, open_workspace  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 
@@ -80,8 +79,9 @@ def main() -> int:
                    cwd=ws, check=True)
     w = open_workspace(ws)
     prof = _profile(a.device, a.budget)
-    engine = Engine(w, SlowTuner(a.agent_latency, a.only), GptTarget(w.root, w.config.target, cache, dataset, prof),
-                    tag="bench", limits=Limits(max_experiments=a.experiments))
+    engine, _ = build_session(w, SlowTuner(a.agent_latency, a.only),
+                              SessionOptions(tag="bench", cache=cache, dataset=dataset, profile=prof,
+                                             max_experiments=a.experiments), devices=[])  # one slot
     reason = engine.run()
     exps = list(engine.journal.experiments(engine.session.id))
     ran = [e for e in exps if e.run_started]

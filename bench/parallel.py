@@ -38,9 +38,8 @@ from bench.loop import SlowTuner  # noqa: E402
 from cockpit.cli import _profile, ensure_prepared  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.control import Control  # noqa: E402
-from engine.loop import Engine, Limits  # noqa: E402
+from engine.build import SessionOptions, build_session  # noqa: E402
 from engine.slots import resolve  # noqa: E402
-from engine.targets import GptTarget  # noqa: E402
 from engine.workspace import init_workspace, open_workspace  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 
@@ -56,8 +55,9 @@ def session(k: int, a, cache, dataset, devices) -> dict:
     w = open_workspace(ws)
     prof = _profile(a.device, a.budget)
     control = Control()
-    eng = Engine(w, SlowTuner(a.agent_latency, a.only), GptTarget(w.root, w.config.target, cache, dataset, prof),
-                 control=control, tag=f"par{k}", limits=Limits(), devices=devices[:k])
+    eng, _ = build_session(w, SlowTuner(a.agent_latency, a.only),
+                           SessionOptions(tag=f"par{k}", cache=cache, dataset=dataset, profile=prof),
+                           devices=devices[:k], control=control)
     starts: dict[int, list[tuple[float, int]]] = {}  # slot -> (start time, n)
     done = threading.Event()
 

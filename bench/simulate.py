@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from engine import events as ev  # noqa: E402
 from engine.agents.base import Agent, Proposal  # noqa: E402
 from engine.journal import Journal  # noqa: E402
-from engine.loop import Engine, Limits  # noqa: E402
+from engine.build import SessionOptions, build_session  # noqa: E402
 from engine.slots import Device  # noqa: E402
 from engine.targets import Outcome, Target  # noqa: E402
 from harness.runner import Progress  # noqa: E402
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     w = open_workspace(ws)
     devices = [Device(f"sim:{i}", "sim") for i in range(a.slots)]
     agent = SimAgent(a.agent_latency)
-    eng = Engine(w, agent, SimTarget(a.run_seconds), tag="sim", limits=Limits(max_experiments=a.experiments),
-                 devices=devices)
+    eng, _ = build_session(w, agent, SessionOptions(tag="sim", max_experiments=a.experiments),
+                           target=SimTarget(a.run_seconds), devices=devices)
     meter = JournalMeter(eng.journal)
     proc = psutil.Process()
     events = {"n": 0}

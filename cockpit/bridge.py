@@ -33,7 +33,7 @@ class EngineBridge:
     def __call__(self, e: ev.Event) -> None:
         with self._lock:
             last = self._buf[-1] if self._buf else None
-            if isinstance(e, (ev.RunProgress, ev.GpuStats)) and type(last) is type(e) and _same(last, e):
+            if isinstance(e, ev.RunProgress) and type(last) is type(e) and _same(last, e):
                 self._buf[-1] = e  # coalesce: only the newest tick matters
             else:
                 if len(self._buf) == self._buf.maxlen:
@@ -52,7 +52,5 @@ class EngineBridge:
         return out
 
 
-def _same(a: ev.Event, b: ev.Event) -> bool:
-    if isinstance(a, ev.RunProgress):
-        return a.n == b.n
-    return a.index == b.index
+def _same(a: ev.RunProgress, b: ev.RunProgress) -> bool:
+    return a.n == b.n

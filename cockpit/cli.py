@@ -401,9 +401,8 @@ def _tty_name() -> str | None:
 
 
 def _build_engine(args, ws, lock, tty):
-    from engine.loop import Engine, Limits
+    from engine.build import SessionOptions, build_session
     from engine.slots import check_spec
-    from engine.targets import CommandTarget, GptTarget
     from harness.paths import cache_root
 
     if ws.config.target.kind == "gpt":  # [run] sandbox = "required" where there is none: refused before anything
@@ -448,24 +447,12 @@ def _build_engine(args, ws, lock, tty):
             prof = _profile(args.device, budget, say=False)  # a notice below
         if prof.name == "cpu" and cluster is None:
             notices.append("no GPU: CPU profile" if args.device == "auto" else "CPU profile")
-        target = GptTarget(ws.root, tc, cache, dataset, prof, sandbox=ws.config.sandbox,
-                           compile_cache=ws.config.compile_cache)
-        from harness.resources import keep_files_caps
-
-        keep_files_caps(ws.config.keep_files_mb, ws.config.keep_files_total_mb)
     else:
-        target = CommandTarget(ws.root, tc, args.budget)
-    from engine.slots import cuda_devices, resolve
-
-    if cluster is not None:
-        cluster.target, devices = target, None
-    else:
-        accelerator = target.profile.device == "cuda" if tc.kind == "gpt" else bool(cuda_devices())
-        devices, said = resolve(spec, accelerator)
-        notices += said
-    limits = Limits(args.max_experiments, args.max_hours, args.max_cost, ws.config.max_consecutive_crashes)
-    engine = Engine(ws, agent, target, tag=args.tag, limits=limits, devices=devices, cluster=cluster)
-    return engine, notices
+        cache = dataset = prof = None
+    options = SessionOptions(tag=args.tag, budget=args.budget, devices=spec, cache=cache, dataset=dataset, profile=prof,
+                             max_experiments=args.max_experiments, max_hours=args.max_hours, max_cost=args.max_cost)
+    engine, said = build_session(ws, agent, options, cluster=cluster)
+    return engine, notices + said
 
 
 def _repair_terminal(previous, tty: str | None) -> str | None:

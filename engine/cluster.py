@@ -27,7 +27,6 @@ processes die with them (the sandbox's die-with-parent, the child's orphan watch
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import logging
 import os
@@ -41,26 +40,21 @@ import uuid
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 
 from .slots import Device, check_spec
-from .targets import GptTarget, Outcome, session_step
+from .targets import GptTarget, Outcome, Target, session_step
 
 RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
 JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
 HELLO_TIMEOUT = 300.0  # seconds a node's first actor may take to start (its worker imports)
 POLL = 0.2  # seconds between progress polls of a running remote run
-CLUSTERS = ("local", "ray")
 
 
 class ClusterError(HarnessError):
     """The cluster cannot be used (one line)."""
-
-
-def check_cluster(kind: str) -> None:
-    if kind not in CLUSTERS:
-        raise ClusterError(f"--cluster {kind!r}: must be one of {', '.join(CLUSTERS)}")
 
 
 # ---- the actor: runs on a node of the cluster ----
@@ -77,10 +71,10 @@ class SlotWorker:
         self.lock = threading.Lock()
         self.current: str | None = None  # the run being made
         self.stopped: set[str] = set()  # runs the head stopped (vetoed, stop now)
-        self.items: list[dict] = []
-        self.cfg: dict | None = None
+        self.items: list[dict[str, Any]] = []
+        self.cfg: dict[str, Any] | None = None
 
-    def hello(self) -> dict:
+    def hello(self) -> dict[str, Any]:
         """Who this node is, what it runs, and whether its cache has the data."""
         from harness.integrity import harness_files
         from harness.paths import datasets_dir
@@ -97,7 +91,7 @@ class SlotWorker:
                 "datasets": sorted(p.name for p in ds.iterdir()) if ds.is_dir() else [],
                 "cache": str(self.cache), "pid": os.getpid()}
 
-    def receive(self, key: str, manifest: dict, files: dict) -> int:
+    def receive(self, key: str, manifest: dict[str, Any], files: dict[str, bytes]) -> int:
         """The prepared dataset, from the object store: written once per node (under a lock, so
         the node's other slots wait for it rather than write it again), verified, then in place."""
         from harness.dataset import open_dataset
@@ -125,8 +119,8 @@ class SlotWorker:
             open_dataset(final).verify()
             return size
 
-    def setup(self, slot: str, key: str, harness: dict, profile: str, budget: float, sandbox: str,
-              compile_cache: str, env: dict) -> None:
+    def setup(self, slot: str, key: str, harness: dict[str, Any], profile: str, budget: float, sandbox: str,
+              compile_cache: str, env: dict[str, str]) -> None:
         """The slot's settings; the node's harness is locked in its cache as the head's (only when
         its files are the head's: checked again here)."""
         from harness.dataset import open_dataset
@@ -159,8 +153,8 @@ class SlotWorker:
                            sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
                            env_extra=c["env"])
 
-    def run(self, run_id: str, files: dict, script: str, credit: float | None, export_estimate: float,
-            session_step: float | None = None) -> tuple[dict, bytes]:
+    def run(self, run_id: str, files: dict[str, bytes], script: str, credit: float | None, export_estimate: float,
+            session_step: float | None = None) -> tuple[dict[str, Any], bytes]:
         """One run of the experiment's files; returns the runner's result and the run's log."""
         from harness import runner
 
@@ -190,7 +184,7 @@ class SlotWorker:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(tree, ignore_errors=True)
 
-    def progress(self, since: int) -> list[dict]:
+    def progress(self, since: int) -> list[dict[str, Any]]:
         return self.items[since:]
 
     def stop(self, run_id: str) -> None:
@@ -226,13 +220,17 @@ class RayTarget(GptTarget):
     """The session's target on one remote slot: GptTarget's contract (run, warm_up, close,
     version, set_credit), with the run made by the slot's actor on its node."""
 
-    @classmethod
-    def on(cls, base: GptTarget, actor, node: str, slot: str) -> "RayTarget":
-        t = copy.copy(base)  # the head's target: its profile, version, credits (one shared list)
-        t.__class__ = cls
-        t.actor, t.node, t.slot, t.env_extra = actor, node, slot, {}
-        t.overhead = None
-        return t
+    def __init__(self, base: GptTarget, actor, node: str, slot: str):
+        """The head's target `base` on a remote slot: its settings, and the measurements shared by
+        all slots (the session's allowances, step times and calibration: the same objects)."""
+        Target.__init__(self)
+        self.root, self.cfg, self.cache, self.dataset, self.profile = base.root, base.cfg, base.cache, base.dataset, base.profile
+        self.script, self.label, self.profile_name = base.script, base.label, base.profile_name
+        self.sandbox, self.compile_cache = base.sandbox, base.compile_cache
+        self.sandboxed, self.sandbox_reason = base.sandboxed, base.sandbox_reason
+        self.credits, self.steps = base.credits, base.steps
+        self.calibration, self._calibrating = base.calibration, base._calibrating
+        self.actor, self.node, self.slot = actor, node, slot
 
     def for_slot(self, slot: str, env_extra: dict[str, str]):
         return self
@@ -285,7 +283,6 @@ class RayTarget(GptTarget):
             raise e.as_instanceof_cause() from None
         log_path.write_bytes(log)
         r = RunResult(**dict(result, log_path=str(log_path)))
-        self.overhead = (time.monotonic() - t0) - r.total_seconds  # what Ray added to this run (bench/cluster.py)
         return self.measured(r, baseline)
 
 
@@ -302,8 +299,8 @@ class Cluster:
         self.known: set[str] = set()  # node ids looked at (used or refused)
         self.model: str | None = None  # the GPU model of the session's slots
         self.nodes: dict[str, str] = {}  # node id -> its label
-        self.new: queue.Queue = queue.Queue()  # (Device, RayTarget) of nodes that joined
-        self.notices: queue.Queue = queue.Queue()  # lines for the session's notices
+        self.new: queue.Queue[tuple[Device, RayTarget]] = queue.Queue()  # (Device, RayTarget) of nodes that joined
+        self.notices: queue.Queue[str] = queue.Queue()  # lines for the session's notices
         self._blob = None  # the dataset in the object store (put once, when a node first lacks it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -312,10 +309,6 @@ class Cluster:
             self.gpu = any(n.get("Resources", {}).get("GPU", 0) for n in self.ray.nodes() if n.get("Alive"))
             if spec.startswith("cpu:"):
                 self.gpu = False
-
-    @property
-    def profile_device(self) -> str:
-        return "cuda" if self.gpu else "cpu"
 
     def discover(self) -> list[tuple[Device, RayTarget]]:
         """The slots of every alive node not looked at yet (their actors started and checked)."""
@@ -329,7 +322,7 @@ class Cluster:
                 self.notices.put(f"node {n.get('NodeManagerHostname', n['NodeID'][:8])}: not used ({type(e).__name__}: {e})")
         return out
 
-    def _label(self, n: dict, info: dict) -> str:
+    def _label(self, n: dict[str, Any], info: dict[str, Any]) -> str:
         """The node's name in the table: its host name, with its id's start where several nodes
         share a machine (a test cluster)."""
         host = info["host"].split(".")[0][:12]  # the table's device column holds "node/3" whole
@@ -339,7 +332,7 @@ class Cluster:
             host = f"{host}~{n['NodeID'][:3]}"
         return host
 
-    def _node_slots(self, n: dict) -> list[tuple[Device, RayTarget]]:
+    def _node_slots(self, n: dict[str, Any]) -> list[tuple[Device, RayTarget]]:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -409,7 +402,7 @@ class Cluster:
                                                          "MKL_NUM_THREADS": str(opts["num_cpus"]),
                                                          "CUDA_VISIBLE_DEVICES": ""}), timeout=HELLO_TIMEOUT)
             out.append((Device(f"{label}/{k}" if self.gpu else f"{label}/c{k}", i["gpu"] if self.gpu else "cpu", {}, node=n["NodeID"]),
-                        RayTarget.on(t, a, label, slot)))
+                        RayTarget(t, a, label, slot)))
         self.nodes[n["NodeID"]] = label
         self.notices.put(f"node {label} ({info['ip']}): {len(out)} slot(s)" + (f" ({self.model})" if self.gpu else ""))
         return out

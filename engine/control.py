@@ -14,7 +14,6 @@ import threading
 class Control:
     def __init__(self, review: bool = False):
         self._cv = threading.Condition()
-        self.cancel_run = threading.Event()  # set by stop("now"): every run is cancelled
         self.stopping = threading.Event()  # set by stop("now"): agents abandon their proposal and back-off
         self._paused = False
         self._stop: str | None = None  # None | "after_run" | "now"
@@ -70,7 +69,6 @@ class Control:
                 self._stop = mode
                 self._by = by
             if mode == "now":
-                self.cancel_run.set()
                 self.stopping.set()
                 for e in self._runs.values():
                     e.set()
@@ -118,9 +116,6 @@ class Control:
     def take_veto(self, n: int) -> str | None:
         with self._cv:
             return self._vetoes.pop(n, None)
-
-    def peek_veto(self, n: int) -> str | None:
-        return self._vetoes.get(n)
 
     def running(self) -> list[int]:
         """The experiments running or waiting for approval."""
@@ -184,16 +179,6 @@ class Control:
                 self._approved = self._awaiting = None
                 return "approved"
             return None
-
-    def wait(self, timeout: float) -> None:
-        """Sleep until any command arrives, or timeout."""
-        with self._cv:
-            self._cv.wait(timeout)
-
-    def wait_while_paused(self) -> None:
-        with self._cv:
-            while self._paused and self._stop is None:
-                self._cv.wait(1.0)
 
 
 def pending_requests(control: Control, runs: int) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from harness.text import printable
 
@@ -40,7 +41,7 @@ class Event:
             if isinstance(v, str):
                 object.__setattr__(self, name, printable(v))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **asdict(self)}
 
     def to_json(self) -> str:
@@ -186,14 +187,3 @@ class BestChanged(Event):
     commit: str
     metric: float
     forced: bool = False
-
-
-@dataclass(frozen=True)
-class GpuStats(Event):
-    index: int
-    util: float
-    mem_used_gb: float
-    mem_total_gb: float
-    temp_c: float | None = None
-    power_w: float | None = None
-    HIGH_RATE = True

@@ -5,13 +5,11 @@ only ever resets to commits it recorded (the session's base or a kept experiment
 from __future__ import annotations
 
 import threading
-
 from pathlib import Path
 
 import git
 
 from harness.errors import HarnessError
-
 
 _WORKTREES = threading.Lock()  # git worktree add/prune change the repository's shared list of trees
 
@@ -27,7 +25,7 @@ class GitRepo:
             raise GitError(f"{root} is not a git repository; run `cockpit init {root}` to create a workspace") from None
         if self.repo.bare:
             raise GitError(f"{root} is a bare git repository")
-        self.root = Path(self.repo.working_tree_dir)
+        self.root = Path(str(self.repo.working_tree_dir))
         self.g = self.repo.git
         self.removed_stale_lock = self._remove_stale_index_lock()
         try:
@@ -65,7 +63,7 @@ class GitRepo:
         # A fresh `git rev-parse`, not GitPython's long-lived cat-file process: Ctrl-C or a
         # SIGTERM to cockpit's process group kills that one, and the repair after a stop needs HEAD.
         try:
-            return self.g.rev_parse("--verify", "-q", "HEAD")
+            return str(self.g.rev_parse("--verify", "-q", "HEAD"))
         except git.GitCommandError:
             raise GitError(f"{self.root} has no commits yet; commit the workspace first") from None
 
@@ -83,7 +81,7 @@ class GitRepo:
             more = f" (+{len(dirty) - 3} more)" if len(dirty) > 3 else ""
             raise GitError(f"the working tree has uncommitted changes: {', '.join(dirty[:3])}{more}; commit or stash them first")
 
-    def changed_files(self, new_allowed: list[str] = ()) -> list[str]:
+    def changed_files(self, new_allowed: list[str] | tuple[str, ...] = ()) -> list[str]:
         """Tracked files changed relative to HEAD, plus untracked files among `new_allowed` (the
         editable paths): other untracked files (editor swap files, logs) are not the agent's."""
         out = self.g.status("--porcelain", "--untracked-files=no")
@@ -98,18 +96,11 @@ class GitRepo:
             files.extend(p for p in untracked.splitlines() if p)
         return sorted(set(files))
 
-    def discard_paths(self, paths: list[str]) -> None:
-        """Restore `paths` to HEAD, removing untracked ones (the repair after a failure)."""
-        tracked = [p for p in paths if self.g.ls_files("--", p)]
-        if tracked:
-            self.g.checkout("HEAD", "--", *tracked)
-        self.g.clean("-fq", "--", *paths)
-
     # ---- history ----
     def resolve(self, ref: str) -> str | None:
         """The commit `ref` names, or None."""
         try:
-            return self.g.rev_parse("--verify", "-q", f"{ref}^{{commit}}")
+            return str(self.g.rev_parse("--verify", "-q", f"{ref}^{{commit}}"))
         except git.GitCommandError:
             return None
 
@@ -127,7 +118,7 @@ class GitRepo:
         return [x for x in out.splitlines() if x]
 
     def subject(self, sha: str) -> str:
-        return self.g.log("-1", "--format=%s", sha)
+        return str(self.g.log("-1", "--format=%s", sha))
 
     # ---- branches and refs ----
     def checkout_session_branch(self, tag: str, start: str | None = None) -> str:
@@ -191,16 +182,16 @@ class GitRepo:
                 p.write_bytes(data)
 
     def diff(self, a: str, b: str | None = None) -> str:
-        return self.g.diff(a, b) if b else self.g.diff(a)
+        return str(self.g.diff(a, b) if b else self.g.diff(a))
 
     def diff_stat(self, a: str, b: str | None = None) -> str:
         args = ["--shortstat", a] + ([b] if b else [])
-        return self.g.diff(*args).strip()
+        return str(self.g.diff(*args)).strip()
 
     def show(self, sha: str, path: str) -> str | None:
         """The file's content at sha, or None when the commit has no such file."""
         try:
-            return self.g.show(f"{sha}:{path}", strip_newline_in_stdout=False)
+            return str(self.g.show(f"{sha}:{path}", strip_newline_in_stdout=False))
         except git.GitCommandError:
             return None
 

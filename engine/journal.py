@@ -12,10 +12,14 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from harness.text import printable, printable_or_none
+
+from .status import FINAL, KEPT, Status  # noqa: F401  (FINAL, KEPT: re-exported for the readers of the journal)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(
@@ -43,19 +47,16 @@ CREATE TABLE IF NOT EXISTS notes(
 """
 
 CURVE_POINTS = 200
+T = TypeVar("T")
 
 
-def thin(points: list, most: int = CURVE_POINTS) -> list:
+def thin(points: list[T], most: int = CURVE_POINTS) -> list[T]:
     """At most `most` points, evenly spaced over the list, the last one kept."""
     if len(points) <= most:
         return list(points)
     step = len(points) / most
     out = [points[int(i * step)] for i in range(most - 1)]
     return out + [points[-1]]
-
-
-FINAL = ("keep", "discard", "crash", "timeout", "invalid", "vetoed", "forced", "interrupted", "baseline")
-KEPT = ("keep", "forced")
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Session:
     created: float
     updated: float
     best_n: int | None
-    best_commit: str | None
+    best_commit: str  # set when the session is made (its base commit)
     best_metric: float | None
     noise: float | None
     status: str
@@ -160,7 +161,7 @@ class Journal:
             self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[None]:
         """Several writes that must land together (a keep and the new best)."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
@@ -171,7 +172,7 @@ class Journal:
                 raise
             self.db.execute("COMMIT")
 
-    def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self.db.execute(sql, args)
 
@@ -182,7 +183,9 @@ class Journal:
             "INSERT INTO sessions(tag, branch, base_commit, agent, target, created, updated, best_commit) VALUES(?,?,?,?,?,?,?,?)",
             (tag, branch, base_commit, agent, target, now, now, base_commit),
         )
-        return self.session_by_tag(tag)
+        s = self.session_by_tag(tag)
+        assert s is not None, f"session {tag} was just made"
+        return s
 
     def session_by_tag(self, tag: str) -> Session | None:
         row = self._exec("SELECT * FROM sessions WHERE tag=?", (tag,)).fetchone()
@@ -195,7 +198,7 @@ class Journal:
     def session(self, sid: int) -> Session:
         return Session(**dict(self._exec("SELECT * FROM sessions WHERE id=?", (sid,)).fetchone()))
 
-    def update_session(self, sid: int, **fields) -> None:
+    def update_session(self, sid: int, **fields: object) -> None:
         fields["updated"] = time.time()
         cols = ", ".join(f"{k}=?" for k in fields)
         self._exec(f"UPDATE sessions SET {cols} WHERE id=?", (*fields.values(), sid))
@@ -206,12 +209,18 @@ class Journal:
             "INSERT INTO experiments(session_id, n, kind, parent_commit, status, description, started) VALUES(?,?,?,?,?,?,?)",
             (sid, n, kind, parent_commit, status, description, time.time()),
         )
-        return self.experiment(sid, n)
+        return self._one(sid, n)
 
-    def update_experiment(self, sid: int, n: int, **fields) -> Experiment:
+    def update_experiment(self, sid: int, n: int, **fields: object) -> Experiment:
         cols = ", ".join(f"{k}=?" for k in fields)
         self._exec(f"UPDATE experiments SET {cols} WHERE session_id=? AND n=?", (*fields.values(), sid, n))
-        return self.experiment(sid, n)
+        return self._one(sid, n)
+
+    def _one(self, sid: int, n: int) -> Experiment:
+        e = self.experiment(sid, n)
+        if e is None:
+            raise KeyError(f"session {sid} has no experiment #{n}")
+        return e
 
     def experiment(self, sid: int, n: int) -> Experiment | None:
         row = self._exec("SELECT * FROM experiments WHERE session_id=? AND n=?", (sid, n)).fetchone()
@@ -242,7 +251,7 @@ class Journal:
         ).fetchall()
         ns = [r[0] for r in rows]
         for n in ns:
-            self.update_experiment(sid, n, status="interrupted", reason="cockpit stopped during this experiment", finished=time.time())
+            self.update_experiment(sid, n, status=Status.INTERRUPTED, reason="cockpit stopped during this experiment", finished=time.time())
         return ns
 
     def set_harness(self, sid: int, version: str) -> None:
@@ -253,10 +262,10 @@ class Journal:
         return float(self._exec("SELECT COALESCE(SUM(cost_usd),0) FROM experiments WHERE session_id=?", (sid,)).fetchone()[0])
 
     # ---- events and notes ----
-    def add_event(self, sid: int | None, type_: str, data: dict) -> None:
+    def add_event(self, sid: int | None, type_: str, data: dict[str, Any]) -> None:
         self._exec("INSERT INTO events(session_id, ts, type, data) VALUES(?,?,?,?)", (sid, time.time(), type_, json.dumps(data, default=str)))
 
-    def events(self, sid: int, type_: str | None = None) -> list[dict]:
+    def events(self, sid: int, type_: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT type, data FROM events WHERE session_id=?" + (" AND type=?" if type_ else "") + " ORDER BY id"
         rows = self._exec(q, (sid, type_) if type_ else (sid,)).fetchall()
         return [{"type": r[0], **{k: printable(v) if isinstance(v, str) else v for k, v in json.loads(r[1]).items()}} for r in rows]
@@ -264,7 +273,7 @@ class Journal:
     def add_note(self, sid: int, author: str, kind: str, text: str) -> None:
         self._exec("INSERT INTO notes(session_id, ts, author, kind, text) VALUES(?,?,?,?,?)", (sid, time.time(), author, kind, text))
 
-    def notes(self, sid: int, author: str | None = None) -> list[dict]:
+    def notes(self, sid: int, author: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT author, kind, text, ts FROM notes WHERE session_id=?" + (" AND author=?" if author else "") + " ORDER BY id"
         return [{**dict(r), "text": printable(r["text"])} for r in self._exec(q, (sid, author) if author else (sid,)).fetchall()]
 

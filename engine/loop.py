@@ -1,105 +1,125 @@
 """The research loop: propose -> validate -> commit -> run -> decide -> record, one experiment per
-device slot at once.
-
-The engine owns the journal, the git branch and the targets. Its parts, each in its own module:
-- slots (engine/slots.py): the devices, one experiment at a time on each, in its own checkout
-  of the experiment's commit (.cockpit/slots/<i>), with its own spare training process;
-- the proposals in flight (engine/proposals.py): up to N + 1 agent calls at once, each in its
-  own worktree, told what the others try; taken into commits, duplicates refused
-  (engine/intake.py);
-- the baselines (engine/baseline.py): one per slot, in parallel, for the best and the noise;
-- keeping every slot busy (engine/scheduler.py);
-- decide and record (engine/record.py): the verdict, including the rule for runs whose best
-  moved while they ran (a confirmation run), written before the branch moves;
-- the human's work (engine/human.py): never reset away.
-This module runs the session: start or resume, the baselines (one per slot, in parallel), the
-scheduler that keeps every slot busy, and the stop. Every state change is an event; every key
-the UI offers is a Control command. A kill -9 at any instant resumes cleanly: unfinished
-experiments become `interrupted`, the branch is at the best commit, numbering continues.
+device slot at once. The Engine is a facade over explicit parts, each the single owner of its
+state and given what it needs, never the engine (docs/ARCHITECTURE.md, "Parts"):
+- SlotSet (engine/slotset.py): the slots, one per device or per node's GPU of a Ray cluster;
+- ProposalPool (engine/proposals.py): up to N + 1 agent calls at once, each in its own worktree;
+  Briefing (engine/briefing.py): what each is told;
+- Intake (engine/intake.py): an answer made into the experiment's commit, or refused;
+- InFlight (engine/inflight.py): runs made and not started, proposals asked again, the counts;
+- Scheduler (engine/scheduler.py): keeping every slot busy; Baselines (engine/baseline.py);
+- Recorder (engine/record.py): the verdict (engine/verdict.py, pure) and confirmations;
+- Ledger (engine/ledger.py): a row finished, usage, notes, results.tsv;
+- SessionBranch (engine/branch.py): the only git writer of the branch; the human's work;
+- StopRules (engine/stop.py): the limits and the human's stop.
+This module runs the session: start or resume, the baselines, the scheduler, and the stop. Every
+state change is an event; every key the UI offers is a Control command. A kill -9 at any instant
+resumes cleanly: unfinished experiments become `interrupted`, the branch is at the best commit,
+numbering continues.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 
 from . import events as ev
-from .agents.base import AgentFatal
+from .agents.base import Agent, AgentFatal, Context
+from .baseline import Baselines
+from .branch import SessionBranch
+from .briefing import Briefing
 from .control import Control, pending_requests
 from .git import GitError
-from .human import HumanWork, _Stop
-from .journal import KEPT, Journal, Session
-from .proposals import ProposalPool
-from .baseline import Baselines
+from .inflight import InFlight
 from .intake import Intake
-from .record import Recording, Run
-from .scheduler import Scheduling
+from .journal import Journal, Session
+from .ledger import Ledger
+from .proposals import Attempt, ProposalPool
+from .record import Recorder
+from .runs import Run
+from .scheduler import Scheduler
 from .slots import Device, Slot
+from .slotset import SlotSet
+from .status import KEPT, Status
+from .stop import Failed, Limits, Stop, StopRules
+from .targets import Target
+from .verdict import Decision, Rule
 from .workspace import Workspace
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
-__all__ = ["Engine", "Limits", "KEPT"]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_experiments: int | None = None
-    max_hours: float | None = None
-    max_cost: float | None = None
-    max_consecutive_crashes: int = 5
+__all__ = ["KEPT", "Engine", "Limits"]
 
 
-class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
-    def __init__(self, ws: Workspace, agent, target, control: Control | None = None, tag: str | None = None,
-                 limits: Limits = Limits(), journal: Journal | None = None, devices: list[Device] | None = None,
-                 cluster=None):
+class Engine:
+    def __init__(self, ws: Workspace, agent: Agent, target: Target, control: Control | None = None,
+                 tag: str | None = None, limits: Limits = Limits(), journal: Journal | None = None,
+                 devices: list[Device] | None = None, cluster: Cluster | None = None):
         self.ws, self.agent, self.target = ws, agent, target
         self.control = control or Control()
         self.tag = tag
-        self.limits = limits
         self.journal = journal or Journal(ws.journal_path)
         self.git = ws.git
         self.dcfg = ws.config.decision
+        self.rule = Rule(self.dcfg.min_delta, self.dcfg.noise_k, target.direction)
         self.editable = list(ws.config.target.editable)
         self.human_files = ("program.md",)  # the human edits these mid-run; resets never touch them
-        self.devices = list(devices) if devices else [Device(_default_label(target), "")]
-        self.cluster = cluster  # engine/cluster.py: the slots are on a Ray cluster's nodes
-        self._cluster_looked = 0.0  # when the cluster's nodes were last looked at
+        self.slotset = SlotSet(list(devices) if devices else [Device(_default_label(target), "")], target,
+                               ws.state / "slots", cluster, self.emit)
         self._subscribers: list[Callable[[ev.Event], None]] = []
         self._emit_lock = threading.RLock()  # events come from the engine, slot and agent threads
         self.session: Session | None = None
-        self._started = time.monotonic()
-        self._ran = 0  # proposals taken (they count against --max-experiments)
-        self._crashes = 0
-        self._stop_reason: str | None = None
-        self._agent_failures = 0
         self._state: str | None = None  # the state line last emitted (set_state)
         self._journaled: str | None = None  # and last written to the journal, with the pending requests
-        self._backoff_until = 0.0  # after an agent failure, no new proposal before this (monotonic)
         agent.interrupt = self.control.stopping  # stop-now reaches an agent waiting on the API
-        self.pipeline = ws.config.pipeline
-        self.slots: list[Slot] = []
-        self.pool = ProposalPool(self)
-        self.queued: list[Run] = []  # runs made and waiting for a slot: confirmations first, then approved ones
-        self._awaiting: Run | None = None  # at the review gate
-        self._again: list[tuple[int, str, int]] = []  # experiments to propose again: (n, why, after this many verdicts)
-        self._judged = 0  # verdicts so far
-        self._synced = 0.0  # when the human's files were last looked at
-        self._done: queue.Queue[Run] = queue.Queue()  # runs the slots finished
-        self._codes: dict[str, int] | None = None  # the code of each experiment so far -> its number
+        self.pool = ProposalPool(self.git, ws.state, agent, self.control, self.editable, self.human_files, self.emit,
+                                 judged=lambda: self.inflight.judged, on_fatal=self.fatal, on_late=self._late_proposal,
+                                 wake=self.wake)
+        self.briefing = Briefing(self.journal, self.git, self.editable, target, ws.program)
+        self.branch = SessionBranch(self.git, self.journal, self.emit, self.editable, self.human_files)
+        self.inflight = InFlight()  # runs made and not started, proposals asked again, and the counts
+        self.stop = StopRules(limits, self.control, self.inflight, lambda: self.journal.total_cost(self._session().id))
+        self.ledger = Ledger(self.journal, self.git, self.branch, self.control, self.stop, self.emit, self.pool.land,
+                             ws.results_path, target.metric_name)
+        self.intake = Intake(self.journal, self.git, self.pool, self.branch, self.inflight, self.ledger, self.emit,
+                             self.finish, self._session, lambda: self.slotset.busy() > 0, self.editable,
+                             self.human_files)
+        self.recorder = Recorder(self.journal, self.git, self.branch, self.control, self.pool, self.inflight,
+                                 self.intake, self.rule, self.emit, self.finish, self._session, lambda: self._fatal)
+        self.scheduler = Scheduler(
+            journal=self.journal, git=self.git, ws=ws, agent=agent, control=self.control, slots=self.slotset,
+            inflight=self.inflight, pool=self.pool, intake=self.intake, recorder=self.recorder, ledger=self.ledger,
+            stop=self.stop, pipeline=ws.config.pipeline, emit=self.emit, show_state=self.show_state, finish=self.finish,
+            context=lambda n: self.context(n), sync_human_files=self._sync_human_files,
+            apply_force_keeps=self._apply_force_keeps, session=self._session, harness=lambda: self.harness,
+            fatal=lambda: self._fatal)
+        self.baselines = Baselines(self.journal, target, self.dcfg, self.control, self.slotset, self.scheduler,
+                                   self.branch, self.emit)
         self.error: str | None = None  # set when the session stopped on an error, not a limit
         self.harness: str | None = None  # the target's harness version (set at start)
-        self._head: str | None = None  # where cockpit last put the session branch (anything else there is the human's)
         self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now
         self.finished = threading.Event()  # run() has returned: the session is recorded stopped, its processes gone
+
+    @property
+    def slots(self) -> list[Slot]:
+        """The slots now (SlotSet owns the list)."""
+        return self.slotset.slots
+
+    def _session(self) -> Session:
+        """The session, once started (the parts are called only then)."""
+        assert self.session is not None, "the session has not started"
+        return self.session
+
+    def context(self, n: int) -> Context:
+        """What the agent is told for experiment n: the journal's history, and what is in flight."""
+        running = self.slotset.runs() + self.inflight.runs()
+        return self.briefing.context(n, self._session(), running, self.pool.attempts)
 
     # ---- events ----
     def subscribe(self, fn: Callable[[ev.Event], None]) -> None:
@@ -133,8 +153,9 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         if runs:
             what = "baseline" if all(r.kind == "baseline" for r in runs) else "running"
             parts.append(f"{what} " + ", ".join(f"#{r.n} ({r.phase})" for r in sorted(runs, key=lambda r: r.n)))
-        if self._awaiting is not None:
-            parts.append(f"awaiting approval of #{self._awaiting.n}")
+        awaiting = self.inflight.awaiting
+        if awaiting is not None:
+            parts.append(f"awaiting approval of #{awaiting.n}")
         elif not runs:
             preparing = sorted(a.n for a in self.pool.attempts)
             if self.control.paused:
@@ -154,9 +175,34 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
                 except Exception:  # a broken consumer must never stop the loop
                     traceback.print_exc()
 
+    # ---- the ledger (engine/ledger.py), with the session it returns ----
+    def finish(self, r: Run | None, status: Status, reason: str | None, n: int | None = None,
+               description: str | None = None, diff_stat: str | None = None, decision: Decision | None = None,
+               agent_error: bool = False) -> None:
+        self.session = self.ledger.finish(self._session(), r, status, reason, n, description, diff_stat, decision,
+                                          agent_error)
+        self.branch.check_tree(self.session)  # the human's commit or edited code: the session stops, with it kept
+
+    def _apply_force_keeps(self) -> None:
+        """The human's force-keeps of finished experiments (one still running is kept when it finishes)."""
+        for n in self.control.take_forced_past():
+            if n in self.control.running():
+                self.control.force_keep(n)
+                continue
+            self.session = self.ledger.force_keep(self._session(), n, self.harness) or self.session
+
+    def _write_results(self) -> None:
+        if self.session is not None:
+            self.ledger.write_results(self.session)
+
+    def _late_proposal(self, a: Attempt) -> None:
+        """A proposal abandoned while its agent call ran returned: what it cost is recorded."""
+        self.ledger.record_usage(self._session(), a.n, a.usage)
+        self.ledger.save_notes(self._session(), a.tools)
+
     def wake(self) -> None:
         """Something finished in another thread: the scheduler looks again now."""
-        self._done.put(None)
+        self.scheduler.wake()
 
     def fatal(self, e: AgentFatal) -> None:
         """No request of this session can succeed: every run stops now."""
@@ -188,17 +234,17 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             for n in j.mark_interrupted(s.id):
                 self.emit(ev.Notice(text=f"experiment #{n} was interrupted when cockpit stopped; recorded `interrupted`"))
             self.git.checkout_session_branch(s.tag)
-            s = self._take_human_commits(s)
+            s = self.branch.take_human_commits(s)
             self.git.reset_hard(s.best_commit, keep=self.human_files)
             self.harness = self._version()  # of the files on the session branch, now checked out
             j.update_session(s.id, status="running", stop_reason=None, agent=self.agent.name)
-            self._check_harness_version(j.session(s.id))
+            self.branch.check_harness_version(j.session(s.id), self.harness, self.target.label)
             s = j.session(s.id)
-        self._head = self.git.head()
+        self.branch.head = self.git.head()
         self.session = s
         self.tag = s.tag
         self.pool.reset_trees(s.best_commit)  # an unsubmitted edit left there by a killed cockpit goes
-        self._make_slots()
+        self.slotset.make()
         for slot in self.slots:
             try:
                 slot.target.warm_up()
@@ -207,7 +253,7 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
         if self.git.removed_stale_lock:
             self.emit(ev.Notice(text="removed a stale .git/index.lock left by a git command that was killed"))
         self._sync_human_files()
-        self.write_results()
+        self._write_results()
         self.emit(ev.SessionStarted(session_id=s.id, tag=s.tag, branch=s.branch, agent=self.agent.name, resumed=resumed,
                                     best_commit=s.best_commit, best_metric=s.best_metric, next_experiment=j.next_number(s.id)))
         return s
@@ -215,30 +261,6 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
     def _version(self) -> str | None:
         self.target.rehash()  # the locked files as the session branch has them
         return self.target.version()
-
-    def _make_slots(self) -> None:
-        """One slot per device, each with its own copy of the target (its own spare child)."""
-        if self.slots:
-            return
-        if self.cluster is not None:  # one slot per GPU (or cpu:N per node) of every node, checked
-            for d, target in self.cluster.discover():
-                self.slots.append(self.new_slot(d, target))
-            self._cluster_notices()
-            if not self.slots:
-                from .cluster import ClusterError
-
-                raise ClusterError(f"the Ray cluster at {self.cluster.address} gives no usable slot (see the notices)")
-            self.cluster.watch()
-            return
-        many = len(self.devices) > 1 or bool(self.devices[0].env)
-        for i, d in enumerate(self.devices):
-            target = self.target.for_slot(str(i), d.env) if many else self.target
-            self.slots.append(self.new_slot(d, target))
-
-    def new_slot(self, d: Device, target) -> Slot:
-        """A slot for device d, numbered after every slot so far (its checkout: .cockpit/slots/<i>)."""
-        i = max((sl.index for sl in self.slots), default=-1) + 1
-        return Slot(i, d, target, self.ws.state / "slots" / str(i))
 
     def run(self) -> str:
         """Run until a stop condition; returns the reason. Any failure ends the session with its
@@ -260,16 +282,19 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             elif self.target.sandboxed:
                 from harness.resources import notice
 
-                if notice():  # what the kernel does not bound here (cores, memory, processes)
-                    self.emit(ev.Notice(text=notice()))
+                text = notice()
+                if text:  # what the kernel does not bound here (cores, memory, processes)
+                    self.emit(ev.Notice(text=text))
             if len(self.slots) > 1:
                 self.emit(ev.Notice(text=f"{len(self.slots)} slots, one experiment each at once: "
                                          + ", ".join(sl.device.label for sl in self.slots)))
-            if self._baseline_needed():
-                self._baseline()
-            reason = self.schedule()
-        except _Stop as e:
+            if self.baselines.needed(self._session()):
+                self.session = self.baselines.measure(self._session(), self.harness)
+            reason = self.scheduler.schedule()
+        except Stop as e:
             reason = str(e)
+            if isinstance(e, Failed):  # an error, not a limit: the CLI exits non-zero
+                self.error = reason
         except KeyboardInterrupt:  # a ctrl-c that reached the engine's thread: it is recorded as one
             reason = "stopped by ctrl-c"
             raise
@@ -282,60 +307,28 @@ class Engine(HumanWork, Baselines, Scheduling, Intake, Recording):
             s = self.session
             if s is not None:
                 try:
-                    self.wind_down(reason)
+                    self.scheduler.wind_down(reason)
                 except Exception:  # best effort: _repair marks what is left `interrupted`
                     traceback.print_exc()
                 if self._fatal is not None and self.error is None:  # a proposal ended it as the session stopped anyway
                     reason = self.error = str(self._fatal)
                     self.emit(ev.Error(text=reason, fatal=True))
-                for slot in self.slots or [None]:
-                    target = slot.target if slot is not None else self.target
-                    target.close()  # no spare training process outlives the session
-                    if slot is not None:
-                        slot.close()
-                if self.cluster is not None:
-                    self.cluster.close()
-                self._repair(s)
+                self.slotset.close()  # no spare training process outlives the session
+                self.branch.repair(s)
                 self.journal.update_session(s.id, status="stopped", stop_reason=reason)
                 self.set_state(f"stopped: {reason}")
-                self.write_results()
+                self._write_results()
                 self.emit(ev.SessionStopped(session_id=s.id, reason=reason, error=self.error is not None))
         return reason
 
-    def _stop_condition(self) -> str | None:
-        L, s = self.limits, self.session
-        if self._stop_reason:
-            return self._stop_reason
-        by = self.control.stopped_by  # "the human", or e.g. "signal SIGTERM"
-        if self.control.stop_mode == "now":
-            return f"stopped by {by}" + (" (now)" if by == "the human" else "")
-        if self.control.stop_mode == "after_run":
-            return f"stopped by {by} (after the run)"
-        if L.max_experiments is not None and self._ran >= L.max_experiments:
-            return f"reached --max-experiments {L.max_experiments}"
-        if L.max_hours is not None and time.monotonic() - self._started >= L.max_hours * 3600:
-            return f"reached --max-hours {L.max_hours:g}"
-        if L.max_cost is not None and self.journal.total_cost(s.id) >= L.max_cost:
-            return f"reached --max-cost ${L.max_cost:g} (spent ${self.journal.total_cost(s.id):.2f})"
-        if self._crashes >= L.max_consecutive_crashes:
-            return f"{self._crashes} consecutive crashes"
-        return None
-
-    def _program_changed_since(self, base: str) -> bool:
-        return base != self.session.best_commit and any(
-            self.git.show(base, f) != self.git.show(self.session.best_commit, f) for f in self.human_files)
-
-    def show(self, number: int) -> str:
-        """What the agent's context offers: a past experiment's log tail."""
-        e = self.journal.experiment(self.session.id, number)
-        if e is None or not e.log_path:
-            return ""
-        from harness.runner import log_tail
-
-        tail = log_tail(Path(e.log_path), 30)
-        return f"\nlog tail:\n{tail}" if tail else ""
+    def _sync_human_files(self) -> bool:
+        """The human's program.md edits, committed for them (engine/branch.py)."""
+        s = self.branch.sync_human_files(self._session())
+        if s is None:
+            return False
+        self.session = s
+        return True
 
 
-def _default_label(target) -> str:
-    device = target.device
-    return {"cuda": "cuda:0", "cpu": "cpu", "mps": "mps"}.get(device, "local")
+def _default_label(target: Target) -> str:
+    return {"cuda": "cuda:0", "cpu": "cpu", "mps": "mps"}.get(target.device or "", "local")

@@ -21,8 +21,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-KEPT = ("keep", "forced")
-FAILED = ("crash", "timeout", "invalid")
+from .status import FAILED, KEPT, NOT_RUN, Status  # noqa: F401  (FAILED: re-exported)
+
 CARRY_SHARE = 0.5  # a validation gain "carries over" when the holdout gains at least half as much...
 HOLDOUT_K = 2.0  # ...or falls short of that by no more than this many units of the holdout gain's noise
 
@@ -36,7 +36,7 @@ def measured(e) -> bool:
 def never_ran(e) -> bool:
     """A proposal the session stopped (or the human vetoed) before its run began: no outcome of
     the code, so not an experiment in results.tsv, the counts or the rate."""
-    return (e.status in ("interrupted", "vetoed") and e.run_started is None and e.metric is None
+    return (e.status in NOT_RUN and e.run_started is None and e.metric is None
             and e.training_seconds is None and e.log_path is None)
 
 
@@ -47,7 +47,7 @@ def comparable(rows, harness: str | None) -> list:
 
 
 def _base_ok(e) -> bool:
-    return e.kind == "baseline" and e.status == "keep" and measured(e)
+    return e.kind == "baseline" and e.status == Status.KEEP and measured(e)
 
 
 # ---- the baseline ----

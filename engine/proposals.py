@@ -13,16 +13,19 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .agents.base import AgentFatal, Context, InFlight, PastExperiment
+from .agents.base import Agent, AgentFatal, Context, Proposal, Usage
+from .control import Control
+from .events import Event
+from .git import GitRepo
 from .merge import merge3
 from .tools import Tools
 
 HELD = ""  # rebase(): nothing of the change is left on the new best (it already holds it)
-HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
-DIFF_CHARS = 4000
+DIFF_CHARS = 4000  # of a diff told to the agent
 
 
 @dataclass
@@ -32,17 +35,17 @@ class Attempt:
     n: int
     base: str
     tools: Tools
-    tree: object  # the agent worktree it edits (GitRepo)
+    tree: GitRepo  # the agent worktree it edits
     cancel: threading.Event  # set when the engine no longer needs this proposal
-    proposal: object = None
+    proposal: Proposal | None = None
     failure: Exception | None = None
     seconds: float = 0.0
-    usage: object = None
+    usage: Usage | None = None
     thread: threading.Thread | None = None
     done: bool = False  # the agent returned (or raised)
     late: bool = False  # abandoned before it returned: the thread records its own cost
     lock: threading.Lock = field(default_factory=threading.Lock)
-    seen: int = 0  # the verdicts known when it started (Engine._judged)
+    seen: int = 0  # the verdicts known when it started (InFlight.judged)
     diff: str | None = None  # its edits, once it is done (told to the other proposals)
 
 
@@ -66,26 +69,25 @@ class AnyOf:
 
 
 class ProposalPool:
-    def __init__(self, engine):
-        self.e = engine
-        self.attempts: list[Attempt] = []  # in flight: being prepared, or ready to be taken
-        self._free_trees: list = []
-        self._trees = 0
-        self._diffs: dict[tuple[str, str], str] = {}  # (base, commit) -> diff: commits never change
+    """The proposals in flight and the agent's trees. It gets what it needs, never the engine:
+    `git` (the workspace's repository), `trees` (where the agent's worktrees go), the agent, the
+    human's `control`, the `editable` files and the human's own (`human_files`), and callables:
+    `emit` (events), `judged` (the verdicts so far), `on_fatal` (an answer that ends the session),
+    `on_late` (the cost of a proposal abandoned before it returned) and `wake` (the scheduler
+    looks again)."""
 
-    def diff(self, a: str, b: str) -> str:
-        """The diff between two commits, cut for the agent's context, computed once: each proposal
-        is told the diff of every experiment in flight, and at 64 slots recomputing them all (one
-        git process each) was most of the engine's time."""
-        d = self._diffs.get((a, b))
-        if d is None:
-            if len(self._diffs) > 4096:
-                self._diffs.clear()
-            d = self._diffs[(a, b)] = self.e.git.diff(a, b)[:DIFF_CHARS]
-        return d
+    def __init__(self, git: GitRepo, trees: Path, agent: Agent, control: Control, editable: list[str],
+                 human_files: tuple[str, ...], emit: Callable[[Event], None], judged: Callable[[], int],
+                 on_fatal: Callable[[AgentFatal], None], on_late: Callable[[Attempt], None], wake: Callable[[], None]):
+        self.git, self.trees, self.agent, self.control = git, trees, agent, control
+        self.editable, self.human_files = editable, human_files
+        self.emit, self.judged, self.on_fatal, self.on_late, self.wake = emit, judged, on_fatal, on_late, wake
+        self.attempts: list[Attempt] = []  # in flight: being prepared, or ready to be taken
+        self._free_trees: list[GitRepo] = []
+        self._trees = 0
 
     # ---- the agent's trees ----
-    def _tree(self, base: str):
+    def _tree(self, base: str) -> GitRepo:
         if self._free_trees:
             wt = self._free_trees.pop()
             try:
@@ -97,7 +99,7 @@ class ProposalPool:
         k = self._trees  # only ever goes up: a new tree never takes the name of one in use
         self._trees += 1
         name = "agent" if k == 0 else f"agent-{k}"
-        return self.e.git.agent_worktree(self.e.ws.state / name, base)
+        return self.git.agent_worktree(self.trees / name, base)
 
     def release(self, a: Attempt) -> None:
         if (a.tree.root / ".git").is_file():
@@ -105,30 +107,30 @@ class ProposalPool:
 
     def reset_trees(self, base: str) -> None:
         """At start: the agent's tree clean at the best (an unsubmitted edit a killed cockpit left goes)."""
-        self.release(Attempt(0, base, None, self._tree(base), threading.Event()))
+        wt = self._tree(base)
+        if (wt.root / ".git").is_file():
+            self._free_trees.append(wt)
 
     # ---- proposing ----
     def preparing(self) -> list[Attempt]:
         return [a for a in self.attempts if not a.done]
 
-    def start(self, n: int, context: Context) -> Attempt:
-        """Ask the agent for experiment n against the current best, in the background."""
-        e = self.e
-        base = e.session.best_commit
+    def start(self, n: int, context: Context, base: str) -> Attempt:
+        """Ask the agent for experiment n against the best commit `base`, in the background."""
         wt = self._tree(base)
-        tools = Tools(wt.root, e.editable)
-        a = Attempt(n, base, tools, wt, threading.Event(), seen=e._judged)
-        agent = e.agent
+        tools = Tools(wt.root, self.editable)
+        a = Attempt(n, base, tools, wt, threading.Event(), seen=self.judged())
+        agent = self.agent
 
         def work() -> None:
-            agent.interrupt = AnyOf(e.control.stopping, a.cancel)  # per thread (agents keep it thread-local)
+            agent.interrupt = AnyOf(self.control.stopping, a.cancel)  # per thread (agents keep it thread-local)
             t0 = time.monotonic()
             try:
-                a.proposal = agent.propose(context, tools, e.emit)
+                a.proposal = agent.propose(context, tools, self.emit)
             except Exception as x:  # handled when the proposal is taken
                 a.failure = x
                 if isinstance(x, AgentFatal):  # nothing more can be proposed: the session ends now
-                    e.fatal(x)
+                    self.on_fatal(x)
             a.seconds = time.monotonic() - t0
             a.usage = agent.last_usage
             with a.lock:
@@ -136,11 +138,10 @@ class ProposalPool:
                 late = a.late
             if late:  # abandoned while it still ran: what it cost is still recorded
                 try:
-                    e.record_usage(a.n, a.usage)
-                    e.save_notes(tools)
+                    self.on_late(a)
                 except Exception:  # the journal may be closed by now
                     traceback.print_exc()
-            e.wake()
+            self.wake()
 
         a.thread = threading.Thread(target=work, name=f"cockpit-propose-{n}", daemon=True)
         self.attempts.append(a)
@@ -168,66 +169,17 @@ class ProposalPool:
             a.late = not finished
         return finished
 
-    # ---- what the agent is told ----
-    def context(self, n: int, running: list) -> Context:
-        e = self.e
-        s = e.session
-        exps = [x for x in e.journal.experiments(s.id) if x.n != n]  # asked again: later results too
-        recent = {x.n for x in exps[-HISTORY_DIFFS:]}
-        history = []
-        for x in exps:
-            if x.status in ("running", "proposing", "queued"):
-                continue  # in flight: told below
-            diff = ""
-            if x.n in recent and x.commit_sha and x.parent_commit and x.kind == "experiment":
-                diff = self.diff(x.parent_commit, x.commit_sha)
-            history.append(PastExperiment(x.n, x.status, x.metric, x.delta, x.description or "", diff, x.reason))
-        in_flight = []
-        for r in running:
-            if r.kind == "experiment":
-                in_flight.append(InFlight(r.n, r.description, self.diff(r.parent, r.sha), "running"))
-        for a in self.attempts:
-            if a.done and a.proposal is not None:
-                desc = (a.proposal.description or "").strip().splitlines()[0:1]
-                diff = a.diff
-                if diff is None:  # a finished proposal's edits no longer change
-                    try:
-                        diff = a.diff = a.tree.diff("HEAD")[:DIFF_CHARS]
-                    except Exception:  # its tree was removed under it: taking it will say so
-                        diff = ""
-                in_flight.append(InFlight(a.n, desc[0] if desc else "", diff, "prepared"))
-        notes = e.journal.notes(s.id)
-        files = {rel: e.git.show(s.best_commit, rel) or "" for rel in e.editable}
-        return Context(
-            program=e.ws.program(),
-            files=files,
-            history=history,
-            human_notes=[x["text"] for x in notes if x["author"] == "human"],
-            agent_notes=[x["text"] for x in notes if x["author"] == "agent"],
-            direction=e.target.direction,
-            profile=e.target.profile_name,
-            seed=s.id,
-            n=n,
-            metric=e.target.metric_name,
-            best_metric=s.best_metric,
-            noise=s.noise,
-            budget=e.target.budget,
-            show=e.show,
-            in_flight=tuple(in_flight),
-        )
-
     # ---- from a proposal to a commit ----
     def validate(self, a: Attempt) -> str | None:
-        e = self.e
-        changed = [f for f in a.tree.changed_files(e.editable) if f not in e.human_files]
+        changed = [f for f in a.tree.changed_files(self.editable) if f not in self.human_files]
         if not changed:
             return "the proposal changed nothing"
-        outside = [f for f in changed if f not in e.editable]
+        outside = [f for f in changed if f not in self.editable]
         if outside:
             return f"the proposal changed files outside the editable list: {', '.join(outside[:3])}"
         return syntax_error(a.tree.root, changed)
 
-    def rebase(self, wt, sha: str, base: str, best: str, message: str) -> str | None:
+    def rebase(self, wt: GitRepo, sha: str, base: str, best: str, message: str) -> str | None:
         # None: a conflict; HELD: the new best already holds the change
         """Re-apply commit `sha` (made on `base`) onto `best` with a 3-way merge of each file it
         changed, in the tree `wt`; None on a conflict (or when nothing of it is left)."""
@@ -252,12 +204,12 @@ class ProposalPool:
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(text, encoding="utf-8")
-        changed = wt.changed_files(self.e.editable)
+        changed = wt.changed_files(self.editable)
         if not changed:
             return HELD  # the new best already holds this change
         if syntax_error(wt.root, changed):  # a merge that does not compile is a conflict, not an experiment
             return None
-        return wt.commit_all(changed, message)
+        return str(wt.commit_all(changed, message))
 
     def land(self, sha: str, base: str, best: str, message: str) -> str | None:
         """`sha` re-applied onto `best`, in a spare agent tree (the engine's own merges)."""

@@ -19,10 +19,16 @@ import os
 import queue
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from .runs import Run
+    from .targets import Target
 
 
 class DeviceError(HarnessError):
@@ -33,7 +39,7 @@ class DeviceError(HarnessError):
 class Device:
     label: str  # what the journal and the TUI show: "cuda:0", "cpu:1", "cpu"
     model: str  # the GPU's name, or "cpu"
-    env: dict = field(default_factory=dict)  # given to the slot's training process
+    env: dict[str, str] = field(default_factory=dict)  # given to the slot's training process
     node: str = ""  # the Ray node it is on (engine/cluster.py); "" on this machine
 
 
@@ -161,17 +167,17 @@ class Slot:
     ends), so a thread per run would kill every spare as its run ended and each run would start
     cold."""
 
-    def __init__(self, index: int, device: Device, target, tree: Path):
+    def __init__(self, index: int, device: Device, target: Target, tree: Path):
         self.index, self.device, self.target, self.tree = index, device, target, tree
-        self.run = None  # the experiment it runs now (engine.record.Run), or None
+        self.run: Run | None = None  # the experiment it runs now, or None
         self.thread: threading.Thread | None = None
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[Callable[[Slot, Run], None], Run] | None] = queue.SimpleQueue()
 
     @property
     def busy(self) -> bool:
         return self.run is not None
 
-    def start(self, run, work) -> None:
+    def start(self, run: Run, work: Callable[[Slot, Run], None]) -> None:
         """Run `work(self, run)` in the slot's thread."""
         self.run = run
         if self.thread is None or not self.thread.is_alive():

@@ -112,7 +112,7 @@ class GptTarget(Target):
         self.sandboxed, self.sandbox_reason = runner.sandbox_state(sandbox)  # SandboxRequired: refused at once
         self.credits: list[float] = []  # the allowance this session's baselines ran under (kept on a resume)
         self.steps: list[float] = []  # the baselines' measured step times
-        self.calibration: dict = {}  # the harness's reference measurement (shared by the slots' copies)
+        self.calibration: dict[str, tuple[float, float]] = {}  # the harness's reference measurement (shared by the slots' copies)
         self._calibrating = threading.Lock()
         # for_slot: each slot's copy has its own spare child and device environment; the measured
         # allowances are shared by all slots (one list)

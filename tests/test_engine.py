@@ -644,7 +644,7 @@ def test_a_stale_veto_for_another_experiment_is_ignored_and_stop_ends_an_approva
     c = Control(review=True)
     five = c.begin_run(5)
     assert not c.veto("meant for #4", n=4)  # #4 is no longer running: ignored
-    assert c.peek_veto(5) is None and not five.is_set()
+    assert c.take_veto(5) is None and not five.is_set()
     six = c.begin_run(6)
     assert not c.veto("which one?")  # two run: a veto must name one (the UI asks)
     assert not five.is_set() and not six.is_set()

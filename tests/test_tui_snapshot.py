@@ -84,7 +84,7 @@ class ScriptedEngine:
         self.done.set()
         if self.reason:
             return self.reason
-        self.control.cancel_run.wait()  # until the app goes away (stop now)
+        self.control.stopping.wait()  # until the app goes away (stop now)
         return "stopped"
 
 

@@ -6,15 +6,15 @@ lives in the journal and comes back through the Context (history, notes), not in
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from engine.events import Event
+from engine.status import KEPT  # noqa: F401  (re-exported for agents)
 from engine.tools import Tools
 from harness.errors import HarnessError
 
-KEPT = frozenset({"keep", "forced"})  # statuses whose change became (part of) the best code
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,13 @@ class Proposal:
     usage: Usage | None = None
 
 
+class Interrupt(Protocol):
+    """What says stop now to an agent's call: a threading.Event, or any of several."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class Agent:
     """The contract every agent declares; what an agent does not need it inherits from here (the
     engine never probes an agent for an attribute)."""
@@ -101,7 +108,7 @@ class Agent:
     # Set by the engine before each propose(): an event that says stop now (the session stops, or the
     # proposal is abandoned), for an agent that waits on something it can give up. An agent whose
     # calls run concurrently keeps it per thread.
-    interrupt: threading.Event | None = None
+    interrupt: Interrupt | None = None
     last_usage: Usage | None = None  # what this thread's latest propose() spent (None: nothing to count)
 
     def prepare(self) -> list[str]:

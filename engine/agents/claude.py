@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import events as ev
+from ..status import Status
 from ..tools import ToolError, Tools
 from .base import Agent, Context, Proposal, ProposalRejected, ProposalSkipped, Usage
 from .models import AgentFatal, ModelSpec, RequestSettings, settings_for, spec_from_family, spec_from_info
@@ -635,7 +636,7 @@ def results_table(ctx: Context, last: int | None = None) -> str:
     for e in shown:
         m = f"{e.metric:.6f}" if e.metric is not None else "-"
         d = f"{e.delta:+.6f}" if e.delta is not None else ""
-        why = f" ({e.reason})" if e.reason and e.status not in ("keep",) else ""
+        why = f" ({e.reason})" if e.reason and e.status != Status.KEEP else ""
         lines.append(f"| {e.n} | {e.status} | {m} | {d} | {e.description}{why} |")
     if not hist:
         lines.append("| - | - | - | - | no experiments yet |")

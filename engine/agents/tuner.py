@@ -27,7 +27,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from engine.agents.base import KEPT, Agent, Context, PastExperiment, Proposal
+from engine.agents.base import Agent, Context, PastExperiment, Proposal
+from engine.status import KEPT, Status
 from engine.events import AgentText, Event
 from engine.tools import ToolError, Tools
 
@@ -40,7 +41,7 @@ UPPER_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 POW2_LITERAL = re.compile(r"2\s*\*\*\s*\d+")
 MOVE = re.compile(r"(?P<key>(?:[\w./-]+:)?[A-Z][A-Z0-9_]*) (?P<old>\S+) -> (?P<new>\S+) \((?P<tag>[^()]*)\)")
 FACTOR_TAG = re.compile(r"(?:^|\s)(?P<op>[x/])(?P<f>\d+(?:\.\d+)?)$")
-NOT_A_VERDICT = frozenset({"interrupted"})  # cockpit died mid-run: the move was never judged
+NOT_A_VERDICT = frozenset({Status.INTERRUPTED})  # cockpit died mid-run: the move was never judged
 
 
 # ---------------------------------------------------------------------------
