@@ -27,6 +27,10 @@ class GitRepo:
             raise GitError(f"{root} is a bare git repository")
         self.root = Path(str(self.repo.working_tree_dir))
         self.g = self.repo.git
+        # cockpit's reads (`git status` every few seconds) never take .git/index.lock: git's
+        # optional lock refreshes the index, and a human's `git commit` in the workspace at
+        # that moment failed with "index.lock: File exists".
+        self.g.update_environment(GIT_OPTIONAL_LOCKS="0")
         self.removed_stale_lock = self._remove_stale_index_lock()
         try:
             self.g.config("user.email")
