@@ -21,87 +21,17 @@ from . import config as configmod
 from . import numbers
 from .git import GitRepo
 from .journal import FINAL, KEPT, Experiment, Journal, Session
-from .numbers import HoldoutCheck, holdout_check, measured, never_ran, versus  # noqa: F401  (HoldoutCheck: re-exported)
+from .analysis import (  # noqa: F401  (re-exported: the chart's data is the TUI plot's, one definition)
+    FAILED, HoldoutCheck, ProgressSeries, baseline_mean, holdout_check, measured, never_ran, progress_series, running_best,
+    versus, y_limits,
+)
 from .workspace import Workspace
 
-FAILED = ("crash", "timeout", "invalid")
 DESC_CHARS = 40
 MAX_LABELS = 30  # more descriptions than this on one chart is ink, not information
 
 
-# ---- data preparation (pure; unit-tested) ----
-
-def _is_kept(e: Experiment) -> bool:
-    return e.status in KEPT and measured(e)
-
-
-def _measured(e: Experiment) -> bool:
-    return measured(e)
-
-
-def baseline_mean(experiments: list[Experiment], harness: str | None = None) -> float | None:
-    """The mean of the latest group of successful baseline runs (the unchanged code), as the engine computes it."""
-    return numbers.baseline(experiments, harness).mean
-
-
-def running_best(experiments: list[Experiment], direction: str = "min", harness: str | None = None,
-                 best: tuple[int | None, float | None] | None = None) -> list[tuple[int, float]]:
-    """The engine's best after each row that moved it (engine/numbers.py: one definition for
-    every surface)."""
-    return numbers.running_best(experiments, direction, harness, best)
-
-
-@dataclass
-class ProgressSeries:
-    kept: list[Experiment] = field(default_factory=list)  # baselines + keep/forced, measured
-    best: list[tuple[int, float]] = field(default_factory=list)  # running_best
-    other: list[Experiment] = field(default_factory=list)  # finished, measured, not kept (discard, vetoed, ...)
-    failed: list[Experiment] = field(default_factory=list)  # crash / timeout / invalid: no metric
-    baseline: float | None = None
-    hidden: int = 0  # measured rows of another harness version (budget, data): never drawn beside these
-
-
-def progress_series(experiments: list[Experiment], direction: str = "min", harness: str | None = None,
-                    best: tuple[int | None, float | None] | None = None) -> ProgressSeries:
-    """What the charts draw (the report's and the TUI's): the rows of the current harness only."""
-    rows = numbers.comparable(experiments, harness)
-    shown = {e.n for e in rows}
-    s = ProgressSeries(best=running_best(rows, direction, harness, best), baseline=baseline_mean(rows, harness),
-                       hidden=sum(1 for e in experiments if e.n not in shown and (measured(e) or e.status in FAILED)))
-    for e in rows:
-        if _is_kept(e):
-            s.kept.append(e)
-        elif e.status in FAILED:
-            s.failed.append(e)
-        elif e.status in FINAL and _measured(e):
-            s.other.append(e)
-    return s
-
-
-def y_limits(s: ProgressSeries, direction: str = "min") -> tuple[float, float] | None:
-    """Y-range that shows every kept point and the baseline, plus the non-kept points near them;
-    far-off outliers (a diverged run at 10x the baseline) are left outside and drawn at the edge.
-    Returned as (low, high) with low < high; None when nothing was measured."""
-    core = [e.metric for e in s.kept] + [v for _, v in s.best] + ([s.baseline] if s.baseline is not None else [])
-    others = [e.metric for e in s.other]
-    if not core:
-        core = others
-    if not core:
-        return None
-    lo_c, hi_c = min(core), max(core)
-    span = hi_c - lo_c
-    if span <= 0:
-        span = max(abs(hi_c) * 0.02, 1e-3)
-    everything = core + others
-    if direction == "min":  # worse = higher: allow a bounded margin above the worst kept value
-        hi = min(max(everything), hi_c + 0.6 * span)
-        lo = max(min(everything), lo_c - 0.5 * span)
-    else:  # worse = lower
-        lo = max(min(everything), lo_c - 0.6 * span)
-        hi = min(max(everything), hi_c + 0.5 * span)
-    pad = 0.08 * max(hi - lo, span)
-    return lo - pad, hi + pad
-
+# ---- data preparation (pure; unit-tested): the series and limits are engine/analysis.py's ----
 
 def label_rows(s: ProgressSeries, direction: str = "min", limit: int = MAX_LABELS) -> list[Experiment]:
     """The kept experiments whose description is written on the chart: all of them up to `limit`,
@@ -384,7 +314,7 @@ def render_markdown(sm: Summary, png_name: str = "progress.png") -> str:
     else:
         L.append(f"- best {m}: - (no measured result yet)")
     shown = {e.n for e in numbers.comparable(sm.experiments, s.harness)}
-    kept_exp = [e for e in sm.experiments if e.kind == "experiment" and _is_kept(e) and e.n in shown]
+    kept_exp = [e for e in sm.experiments if e.kind == "experiment" and (e.status in KEPT and measured(e)) and e.n in shown]
     if kept_exp and sm.best is not None:
         top = (min if sm.direction == "min" else max)(kept_exp, key=lambda e: e.metric)
         if top.metric != sm.best and numbers.gain(top.metric, sm.best, sm.direction) > 0:
