@@ -310,7 +310,8 @@ class Scheduling:
 
     def _never_ran(self, n: int, reason: str) -> None:
         """A proposal row the session stopped before it ran: `interrupted`, with why."""
-        self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(), reason=reason)
+        self.journal.update_experiment(self.session.id, n, status="interrupted", finished=time.time(), reason=reason,
+                                       abandoned=1)  # the UIs read this field (engine/view.py), not the description
         self.emit(ev.ExperimentFinished(n=n, commit="", status="interrupted", metric=None, delta=None, confidence=None,
                                         best_metric=self.session.best_metric, description="(not run)", reason=reason))
 
