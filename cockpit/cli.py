@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("cockpit: interrupted")
         return 130
     except BrokenPipeError:  # `cockpit status | head -3`: the reader has all it wanted
-        from engine.headless import detach
+        from cockpit.headless import detach
 
         detach(sys.stdout)
         return 128 + signal.SIGPIPE
@@ -147,7 +147,7 @@ def _say(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except OSError:
-        from engine.headless import detach
+        from cockpit.headless import detach
 
         detach(sys.stderr)
 
@@ -530,7 +530,7 @@ def _run_headless(engine, notices: list[str], json_lines: bool, lock) -> int | N
     """Run the session, printing its events; returns the stopping signal's number, if one stopped
     it. ctrl-c stops the session like SIGTERM (a second one interrupts at once)."""
     from engine import events as ev
-    from engine.headless import Printer
+    from cockpit.headless import Printer
     from cockpit.lifeline import STOP_SIGNALS, Lifeline
 
     printer = Printer(json_lines=json_lines, metric=engine.target.metric_name)
@@ -569,24 +569,24 @@ def session_state(s) -> str:
 
 
 def cmd_status(args) -> int:
+    """The session's summary, read through its read-only view (engine/view.py)."""
     from engine import numbers
-    from engine.journal import Journal, duty_cycle
+    from engine.view import SessionView
     from engine.workspace import open_workspace
 
-    ws = open_workspace(args.workspace)
-    if not ws.journal_path.exists():
-        raise HarnessError(f"no cockpit session in {ws.root} yet; run `cockpit` there first")
-    j = Journal(ws.journal_path)
-    s = j.session_by_tag(args.tag) if args.tag else j.latest_session()
-    if s is None:
-        raise HarnessError(f"no session {args.tag!r} in {ws.root}" if args.tag else f"no session in {ws.root} yet")
-    exps = j.experiments(s.id)
+    open_workspace(args.workspace)  # a folder that is not a workspace is refused, in one line
+    view = SessionView.open(args.workspace, args.tag)
+    try:
+        s, exps = view.session(), view.history()
+        cost, duty = view.cost(), view.duty()
+    finally:
+        view.close()
     counts: dict[str, int] = {}
     for e in exps:
-        if e.kind == "experiment" and not numbers.never_ran(e):
+        if e.kind == "experiment" and e.ran:
             counts[e.status] = counts.get(e.status, 0) + 1
-    unrun = sum(1 for e in exps if e.kind == "experiment" and numbers.never_ran(e))
-    m, direction = ws.config.target.metric, ws.config.target.direction
+    unrun = sum(1 for e in exps if e.kind == "experiment" and not e.ran)
+    m, direction = view.config.target.metric, view.config.target.direction
     st = numbers.standing(exps, s.best_n, s.best_metric, s.harness, direction)
     print(f"session {s.tag}  branch {s.branch}  agent {s.agent}  status {s.status}" + (f" ({s.stop_reason})" if s.stop_reason else ""))
     print(f"state: {session_state(s)}")
@@ -602,10 +602,10 @@ def cmd_status(args) -> int:
     if hc.line(m) and not st.is_baseline:
         print(("warning: " if hc.carried is False else "") + hc.line(m))
     print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
-          + (f" (+{unrun} never ran)" if unrun else "") + f"  cost ${j.total_cost(s.id):.2f}")
-    print(duty_cycle(exps).summary())
+          + (f" (+{unrun} never ran)" if unrun else "") + f"  cost ${cost:.2f}")
+    print(duty.summary())
     shown = {e.n for e in numbers.comparable(exps, s.harness)}
-    for e in [e for e in exps if not numbers.never_ran(e)][-15:]:
+    for e in [e for e in exps if e.ran][-15:]:
         val = f"{e.metric:.6f}" if e.metric is not None else "-"
         delta = f"{e.delta:+.6f}" if e.delta is not None else ""
         mark = "*" if st.best_n is not None and e.n == st.best_n else " "  # the best's row; never a baseline's
@@ -615,7 +615,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from engine.report import write_report
+    from cockpit.report_render import write_report
 
     paths = write_report(args.workspace, args.tag, args.out)
     print(paths.png)

@@ -23,14 +23,17 @@ from harness.runner import log_tail as _log_tail
 
 from . import analysis
 from . import config as configmod
-from .journal import Experiment, Session
+from .journal import Experiment, Session  # Experiment: the row type the UIs read (re-exported)
 
 LOG_LINES = 40  # what the TUI shows of a run's log when it is opened
+SESSIONS = object()  # holdout(): the session's own harness version
 
 
 class SessionView:
-    def __init__(self, root: Path, config: configmod.Config | None = None, session_id: int | None = None):
+    def __init__(self, root: Path, config: configmod.Config | None = None, session_id: int | None = None,
+                 once: bool = False):
         self.root = Path(root)
+        self.once = once  # a one-off read (`cockpit status`, `cockpit report`), not a view kept open beside the engine
         self.config = config if config is not None else configmod.load(self.root)
         self.session_id = session_id
         self._db: sqlite3.Connection | None = None
@@ -45,8 +48,9 @@ class SessionView:
 
     @classmethod
     def open(cls, path: str | Path, tag: str | None = None) -> SessionView:
-        """The view of session `tag` (default: the latest) of the workspace at `path`, touching
-        nothing there. Bad input is a HarnessError with one clear line."""
+        """The view of session `tag` (default: the latest) of the workspace at `path`, for one read
+        (`cockpit status`, `cockpit report`), touching nothing there. Bad input is a HarnessError
+        with one clear line."""
         p = Path(path).expanduser().resolve()
         if not p.is_dir():
             raise HarnessError(f"workspace {p} does not exist")
@@ -54,7 +58,7 @@ class SessionView:
             root = Path(git.Repo(p).working_tree_dir or p)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise HarnessError(f"{p} is not a git repository; run `cockpit init {p}` to create a workspace") from None
-        view = cls(root)
+        view = cls(root, once=True)
         if not view.journal_path.is_file():
             raise HarnessError(f"no cockpit session in {root} yet; run `cockpit` there first")
         s = view.session_by_tag(tag) if tag else view.latest_session()
@@ -96,6 +100,10 @@ class SessionView:
             try:
                 if self._db is None:
                     uri = f"{self.journal_path.resolve().as_uri()}?mode=ro"
+                    if self.once and not self.journal_path.with_name(self.journal_path.name + "-wal").exists():
+                        # no cockpit has the journal open (the last one to close folded its log in):
+                        # read the file as it is, so that not even SQLite's -wal/-shm are left behind
+                        uri += "&immutable=1"
                     self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
                     self._db.row_factory = sqlite3.Row
                 return self._db.execute(sql, args).fetchall()
@@ -155,10 +163,10 @@ class SessionView:
     def duty(self) -> analysis.DutyCycle:
         return analysis.duty_cycle(self.history())
 
-    def holdout(self, best_n: int | None, direction: str | None = None, harness: str | None = None) -> analysis.HoldoutCheck:
+    def holdout(self, best_n: int | None, direction: str | None = None, harness: str | None | object = SESSIONS) -> analysis.HoldoutCheck:
         """The best code's gain on the holdout beside its gain on validation (`harness`: the
-        version compared; default the session's)."""
-        h = harness if harness is not None else self.session().harness
+        version compared, None for every row; by default the session's)."""
+        h = self.session().harness if harness is SESSIONS else harness
         return analysis.holdout_check(self.history(), best_n, direction or self.config.target.direction, h)
 
     # ---- git and the run's files ----
