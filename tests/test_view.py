@@ -161,3 +161,20 @@ def test_an_old_journal_without_the_newer_columns_is_readable(tmp_path, ws):
     v = SessionView.open(ws)
     e = v.experiment(3)
     assert e.metric == 0.990 and e.slot is None and e.holdout is None
+
+
+def test_an_old_journal_gains_the_abandoned_column_and_reads_it_empty(ws):
+    """A journal from before `experiments.abandoned`: the engine's journal adds the column (nothing
+    is rewritten); its rows read as not abandoned."""
+    db = sqlite3.connect(ws / ".cockpit" / "journal.sqlite")
+    db.execute("ALTER TABLE experiments DROP COLUMN abandoned")
+    db.commit()
+    db.close()
+    assert SessionView.open(ws).experiment(4).abandoned is None, "readable before the migration"
+    j = Journal(ws / ".cockpit" / "journal.sqlite")
+    try:
+        j.update_experiment(j.session_by_tag("t1").id, 4, abandoned=1)
+    finally:
+        j.close()
+    v = SessionView.open(ws)
+    assert [e.abandoned for e in v.history()] == [None, None, None, 1]
