@@ -178,3 +178,35 @@ def test_an_old_journal_gains_the_abandoned_column_and_reads_it_empty(ws):
         j.close()
     v = SessionView.open(ws)
     assert [e.abandoned for e in v.history()] == [None, None, None, 1]
+
+
+# ---- the boundary: the UIs read through the view ----
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("engine.journal", "engine.git", "git", "harness.runner")
+# the composition root builds the engine (it checks the sandbox through the runner), and `cockpit
+# train` runs the harness itself: neither reads a session
+EXEMPT = {"cockpit/cli.py": {"harness.runner"}, "cockpit/commands/train.py": {"harness.runner"}}
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_ui_module_opens_the_journal_git_or_the_runner():
+    found = []
+    for path in sorted((ROOT / "cockpit").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for name in _imports(path):
+            hit = next((f for f in FORBIDDEN if name == f or name.startswith(f + ".")), None)
+            if hit is not None and hit not in EXEMPT.get(rel, set()):
+                found.append(f"{rel}: {name}")
+    assert not found, found
