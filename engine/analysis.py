@@ -25,6 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+Row = Any  # a journal row (engine.journal.Experiment), or anything with its attributes
+Rows = Iterable[Any]
+
 KEPT = ("keep", "forced")
 FAILED = ("crash", "timeout", "invalid")
 FINAL = ("keep", "discard", "crash", "timeout", "invalid", "vetoed", "forced", "interrupted", "baseline")
@@ -34,24 +37,24 @@ HOLDOUT_K = 2.0  # ...or falls short of that by no more than this many units of 
 
 # ---- which rows ----
 
-def measured(e) -> bool:
+def measured(e: Row) -> bool:
     return e.metric is not None and math.isfinite(e.metric)
 
 
-def never_ran(e) -> bool:
+def never_ran(e: Row) -> bool:
     """A proposal the session stopped (or the human vetoed) before its run began: no outcome of
     the code, so not an experiment in results.tsv, the counts or the rate."""
     return (e.status in ("interrupted", "vetoed") and e.run_started is None and e.metric is None
             and e.training_seconds is None and e.log_path is None)
 
 
-def comparable(rows, harness: str | None) -> list:
+def comparable(rows: Rows, harness: str | None) -> list[Row]:
     """The rows measured by `harness` (None: every row), in experiment order. Rows that never ran
     carry no version and no result."""
     return sorted((e for e in rows if harness is None or e.harness is None or e.harness == harness), key=lambda e: e.n)
 
 
-def _base_ok(e) -> bool:
+def _base_ok(e: Row) -> bool:
     return e.kind == "baseline" and e.status == "keep" and measured(e)
 
 
@@ -69,11 +72,11 @@ class Baseline:
     holdout_runs: int = 0
 
 
-def _key(e) -> tuple:
+def _key(e: Row) -> tuple[str | None, str | None]:
     return (e.harness, e.commit_sha)
 
 
-def _baseline_of(group: list) -> Baseline:
+def _baseline_of(group: list[Row]) -> Baseline:
     vals = [e.metric for e in group]
     if not vals:
         return Baseline()
@@ -83,7 +86,7 @@ def _baseline_of(group: list) -> Baseline:
                     len(hold))
 
 
-def baseline(rows, harness: str | None = None) -> Baseline:
+def baseline(rows: Rows, harness: str | None = None) -> Baseline:
     """The latest baseline group of `harness`: the successful baseline runs of the same code
     (commit) and version as the last one, as the engine averages them for its starting best."""
     base = [e for e in comparable(rows, harness) if _base_ok(e)]
@@ -93,7 +96,7 @@ def baseline(rows, harness: str | None = None) -> Baseline:
     return _baseline_of([e for e in base if _key(e) == key])
 
 
-def baseline_mean(rows, harness: str | None = None) -> float | None:
+def baseline_mean(rows: Rows, harness: str | None = None) -> float | None:
     """The mean of the latest group of successful baseline runs (the unchanged code), as the engine
     computes its starting best."""
     return baseline(rows, harness).mean
@@ -101,7 +104,7 @@ def baseline_mean(rows, harness: str | None = None) -> float | None:
 
 # ---- the running best ----
 
-def running_best(rows, direction: str = "min", harness: str | None = None,
+def running_best(rows: Rows, direction: str = "min", harness: str | None = None,
                  best: tuple[int | None, float | None] | None = None) -> list[tuple[int, float]]:
     """(n, the best after row n) at each row that moved it: the engine's best over the session.
 
@@ -112,7 +115,7 @@ def running_best(rows, direction: str = "min", harness: str | None = None,
     Only rows of `harness` count (None: all)."""
     del direction  # the engine's best is the last kept value, whichever way is better
     rows = comparable(rows, harness)
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple[str | None, str | None], list[float]] = {}
     for e in rows:
         if _base_ok(e):
             groups.setdefault(_key(e), []).append(e.metric)
@@ -152,7 +155,7 @@ def gain(value: float, reference: float, direction: str = "min") -> float:
     return reference - value if direction == "min" else value - reference
 
 
-def standing(rows, best_n: int | None, best_metric: float | None, harness: str | None = None,
+def standing(rows: Rows, best_n: int | None, best_metric: float | None, harness: str | None = None,
              direction: str = "min") -> Standing:
     """The session's best (the engine's: best_n, best_metric), judged by the current harness:
     a best measured by another version is not shown (a new baseline is measured first); a best
@@ -216,7 +219,7 @@ class HoldoutCheck:
         return text
 
 
-def holdout_check(rows, best_n: int | None, direction: str = "min", harness: str | None = None) -> HoldoutCheck:
+def holdout_check(rows: Rows, best_n: int | None, direction: str = "min", harness: str | None = None) -> HoldoutCheck:
     rows = comparable(rows, harness)
     base = baseline(rows, harness)
     best = next((e for e in rows if e.n == best_n), None)
@@ -329,6 +332,9 @@ def duty_cycle(experiments: Iterable[Any]) -> DutyCycle:
         return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
     slots = len({e.slot for e in done if e.slot is not None}) or 1
     wall = (max(e.finished for e in done) - min(e.run_started or e.started for e in done)) * slots
-    s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
+
+    def s(f: str) -> float:
+        return float(sum(getattr(e, f) or 0.0 for e in done))
+
     return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done),
                      slots)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import git
 
@@ -24,6 +25,9 @@ from harness.runner import log_tail as _log_tail
 from . import analysis
 from . import config as configmod
 from .journal import Experiment, Session  # Experiment: the row type the UIs read (re-exported)
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 LOG_LINES = 40  # what the TUI shows of a run's log when it is opened
 SESSIONS = object()  # holdout(): the session's own harness version
@@ -42,7 +46,7 @@ class SessionView:
 
     # ---- making one ----
     @classmethod
-    def of_workspace(cls, ws) -> SessionView:
+    def of_workspace(cls, ws: Workspace) -> SessionView:
         """The view of an open workspace (engine.workspace.Workspace), bound later (`bind`)."""
         return cls(ws.root, ws.config)
 
@@ -95,7 +99,7 @@ class SessionView:
         return self.root / "program.md"
 
     # ---- the journal, read-only ----
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 if self._db is None:
@@ -166,7 +170,7 @@ class SessionView:
     def holdout(self, best_n: int | None, direction: str | None = None, harness: str | None | object = SESSIONS) -> analysis.HoldoutCheck:
         """The best code's gain on the holdout beside its gain on validation (`harness`: the
         version compared, None for every row; by default the session's)."""
-        h = self.session().harness if harness is SESSIONS else harness
+        h = self.session().harness if harness is SESSIONS else cast("str | None", harness)
         return analysis.holdout_check(self.history(), best_n, direction or self.config.target.direction, h)
 
     # ---- git and the run's files ----
@@ -178,7 +182,7 @@ class SessionView:
         if self._git is None:
             self._git = git.Git(str(self.root))
         try:
-            return self._git.diff(e.parent_commit, e.commit_sha)
+            return str(self._git.diff(e.parent_commit, e.commit_sha))
         except git.GitCommandError as err:  # a commit gone (a pruned ref): said in the pane, not a crash
             return f"(no diff: {(err.stderr or '').strip() or err})"
 
