@@ -88,11 +88,38 @@ class FloodEngine:
         return "stopped"
 
 
+class FloodView:
+    """The read model (engine/view.py's surface) of a session with no journal: the app takes every
+    row from the events."""
+
+    def __init__(self, program: Path):
+        self.program_path = program
+        self.state = program.parent / ".cockpit"
+
+    def bind(self, sid):
+        pass
+
+    def session(self):
+        return None
+
+    def history(self):
+        return []
+
+    def experiment(self, n):
+        return None
+
+    def curve(self, n):
+        return []
+
+    def cost(self):
+        return 0.0
+
+
 async def measure(rate: float, seconds: float, presses: bool) -> dict:
     program = Path(tempfile.mkdtemp()) / "program.md"
     program.write_text("# program\n")
     eng = FloodEngine(rate, program)
-    app = CockpitApp(eng, [], telemetry=None)
+    app = CockpitApp(eng, [], telemetry=None, view=FloodView(program))
     lat = []
     proc = psutil.Process()
     async with app.run_test(size=(160, 48)) as pilot:

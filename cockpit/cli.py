@@ -7,11 +7,14 @@ import math
 import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 from harness.errors import HarnessError
+
+from .commands.prepare import cmd_prepare  # noqa: F401  (the subcommands' bodies)
+from .commands.status import cmd_report, cmd_status, session_state  # noqa: F401
+from .commands.run import _run_headless, _run_tui
+from .commands.train import cmd_train, format_result  # noqa: F401
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("cockpit: interrupted")
         return 130
     except BrokenPipeError:  # `cockpit status | head -3`: the reader has all it wanted
-        from engine.headless import detach
+        from cockpit.headless import detach
 
         detach(sys.stdout)
         return 128 + signal.SIGPIPE
@@ -147,50 +150,9 @@ def _say(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except OSError:
-        from engine.headless import detach
+        from cockpit.headless import detach
 
         detach(sys.stderr)
-
-
-# ---- prepare ----
-
-def _source(args):
-    from harness import sources
-
-    if getattr(args, "include", None) and not getattr(args, "text", None):
-        raise HarnessError("--include needs --text DIR")
-    if getattr(args, "text", None):
-        return sources.text_source(args.text, args.include)
-    if getattr(args, "parquet", None):
-        return sources.parquet_source(args.parquet)
-    return sources.stdlib_source()
-
-
-def cmd_prepare(args) -> int:
-    from harness.paths import cache_root
-    from harness.prepare import DEFAULT_VAL_FRACTION, DEFAULT_VOCAB, prepare
-
-    cache = cache_root(args.cache_dir)
-    src = _source(args)
-    if src.kind == "stdlib":
-        print(f"source: the Python standard library at {src.spec} (built-in corpus)", file=sys.stderr)
-    report = prepare(
-        src, cache,
-        vocab_size=DEFAULT_VOCAB if args.vocab_size is None else args.vocab_size,
-        val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
-        force=args.force,
-        show_progress=not args.quiet,
-    )
-    print(report.summary())
-    if report.relocked:
-        print(f"harness locked: {len(_locked_files())} files hashed into {cache}")
-    return 0
-
-
-def _locked_files():
-    from harness.integrity import harness_files
-
-    return harness_files()
 
 
 def ensure_prepared(cache: Path):
@@ -218,7 +180,7 @@ def ensure_prepared(cache: Path):
     return dataset
 
 
-# ---- train ----
+# ---- the profile (also the engine's construction reads it) ----
 
 def _profile(device: str, budget: float | None, say: bool = True):
     from harness.profiles import CPU, MPS, detect
@@ -234,98 +196,6 @@ def _profile(device: str, budget: float | None, say: bool = True):
     else:
         prof = {"cpu": CPU, "mps": MPS}[device]
     return prof.with_budget(budget)
-
-
-def _warn_small_corpus(dataset, prof) -> None:
-    """On a GPU a small corpus is memorised within one run; say so (once per run), in one line."""
-    tokens = dataset.manifest["counts"]["train_tokens"]
-    if prof.name == "cuda" and prof.time_budget > 0:
-        epochs = 1.5e6 * prof.time_budget / max(tokens, 1)  # at ~1.5M tokens/s on an H100
-        if epochs > 4:
-            print(
-                f"note: {tokens / 1e6:.1f}M training tokens will be seen ~{epochs:.0f} times in {prof.time_budget:g}s; "
-                "for meaningful results prepare a larger corpus (cockpit prepare --parquet GLOB or --text DIR)",
-                file=sys.stderr,
-            )
-
-
-def cmd_train(args) -> int:
-    from harness import runner
-    from harness.paths import cache_root
-
-    ws = Path(args.workspace).expanduser().resolve()
-    script = Path(args.script).expanduser().resolve() if args.script else ws / "trainer" / "train.py"
-    if not script.is_file():
-        raise HarnessError(f"no training script at {script}")
-    if args.budget is not None and not (math.isfinite(args.budget) and args.budget >= 0):
-        raise HarnessError(f"--budget must be a finite number of seconds >= 0, got {args.budget:g}")
-    cache = cache_root(args.cache_dir)
-    dataset = ensure_prepared(cache)
-    prof = _profile(args.device, args.budget)
-    _warn_small_corpus(dataset, prof)
-    log = ws / ".cockpit" / "runs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" / "run.log"
-    if not args.json:
-        print(f"training {script} on {prof.name} for {prof.time_budget:g}s; log: {log}", file=sys.stderr)
-        boxed, why = runner.sandbox_state("auto")
-        if not boxed:
-            from harness.sandbox import OFF_NOTICE
-
-            print(f"{OFF_NOTICE} ({why})", file=sys.stderr)
-        else:
-            from harness.resources import notice
-
-            if notice():
-                print(notice(), file=sys.stderr)
-
-    def show(p: runner.Progress) -> None:
-        if args.json:
-            return
-        if p.phase != "train":
-            word = "exporting the model" if p.phase == "export" else "evaluating in a separate process"
-            sys.stderr.write(f"\r{word}{' ' * 60}")
-            sys.stderr.flush()
-            return
-        rate = f"{p.tokens_per_second / 1e3:8.1f}k tok/s" if p.tokens_per_second else " " * 15
-        mfu = f"  mfu {100 * p.mfu:4.1f}%" if p.mfu else ""
-        sys.stderr.write(f"\rstep {p.step:6d}  loss {p.loss:7.4f}  {rate}{mfu}  {100 * min(p.fraction, 1):5.1f}% of budget ")
-        sys.stderr.flush()
-
-    cancel = threading.Event()
-    try:
-        result = runner.run(script, dataset, prof, log, cache, on_progress=show, cancel=cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
-    if not args.json:
-        sys.stderr.write("\n")
-    if args.json:
-        print(result.to_json())
-    else:
-        print(format_result(result))
-    return 0 if result.status == "ok" else 1
-
-
-def format_result(r) -> str:
-    def f(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    lines = [
-        f"status:            {r.status}" + (f" ({r.reason})" if r.reason else ""),
-        f"val_bpb:           {f(r.val_bpb, '.6f')}",
-        f"training_seconds:  {f(r.training_seconds, '.1f')}",
-        f"total_seconds:     {r.total_seconds:.1f}",
-        f"outside_training:  {f(r.outside_training_seconds, '.1f')}  (startup+first step {f(r.startup_seconds, '.1f')} of which imports {f(r.ready_seconds, '.1f')}, eval {f(r.eval_seconds, '.1f')})",
-        f"steps:             {r.steps}",
-        f"tokens:            {r.tokens:,}",
-        f"tokens_per_second: {f(r.tokens_per_second, ',.0f')}",
-        f"mfu:               {'-' if r.mfu is None else f'{100 * r.mfu:.1f}%'}",
-        f"peak_memory_gb:    {f(r.peak_memory_gb, '.2f')}",
-        f"params:            {r.params:,}",
-        f"log:               {r.log_path}",
-    ]
-    if r.log_tail:
-        lines += ["--- log tail ---", r.log_tail]
-    return "\n".join(lines)
 
 
 # ---- init / run / status ----
@@ -489,125 +359,6 @@ def cmd_run(args) -> int:
         _say(f"cockpit: error: {engine.error}")
         return 1
     return 128 + signum if signum else 0
-
-
-def _run_tui(engine, notices: list[str], lock) -> int | None:
-    """Run the session in the TUI; returns the stopping signal's number, if one stopped it."""
-    from cockpit.app import CockpitApp
-    from cockpit.lifeline import Lifeline, TerminalState
-
-    app = CockpitApp(engine, notices)
-
-    def tell_the_app(signum: int) -> None:
-        try:
-            app.call_from_thread(app.on_stop_signal, signum)
-        except RuntimeError:  # the app is not running (yet, or any more): the engine has the stop already
-            return
-
-    life = Lifeline(engine.control, engine.finished, on_stop=tell_the_app, before_exit=lock.release,
-                    terminal=TerminalState()).install()
-    try:
-        app.run()
-    finally:
-        life.uninstall()
-    return life.signalled
-
-
-def _run_headless(engine, notices: list[str], json_lines: bool, lock) -> int | None:
-    """Run the session, printing its events; returns the stopping signal's number, if one stopped
-    it. ctrl-c stops the session like SIGTERM (a second one interrupts at once)."""
-    from engine import events as ev
-    from engine.headless import Printer
-    from cockpit.lifeline import STOP_SIGNALS, Lifeline
-
-    printer = Printer(json_lines=json_lines, metric=engine.target.metric_name)
-    engine.subscribe(printer)
-    for text in notices:
-        printer(ev.Notice(text=text))
-    life = Lifeline(engine.control, engine.finished, signals=STOP_SIGNALS + (signal.SIGINT,),
-                    before_exit=lock.release).install()
-    try:
-        engine.run()
-    except KeyboardInterrupt:
-        engine.control.stop("now", by="ctrl-c")
-        raise
-    finally:
-        life.uninstall()
-    return life.signalled
-
-
-def session_state(s) -> str:
-    """The session's state line as its engine last wrote it, or what a stopped or killed one is."""
-    if s.status == "stopped":
-        return f"stopped: {s.stop_reason or 'stopped'}"
-    alive = False
-    if s.pid:
-        try:
-            os.kill(s.pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-    if not alive:
-        return "not running (cockpit was killed or the machine restarted; `cockpit` resumes it)" + (
-            f"; last state: {s.state}" if s.state else "")
-    return s.state or "starting"
-
-
-def cmd_status(args) -> int:
-    from engine import numbers
-    from engine.journal import Journal, duty_cycle
-    from engine.workspace import open_workspace
-
-    ws = open_workspace(args.workspace)
-    if not ws.journal_path.exists():
-        raise HarnessError(f"no cockpit session in {ws.root} yet; run `cockpit` there first")
-    j = Journal(ws.journal_path)
-    s = j.session_by_tag(args.tag) if args.tag else j.latest_session()
-    if s is None:
-        raise HarnessError(f"no session {args.tag!r} in {ws.root}" if args.tag else f"no session in {ws.root} yet")
-    exps = j.experiments(s.id)
-    counts: dict[str, int] = {}
-    for e in exps:
-        if e.kind == "experiment" and not numbers.never_ran(e):
-            counts[e.status] = counts.get(e.status, 0) + 1
-    unrun = sum(1 for e in exps if e.kind == "experiment" and numbers.never_ran(e))
-    m, direction = ws.config.target.metric, ws.config.target.direction
-    st = numbers.standing(exps, s.best_n, s.best_metric, s.harness, direction)
-    print(f"session {s.tag}  branch {s.branch}  agent {s.agent}  status {s.status}" + (f" ({s.stop_reason})" if s.stop_reason else ""))
-    print(f"state: {session_state(s)}")
-    noise = f"  noise {s.noise or 0:.6f}"
-    if st.is_baseline:
-        print(f"best {m} {st.best:.6f}: the baseline (mean of {st.base.runs} runs), nothing kept over it yet{noise}")
-    elif st.best is not None:
-        gain = f"  ({numbers.versus(st.gain)} than the baseline {st.base.mean:.6f})" if st.gain is not None else ""
-        print(f"best {m} {st.best:.6f} at {(s.best_commit or '')[:7]} (#{st.best_n}){gain}{noise}")
-    elif st.measuring and s.best_metric is not None:
-        print(f"best {m} -: measuring a new baseline (the budget or the harness changed; earlier results are not compared)")
-    hc = numbers.holdout_check(exps, st.best_n, direction, s.harness)
-    if hc.line(m) and not st.is_baseline:
-        print(("warning: " if hc.carried is False else "") + hc.line(m))
-    print("experiments: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none yet")
-          + (f" (+{unrun} never ran)" if unrun else "") + f"  cost ${j.total_cost(s.id):.2f}")
-    print(duty_cycle(exps).summary())
-    shown = {e.n for e in numbers.comparable(exps, s.harness)}
-    for e in [e for e in exps if not numbers.never_ran(e)][-15:]:
-        val = f"{e.metric:.6f}" if e.metric is not None else "-"
-        delta = f"{e.delta:+.6f}" if e.delta is not None else ""
-        mark = "*" if st.best_n is not None and e.n == st.best_n else " "  # the best's row; never a baseline's
-        other = "  (another budget or harness)" if e.n not in shown else ""
-        print(f" {mark}#{e.n:<4} {(e.commit_sha or '')[:7]:7} {e.status:11} {val:>9} {delta:>10}  {e.description or ''}{other}")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from engine.report import write_report
-
-    paths = write_report(args.workspace, args.tag, args.out)
-    print(paths.png)
-    print(paths.markdown)
-    return 0
 
 
 # ---- default: what `cockpit` does with no subcommand ----

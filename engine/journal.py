@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from harness.text import printable, printable_or_none
 
+from .analysis import DutyCycle, duty_cycle, never_ran  # noqa: F401  (re-exported: defined in engine/analysis.py)
 from .status import FINAL, KEPT, Status  # noqa: F401  (FINAL, KEPT: re-exported for the readers of the journal)
 
 SCHEMA = """
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS experiments(
   cache_read INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0,
   started REAL, finished REAL, log_path TEXT,
   propose_seconds REAL, startup_seconds REAL, eval_seconds REAL, run_started REAL, harness TEXT,
-  holdout REAL, credit REAL, slot INTEGER, device TEXT, step_seconds REAL,
+  holdout REAL, credit REAL, slot INTEGER, device TEXT, step_seconds REAL, abandoned INTEGER,
   UNIQUE(session_id, n));
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY, session_id INTEGER, ts REAL, type TEXT, data TEXT);
@@ -95,6 +96,7 @@ class Experiment:
     slot: int | None = None  # the device slot it ran on
     device: str | None = None  # that slot's device ("cuda:3", "cpu:1")
     step_seconds: float | None = None  # a baseline's median step time: it bounds later runs' step tolerance
+    abandoned: int | None = None  # 1: a proposal the session abandoned at its stop, never an experiment that ran
 
     def __post_init__(self) -> None:
         # The agent wrote the description, train.py the reason (an exception's message): the raw text
@@ -103,6 +105,12 @@ class Experiment:
         self.description = printable_or_none(self.description)
         self.reason = printable_or_none(self.reason)
         self.diff_stat = printable_or_none(self.diff_stat)
+
+    @property
+    def ran(self) -> bool:
+        """Whether its run started: False for a proposal the session stopped (or the human vetoed)
+        before it ran (engine/analysis.py: never_ran). The UIs read this, never a description."""
+        return not never_ran(self)
 
 
 @dataclass
@@ -148,7 +156,8 @@ class Journal:
         have = {r[1] for r in self.db.execute("PRAGMA table_info(experiments)")}
         for col, kind in (("propose_seconds", "REAL"), ("startup_seconds", "REAL"), ("eval_seconds", "REAL"),
                           ("run_started", "REAL"), ("harness", "TEXT"), ("holdout", "REAL"), ("credit", "REAL"),
-                          ("slot", "INTEGER"), ("device", "TEXT"), ("step_seconds", "REAL")):
+                          ("slot", "INTEGER"), ("device", "TEXT"), ("step_seconds", "REAL"),
+                          ("abandoned", "INTEGER")):
             if col not in have:
                 self.db.execute(f"ALTER TABLE experiments ADD COLUMN {col} {kind}")
         have = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
@@ -283,8 +292,6 @@ def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: st
     a measurement (crash, timeout, invalid, vetoed, interrupted) has empty metric and memory cells,
     never 0 (a script that sorts the lower-is-better column would take it for the best); a
     proposal that never ran is no row at all (engine/numbers.py: never_ran)."""
-    from .numbers import never_ran
-
     lines = [f"commit\t{metric_name}\tmemory_gb\tstatus\tdescription"]
     for e in experiments:
         if e.status not in FINAL or never_ran(e):
@@ -297,51 +304,3 @@ def write_results_tsv(path: Path, experiments: list[Experiment], metric_name: st
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
-
-
-@dataclass(frozen=True)
-class DutyCycle:
-    """Where a session's wall-clock time went: training is research; the rest is overhead."""
-
-    wall: float
-    training: float
-    propose: float
-    startup: float
-    eval: float
-    experiments: int
-    slots: int = 1  # device slots the runs used: wall is device-seconds (wall-clock x slots)
-
-    @property
-    def ratio(self) -> float:
-        return self.training / self.wall if self.wall > 0 else 0.0
-
-    @property
-    def other(self) -> float:
-        """Wall time outside the runs' own phases: the engine's work between runs, and waiting
-        for a proposal that was not ready when the previous run ended."""
-        return max(0.0, self.wall - self.training - self.startup - self.eval)
-
-    def summary(self) -> str:
-        if not self.experiments:
-            return "duty cycle: no finished runs yet"
-        k = self.experiments
-        over = f" over {self.slots} slots" if self.slots > 1 else ""
-        return (f"duty cycle {100 * self.ratio:.1f}%{over} (training {self.training:.0f}s of {self.wall:.0f}s "
-                f"{'device-seconds' if self.slots > 1 else 'wall'}); per run: "
-                f"startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, eval {self.eval / k:.1f}s, "
-                f"other {self.other / k:.1f}s (between runs, incl. waiting for the agent); agent {self.propose / k:.1f}s "
-                "per proposal")
-
-
-def duty_cycle(experiments: list[Experiment]) -> DutyCycle:
-    """Training seconds over device-seconds (wall-clock from the first run's start to the last
-    finish, times the slots the runs used). Proposals made while runs train overlap them and
-    cost no wall time."""
-    done = [e for e in experiments if e.started and e.finished and e.training_seconds is not None]
-    if not done:
-        return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    slots = len({e.slot for e in done if e.slot is not None}) or 1
-    wall = (max(e.finished for e in done) - min(e.run_started or e.started for e in done)) * slots
-    s = lambda f: sum(getattr(e, f) or 0.0 for e in done)  # noqa: E731
-    return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done),
-                     slots)

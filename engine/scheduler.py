@@ -316,7 +316,8 @@ class Scheduler:
     def _never_ran(self, n: int, reason: str) -> None:
         """A proposal row the session stopped before it ran: `interrupted`, with why."""
         s = self.session()
-        self.journal.update_experiment(s.id, n, status=Status.INTERRUPTED, finished=time.time(), reason=reason)
+        self.journal.update_experiment(s.id, n, status=Status.INTERRUPTED, finished=time.time(), reason=reason,
+                                       abandoned=1)  # the UIs read this field (engine/view.py), not the description
         self.emit(ev.ExperimentFinished(n=n, commit="", status=Status.INTERRUPTED, metric=None, delta=None, confidence=None,
                                         best_metric=s.best_metric, description="(not run)", reason=reason))
 

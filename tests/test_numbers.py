@@ -18,7 +18,8 @@ from engine.control import Control, pending_requests
 from engine.journal import Experiment, Journal, duty_cycle, write_results_tsv
 from engine.agents.tuner import Tuner
 from engine.loop import Engine, Limits
-from engine.report import holdout_check, write_report
+from cockpit.report_render import write_report
+from engine.analysis import holdout_check
 from engine.targets import CommandTarget
 from engine.workspace import open_workspace
 from test_engine import cli, command_workspace

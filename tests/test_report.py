@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.journal import Journal
-from engine.report import label_rows, legend_keys, progress_series, running_best, write_report, y_limits
+from cockpit.report_render import label_rows, legend_keys, write_report
+from engine.analysis import progress_series, running_best, y_limits
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,8 +229,8 @@ def test_write_report_raises_harness_error_for_an_unknown_tag(tmp_path):
         write_report(ws, "x")
 
 
-def test_importing_the_report_module_loads_neither_matplotlib_nor_textual():
-    code = "import sys, engine.report; bad = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'textual')]; print(bad)"
+def test_importing_the_report_modules_loads_neither_matplotlib_nor_textual():
+    code = "import sys, engine.report, cockpit.report_render; bad = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'textual')]; print(bad)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 

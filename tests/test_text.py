@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine import events as ev
-from engine.headless import Printer
+from cockpit.headless import Printer
 from engine.journal import Journal
 from fake_anthropic import FakeAnthropic, Stream, Thinking, ToolUse
 from harness.runner import log_tail

@@ -18,11 +18,11 @@ from cockpit.app import CockpitApp
 from cockpit.consequences import force_keep_consequences, quit_consequences, veto_consequences
 from cockpit.screens import ForceKeepScreen, QuitScreen, VetoScreen
 from engine import events as ev
-from engine.gpu import Sample
+from cockpit.gpu import Sample
 from engine.journal import Experiment, Journal
 from engine.record import force_keep_refusal
 from test_tui import notices, rows, value_app, value_workspace, wait_for
-from test_tui_snapshot import FixedTelemetry, ScriptedEngine, make_app, settle
+from test_tui_snapshot import FixedTelemetry, ScriptedEngine, ScriptedView, make_app, settle
 
 
 def screen_text(app) -> list[str]:
@@ -191,7 +191,7 @@ async def test_the_best_and_running_rows_stay_in_sight_at_80x24(tmp_path):
     program.write_text("# program\n")
     engine = ScriptedEngine(program)
     engine.script = long_session
-    app = CockpitApp(engine, [], telemetry=FixedTelemetry())
+    app = CockpitApp(engine, [], telemetry=FixedTelemetry(), view=ScriptedView(engine))
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, engine)(pilot)
         assert "the good one" in table_line(app, 2) and "0.990000" in table_line(app, 2)  # the best, pinned
@@ -260,7 +260,7 @@ async def test_on_resume_a_result_the_journal_and_an_event_both_carry_is_said_on
     engine = ScriptedEngine(program)
     engine.script = resumed
     engine.journal.experiments = lambda sid: history
-    app = CockpitApp(engine, [], telemetry=FixedTelemetry())
+    app = CockpitApp(engine, [], telemetry=FixedTelemetry(), view=ScriptedView(engine))
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, engine)(pilot)
     said = [line for line in agent_lines(app) if re.match(r"^#\d+ (keep|baseline)\b", line)]

@@ -16,7 +16,7 @@ import pytest
 from cockpit.app import CockpitApp
 from engine import events as ev
 from engine.control import Control
-from engine.gpu import Sample
+from cockpit.gpu import Sample
 
 DIFF = """diff --git a/trainer/train.py b/trainer/train.py
 --- a/trainer/train.py
@@ -88,6 +88,35 @@ class ScriptedEngine:
         return "stopped"
 
 
+class ScriptedView:
+    """The read model (engine/view.py's surface) of a scripted session: what its stand-in journal
+    holds; no row of its own (the app takes each row from the events, as with no journal)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.program_path = engine.ws.program_path
+        self.state = engine.ws.state
+        self.sid = None
+
+    def bind(self, sid):
+        self.sid = sid
+
+    def session(self):
+        return self.engine.journal.session(self.sid)
+
+    def history(self):
+        return self.engine.journal.experiments(self.sid)
+
+    def experiment(self, n):
+        return None
+
+    def curve(self, n):
+        return []
+
+    def cost(self):
+        return self.engine.journal.total_cost(self.sid)
+
+
 class FixedTelemetry:
     """One device sample, however often the UI's timer asks (a busy machine asks fewer times)."""
 
@@ -131,7 +160,7 @@ def make_app(tmp_path, state: str = "running") -> tuple[CockpitApp, ScriptedEngi
     program.write_text("# program\n\nLower val_bpb. Try one change at a time; say why.\n")
     tail, pending, reason = STATES[state]
     engine = ScriptedEngine(program, tail, reason)
-    app = CockpitApp(engine, ["ANTHROPIC_API_KEY is set: claude"], telemetry=FixedTelemetry())
+    app = CockpitApp(engine, ["ANTHROPIC_API_KEY is set: claude"], telemetry=FixedTelemetry(), view=ScriptedView(engine))
     return app, engine, pending
 
 
@@ -340,7 +369,8 @@ def four_slot_app(tmp_path):
     program.write_text("# program\n\nLower val_bpb.\n")
     engine = ScriptedEngine(program)
     engine.script = four_slots
-    app = CockpitApp(engine, ["4 slots, one experiment each at once: cuda:0, cuda:1, cuda:2, cuda:3"], telemetry=FourGpus())
+    app = CockpitApp(engine, ["4 slots, one experiment each at once: cuda:0, cuda:1, cuda:2, cuda:3"], telemetry=FourGpus(),
+                     view=ScriptedView(engine))
     return app, engine
 
 

@@ -1,7 +1,7 @@
 """Plots, drawn by plotext through textual-plotext (axes with values, markers, colours):
 
 - MetricPlot: the metric of every finished experiment of the current harness version, the kept
-  ones joined by the running best (engine/numbers.py: the engine's best over the session, from
+  ones joined by the running best (engine/analysis.py: the engine's best over the session, from
   the baselines' mean; a force-keep sets it), the others faint, those far off the scale at the
   edge with their own mark and a count, failures marked at the bad edge;
 - LossPlot: the running experiment's training loss against the fraction of the budget, beside
@@ -14,7 +14,7 @@ from rich.text import Text
 
 from textual_plotext import PlotextPlot
 
-from engine.report import ProgressSeries, progress_series, y_limits
+from engine.analysis import ProgressSeries, progress_series, y_limits
 
 from .batch import Batched
 
@@ -50,7 +50,7 @@ class MetricPlot(Batched, PlotextPlot):
 
     def show(self, rows, harness: str | None, best_n: int | None, best_metric: float | None) -> None:
         """The rows (engine.numbers.Ledger.rows.values()) and the session's best: drawn with the
-        report's rules (engine/report.py: progress_series, y_limits; engine/numbers.py: running_best)."""
+        report chart's rules (engine/analysis.py: progress_series, y_limits, running_best)."""
         self._shown = (rows, harness, best_n, best_metric)
         self.changed()
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from harness.text import printable
 
-from . import events as ev
+from engine import events as ev
 
 
 class Printer:
