@@ -145,12 +145,13 @@ class Cluster:
     """This session's view of a Ray cluster: its nodes, their slots, and the nodes that join or
     die while the session runs."""
 
-    def __init__(self, address: str, spec: str, target: GptTarget, connect: bool = True):
+    def __init__(self, address: str, spec: str, target: Target | None, connect: bool = True):
         check_spec(spec)
         if spec != "auto" and not spec.startswith("cpu:"):
             raise ClusterError(f"--devices {spec}: with --cluster ray every GPU of the cluster is a slot (auto), "
                                "or cpu:N gives N CPU slots per node")
-        self.address, self.spec, self.target = address, spec, target
+        self.address, self.spec = address, spec
+        self.target = target  # the head's target, set by build_session when not given here: the gpt target
         self.known: set[str] = set()  # node ids looked at (used or refused)
         self.model: str | None = None  # the GPU model of the session's slots
         self.nodes: dict[str, str] = {}  # node id -> its label
@@ -194,6 +195,9 @@ class Cluster:
 
         from harness.integrity import harness_files
 
+        t = self.target
+        if not isinstance(t, GptTarget):  # the command line refuses a command target with --cluster ray
+            raise ClusterError("a Ray cluster runs the gpt target only")
         res = n.get("Resources", {})
         if self.gpu:
             count = int(res.get("GPU", 0))
@@ -238,7 +242,7 @@ class Cluster:
                 actors, infos = [actors[k] for k in keep], [infos[k] for k in keep]
             if not actors:
                 return []
-        ds = self.target.dataset
+        ds = t.dataset
         key = ds.folder.name
         if key not in info["datasets"]:
             if self._blob is None:
@@ -249,7 +253,6 @@ class Cluster:
             ray.get(actors[0].receive.remote(key, ds.manifest, self._blob), timeout=HELLO_TIMEOUT)
             self.notices.put(f"node {label} had no copy of the prepared data: sent once through Ray's object store "
                              f"({self._blob_size / 1e6:.1f} MB) and verified there")
-        t = self.target
         out: list[tuple[Device, RayTarget]] = []
         kind = "gpu" if self.gpu else "cpu"
         for k, (a, i) in enumerate(zip(actors, infos)):
