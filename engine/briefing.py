@@ -55,13 +55,13 @@ class Briefing:
         for a in attempts:
             if a.done and a.proposal is not None:
                 desc = (a.proposal.description or "").strip().splitlines()[0:1]
-                diff = a.diff
-                if diff is None:  # a finished proposal's edits no longer change
+                told = a.diff
+                if told is None:  # a finished proposal's edits no longer change
                     try:
-                        diff = a.diff = a.tree.diff("HEAD")[:DIFF_CHARS]
+                        told = a.diff = a.tree.diff("HEAD")[:DIFF_CHARS]
                     except Exception:  # its tree was removed under it: taking it will say so
-                        diff = ""
-                in_flight.append(InFlight(a.n, desc[0] if desc else "", diff, "prepared"))
+                        told = ""
+                in_flight.append(InFlight(a.n, desc[0] if desc else "", told, "prepared"))
         notes = self.journal.notes(s.id)
         files = {rel: self.git.show(s.best_commit, rel) or "" for rel in self.editable}
         return Context(

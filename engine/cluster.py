@@ -27,25 +27,31 @@ processes die with them (the sandbox's die-with-parent, the child's orphan watch
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 
+from .cluster_worker import NodeInfo, SlotWorker
 from .slots import Device, check_spec
-from .targets import GptTarget, Outcome, Target, session_step
+from .targets import GptTarget, OnProgress, Outcome, Target, session_step
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+__all__ = ["Cluster", "ClusterError", "NodeInfo", "RayTarget", "SlotWorker", "RAY_MISSING"]
+
+# A Ray actor handle of a SlotWorker (ray.actor.ActorHandle[SlotWorker]): its methods are called
+# through `.remote(...)`, which Ray's type hints do not describe for a plain class's methods.
+SlotActor = Any
 
 RAY_MISSING = "--cluster ray needs Ray on this machine: pip install -e '.[ray]' (and the same cockpit on every node)"
 JOIN_EVERY = 5.0  # seconds between looks for nodes that joined
@@ -57,159 +63,7 @@ class ClusterError(HarnessError):
     """The cluster cannot be used (one line)."""
 
 
-# ---- the actor: runs on a node of the cluster ----
-
-class SlotWorker:
-    """One slot on a node: runs experiments there through the harness runner. Its methods are
-    called from the head; it keeps no state of the session but the slot's settings."""
-
-    def __init__(self):
-        from harness.paths import cache_root
-
-        self.cache = cache_root(None)
-        self.cancel = threading.Event()
-        self.lock = threading.Lock()
-        self.current: str | None = None  # the run being made
-        self.stopped: set[str] = set()  # runs the head stopped (vetoed, stop now)
-        self.items: list[dict[str, Any]] = []
-        self.cfg: dict[str, Any] | None = None
-
-    def hello(self) -> dict[str, Any]:
-        """Who this node is, what it runs, and whether its cache has the data."""
-        from harness.integrity import harness_files
-        from harness.paths import datasets_dir
-
-        from .slots import cuda_devices
-
-        import ray
-
-        gpus = cuda_devices()  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU
-        ds = datasets_dir(self.cache)
-        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
-                "node": ray.get_runtime_context().get_node_id(), "harness": harness_files(),
-                "gpu": gpus[0][1] if gpus and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu",
-                "datasets": sorted(p.name for p in ds.iterdir()) if ds.is_dir() else [],
-                "cache": str(self.cache), "pid": os.getpid()}
-
-    def receive(self, key: str, manifest: dict[str, Any], files: dict[str, bytes]) -> int:
-        """The prepared dataset, from the object store: written once per node (under a lock, so
-        the node's other slots wait for it rather than write it again), verified, then in place."""
-        from harness.dataset import open_dataset
-        from harness.integrity import verify_dataset
-        from harness.paths import datasets_dir
-
-        root = datasets_dir(self.cache)
-        root.mkdir(parents=True, exist_ok=True)
-        with open(root / ".receive.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            final = root / key
-            if final.is_dir():
-                open_dataset(final).verify()
-                return 0
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-            try:
-                size = 0
-                for rel, data in files.items():
-                    _write_inside(tmp, rel, data)
-                    size += len(data)
-                verify_dataset(tmp, manifest)  # the bytes are what was prepared on the head
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            open_dataset(final).verify()
-            return size
-
-    def setup(self, slot: str, key: str, harness: dict[str, Any], profile: str, budget: float, sandbox: str,
-              compile_cache: str, env: dict[str, str]) -> None:
-        """The slot's settings; the node's harness is locked in its cache as the head's (only when
-        its files are the head's: checked again here)."""
-        from harness.dataset import open_dataset
-        from harness.integrity import harness_files, lock_harness
-        from harness.paths import datasets_dir
-
-        if harness_files() != harness:
-            raise HarnessError("the harness differs from the head's")
-        lock_harness(self.cache)
-        open_dataset(datasets_dir(self.cache) / key).verify()
-        self.cfg = dict(slot=slot, key=key, profile=profile, budget=budget, sandbox=sandbox,
-                        compile_cache=compile_cache, env=dict(env))
-        self.base = self.cache / "ray-runs" / f"{os.getpid()}-{slot}"
-        self.base.mkdir(parents=True, exist_ok=True)
-
-    def _dataset_profile(self):
-        from harness.dataset import open_dataset
-        from harness.paths import datasets_dir
-        from harness.profiles import by_name
-
-        c = self.cfg
-        return open_dataset(datasets_dir(self.cache) / c["key"]), by_name(c["profile"]).with_budget(c["budget"])
-
-    def warm_up(self) -> None:
-        from harness import runner
-
-        ds, prof = self._dataset_profile()
-        c = self.cfg
-        runner.start_spare(self.cache, ds, preload_compile=prof.compile, gpu=prof.device != "cpu", base=self.base,
-                           sandbox=c["sandbox"], compile_cache=c["compile_cache"], profile=prof, slot=c["slot"],
-                           env_extra=c["env"])
-
-    def run(self, run_id: str, files: dict[str, bytes], script: str, credit: float | None, export_estimate: float,
-            session_step: float | None = None) -> tuple[dict[str, Any], bytes]:
-        """One run of the experiment's files; returns the runner's result and the run's log."""
-        from harness import runner
-
-        with self.lock:  # a stop may come before the run has begun: it still holds
-            self.current = run_id
-            self.cancel = threading.Event()
-            if run_id in self.stopped:
-                self.cancel.set()
-        self.items = []
-        ds, prof = self._dataset_profile()
-        c = self.cfg
-        limits = runner.Limits.for_profile(prof)  # this node's memory
-        limits.credit, limits.export_estimate, limits.session_step = credit, export_estimate, session_step
-        # the run's log in <base>/exp-*/ (the runner puts the sandbox folders of this run and of
-        # the next run's spare beside it, in <base>), its files in <base>/tree-*/
-        work = Path(tempfile.mkdtemp(prefix="exp-", dir=self.base))
-        tree = Path(tempfile.mkdtemp(prefix="tree-", dir=self.base))
-        try:
-            for rel, data in files.items():
-                _write_inside(tree, rel, data)
-            log = work / "run.log"
-            r = runner.run(tree / script, ds, prof, log, self.cache, on_progress=lambda p: self.items.append(asdict(p)),
-                           cancel=self.cancel, limits=limits, sandbox=c["sandbox"], compile_cache=c["compile_cache"],
-                           slot=c["slot"], env_extra=c["env"])
-            return asdict(r), log.read_bytes() if log.exists() else b""
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(tree, ignore_errors=True)
-
-    def progress(self, since: int) -> list[dict[str, Any]]:
-        return self.items[since:]
-
-    def stop(self, run_id: str) -> None:
-        with self.lock:
-            self.stopped.add(run_id)
-            if self.current == run_id:
-                self.cancel.set()
-
-    def close(self) -> None:
-        from harness import runner
-
-        runner.shutdown_spare()
-
-
-def _write_inside(root: Path, rel: str, data: bytes) -> None:
-    """A file the head sent, written under `root` only (a name that leaves it is refused)."""
-    if rel.startswith("/") or ".." in Path(rel).parts:
-        raise HarnessError(f"refused a file name from the head: {rel!r}")
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    (root / rel).write_bytes(data)
-
-
-# ---- the head's side ----
-
-def _lost_errors():
+def _lost_errors() -> tuple[type[BaseException], ...]:
     import ray.exceptions as rx
 
     return tuple(getattr(rx, n) for n in ("RayActorError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError",
@@ -220,7 +74,7 @@ class RayTarget(GptTarget):
     """The session's target on one remote slot: GptTarget's contract (run, warm_up, close,
     version, set_credit), with the run made by the slot's actor on its node."""
 
-    def __init__(self, base: GptTarget, actor, node: str, slot: str):
+    def __init__(self, base: GptTarget, actor: SlotActor, node: str, slot: str):
         """The head's target `base` on a remote slot: its settings, and the measurements shared by
         all slots (the session's allowances, step times and calibration: the same objects)."""
         Target.__init__(self)
@@ -232,7 +86,7 @@ class RayTarget(GptTarget):
         self.calibration, self._calibrating = base.calibration, base._calibrating
         self.actor, self.node, self.slot = actor, node, slot
 
-    def for_slot(self, slot: str, env_extra: dict[str, str]):
+    def for_slot(self, slot: str, env_extra: dict[str, str]) -> RayTarget:
         return self
 
     def warm_up(self) -> None:
@@ -244,7 +98,8 @@ class RayTarget(GptTarget):
         except Exception:
             pass
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress=None, baseline: bool = False, tree: Path | None = None):
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: OnProgress | None = None,
+            baseline: bool = False, tree: Path | None = None) -> Outcome:
         import ray
 
         from harness.runner import Progress, RunResult
@@ -280,7 +135,7 @@ class RayTarget(GptTarget):
             log_path.write_text(f"[cockpit] node lost during the run: {self.node}: {type(e).__name__}\n")
             return Outcome("lost", None, f"node lost: {self.node}", None, time.monotonic() - t0, None, str(log_path))
         except ray.exceptions.RayTaskError as e:  # raised there: as if raised here (an integrity failure stops the session)
-            raise e.as_instanceof_cause() from None
+            raise e.as_instanceof_cause() from None  # type: ignore[no-untyped-call]  # Ray's, unannotated
         log_path.write_bytes(log)
         r = RunResult(**dict(result, log_path=str(log_path)))
         return self.measured(r, baseline)
@@ -290,18 +145,20 @@ class Cluster:
     """This session's view of a Ray cluster: its nodes, their slots, and the nodes that join or
     die while the session runs."""
 
-    def __init__(self, address: str, spec: str, target, connect: bool = True):
+    def __init__(self, address: str, spec: str, target: Target | None, connect: bool = True):
         check_spec(spec)
         if spec != "auto" and not spec.startswith("cpu:"):
             raise ClusterError(f"--devices {spec}: with --cluster ray every GPU of the cluster is a slot (auto), "
                                "or cpu:N gives N CPU slots per node")
-        self.address, self.spec, self.target = address, spec, target
+        self.address, self.spec = address, spec
+        self.target = target  # the head's target, set by build_session when not given here: the gpt target
         self.known: set[str] = set()  # node ids looked at (used or refused)
         self.model: str | None = None  # the GPU model of the session's slots
         self.nodes: dict[str, str] = {}  # node id -> its label
         self.new: queue.Queue[tuple[Device, RayTarget]] = queue.Queue()  # (Device, RayTarget) of nodes that joined
         self.notices: queue.Queue[str] = queue.Queue()  # lines for the session's notices
-        self._blob = None  # the dataset in the object store (put once, when a node first lacks it)
+        self._blob: ObjectRef[dict[str, bytes]] | None = None  # the dataset in the object store (put once, when a node first lacks it)
+        self._blob_size = 0  # its bytes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if connect:
@@ -312,7 +169,7 @@ class Cluster:
 
     def discover(self) -> list[tuple[Device, RayTarget]]:
         """The slots of every alive node not looked at yet (their actors started and checked)."""
-        out = []
+        out: list[tuple[Device, RayTarget]] = []
         nodes = [n for n in self.ray.nodes() if n.get("Alive") and n["NodeID"] not in self.known]
         for n in nodes:
             self.known.add(n["NodeID"])
@@ -322,7 +179,7 @@ class Cluster:
                 self.notices.put(f"node {n.get('NodeManagerHostname', n['NodeID'][:8])}: not used ({type(e).__name__}: {e})")
         return out
 
-    def _label(self, n: dict[str, Any], info: dict[str, Any]) -> str:
+    def _label(self, n: dict[str, Any], info: NodeInfo) -> str:
         """The node's name in the table: its host name, with its id's start where several nodes
         share a machine (a test cluster)."""
         host = info["host"].split(".")[0][:12]  # the table's device column holds "node/3" whole
@@ -338,6 +195,9 @@ class Cluster:
 
         from harness.integrity import harness_files
 
+        t = self.target
+        if not isinstance(t, GptTarget):  # the command line refuses a command target with --cluster ray
+            raise ClusterError("a Ray cluster runs the gpt target only")
         res = n.get("Resources", {})
         if self.gpu:
             count = int(res.get("GPU", 0))
@@ -349,9 +209,10 @@ class Cluster:
             return []
         cls = ray.remote(SlotWorker)
         where = NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        actors = [cls.options(scheduling_strategy=where, max_concurrency=4, **opts).remote() for _ in range(count)]
+        actors: list[SlotActor] = [cls.options(scheduling_strategy=where, max_concurrency=4, **opts).remote()
+                                   for _ in range(count)]
         try:
-            infos = ray.get([a.hello.remote() for a in actors], timeout=HELLO_TIMEOUT)
+            infos: list[NodeInfo] = ray.get([a.hello.remote() for a in actors], timeout=HELLO_TIMEOUT)
         except Exception:
             for a in actors:
                 ray.kill(a)
@@ -381,7 +242,7 @@ class Cluster:
                 actors, infos = [actors[k] for k in keep], [infos[k] for k in keep]
             if not actors:
                 return []
-        ds = self.target.dataset
+        ds = t.dataset
         key = ds.folder.name
         if key not in info["datasets"]:
             if self._blob is None:
@@ -392,8 +253,7 @@ class Cluster:
             ray.get(actors[0].receive.remote(key, ds.manifest, self._blob), timeout=HELLO_TIMEOUT)
             self.notices.put(f"node {label} had no copy of the prepared data: sent once through Ray's object store "
                              f"({self._blob_size / 1e6:.1f} MB) and verified there")
-        t = self.target
-        out = []
+        out: list[tuple[Device, RayTarget]] = []
         kind = "gpu" if self.gpu else "cpu"
         for k, (a, i) in enumerate(zip(actors, infos)):
             slot = f"{kind}{k}"
@@ -429,7 +289,7 @@ class Cluster:
         self._stop.set()
 
 
-def _connect(address: str):
+def _connect(address: str) -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -442,7 +302,8 @@ def _connect(address: str):
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
-            raise ClusterError(f"no Ray cluster is reachable at {address} ({e.strerror or e}); start one with "
+            said = (e.strerror if isinstance(e, OSError) else None) or e  # a bad port is a ValueError
+            raise ClusterError(f"no Ray cluster is reachable at {address} ({said}); start one with "
                                "`ray start --head` (see docs/CLUSTER.md)") from None
     try:
         ray.init(address=address, namespace="cockpit", log_to_driver=False, logging_level=logging.ERROR,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import tomllib
 
@@ -15,6 +19,20 @@ CONFIG_NAME = "cockpit.toml"
 
 class ConfigError(HarnessError):
     pass
+
+
+class AgentSettings(TypedDict, total=False):
+    """The ClaudeConfig fields set in [agent] (engine/agents/claude.py): checked here, passed on as keywords."""
+
+    context_tokens: int
+    thinking_budget: int
+    max_tokens: int
+    max_api_wait: float
+    connect_timeout: float
+    read_timeout: float
+    thinking: str
+    effort: str
+    prices: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,7 @@ class Config:
     model: str | None = None
     base_url: str | None = None
     max_consecutive_crashes: int = 5
-    agent_numbers: dict = field(default_factory=dict)  # ClaudeConfig fields set in [agent] (numbers, thinking, effort, prices)
+    agent_numbers: AgentSettings = field(default_factory=lambda: AgentSettings())  # ClaudeConfig fields set in [agent] (numbers, thinking, effort, prices)
     pipeline: bool = True  # the agent prepares the next experiment while one trains
     sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
     compile_cache: str = "private"  # [run] compile_cache: private (per run) | shared (faster; a channel between runs)
@@ -69,14 +87,14 @@ NUMBERS = {
 }
 
 
-def _number(path: Path, section: str, key: str, v):
+def _number(path: Path, section: str, key: str, v: object) -> int | float:
     """A [section].key number as the command line checks it: finite, not below its minimum, whole
     where whole numbers are meant; anything else is one line naming the key."""
     whole, least, unit = NUMBERS[(section, key)]
     kind = "whole number" if whole else "finite number"
     what = f"a {kind}{' of ' + unit if unit else ''} >= {least}"
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= least
-    if not ok or (whole and v != int(v)):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v >= least \
+            or (whole and v != int(v)):
         raise ConfigError(f"{path}: [{section}].{key} must be {what}, not {v!r}")
     return int(v) if whole else float(v)
 
@@ -101,7 +119,7 @@ def _home(key: str) -> str | None:
     return None
 
 
-def _unknown_key(path: Path, section: str, key: str, known) -> ConfigError:
+def _unknown_key(path: Path, section: str, key: str, known: set[str]) -> ConfigError:
     """One line for a key its section does not have: where it belongs when another section has it
     (`[run] budget` -> [target] budget), else the section's known keys."""
     home = _home(key)
@@ -111,7 +129,10 @@ def _unknown_key(path: Path, section: str, key: str, known) -> ConfigError:
     return ConfigError(f"{path}: unknown key [{section}].{key} (known: {', '.join(sorted(known))})")
 
 
-def _section(data: dict, name: str, cls, path: Path):
+_C = TypeVar("_C", bound="DataclassInstance")
+
+
+def _section(data: dict[str, Any], name: str, cls: type[_C], path: Path) -> _C:
     raw = data.get(name, {})
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [{name}] must be a table")
@@ -141,10 +162,14 @@ class _StopConfig:
     max_consecutive_crashes: int = 5
 
 
-AGENT_INTS = {"context_tokens", "thinking_budget", "max_tokens"}
-AGENT_FLOATS = {"max_api_wait", "connect_timeout", "read_timeout"}
-AGENT_CHOICES = {"thinking": ("auto", "adaptive", "enabled", "off"), "effort": ("low", "medium", "high", "xhigh", "max")}
-AGENT_KEYS = {"name", "model", "base_url", "pipeline", "prices"} | AGENT_INTS | AGENT_FLOATS | set(AGENT_CHOICES)
+_IntKey = Literal["context_tokens", "thinking_budget", "max_tokens"]
+_FloatKey = Literal["max_api_wait", "connect_timeout", "read_timeout"]
+_ChoiceKey = Literal["thinking", "effort"]
+AGENT_INTS: set[_IntKey] = {"context_tokens", "thinking_budget", "max_tokens"}
+AGENT_FLOATS: set[_FloatKey] = {"max_api_wait", "connect_timeout", "read_timeout"}
+AGENT_CHOICES: dict[_ChoiceKey, tuple[str, ...]] = {"thinking": ("auto", "adaptive", "enabled", "off"),
+                                                    "effort": ("low", "medium", "high", "xhigh", "max")}
+AGENT_KEYS: set[str] = {"name", "model", "base_url", "pipeline", "prices", *AGENT_INTS, *AGENT_FLOATS, *AGENT_CHOICES}
 RUN_KEYS = {"sandbox", "compile_cache", "devices", "cluster", "address", "keep_files_mb", "keep_files_total_mb"}
 
 
@@ -169,7 +194,7 @@ def load(root: Path) -> Config:
     unknown_agent = sorted(set(agent_tbl) - known_agent)
     if unknown_agent:
         raise _unknown_key(path, "agent", unknown_agent[0], known_agent)
-    settings: dict = {}
+    settings = AgentSettings()
     for k in (ints | floats) & set(agent_tbl):
         v = agent_tbl[k]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
@@ -178,17 +203,20 @@ def load(root: Path) -> Config:
             raise ConfigError(f"{path}: [agent].{k} must be a whole number")
         if k in ("connect_timeout", "read_timeout") and v <= 0:
             raise ConfigError(f"{path}: [agent].{k} must be a number of seconds > 0")
-        settings[k] = int(v) if k in ints else float(v)
-    for k, allowed in choices.items():
-        if k in agent_tbl:
-            if agent_tbl[k] not in allowed:
-                raise ConfigError(f"{path}: [agent].{k} must be one of {', '.join(allowed)}, not {agent_tbl[k]!r}")
-            settings[k] = agent_tbl[k]
+        if k in ints:
+            settings[k] = int(v)
+        else:
+            settings[k] = float(v)
+    for ck, allowed in choices.items():
+        if ck in agent_tbl:
+            if agent_tbl[ck] not in allowed:
+                raise ConfigError(f"{path}: [agent].{ck} must be one of {', '.join(allowed)}, not {agent_tbl[ck]!r}")
+            settings[ck] = agent_tbl[ck]
     if "prices" in agent_tbl:
         settings["prices"] = _prices(agent_tbl["prices"], path)
-    for k in ("name", "model", "base_url"):
-        if k in agent_tbl and not isinstance(agent_tbl[k], str):
-            raise ConfigError(f"{path}: [agent].{k} must be a string")
+    for sk in ("name", "model", "base_url"):
+        if sk in agent_tbl and not isinstance(agent_tbl[sk], str):
+            raise ConfigError(f"{path}: [agent].{sk} must be a string")
     if not isinstance(agent_tbl.get("pipeline", True), bool):
         raise ConfigError(f"{path}: [agent].pipeline must be true or false")
     agent = agent_tbl.get("name", "auto")
@@ -219,12 +247,12 @@ def load(root: Path) -> Config:
     compile_cache = run_tbl.get("compile_cache", "private")
     if compile_cache not in ("private", "shared"):
         raise ConfigError(f"{path}: [run].compile_cache must be private or shared, not {compile_cache!r}")
-    caps = {}
-    for k in ("keep_files_mb", "keep_files_total_mb"):
-        v = run_tbl.get(k, Config.__dataclass_fields__[k].default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-            raise ConfigError(f"{path}: [run].{k} must be a number of megabytes >= 0, not {v!r}")
-        caps[k] = float(v)
+    caps: dict[str, float] = {}
+    for rk in ("keep_files_mb", "keep_files_total_mb"):
+        mb = run_tbl.get(rk, Config.__dataclass_fields__[rk].default)
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb < float("inf"):
+            raise ConfigError(f"{path}: [run].{rk} must be a number of megabytes >= 0, not {mb!r}")
+        caps[rk] = float(mb)
     crashes = _section(data, "stop", _StopConfig, path).max_consecutive_crashes
     if target.kind not in ("gpt", "command"):
         raise ConfigError(f"{path}: [target].kind must be 'gpt' or 'command', got {target.kind!r}")
@@ -239,7 +267,7 @@ def load(root: Path) -> Config:
                   caps["keep_files_mb"], caps["keep_files_total_mb"])
 
 
-def _prices(v, path: Path) -> dict:
+def _prices(v: object, path: Path) -> dict[str, float]:
     """[agent.prices]: USD per million tokens for the session's model, all four keys."""
     keys = ("input", "output", "cache_write", "cache_read")
     if not isinstance(v, dict):

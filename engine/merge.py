@@ -19,6 +19,7 @@ other's); any disagreement is a conflict (the agent is asked again), never a gue
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from difflib import SequenceMatcher
 
 Hunk = tuple[int, int, list[str]]  # (start, end, replacement) over base's lines
@@ -77,7 +78,7 @@ def merge3(base: str, ours: str, theirs: str) -> str | None:
     return "".join(down)
 
 
-def _changes(a: list[str], b: list[str], skip=()) -> list[tuple[list[str], list[str]]]:
+def _changes(a: list[str], b: list[str], skip: Sequence[Hunk] = ()) -> list[tuple[list[str], list[str]]]:
     """What changes from a to b, without where: (removed lines, added lines) in order."""
     return [(a[i1:i2], new) for i1, i2, new in _hunks(a, b) if (i1, i2, new) not in skip]
 

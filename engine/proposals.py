@@ -190,7 +190,7 @@ class ProposalPool:
                 merged[f] = theirs
             elif theirs == b:
                 merged[f] = ours
-            elif None in (b, ours, theirs):  # created or deleted on one side, changed on the other
+            elif b is None or ours is None or theirs is None:  # created or deleted on one side, changed on the other
                 return None
             else:
                 merged[f] = merge3(b, ours, theirs)

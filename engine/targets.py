@@ -16,16 +16,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, TYPE_CHECKING
 
 from harness import runner
 from harness.errors import IntegrityError
 from harness.integrity import file_hash
 from harness.text import printable_or_none
 
-from .config import TargetConfig
+from .config import ConfigError, TargetConfig
+
+if TYPE_CHECKING:
+    from harness.dataset import Dataset
+    from harness.profiles import Profile
+
+OnProgress = Callable[[runner.Progress], None]  # a run's progress, as the harness reports it
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,6 @@ class Target:
     direction: str = "min"  # "min" or "max": the metric's better direction
     label: str = ""  # what measures, with its budget ("gpt/cpu/60s"): a change is said at resume
     profile_name: str = ""  # "cuda" | "cpu" | "mps" for the GPT trainer; "" for other targets
-    budget: float | None = None  # seconds of training per experiment, where there is one
-    device: str | None = None  # the kind of device it trains on ("cuda", "cpu", "mps"), where it has one
     sandboxed: bool | None = None  # None: this target has no sandbox to speak of
     sandbox_reason: str | None = None  # why the sandbox is off, when it is
     slot: str = ""  # the device slot this copy runs on (for_slot)
@@ -70,7 +75,17 @@ class Target:
     def __init__(self) -> None:
         self.env_extra: dict[str, str] = {}  # the slot's device environment (for_slot)
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+    @property
+    def budget(self) -> float | None:
+        """Seconds of training per experiment, where there is one."""
+        return None
+
+    @property
+    def device(self) -> str | None:
+        """The kind of device it trains on ("cuda", "cpu", "mps"), where it has one."""
+        return None
+
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: OnProgress | None = None,
             baseline: bool = False, tree: Path | None = None) -> "Outcome":
         raise NotImplementedError
 
@@ -87,7 +102,7 @@ class Target:
     def rehash(self) -> None:
         """Read the locked files again (the session branch is checked out now)."""
 
-    def set_credit(self, credits: list[float], steps: list[float] = ()) -> None:
+    def set_credit(self, credits: Sequence[float], steps: Sequence[float] = ()) -> None:
         """What a resumed session's baselines measured that later runs depend on."""
 
     def warm_up(self) -> None:
@@ -101,8 +116,8 @@ class GptTarget(Target):
     metric_name = "val_bpb"
     direction = "min"
 
-    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset, profile, sandbox: str = "auto",
-                 compile_cache: str = "private"):
+    def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset: Dataset, profile: Profile,
+                 sandbox: str = "auto", compile_cache: str = "private"):
         super().__init__()
         self.root, self.cfg, self.cache, self.dataset, self.profile = root, cfg, cache, dataset, profile
         self.script = root / cfg.editable[0] if cfg.editable else root / "trainer" / "train.py"
@@ -125,7 +140,7 @@ class GptTarget(Target):
     def device(self) -> str:
         return self.profile.device
 
-    def set_credit(self, credits: list[float], steps: list[float] = ()) -> None:
+    def set_credit(self, credits: Sequence[float], steps: Sequence[float] = ()) -> None:
         """The allowance this session's baselines ran under and their step times (from the
         journal on a resume)."""
         self.credits[:] = [c for c in credits if c is not None]  # in place: the slots' copies share it
@@ -152,7 +167,7 @@ class GptTarget(Target):
         return harness_version({**harness_files(), "<dataset>": self.dataset.folder.name,
                                 "<profile>": f"{self.profile.name}/{self.profile.time_budget:g}"})
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: OnProgress | None = None,
             baseline: bool = False, tree: Path | None = None) -> Outcome:
         """One run of the code in `tree` (the slot's checkout of the experiment's commit; default
         the workspace). Every run, baseline or not, gets the session's allowance for compilation
@@ -253,17 +268,22 @@ class CommandTarget(Target):
         self.root, self.cfg = root, cfg
         self.metric_name = cfg.metric
         self.direction = cfg.direction
-        self.budget = float(budget or cfg.budget or 60.0)
+        if cfg.run is None or cfg.measure is None:  # config.load refuses such a file: this is its rule
+            raise ConfigError("a 'command' target needs both [target].run and [target].measure")
+        self.run_command, self.measure_command = cfg.run, cfg.measure
+        self._budget = float(budget or cfg.budget or 60.0)
         self.label = f"command/{self.budget:g}s"
-        for tok in (cfg.run or "").split() + cfg.measure.split():
+        for tok in cfg.run.split() + cfg.measure.split():
             if tok.endswith((".py", ".sh")) and not (root / tok).is_file():
-                from .config import ConfigError
-
                 raise ConfigError(f"cockpit.toml: [target] names {tok}, which does not exist in {root}")
         # The measure script (any file its command names) and the listed files are locked.
         named = [t for t in cfg.measure.split() if (root / t).is_file()]
         self.locked = sorted({*named, *cfg.locked})
         self.hashes = self._hash()
+
+    @property
+    def budget(self) -> float:
+        return self._budget
 
     def rehash(self) -> None:
         """Hash the locked files again (the session branch is checked out now)."""
@@ -279,7 +299,7 @@ class CommandTarget(Target):
         tree = tree or self.root
         return {rel: file_hash(tree / rel) for rel in self.locked if (tree / rel).is_file()}
 
-    def run(self, log_path: Path, cancel: threading.Event, on_progress: Callable | None = None,
+    def run(self, log_path: Path, cancel: threading.Event, on_progress: OnProgress | None = None,
             baseline: bool = False, tree: Path | None = None) -> Outcome:
         """The run command, then the measure script, in `tree` (the slot's checkout of the
         experiment's commit; default the workspace); the locked files there must hash as at the
@@ -293,19 +313,19 @@ class CommandTarget(Target):
         env = dict(runner.scrub_env(dict(os.environ)), **self.env_extra)
         t0 = time.monotonic()
 
-        def outcome(status, reason=None, metric=None, tail=True):
+        def outcome(status: str, reason: str | None = None, metric: float | None = None, tail: bool = True) -> Outcome:
             return Outcome(status, metric, reason, train_s, time.monotonic() - t0, None, str(log_path),
                            runner.log_tail(log_path) if tail else None, timing=status == "timeout")
 
         with open(log_path, "ab") as log:
-            status, reason = _run_group(self.cfg.run, tree, env, log, self.budget, cancel, "the run command")
+            status, reason = _run_group(self.run_command, tree, env, log, self.budget, cancel, "the run command")
             train_s = time.monotonic() - t0
             if status != "ok":
                 return outcome(status, reason)
             measured = log_path.with_name("measure.out")
             with open(measured, "wb") as mout:
                 # the measure step runs like the run step: its own group, cancellable, with a deadline
-                mstatus, mreason = _run_group(self.cfg.measure, tree, env, mout, max(60.0, self.budget), cancel,
+                mstatus, mreason = _run_group(self.measure_command, tree, env, mout, max(60.0, self.budget), cancel,
                                               "the measure script")
             text = measured.read_text(errors="replace")
             log.write(text.encode())
@@ -321,7 +341,7 @@ class CommandTarget(Target):
         return outcome("ok", metric=metric, tail=False)
 
 
-def _run_group(cmd: str, cwd: Path, env: dict, log, budget: float, cancel: threading.Event,
+def _run_group(cmd: str, cwd: Path, env: dict[str, str], log: IO[bytes], budget: float, cancel: threading.Event,
                what: str) -> tuple[str, str | None]:
     proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -114,7 +114,10 @@ def init_workspace(path: str | Path) -> Path:
     existing = gi.read_text() if gi.exists() else ""
     if ".cockpit/" not in existing:
         gi.write_text(existing + ("" if existing.endswith("\n") or not existing else "\n") + ".cockpit/\n__pycache__/\n")
-    run = lambda *a: subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)  # noqa: E731
+
+    def run(*a: str) -> None:
+        subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)
+
     if not (root / ".git").exists():
         run("init", "-q", "-b", "main")
     run("add", "trainer/train.py", "program.md", configmod.CONFIG_NAME, ".gitignore")

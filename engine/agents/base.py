@@ -55,7 +55,7 @@ class Context:
     noise: float | None = None  # standard deviation of repeated baseline runs
     budget: float | None = None  # seconds of training per experiment
     show: Callable[[int], str] | None = None  # extra detail on a past experiment (its log tail)
-    in_flight: tuple = ()  # InFlight: what runs or is prepared now, on other devices
+    in_flight: tuple[InFlight, ...] = ()  # InFlight: what runs or is prepared now, on other devices
 
 
 @dataclass

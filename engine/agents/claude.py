@@ -22,15 +22,26 @@ import difflib
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import events as ev
 from ..status import Status
 from ..tools import ToolError, Tools
-from .base import Agent, Context, Proposal, ProposalRejected, ProposalSkipped, Usage
-from .models import AgentFatal, ModelSpec, RequestSettings, settings_for, spec_from_family, spec_from_info
+from .base import (Agent, AgentFatal, Context, Interrupt, PastExperiment, Proposal, ProposalRejected, ProposalSkipped,
+                   Usage)
+from .models import ModelSpec, RequestSettings, settings_for, spec_from_family, spec_from_info
 from .prices import Price, price_for
+
+if TYPE_CHECKING:
+    from anthropic.types import Message, TextBlockParam, ToolParam, ToolUseBlock
+
+# The Messages API's JSON as cockpit builds and sends it back: a content block ({"type": "text", ...},
+# a tool result, a thinking block as the API returned it) and a message ({"role": ..., "content": [...]}).
+Block = dict[str, Any]
+MessageDict = dict[str, Any]
+Emit = Callable[[ev.Event], None]
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached",
@@ -57,7 +68,7 @@ How to work: read what you need, make one focused change with edit_file (exact, 
 old_string), then call submit with a one-line description that says what and why. Keep notes
 of what you learn with `note`: they are your memory across experiments."""
 
-TOOLS = [
+TOOLS: list[ToolParam] = [
     {"name": "read_file", "description": "Read an editable file.",
      "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}},
     {"name": "edit_file", "description": "Replace old_string (must occur exactly once) with new_string in an editable file.",
@@ -93,7 +104,7 @@ class ClaudeConfig:
     connect_timeout: float = 5.0  # seconds to connect
     read_timeout: float = 60.0  # seconds without a byte from the API (between stream events): a stalled stream
     max_api_wait: float = 1800.0  # back off this long in all for one request before giving up on it
-    prices: dict | None = None  # USD per million tokens: input, output, cache_write, cache_read (overrides the table)
+    prices: dict[str, float] | None = None  # USD per million tokens: input, output, cache_write, cache_read (overrides the table)
 
 
 class AgentGaveUp(RuntimeError):
@@ -120,7 +131,7 @@ def estimate_tokens(text: str) -> int:
 class _Own(threading.local):
     """What belongs to one proposal's thread (several conversations run at once)."""
 
-    interrupt: threading.Event | None = None
+    interrupt: Interrupt | None = None
     estimate: int | None = None  # the size of this conversation's last first prompt
     usage: Usage | None = None
 
@@ -152,11 +163,11 @@ class Claude(Agent):
     # Each conversation runs in its own thread (one per proposal in flight): what belongs to one
     # proposal is kept per thread.
     @property
-    def interrupt(self):
+    def interrupt(self) -> Interrupt | None:
         return self._own.interrupt
 
     @interrupt.setter
-    def interrupt(self, event) -> None:
+    def interrupt(self, event: Interrupt | None) -> None:
         self._own.interrupt = event
 
     @property
@@ -239,13 +250,18 @@ class Claude(Agent):
             return f"could not reach the Models API ({type(e).__name__})"
 
     # ---- one proposal ----
-    def propose(self, ctx: Context, tools: Tools, emit) -> Proposal | None:
+    def _prepared(self) -> tuple[ModelSpec, RequestSettings]:
+        """The model's spec and the request settings: prepare() has run (propose() sees to it)."""
+        assert self.spec is not None and self.settings is not None, "prepare() runs before any request"
+        return self.spec, self.settings
+
+    def propose(self, ctx: Context, tools: Tools, emit: Emit) -> Proposal | None:
         usage = self.last_usage = Usage()
         with self._prepare_lock:  # the first conversations start together: the Models API is asked once
             if self.settings is None:
                 for line in self.prepare():
                     emit(ev.Notice(text=line))
-        context = self.settings.context_tokens
+        context = self._prepared()[1].context_tokens
         snapshot = tools.snapshot()
         refused = shrunk = 0
         try:
@@ -268,13 +284,15 @@ class Claude(Agent):
         finally:
             self._last_program = ctx.program
 
-    def _conversation(self, ctx: Context, tools: Tools, emit, usage: Usage, context: int) -> Proposal:
-        system = [{"type": "text", "text": RULES + "\n\n# program.md (the human's instructions)\n\n" + ctx.program,
-                   "cache_control": {"type": "ephemeral"}}]
+    def _conversation(self, ctx: Context, tools: Tools, emit: Emit, usage: Usage, context: int) -> Proposal:
+        spec, settings = self._prepared()
+        system: list[TextBlockParam] = [
+            {"type": "text", "text": RULES + "\n\n# program.md (the human's instructions)\n\n" + ctx.program,
+             "cache_control": {"type": "ephemeral"}}]
         prompt = self._fitted_prompt(ctx, system, context)
         self._prompt_estimate = estimate_tokens(prompt)
-        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-        max_tokens = self.settings.max_tokens
+        messages: list[MessageDict] = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        max_tokens = settings.max_tokens
         bad_submits = 0
         for _turn in range(self.cfg.max_turns):
             if self.interrupt is not None and self.interrupt.is_set():
@@ -291,10 +309,10 @@ class Claude(Agent):
                 raise _PromptTooLong("the conversation filled the model's context window")
             if stop == "max_tokens":
                 # The reply was cut (perhaps inside a tool call): it is dropped, never sent back half-made.
-                if max_tokens >= self.spec.max_tokens:
+                if max_tokens >= spec.max_tokens:
                     raise ProposalSkipped(f"skipped: the model's reply was cut off at its limit of {max_tokens} "
                                           "output tokens")
-                max_tokens = min(self.spec.max_tokens, max_tokens * 2)
+                max_tokens = min(spec.max_tokens, max_tokens * 2)
                 emit(ev.Notice(text=f"#{ctx.n}: the reply was cut off at the output limit; asking again with "
                                     f"max_tokens {max_tokens}"))
                 continue
@@ -318,12 +336,13 @@ class Claude(Agent):
             messages.append({"role": "user", "content": results})
         raise AgentGaveUp(f"no submit after {self.cfg.max_turns} model calls")
 
-    def _tools_turn(self, uses, tools: Tools, ctx: Context, emit) -> tuple[list[dict], str | None, str | None]:
+    def _tools_turn(self, uses: list[ToolUseBlock], tools: Tools, ctx: Context,
+                    emit: Emit) -> tuple[list[Block], str | None, str | None]:
         """Run one assistant turn's tool calls in order; `submit` is checked after all of them,
         so the compile check sees the files as the whole turn left them. Returns the results (in
         the calls' order), the submitted description, and why a submit was refused."""
-        results: list[dict | None] = []
-        submits = []
+        results: list[Block | None] = []
+        submits: list[tuple[int, ToolUseBlock]] = []
         for block in uses:
             if block.name == "submit":
                 results.append(None)
@@ -332,7 +351,8 @@ class Claude(Agent):
             text, ok, _ = self._tool(block.name, block.input, tools, ctx)
             emit(ev.ToolCalled(n=ctx.n, name=block.name, summary=_summary(block.name, block.input, text), ok=ok))
             results.append({"type": "tool_result", "tool_use_id": block.id, "content": text, "is_error": not ok})
-        submitted = problem = None
+        submitted: str | None = None
+        problem: str | None = None
         for i, block in submits:
             if submitted:
                 text, ok = "error: already submitted in this turn", False
@@ -343,10 +363,11 @@ class Claude(Agent):
                     problem = text
             emit(ev.ToolCalled(n=ctx.n, name=block.name, summary=_summary(block.name, block.input, text), ok=ok))
             results[i] = {"type": "tool_result", "tool_use_id": block.id, "content": text, "is_error": not ok}
-        return results, submitted, problem
+        return [r for r in results if r is not None], submitted, problem
 
     # ---- the API, with an outer back-off around the SDK's own retries ----
-    def _request(self, system, messages, max_tokens: int, emit, n: int, usage: Usage):
+    def _request(self, system: list[TextBlockParam], messages: list[MessageDict], max_tokens: int, emit: Emit, n: int,
+                 usage: Usage) -> Message:
         t0 = time.monotonic()
         attempt = 0
         while True:
@@ -431,13 +452,14 @@ class Claude(Agent):
             return "transient", f"stream error ({type(e).__name__})", None
         return "unknown", f"{type(e).__name__}: {e}", None
 
-    def request_body(self, system, messages, max_tokens: int) -> dict:
+    def request_body(self, system: list[TextBlockParam], messages: list[MessageDict],
+                     max_tokens: int) -> dict[str, Any]:
         """The keyword arguments of one Messages request (the wire body, less `stream`)."""
-        st = self.settings
-        body = dict(model=self.cfg.model, max_tokens=max_tokens, system=system, messages=_with_cache_breakpoint(messages),
+        st = self._prepared()[1]
+        body: dict[str, Any] = dict(model=self.cfg.model, max_tokens=max_tokens, system=system, messages=_with_cache_breakpoint(messages),
                     tools=TOOLS)
         if st.thinking is not None:
-            thinking = dict(st.thinking)
+            thinking = st.thinking.copy()
             if thinking["type"] == "enabled":
                 thinking["budget_tokens"] = min(thinking["budget_tokens"], max_tokens - 1024)
             body["thinking"] = thinking
@@ -445,7 +467,8 @@ class Claude(Agent):
             body["output_config"] = st.output_config
         return body
 
-    def _stream(self, system, messages, max_tokens: int, emit, n: int):
+    def _stream(self, system: list[TextBlockParam], messages: list[MessageDict], max_tokens: int, emit: Emit,
+                n: int) -> Message:
         with self.client.messages.stream(**self.request_body(system, messages, max_tokens)) as stream:
             for event in stream:
                 if self.interrupt is not None and self.interrupt.is_set():
@@ -462,7 +485,7 @@ class Claude(Agent):
         return msg
 
     # ---- tools ----
-    def _tool(self, name: str, args, tools: Tools, ctx: Context) -> tuple[str, bool, str | None]:
+    def _tool(self, name: str, args: object, tools: Tools, ctx: Context) -> tuple[str, bool, str | None]:
         """Run one tool call: (text for the model, ok, submitted description or None)."""
         if not isinstance(args, dict):
             return "tool input must be a JSON object", False, None
@@ -498,7 +521,7 @@ class Claude(Agent):
             return f"error: {e}", False, None
 
     # ---- the prompt, under a token budget ----
-    def _fitted_prompt(self, ctx: Context, system, budget: int) -> str:
+    def _fitted_prompt(self, ctx: Context, system: list[TextBlockParam], budget: int) -> str:
         """The prompt, shrunk until the API's own count (asked only near the limit) fits."""
         limit = budget
         prompt = self.build_prompt(ctx, budget)
@@ -540,7 +563,7 @@ class Claude(Agent):
                 return text  # the code itself is the floor
 
 
-def _with_cache_breakpoint(messages: list[dict]) -> list[dict]:
+def _with_cache_breakpoint(messages: list[MessageDict]) -> list[MessageDict]:
     """The conversation with a cache breakpoint on the last block of its last message, so each
     turn reads the earlier turns from the cache (the system prompt holds the other breakpoint;
     the API allows four). Earlier messages are left as they are: no breakpoint accumulates."""
@@ -557,7 +580,7 @@ def _with_cache_breakpoint(messages: list[dict]) -> list[dict]:
     return [*messages[:-1], last]
 
 
-def _add_user(messages: list[dict], block: dict) -> None:
+def _add_user(messages: list[MessageDict], block: Block) -> None:
     """Add a block to the user's turn at the end of the conversation (a new turn if the last is the model's)."""
     if messages and messages[-1]["role"] == "user":
         content = messages[-1]["content"]
@@ -566,13 +589,13 @@ def _add_user(messages: list[dict], block: dict) -> None:
         messages.append({"role": "user", "content": [block]})
 
 
-def _refusal_text(msg) -> str:
+def _refusal_text(msg: Message) -> str:
     details = getattr(msg, "stop_details", None)
     why = getattr(details, "explanation", None) or getattr(details, "category", None)
     return f"refusal: {why}" if why else "refusal"
 
 
-def _unknown_model(model: str, e) -> str:
+def _unknown_model(model: str, e: BaseException | None) -> str:
     said = f" ({getattr(e, 'api_message', None) or e})" if e is not None else ""
     return (f"the Anthropic API does not know the model {model!r}{said}; choose another with --model, "
             f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
@@ -584,7 +607,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return (httpx2.TransportError,)
 
 
-def _render(ctx: Context, recent, rows: int, notes_h, notes_a, changed: str | None) -> str:
+def _render(ctx: Context, recent: Sequence[PastExperiment], rows: int, notes_h: Sequence[str], notes_a: Sequence[str],
+            changed: str | None) -> str:
     out = [f"# Experiment #{ctx.n}", ""]
     best = f"{ctx.best_metric:.6f}" if ctx.best_metric is not None else "not measured yet"
     noise = f"{ctx.noise:.6f}" if ctx.noise is not None else "unknown"
@@ -668,14 +692,14 @@ def _check_submission(tools: Tools) -> str | None:
     return None
 
 
-def _str(args: dict, key: str) -> str:
+def _str(args: dict[str, object], key: str) -> str:
     v = args.get(key)
     if not isinstance(v, str):
         raise ToolError(f"`{key}` must be a string")
     return v
 
 
-def _retry_after(e) -> float | None:
+def _retry_after(e: BaseException) -> float | None:
     """Seconds the server asks to wait: retry-after-ms, retry-after in seconds, or an HTTP date."""
     import email.utils
 
@@ -693,7 +717,7 @@ def _retry_after(e) -> float | None:
     return max(0.0, email.utils.mktime_tz(when) - time.time())
 
 
-def _summary(name: str, args, result: str) -> str:
+def _summary(name: str, args: object, result: str) -> str:
     if not isinstance(args, dict):
         return "(malformed input)"
     if name in ("read_file", "write_file", "edit_file"):

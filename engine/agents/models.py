@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Required, TypedDict
 
 from .base import AgentFatal
+
+if TYPE_CHECKING:
+    from anthropic.types import ModelInfo
+
+__all__ = ["AgentFatal", "ModelSpec", "RequestSettings", "Thinking", "OutputConfig", "family_version", "settings_for",
+           "spec_from_family", "spec_from_info"]
 
 THINKING_MODES = ("auto", "adaptive", "enabled", "off")
 EFFORT_LEVELS = ("low", "medium", "high", "xhigh", "max")
@@ -75,7 +82,8 @@ def spec_from_family(model: str) -> ModelSpec:
     fv = family_version(model)
     family, v = fv if fv else ("unknown", (99, 0))
 
-    def spec(adaptive, enabled, off, effort, max_in=_M1, max_out=_K128):
+    def spec(adaptive: bool, enabled: bool, off: str | None, effort: tuple[str, ...], max_in: int = _M1,
+             max_out: int = _K128) -> ModelSpec:
         return ModelSpec(model, adaptive, enabled, off, effort, max_in, max_out, source="the built-in family table")
 
     if family in ("fable", "mythos"):
@@ -105,7 +113,7 @@ def spec_from_family(model: str) -> ModelSpec:
     return spec(True, True, "disabled", (), 200_000, 64_000)
 
 
-def spec_from_info(info) -> ModelSpec:
+def spec_from_info(info: ModelInfo) -> ModelSpec:
     """A ModelSpec from the SDK's ModelInfo (the Models API's answer)."""
     caps = info.capabilities
     table = spec_from_family(info.id)
@@ -125,12 +133,26 @@ def spec_from_info(info) -> ModelSpec:
 
 # ---- the request settings ----
 
+class Thinking(TypedDict, total=False):
+    """The request's `thinking`."""
+
+    type: Required[str]  # adaptive | enabled | disabled | between_tools
+    budget_tokens: int  # for "enabled"
+    display: str  # "summarized"
+
+
+class OutputConfig(TypedDict):
+    """The request's `output_config`."""
+
+    effort: str
+
+
 @dataclass(frozen=True)
 class RequestSettings:
     max_tokens: int
     context_tokens: int  # the first prompt stays under this
-    thinking: dict | None  # the request's `thinking`, or None to leave it out
-    output_config: dict | None  # the request's `output_config`, or None
+    thinking: Thinking | None  # the request's `thinking`, or None to leave it out
+    output_config: OutputConfig | None  # the request's `output_config`, or None
 
 
 def settings_for(spec: ModelSpec, mode: str, effort: str | None, budget: int, max_tokens: int,
@@ -150,8 +172,9 @@ def settings_for(spec: ModelSpec, mode: str, effort: str | None, budget: int, ma
         raise AgentFatal(f"{spec.id} {what} (per {spec.source}); set [agent] thinking to "
                          f"{' or '.join(others) or 'auto'}")
     max_tokens = max(1, min(max_tokens, spec.max_tokens))
-    thinking: dict | None
+    thinking: Thinking
     if mode == "off":
+        assert spec.off is not None  # takes["off"] above
         thinking = {"type": spec.off}  # "disabled", or "between_tools" where that is how the model turns it off
     elif mode == "adaptive":
         thinking = {"type": "adaptive"}
@@ -166,7 +189,7 @@ def settings_for(spec: ModelSpec, mode: str, effort: str | None, budget: int, ma
         thinking = {"type": "enabled", "budget_tokens": budget}
     if mode != "off" and spec.display:
         thinking["display"] = "summarized"  # the reasoning pane shows text even where the default omits it
-    output_config = None
+    output_config: OutputConfig | None = None
     if spec.effort and mode != "off":
         level = effort or "high"
         if level not in spec.effort:

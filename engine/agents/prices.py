@@ -58,7 +58,7 @@ PUBLISHED = {("fable", (5, 0)), ("fable", (5, 1)), ("mythos", (5, 0)), ("mythos"
 DEFAULT = TABLE["sonnet"][-1][1]
 
 
-def price_for(model: str, override: dict | None = None) -> tuple[Price, str | None]:
+def price_for(model: str, override: dict[str, float] | None = None) -> tuple[Price, str | None]:
     """The price of `model` and, when it is a guess, one line saying so."""
     if override:
         return Price(float(override["input"]), float(override["output"]), float(override["cache_write"]),

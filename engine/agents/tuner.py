@@ -24,7 +24,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from engine.agents.base import Agent, Context, PastExperiment, Proposal
@@ -48,7 +48,7 @@ NOT_A_VERDICT = frozenset({Status.INTERRUPTED})  # cockpit died mid-run: the mov
 # Numbers
 # ---------------------------------------------------------------------------
 
-_BINOPS = {
+_BINOPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
     ast.Mult: lambda a, b: a * b,
@@ -72,7 +72,8 @@ def eval_number(node: ast.AST) -> Number | None:
 
 def _eval(node: ast.AST) -> Number | None:
     if isinstance(node, ast.Constant):
-        return node.value if type(node.value) in (int, float) else None
+        value = node.value
+        return value if isinstance(value, (int, float)) and type(value) in (int, float) else None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _eval(node.operand)
         return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
@@ -167,10 +168,11 @@ def find_constants(path: str, text: str, profile: str) -> list[Constant]:
     lines = text.split("\n")
     found = []
     for node in tree.body:
+        literal: ast.expr
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
+            target, literal = node.targets[0], node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target = node.target
+            target, literal = node.target, node.value
         else:
             continue
         if not isinstance(target, ast.Name) or node.lineno != node.end_lineno:
@@ -178,7 +180,6 @@ def find_constants(path: str, text: str, profile: str) -> list[Constant]:
         name = target.id
         if not UPPER_NAME.fullmatch(name) or "SEED" in name or assigned[name] != 1:
             continue
-        literal = node.value
         if isinstance(literal, ast.IfExp):
             if not isinstance(literal.test, ast.Name) or None in (eval_number(literal.body), eval_number(literal.orelse)):
                 continue
@@ -208,7 +209,7 @@ def find_constants(path: str, text: str, profile: str) -> list[Constant]:
     return found
 
 
-def _top_level_names(tree: ast.Module):
+def _top_level_names(tree: ast.Module) -> Iterator[str]:
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         for t in targets:
@@ -236,7 +237,7 @@ def candidate_moves(c: Constant) -> list[Move]:
             moves = [Move(c, _round(v * f), f"x{f:g}", abs(math.log(f))) for f in FACTORS]
     elif v == 0:
         moves = [Move(c, 1, "+1", None)]
-    elif v > 0 and v & (v - 1) == 0:  # powers of two stay powers of two, and >= 1
+    elif isinstance(v, int) and v > 0 and v & (v - 1) == 0:  # powers of two stay powers of two, and >= 1
         moves = [Move(c, v * 2, "x2", math.log(2))]
         if v >= 2:
             moves.append(Move(c, v // 2, "/2", math.log(2)))
@@ -425,7 +426,7 @@ class Tuner(Agent):
         tools.edit_file(c.path, old, new)
 
 
-def _moves_of(descriptions) -> set[tuple[str, float, float]]:
+def _moves_of(descriptions: Iterable[str]) -> set[tuple[str, float, float]]:
     return {_move_id(pm.key, pm.old, pm.new) for d in descriptions for pm in (parse_description(d) or ())}
 
 
