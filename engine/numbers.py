@@ -11,11 +11,16 @@ from engine.numbers.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .analysis import (  # noqa: F401  (re-exported: one definition of each rule)
-    CARRY_SHARE, FAILED, HOLDOUT_K, KEPT, Baseline, DutyCycle, HoldoutCheck, Standing, baseline, baseline_mean,
+    CARRY_SHARE, HOLDOUT_K, Baseline, DutyCycle, HoldoutCheck, Standing, baseline, baseline_mean,
     carries_over, comparable, gain, holdout_check, measured, never_ran, running_best, standing, versus,
 )
+from .status import FAILED, KEPT  # noqa: F401  (FAILED: re-exported)
+
+if TYPE_CHECKING:
+    from .journal import Experiment
 
 
 # ---- why a new baseline ----
@@ -23,7 +28,7 @@ from .analysis import (  # noqa: F401  (re-exported: one definition of each rule
 def remeasure_reason(old_label: str | None, new_label: str | None) -> str:
     """Why a session measures a new baseline on resume, from the targets' labels
     ("gpt/cpu/60s" -> "gpt/cpu/30s": "budget changed 60 s -> 30 s")."""
-    def parts(label):
+    def parts(label: str | None) -> tuple[str, str | None]:
         p = (label or "").split("/")
         budget = p[-1][:-1] if p and p[-1].endswith("s") and _number(p[-1][:-1]) else None
         return ("/".join(p[:-1]) if budget is not None else "/".join(p)), budget
@@ -59,7 +64,7 @@ class Ledger:
     RECENT = 500  # rows kept besides the baselines and kept ones (the plot draws the newest 500)
 
     def __init__(self) -> None:
-        self.rows: dict[int, object] = {}  # the baselines, the kept rows and the RECENT newest others
+        self.rows: dict[int, Experiment] = {}  # the baselines, the kept rows and the RECENT newest others
         self.counts: dict[str, int] = {}  # experiments that ran (or were judged), by status
         self._counted: dict[int, str] = {}  # each row's status as counted (rows are put again when they change)
         self._timed: set[int] = set()  # the runs the duty cycle covers (engine.analysis.duty_cycle's rule)
@@ -67,7 +72,7 @@ class Ledger:
         self._span: tuple[float, float] | None = None
         self._slots: set[int] = set()
 
-    def put(self, e) -> None:
+    def put(self, e: Experiment) -> None:
         old = self._counted.pop(e.n, None)
         if old is not None:
             self.counts[old] -= 1
@@ -89,9 +94,9 @@ class Ledger:
             if e.slot is not None:
                 self._slots.add(e.slot)
 
-    def duty(self):
+    def duty(self) -> DutyCycle:
         """engine.analysis.duty_cycle of the rows put so far, kept as they come (no pass over them)."""
-        if not self._timed:
+        if not self._timed or self._span is None:
             return DutyCycle(0.0, 0.0, 0.0, 0.0, 0.0, 0)
         slots = len(self._slots) or 1
         s = self._sums
@@ -105,14 +110,14 @@ class Ledger:
 
 
 def row_of(n: int, kind: str, status: str, metric: float | None, harness: str | None, commit: str = "",
-           description: str = "", ran: bool = True):
+           description: str = "", ran: bool = True) -> Experiment:
     """A row from an event alone, for a UI fed by events without a journal (the screenshots, the
     UI benchmark): what the rules above read, the rest empty."""
     from .journal import Experiment
 
     now = time.time()
-    commit = None if kind == "baseline" else commit  # one group of baselines (the engine runs them on one commit)
-    return Experiment(id=0, session_id=0, n=n, kind=kind, parent_commit=None, commit_sha=commit or None, diff_stat=None,
+    sha = None if kind == "baseline" else commit  # one group of baselines (the engine runs them on one commit)
+    return Experiment(id=0, session_id=0, n=n, kind=kind, parent_commit=None, commit_sha=sha or None, diff_stat=None,
                       description=description, status=status, reason=None, metric=metric, delta=None, confidence=None,
                       training_seconds=None, total_seconds=None, memory_gb=None, tokens_in=0, tokens_out=0, cache_write=0,
                       cache_read=0, cost_usd=0.0, started=now, finished=now, log_path=None,

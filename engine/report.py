@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from . import analysis
 from .analysis import (  # noqa: F401  (re-exported: the chart's data is the TUI plot's, one definition)
-    FAILED, FINAL, KEPT, HoldoutCheck, ProgressSeries, baseline_mean, holdout_check, measured, never_ran, progress_series,
+    HoldoutCheck, ProgressSeries, baseline_mean, holdout_check, measured, never_ran, progress_series,
     running_best, versus, y_limits,
 )
 from .journal import Experiment, Session
+from .status import FAILED, FINAL, KEPT  # noqa: F401  (re-exported)
 
 
 # ---- the numbers ----
