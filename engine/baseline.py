@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import events as ev
+from .best import Best
 from .branch import SessionBranch
 from .config import DecisionConfig
 from .control import Control
@@ -25,8 +26,8 @@ NOISY_SHARE = 0.02  # a keep threshold above this share of the metric is said at
 
 class Baselines:
     def __init__(self, journal: Journal, target: Target, decision: DecisionConfig, control: Control, slots: SlotSet,
-                 scheduler: Scheduler, branch: SessionBranch, emit: Callable[[ev.Event], None]):
-        self.journal, self.target, self.dcfg, self.control = journal, target, decision, control
+                 scheduler: Scheduler, branch: SessionBranch, best: Best, emit: Callable[[ev.Event], None]):
+        self.journal, self.target, self.dcfg, self.control, self.best = journal, target, decision, control, best
         self.slots, self.scheduler, self.branch, self.emit = slots, scheduler, branch, emit
 
     def needed(self, s: Session) -> bool:
@@ -91,7 +92,7 @@ class Baselines:
         best = sum(values) / len(values)
         noise = noise_of(values)
         last = max(e.n for e in self.journal.experiments(s.id) if e.kind == "baseline")
-        self.journal.update_session(s.id, best_metric=best, noise=noise, best_n=last)
+        self.best.measured(s.id, best, noise, last)
         self.emit(ev.Notice(text=f"baseline {self.target.metric_name} {best:.6f} over {len(values)} runs; noise {noise:.6f}"))
         self.emit(ev.BestChanged(n=last, commit=s.best_commit or "", metric=best))
         threshold = threshold_of(noise, self.dcfg.min_delta, self.dcfg.noise_k)

@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 
 from . import events as ev
+from .best import Best
 from .git import GitError, GitRepo
 from .journal import Journal, Session
 from .numbers import remeasure_reason
@@ -25,8 +26,8 @@ class SessionBranch:
     `head`: where cockpit last put the branch (anything else there is the human's)."""
 
     def __init__(self, git: GitRepo, journal: Journal, emit: Callable[[ev.Event], None], editable: list[str],
-                 human_files: tuple[str, ...]):
-        self.git, self.journal, self.emit = git, journal, emit
+                 human_files: tuple[str, ...], best: Best):
+        self.git, self.journal, self.emit, self.best = git, journal, emit, best
         self.editable, self.human_files = editable, human_files
         self.head: str | None = None
 
@@ -133,7 +134,7 @@ class SessionBranch:
     def adopt(self, s: Session, sha: str, what: str) -> Session:
         """The session goes on from the human's commit `sha`; a changed code is measured again."""
         code_changed = not self.same_code(s.best_commit, sha)
-        self.journal.update_session(s.id, best_commit=sha, **({"noise": None} if code_changed else {}))
+        self.best.moved(s.id, sha, code_changed)
         text = (f"{what}: the session goes on from {sha[:7]}"
                 + ("; its code changed, so it is measured again as the new baseline" if code_changed else ""))
         self.journal.add_note(s.id, "human", "commit", text)
@@ -151,7 +152,9 @@ class SessionBranch:
             self.journal.set_harness(s.id, harness)
             return
         why = remeasure_reason(s.target, label)  # "budget changed 60 s -> 30 s"
-        self.journal.update_session(s.id, harness=harness, noise=None, target=label or s.target)
+        with self.journal.transaction():
+            self.best.remeasure(s.id)
+            self.journal.update_session(s.id, harness=harness, target=label or s.target)
         self.journal.add_note(s.id, "human", "harness", f"{why} ({s.harness} -> {harness}): results "
                               "before this point were measured by the old one; the best code is measured again")
         self.emit(ev.Notice(text=f"{why} since this session's baseline ({s.harness} -> {harness}): "
@@ -168,7 +171,7 @@ class SessionBranch:
         sha = self.git.commit_all(dirty, f"cockpit {s.tag}: the human updated {', '.join(dirty)}")
         self.git.mark("sync", s.tag, sha)
         self.head = sha
-        self.journal.update_session(s.id, best_commit=sha)
+        self.best.moved(s.id, sha)
         self.journal.add_note(s.id, "human", "instructions", f"the human edited {', '.join(dirty)}; re-read it")
         self.emit(ev.Notice(text=f"{', '.join(dirty)} changed: committed at {sha[:7]}; the agent is told"))
         return self.journal.session(s.id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import events as ev
+from .best import Best
 from .agents.base import Usage
 from .branch import SessionBranch
 from .control import Control
@@ -28,8 +29,9 @@ class Ledger:
 
     def __init__(self, journal: Journal, git: GitRepo, branch: SessionBranch, control: Control, stop: StopRules,
                  emit: Callable[[ev.Event], None], land: Callable[[str, str, str, str], str | None], results: Path,
-                 metric_name: str):
+                 metric_name: str, best: Best):
         self.journal, self.git, self.branch, self.control, self.stop = journal, git, branch, control, stop
+        self.best = best
         self.emit, self.land, self.results, self.metric_name = emit, land, results, metric_name
 
     def finish(self, s: Session, r: Run | None, status: Status, reason: str | None, n: int | None = None,
@@ -71,7 +73,7 @@ class Ledger:
         with j.transaction():
             e = j.update_experiment(s.id, n, **fields)
             if kept:
-                j.update_session(s.id, best_n=n, best_commit=sha, best_metric=metric)
+                self.best.kept(s.id, n, sha, metric)
         if kept and sha is not None and metric is not None:
             self.branch.move(s, sha)
             self.emit(ev.BestChanged(n=n, commit=sha, metric=metric, forced=status == Status.FORCED))
@@ -114,7 +116,7 @@ class Ledger:
         self.branch.check_tree(s)  # the human's work first: the session stops with it kept
         with self.journal.transaction():  # recorded before the branch moves (a kill in between is repaired at start)
             self.journal.update_experiment(s.id, n, status=Status.FORCED, reason="force-kept by the human")
-            self.journal.update_session(s.id, best_n=n, best_commit=e.commit_sha, best_metric=e.metric)
+            self.best.kept(s.id, n, e.commit_sha, e.metric)
         self.branch.move(s, e.commit_sha)
         s = self.journal.session(s.id)
         self.write_results(s)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from harness.errors import HarnessError
 
 from . import events as ev
+from .best import Best
 from .agents.base import Agent, AgentFatal, Context
 from .baseline import Baselines
 from .branch import SessionBranch
@@ -82,11 +83,12 @@ class Engine:
                                  judged=lambda: self.inflight.judged, on_fatal=self.fatal, on_late=self._late_proposal,
                                  wake=self.wake)
         self.briefing = Briefing(self.journal, self.git, self.editable, target, ws.program)
-        self.branch = SessionBranch(self.git, self.journal, self.emit, self.editable, self.human_files)
+        self.best = Best(self.journal)  # the only writer of the session's best and noise
+        self.branch = SessionBranch(self.git, self.journal, self.emit, self.editable, self.human_files, self.best)
         self.inflight = InFlight()  # runs made and not started, proposals asked again, and the counts
         self.stop = StopRules(limits, self.control, self.inflight, lambda: self.journal.total_cost(self._session().id))
         self.ledger = Ledger(self.journal, self.git, self.branch, self.control, self.stop, self.emit, self.pool.land,
-                             ws.results_path, target.metric_name)
+                             ws.results_path, target.metric_name, self.best)
         self.intake = Intake(self.journal, self.git, self.pool, self.branch, self.inflight, self.ledger, self.emit,
                              self.finish, self._session, lambda: self.slotset.busy() > 0, self.editable,
                              self.human_files)
@@ -100,7 +102,7 @@ class Engine:
             apply_force_keeps=self._apply_force_keeps, session=self._session, harness=lambda: self.harness,
             fatal=lambda: self._fatal)
         self.baselines = Baselines(self.journal, target, self.dcfg, self.control, self.slotset, self.scheduler,
-                                   self.branch, self.emit)
+                                   self.branch, self.best, self.emit)
         self.error: str | None = None  # set when the session stopped on an error, not a limit
         self.harness: str | None = None  # the target's harness version (set at start)
         self._fatal: AgentFatal | None = None  # the agent can make no more requests: the session stops now

@@ -83,3 +83,41 @@ def test_a_crash_count_is_of_crashes_in_a_row_and_the_humans_stop_comes_first():
     assert stop.reason() == "stopped by signal SIGTERM (after the run)"
     c.stop("now")  # the human presses stop-now after the signal
     assert stop.reason() == "stopped by the human (now)"
+
+
+def test_only_the_best_part_writes_the_sessions_best_and_noise():
+    """The best code, its metric, its experiment and the noise have one writer, engine/best.py:
+    no other engine module passes those fields to the journal's update_session."""
+    import ast
+    from pathlib import Path
+
+    from engine.best import FIELDS
+
+    writers = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "engine").rglob("*.py")):
+        if path.name == "best.py" or "template" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update_session"
+                    and any(k.arg in FIELDS for k in node.keywords)):
+                writers.append(f"{path.name}:{node.lineno}")
+    assert writers == [], f"the session's best is written outside engine/best.py: {writers}"
+
+
+def test_the_best_records_what_each_part_says(tmp_path):
+    from engine.best import Best
+    from engine.journal import Journal
+
+    j = Journal(tmp_path / "journal.sqlite")
+    s = j.create_session(tag="t", branch="cockpit/t", base_commit="a" * 40, agent="tuner", target="gpt/cpu/20s")
+    best = Best(j)
+    best.measured(s.id, 2.5, 0.01, 2)
+    got = j.session(s.id)
+    assert (got.best_metric, got.noise, got.best_n) == (2.5, 0.01, 2)
+    best.kept(s.id, 7, "b" * 40, 2.4)
+    got = j.session(s.id)
+    assert (got.best_n, got.best_commit, got.best_metric, got.noise) == (7, "b" * 40, 2.4, 0.01)
+    best.moved(s.id, "c" * 40)  # the same code (program.md): the noise stands
+    assert j.session(s.id).noise == 0.01 and j.session(s.id).best_commit == "c" * 40
+    best.moved(s.id, "d" * 40, code_changed=True)  # the human changed the code: measured again
+    assert j.session(s.id).noise is None
