@@ -22,7 +22,7 @@ class ConfigError(HarnessError):
 
 
 class AgentSettings(TypedDict, total=False):
-    """The ClaudeConfig fields set in [agent] (engine/agents/claude.py): checked here, passed on as keywords."""
+    """The ClaudeConfig fields set in [agent] (engine/agents/claude_api.py): checked here, passed on as keywords."""
 
     context_tokens: int
     thinking_budget: int
