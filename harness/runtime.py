@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import evaluate
+from .profiling import print_compile_stats, profile_report, profile_step, sync
 from .dataset import Dataset, current_dataset, open_dataset
 from .paths import cache_root
 from .profiles import Profile, detect
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 REPORT_EVERY = 0.5  # seconds between progress reports (each one reads the loss: a device sync)
 EVAL_MAX_ROWS = 64  # evaluation follows the training batch's rows up to this many (its log-probs are fp32 B x T x V)
-PROFILE_STEPS = (10, 3)  # with COCKPIT_PROFILE=DIR: profile 3 optimizer steps from step 10 (compiled, warm)
 DEVICE_RESIDENT_MAX_TOKENS = 512 * 1024 * 1024  # a train stream up to this size lives on the GPU
 
 
@@ -243,8 +243,7 @@ def progress(step: int, loss: torch.Tensor | float, tokens: int) -> None:
     S = _get()
     S.steps = step + 1
     S.tokens += int(tokens)
-    if _PROFILE_DIR:
-        _profile_step(step)
+    profile_step(step, S.profile.device)
     now = time.monotonic()
     first = S.t_first is None
     if not first and now - S._last_report < REPORT_EVERY:
@@ -281,113 +280,6 @@ def _peak_memory_bytes(device: str) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
-_PROFILE_DIR = os.environ.get("COCKPIT_PROFILE")  # made absolute by the runner
-_prof: dict[str, Any] = {}  # the profiler while it records ("running"), then its result ("done")
-_KERNEL_KINDS = (  # (kind, substrings of kernel names), first match wins; the rest is "other"
-    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
-    ("attention", ("flash", "fmha", "attention", "sdpa")),
-    ("embedding", ("embedding", "index", "scatter", "gather", "sort", "radix")),
-    ("optimizer", ("multi_tensor", "adam", "foreach")),
-    ("fused (Inductor/Triton)", ("triton",)),
-    ("copy/cast", ("copy", "cast", "convert")),
-    ("reduce/elementwise", ("reduce", "elementwise", "vectorized")),
-)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-def _profile_step(step: int) -> None:
-    """With COCKPIT_PROFILE=DIR: record PROFILE_STEPS optimizer steps with torch.profiler. Only
-    starting and stopping happen here, inside the training clock; the report is written by
-    _profile_report() once training has ended. A measuring aid, not part of the run's result."""
-    start, n = PROFILE_STEPS
-    device = _get().profile.device
-    try:
-        if step == start - 1 and not _prof:
-            from torch.profiler import ProfilerActivity, profile
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-            _sync(device)
-            p = profile(activities=acts)
-            p.__enter__()  # type: ignore[no-untyped-call]  # torch.profiler's is unannotated
-            _prof.update(running=p, t0=time.perf_counter(), first=step + 1)
-        elif step >= start + n - 1 and "running" in _prof:
-            _profile_stop(step)
-    except Exception as e:  # a measuring aid never takes a run down
-        _prof.clear()
-        _prof["done"] = None
-        print(f"harness: profile failed: {type(e).__name__}: {e}", flush=True)
-
-
-def _profile_stop(last_step: int) -> None:
-    _sync(_get().profile.device)
-    p = _prof.pop("running")
-    _prof["wall"] = time.perf_counter() - _prof["t0"]
-    _prof["steps"] = last_step - _prof["first"] + 1  # 0 when training ended right after it started
-    p.__exit__(None, None, None)
-    _prof["done"] = p
-
-
-def _profile_report() -> None:
-    """Print the recorded steps' summary to the log and write the Chrome trace (once training
-    is over and reported: parsing and writing the trace take seconds that must not come off the
-    training budget or its kill deadline). A run that ended before the last profiled step
-    reports the steps it recorded."""
-    if not _PROFILE_DIR or not _prof:
-        return
-    try:
-        if "running" in _prof:
-            _profile_stop(_get().steps - 1)
-        prof, n = _prof.get("done"), _prof.get("steps", 0)
-        if prof is None:
-            return
-        _prof["done"] = None
-        if n < 1:
-            print(f"harness: profile: training ended before step {_prof['first']} finished; nothing recorded", flush=True)
-            return
-        cuda = _get().profile.device.startswith("cuda")
-        try:
-            os.makedirs(_PROFILE_DIR, exist_ok=True)
-            path = os.path.join(_PROFILE_DIR, f"trace-{os.getpid()}.json")
-            prof.export_chrome_trace(path)
-        except OSError as e:
-            path = f"not written ({e})"
-        key = "self_device_time_total" if cuda else "self_cpu_time_total"
-        events = [e for e in prof.key_averages() if getattr(e, key) > 0]
-        if cuda:  # kernels only: CPU-side ops also carry the device time of the kernels they launch
-            events = [e for e in events if e.device_type.name == "CUDA"]
-        total = sum(getattr(e, key) for e in events) or 1
-        kinds: dict[str, float] = {}
-        for ev in events:
-            name = ev.key.lower()
-            kind = next((k for k, subs in _KERNEL_KINDS if any(x in name for x in subs)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + getattr(ev, key)
-        first = _prof["first"]
-        print(f"harness: profile of steps {first}-{first + n - 1}: {_prof['wall'] / n * 1e3:.1f} ms per step (wall), "
-              f"{total / n / 1e3:.1f} ms of {'GPU kernels' if cuda else 'CPU ops'} per step; trace {path}", flush=True)
-        split = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
-        print(f"harness: profile by kind: {split}", flush=True)
-        for ev in sorted(events, key=lambda ev: -getattr(ev, key))[:15]:
-            v = getattr(ev, key)
-            print(f"harness: profile {100 * v / total:5.1f}% {v / n / 1e3:7.2f} ms/step x{ev.count // n:<4d} {ev.key[:100]}", flush=True)
-    except Exception as e:  # a measuring aid never takes a run down
-        print(f"harness: profile failed: {type(e).__name__}: {e}", flush=True)
-
-
-def _print_compile_stats() -> None:
-    """With COCKPIT_COMPILE_STATS=1: Dynamo's compile times and the compile caches' hits, in the log."""
-    dynamo = sys.modules.get("torch._dynamo.utils")
-    if not os.environ.get("COCKPIT_COMPILE_STATS") or dynamo is None:
-        return
-    print(dynamo.compile_times(repr="str"), flush=True)
-    for name in ("inductor", "aot_autograd", "stats"):
-        print(f"harness: counters[{name}] = {dict(dynamo.counters[name])}", flush=True)
-
-
 def submit(model: object) -> None:
     """Hand the trained model to the harness; the run ends here (this call does not return).
 
@@ -398,11 +290,11 @@ def submit(model: object) -> None:
     from . import modelfile
 
     S = _get()
-    _sync(S.profile.device)
+    sync(S.profile.device)
     S.mark("trained")
     S.send("exporting")
-    _profile_report()  # measuring aids (COCKPIT_PROFILE, COCKPIT_COMPILE_STATS): before the runner ends the process
-    _print_compile_stats()
+    profile_report(S.profile.device, S.steps)  # measuring aids (COCKPIT_PROFILE, COCKPIT_COMPILE_STATS): before the runner ends the process
+    print_compile_stats()
     P = S.profile
     B, T = S.batch_shape or (8, P.seq_len)
     if T != P.seq_len:
