@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,8 +332,9 @@ def duty_cycle(experiments: Iterable[Any]) -> DutyCycle:
     slots = len({e.slot for e in done if e.slot is not None}) or 1
     wall = (max(e.finished for e in done) - min(e.run_started or e.started for e in done)) * slots
 
-    def s(f: str) -> float:
-        return float(sum(getattr(e, f) or 0.0 for e in done))
+    def s(seconds: Callable[[Row], float | None]) -> float:
+        return float(sum(seconds(e) or 0.0 for e in done))
 
-    return DutyCycle(wall, s("training_seconds"), s("propose_seconds"), s("startup_seconds"), s("eval_seconds"), len(done),
+    return DutyCycle(wall, s(lambda e: e.training_seconds), s(lambda e: e.propose_seconds), s(lambda e: e.startup_seconds),
+                     s(lambda e: e.eval_seconds), len(done),
                      slots)

@@ -86,8 +86,9 @@ class Ledger:
             self.rows = {n: self.rows[n] for n in sorted([*lasting, *recent])}
         if e.started and e.finished and e.training_seconds is not None and e.n not in self._timed:
             self._timed.add(e.n)  # a run's times never change once it finished
-            for k in self._sums:
-                self._sums[k] += getattr(e, k) or 0.0
+            for k, v in (("training_seconds", e.training_seconds), ("propose_seconds", e.propose_seconds),
+                         ("startup_seconds", e.startup_seconds), ("eval_seconds", e.eval_seconds)):
+                self._sums[k] += v or 0.0
             start = e.run_started or e.started
             self._span = (start, e.finished) if self._span is None else (min(self._span[0], start),
                                                                          max(self._span[1], e.finished))

@@ -71,7 +71,8 @@ def summarize(session: Session, experiments: list[Experiment], metric_name: str,
     ends = [e.finished for e in ran if e.finished]
     first = min(starts) if starts else session.created
     last = max(ends + starts) if (ends or starts) else session.updated
-    tokens = {k: sum(getattr(e, k) or 0 for e in experiments) for k in ("tokens_in", "tokens_out", "cache_read", "cache_write")}
+    tokens = {"tokens_in": sum(e.tokens_in or 0 for e in experiments), "tokens_out": sum(e.tokens_out or 0 for e in experiments),
+              "cache_read": sum(e.cache_read or 0 for e in experiments), "cache_write": sum(e.cache_write or 0 for e in experiments)}
     shown = {e.n for e in analysis.comparable(experiments, harness)}
     return Summary(session, metric_name, direction, experiments, counts,
                    sum(1 for e in experiments if e.kind == "baseline" and e.n in shown), base, best, imp, pct, first, last,

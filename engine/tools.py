@@ -167,7 +167,7 @@ class Tools:
     # -- disk -------------------------------------------------------------------------------
 
     def _read(self, rel: str, target: Path) -> str:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDONLY | os.O_NOFOLLOW
         try:
             fd = os.open(target, flags)
         except FileNotFoundError:

@@ -258,6 +258,6 @@ def _add_user(messages: list[MessageDict], block: Block) -> None:
 
 
 def _refusal_text(msg: Message) -> str:
-    details = getattr(msg, "stop_details", None)
-    why = getattr(details, "explanation", None) or getattr(details, "category", None)
+    details = msg.stop_details
+    why = (details.explanation or details.category) if details is not None else None
     return f"refusal: {why}" if why else "refusal"

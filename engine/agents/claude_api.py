@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -239,20 +239,20 @@ class ClaudeApi(Agent):
             if code == 402:
                 return "fatal", f"the Anthropic account cannot pay for requests ({said}); add credit or fix billing, then run cockpit again", None
             if code == 404:
-                return "fatal", _unknown_model(model, e), None
+                return "fatal", _unknown_model(model, msg), None
             if code == 413:
                 return "too_long", f"the request is too large ({said})", None
             if code == 400 and "prompt is too long" in msg:  # the API gives no code for it; its message is stable
                 return "too_long", msg, None
             if code == 429:
-                after = _retry_after(e)
+                after = _retry_after(e.response.headers)
                 # A spent limit has its own error codes and no retry-after (and the API's wording
                 # "usage limit"); a rate limit says when to come back, or is waited out with back-off.
                 if e.error_code in SPEND_LIMIT_CODES or (after is None and "usage limit" in msg.lower()):
                     return "fatal", f"the Anthropic API usage limit is reached ({said}); raise the limit or wait, then run cockpit again", None
                 return "transient", f"API error 429 {etype}", after
             if code in (408, 409) or code >= 500:
-                return "transient", f"API error {code}", _retry_after(e)
+                return "transient", f"API error {code}", _retry_after(e.response.headers)
             return "fatal", f"the Anthropic API rejected cockpit's request ({said}); check [agent] in cockpit.toml", None
         if isinstance(e, _StreamEndedEarly):
             return "transient", "the stream was cut (it ended before its last event)", None
@@ -320,8 +320,8 @@ def _with_cache_breakpoint(messages: list[MessageDict]) -> list[MessageDict]:
     return [*messages[:-1], last]
 
 
-def _unknown_model(model: str, e: BaseException | None) -> str:
-    said = f" ({getattr(e, 'api_message', None) or e})" if e is not None else ""
+def _unknown_model(model: str, message: str | None) -> str:
+    said = f" ({message})" if message else ""
     return (f"the Anthropic API does not know the model {model!r}{said}; choose another with --model, "
             f"[agent] model in cockpit.toml or $COCKPIT_MODEL")
 
@@ -332,17 +332,17 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return (httpx2.TransportError,)
 
 
-def _retry_after(e: BaseException) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asks to wait: retry-after-ms, retry-after in seconds, or an HTTP date."""
     import email.utils
 
-    headers = getattr(getattr(e, "response", None), "headers", None)
-    if headers is None:
-        return None
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
         try:
-            return max(0.0, float(headers.get(name)) / scale)
-        except (TypeError, ValueError):
+            return max(0.0, float(value) / scale)
+        except ValueError:
             pass
     when = email.utils.parsedate_tz(headers.get("retry-after") or "")
     if when is None:

@@ -124,7 +124,8 @@ def spec_from_info(info: ModelInfo) -> ModelSpec:
                          info.lifecycle)
     t = caps.thinking.types
     eff = caps.effort
-    levels = tuple(lvl for lvl in EFFORT_LEVELS if eff.supported and getattr(getattr(eff, lvl, None), "supported", False))
+    offered = {"low": eff.low, "medium": eff.medium, "high": eff.high, "xhigh": eff.xhigh, "max": eff.max}
+    levels = tuple(lvl for lvl in EFFORT_LEVELS if eff.supported and (c := offered.get(lvl)) is not None and c.supported)
     off = "disabled" if t.disabled.supported else "between_tools" if t.between_tools.supported else None
     return ModelSpec(info.id, adaptive=bool(caps.thinking.supported and t.adaptive.supported),
                      enabled=bool(caps.thinking.supported and t.enabled.supported), off=off, effort=levels,

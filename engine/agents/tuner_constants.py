@@ -163,7 +163,8 @@ def find_constants(path: str, text: str, profile: str) -> list[Constant]:
 
 def _top_level_names(tree: ast.Module) -> Iterator[str]:
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        targets: list[ast.expr] = (node.targets if isinstance(node, ast.Assign)
+                                   else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)) else [])
         for t in targets:
             for sub in ast.walk(t) if t is not None else ():
                 if isinstance(sub, ast.Name):
