@@ -25,6 +25,7 @@ from harness.runner import log_tail as _log_tail
 from . import analysis
 from . import config as configmod
 from .journal import Experiment, Session  # Experiment: the row type the UIs read (re-exported)
+from .workspace import Layout
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -33,7 +34,7 @@ LOG_LINES = 40  # what the TUI shows of a run's log when it is opened
 SESSIONS = object()  # holdout(): the session's own harness version
 
 
-class SessionView:
+class SessionView(Layout):  # its paths (state, journal_path, program_path) are the workspace's
     def __init__(self, root: Path, config: configmod.Config | None = None, session_id: int | None = None,
                  once: bool = False):
         self.root = Path(root)
@@ -83,20 +84,6 @@ class SessionView:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-
-    # ---- paths ----
-    @property
-    def state(self) -> Path:
-        return self.root / ".cockpit"
-
-    @property
-    def journal_path(self) -> Path:
-        return self.state / "journal.sqlite"
-
-    @property
-    def program_path(self) -> Path:
-        """program.md, the human's file: the TUI watches and edits it."""
-        return self.root / "program.md"
 
     # ---- the journal, read-only ----
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:

@@ -22,11 +22,11 @@ TRAINER = TEMPLATE / "train.py"
 PROGRAM_TEMPLATE = TEMPLATE / "program.md"
 
 
-@dataclass
-class Workspace:
+class Layout:
+    """Where a workspace keeps its files, from its root alone: the engine's Workspace and the UIs'
+    read-only SessionView (engine/view.py) both find them here."""
+
     root: Path
-    git: GitRepo
-    config: configmod.Config
 
     @property
     def state(self) -> Path:
@@ -45,7 +45,15 @@ class Workspace:
 
     @property
     def program_path(self) -> Path:
+        """program.md, the human's file: the TUI watches and edits it."""
         return self.root / "program.md"
+
+
+@dataclass
+class Workspace(Layout):
+    root: Path
+    git: GitRepo
+    config: configmod.Config
 
     def program(self) -> str:
         try:
