@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -13,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from attacks import HEAD, UNIFORM, uniform_bpb  # tests/attacks.py: the uniform model and its exact val_bpb
 from harness import runner, watch
 from harness.dataset import current_dataset
 from harness.errors import IntegrityError
@@ -102,29 +101,11 @@ def test_a_fake_printed_val_bpb_does_not_change_the_recorded_value(tmp_path, cac
     assert r.steps > 1 and r.tokens > 0 and r.training_seconds <= BUDGET + FAST.over_budget_tolerance
 
 
-def test_val_bpb_is_computed_by_the_harness_from_logits(tmp_path, cache, dataset):
+def test_val_bpb_is_computed_by_the_harness_from_logits(tmp_path, cache):
     """A model with uniform logits scores exactly ln(V) nats per text token."""
-    body = """
-    import torch
-    from harness import runtime as rt
-    V = rt.vocab_size()
-    class Uniform(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-        def forward(self, idx):
-            return torch.zeros(*idx.shape, V) + self.w * 0
-    rt.submit(Uniform())
-    """
-    r = run_script(tmp_path, cache, body, budget=0)
+    r = run_script(tmp_path, cache, HEAD + UNIFORM + "rt.submit(Uniform())\n", budget=0)
     assert r.status == "ok", r.log_tail
-    T = CPU.seq_len
-    val = np.asarray(dataset.stream("val"))
-    n = min((len(val) - 1) // T, CPU.eval_tokens // T)
-    targets = val[1 : n * T + 1]
-    nbytes = dataset.token_bytes[targets]
-    expected = int((nbytes > 0).sum()) * math.log(dataset.vocab_size) / (math.log(2) * int(nbytes.sum()))
-    assert r.val_bpb == pytest.approx(expected, rel=1e-6)
+    assert r.val_bpb == pytest.approx(uniform_bpb(cache), rel=1e-6)
 
 
 def test_training_lowers_val_bpb_below_the_untrained_model(tmp_path, cache):
