@@ -1,0 +1,212 @@
+"""Early stopping: a run that is clearly losing is stopped before its budget ends (status
+`pruned`), so its device takes the next experiment. Pure functions of loss curves, no I/O
+(docs/ARCHITECTURE.md, "Early stopping"); the engine gathers the curves, bench/early_stop.py
+replays journals through the same functions.
+
+A curve is the run's training loss against the fraction of its budget, as the harness reports it
+(every 0.5 s) and the journal keeps it.
+
+The rule, at each check fraction f (every STEP of the budget from the grace fraction on):
+- a loss at f is the mean of the curve over the window [f - window, f] (interpolated on a grid),
+  the run's and the best's alike: single steps are noisy;
+- the best's curve is the best run's (the baselines' mean curve when the best is the baseline);
+- the band at f is the largest of:
+    k x the spread of the baselines' losses at f (run-to-run noise of the same code),
+    the most a run that was later kept was behind its best at f, plus that spread (what this
+    session has learned: changes that won have looked this bad mid-run),
+    the floor;
+- a run behind the best by more than the band at two check fractions in a row is pruned.
+Divergence is stopped at once, grace or not: a loss that is not finite, or a window's loss above
+the run's own start (its first loss) x `diverge`.
+Changes to the schedule (learning rate, warm-up, warm-down, decay, batch size, momentum) look
+worse mid-run and can win at the end: they are exempt from the band (divergence still stops them);
+see `touches_schedule`.
+Never for baselines and confirmations (the engine does not ask)."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Curve = Sequence[tuple[float, float]]  # (fraction of the budget, training loss), in order
+
+MODES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """[decision] early_stop and its thresholds in cockpit.toml."""
+
+    mode: str = "auto"  # auto: on once the session has the data; off
+    grace: float = 0.3  # no decision before this fraction of the budget
+    k: float = 4.0  # the band: this many baseline spreads at f...
+    floor: float = 0.03  # ...and never less than this (loss units)
+    window: float = 0.05  # losses are averaged over this much of the budget
+    step: float = 0.05  # the check fractions are this far apart
+    diverge: float = 1.2  # a window's loss above the run's first loss x this is divergence
+    exempt_schedule: bool = True  # schedule changes: divergence only
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+
+GRID = 6  # points per window
+
+
+def at(curve: Curve, x: float) -> float:
+    """The curve's loss at fraction x, linearly interpolated (the ends held flat)."""
+    if x <= curve[0][0]:
+        return curve[0][1]
+    if x >= curve[-1][0]:
+        return curve[-1][1]
+    lo, hi = 0, len(curve) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if curve[mid][0] <= x:
+            lo = mid
+        else:
+            hi = mid
+    (x0, y0), (x1, y1) = curve[lo], curve[hi]
+    return y0 if x1 <= x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def window_loss(curve: Curve, f: float, window: float) -> float:
+    """The mean loss over [f - window, f]."""
+    lo = max(0.0, f - window)
+    xs = [lo + (f - lo) * i / (GRID - 1) for i in range(GRID)]
+    return sum(at(curve, x) for x in xs) / GRID
+
+
+def checks(s: Settings) -> list[float]:
+    """The check fractions: from the grace fraction to the end of the budget."""
+    out, i = [], 0
+    while (f := round(s.grace + i * s.step, 6)) <= 1.0 + 1e-9:
+        out.append(f)
+        i += 1
+    return out
+
+
+def mean_curve(curves: Sequence[Curve], points: int = 101) -> list[tuple[float, float]]:
+    """The pointwise mean of curves, over the fractions all of them reached."""
+    end = min(c[-1][0] for c in curves)
+    xs = [end * i / (points - 1) for i in range(points)]
+    return [(x, sum(at(c, x) for c in curves) / len(curves)) for x in xs]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a run is compared with: at each check fraction, the best's loss and the band."""
+
+    fractions: tuple[float, ...]
+    best: tuple[float, ...]
+    band: tuple[float, ...]
+
+    def line(self) -> list[tuple[float, float]]:
+        """The loss above which a run is behind by more than the band (what the loss pane draws)."""
+        return [(f, b + w) for f, b, w in zip(self.fractions, self.best, self.band)]
+
+
+def covers(curve: Curve, f: float) -> bool:
+    return bool(curve) and curve[-1][0] >= f - 1e-9
+
+
+def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tuple[Curve, Curve]], s: Settings,
+              wanted: int = 2) -> Reference | str:
+    """The session's reference for its next runs, or why the rule is off: `best` the best run's
+    curve (None: none journaled), `baselines` the curves of the current baseline group, `kept`
+    (a kept run's curve, its best's curve then) for each kept run, `wanted` the baseline runs the
+    session makes."""
+    baselines = [c for c in baselines if c]
+    if len(baselines) < max(2, wanted):
+        return (f"early stop is off until the baselines' curves are in ({len(baselines)} of {max(2, wanted)}): "
+                "it needs their spread")
+    if not best:
+        return "early stop is off: the best run has no loss curve"
+    fs, bs, ws = [], [], []
+    for f in checks(s):
+        if not covers(best, f) or not all(covers(c, f) for c in baselines):
+            continue
+        spread = statistics.stdev(window_loss(c, f, s.window) for c in baselines)
+        lags = [window_loss(k, f, s.window) - window_loss(b, f, s.window) for k, b in kept if covers(k, f) and covers(b, f)]
+        learned = max(lags) + spread if lags and max(lags) > 0 else 0.0
+        fs.append(f)
+        bs.append(window_loss(best, f, s.window))
+        ws.append(max(s.k * spread, learned, s.floor))
+    if not fs:
+        return "early stop is off: the best's and the baselines' curves stop before the grace fraction"
+    return Reference(tuple(fs), tuple(bs), tuple(ws))
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Why a run is stopped early."""
+
+    fraction: float
+    loss: float
+    best: float | None  # None: divergence
+    band: float | None
+
+    @property
+    def reason(self) -> str:
+        pct = f"{100 * self.fraction:.0f}%"
+        if self.best is None or self.band is None:
+            what = "not finite" if not math.isfinite(self.loss) else f"{self.loss:.2f}, far above its start"
+            return f"pruned at {pct}: the loss diverged ({what})"
+        return f"pruned at {pct}: loss {self.loss:.3f} vs best {self.best:.3f} at {pct} (band {self.band:.3f})"
+
+
+def diverged(curve: Curve, s: Settings) -> Prune | None:
+    """A loss that is not finite, or a window's loss far above the run's own start."""
+    if not curve:
+        return None
+    f, last = curve[-1]
+    if not math.isfinite(last):
+        return Prune(f, last, None, None)
+    if f >= s.window:
+        w = window_loss(curve, f, s.window)
+        if w > curve[0][1] * s.diverge:
+            return Prune(f, w, None, None)
+    return None
+
+
+def judge(curve: Curve, ref: Reference | None, s: Settings, exempt: bool = False) -> Prune | None:
+    """Whether a run with this curve so far is stopped now: divergence always; the band (after the
+    grace fraction, two checks in a row) when there is a reference and the run is not exempt."""
+    if not curve:
+        return None
+    d = diverged(curve, s)
+    if d is not None:
+        return d
+    if ref is None or exempt:
+        return None
+    behind_before = False
+    for f, b, w in zip(ref.fractions, ref.best, ref.band):
+        if not covers(curve, f):
+            return None
+        loss = window_loss(curve, f, s.window)
+        behind = loss - b > w
+        if behind and behind_before:
+            return Prune(f, loss, b, w)
+        behind_before = behind
+    return None
+
+
+# A schedule change: a changed line that names the learning rate, warm-up or warm-down, decay,
+# the batch size, or momentum (the names train.py and most trainers use).
+SCHEDULE = re.compile(r"(?<![a-z])lr(?![a-z])|learning.?rate|warm.?up|warm.?down|cool.?down|decay|schedul|batch|accum"
+                      r"|momentum|(?<![a-z])betas?(?![a-z])", re.IGNORECASE)
+
+
+def touches_schedule(diff: str) -> bool:
+    """Whether a unified diff changes a line that names the schedule (comments aside)."""
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")) or not line.startswith(("+", "-")):
+            continue
+        code = line[1:].split("#", 1)[0]
+        if SCHEDULE.search(code):
+            return True
+    return False

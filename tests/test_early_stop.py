@@ -1,0 +1,131 @@
+"""The early-stop rule (engine/early_stop.py) on constructed curves: what is pruned, when, and
+what never is."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from engine.early_stop import Reference, Settings, judge, reference, touches_schedule, window_loss
+
+S = Settings()
+
+
+def curve(offset: float = 0.0, seed: int = 0, noise: float = 0.01, until: float = 1.0, points: int = 200,
+          late: float = 0.0) -> list[tuple[float, float]]:
+    """A training loss like the trainer's: from ~9 down to ~3.3, with per-step noise; `offset`
+    is added from 10% of the budget on, `late` from 50% on (growing to the end)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(points):
+        f = until * i / (points - 1)
+        y = 3.3 + 5.7 * math.exp(-12 * f) + (offset if f > 0.1 else 0.0) + late * max(0.0, f - 0.5) * 2
+        out.append((f, y + (rng.gauss(0, noise) if i else 0.0)))
+    return out
+
+
+def ref(best: list[tuple[float, float]] | None = None, kept=(), settings: Settings = S, n: int = 2) -> Reference:
+    r = reference(best or curve(seed=1), [curve(seed=10 + i) for i in range(n)], list(kept), settings, wanted=n)
+    assert isinstance(r, Reference), r
+    return r
+
+
+def test_a_clearly_worse_run_is_pruned_soon_after_the_grace_fraction_with_its_reason():
+    p = judge(curve(offset=0.3, seed=5), ref(), S)
+    assert p is not None
+    assert S.grace < p.fraction <= S.grace + 2 * S.step + 1e-9  # two checks in a row, the first after the grace
+    assert p.best is not None and p.loss - p.best > 0.25
+    assert p.reason.startswith(f"pruned at {100 * p.fraction:.0f}%: loss ")
+    assert f"vs best {p.best:.3f} at {100 * p.fraction:.0f}% (band {p.band:.3f})" in p.reason
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_unchanged_code_is_never_pruned(seed):
+    assert judge(curve(seed=100 + seed), ref(), S) is None
+
+
+def test_a_run_behind_by_less_than_the_band_runs_to_the_end():
+    r = ref()
+    assert judge(curve(offset=0.5 * min(r.band), seed=3), r, S) is None
+
+
+def test_no_decision_before_the_grace_fraction():
+    assert judge(curve(offset=1.0, seed=5, until=S.grace - 0.01), ref(), S) is None
+    assert judge(curve(offset=1.0, seed=5, until=S.grace + S.step + 0.01), ref(), S) is not None
+
+
+def test_one_check_behind_is_not_enough():
+    r = ref()
+    spike = S.grace + S.step / 2  # inside one check's window only
+    c = [(f, y + (0.5 if abs(f - spike) < S.step / 4 else 0.0)) for f, y in curve(seed=4)]
+    assert judge(c, r, S) is None
+
+
+def test_divergence_stops_at_once_even_before_the_grace_fraction_and_for_an_exempt_change():
+    nan = curve(seed=6, until=0.1) + [(0.11, float("nan"))]
+    p = judge(nan, ref(), S, exempt=True)
+    assert p is not None and p.best is None and "diverged (not finite)" in p.reason
+    up = [(f, y if f < 0.08 else 12.0) for f, y in curve(seed=6, until=0.2)]
+    p = judge(up, None, S)
+    assert p is not None and p.fraction < S.grace and "far above its start" in p.reason
+
+
+def test_a_schedule_change_is_exempt_from_the_band():
+    assert judge(curve(offset=0.3, seed=5), ref(), S, exempt=True) is None
+    assert judge(curve(offset=0.3, seed=5), ref(), Settings(exempt_schedule=False), exempt=False) is not None
+
+
+def test_the_band_learns_how_far_behind_kept_runs_have_been():
+    behind = curve(late=-0.05, offset=0.2, seed=7)  # behind by 0.2 mid-run, then kept
+    base = curve(seed=1)
+    plain, learned = ref(), ref(kept=[(behind, base)])
+    f = learned.fractions.index(0.5)
+    assert learned.band[f] > 0.2 > plain.band[f]
+    later = curve(offset=0.15, seed=8)
+    assert judge(later, plain, S) is not None
+    assert judge(later, learned, S) is None
+
+
+def test_the_band_is_a_multiple_of_the_baselines_spread_and_never_below_the_floor():
+    noisy = reference(curve(seed=1), [curve(seed=20, noise=0.05), curve(seed=21, noise=0.05, offset=0.1)], [], S)
+    quiet = reference(curve(seed=1), [curve(seed=20, noise=0.001), curve(seed=21, noise=0.001)], [], S)
+    assert isinstance(noisy, Reference) and isinstance(quiet, Reference)
+    i = noisy.fractions.index(0.5)
+    spread = abs(window_loss(curve(seed=20, noise=0.05), 0.5, S.window)
+                 - window_loss(curve(seed=21, noise=0.05, offset=0.1), 0.5, S.window)) / math.sqrt(2)
+    assert noisy.band[i] == pytest.approx(S.k * spread)
+    assert quiet.band[i] == S.floor
+
+
+def test_the_rule_is_off_without_the_baselines_curves_or_a_best_curve():
+    one = reference(curve(seed=1), [curve(seed=2)], [], S, wanted=2)
+    assert isinstance(one, str) and "1 of 2" in one
+    three = reference(curve(seed=1), [curve(seed=2), curve(seed=3)], [], S, wanted=3)
+    assert isinstance(three, str) and "2 of 3" in three
+    nobest = reference(None, [curve(seed=2), curve(seed=3)], [], S)
+    assert isinstance(nobest, str) and "no loss curve" in nobest
+
+
+def test_the_line_the_loss_pane_draws_is_the_best_plus_the_band():
+    r = ref()
+    assert [y for _, y in r.line()] == [b + w for b, w in zip(r.best, r.band)]
+    assert r.line()[0][0] == S.grace
+
+
+@pytest.mark.parametrize(("diff", "schedule"), [
+    ("-WARMDOWN_FRAC = 0.5\n+WARMDOWN_FRAC = 0.7\n", True),
+    ("-MATRIX_LR = 0.04\n+MATRIX_LR = 0.05\n", True),
+    ("-TOTAL_BATCH_TOKENS = 2**18\n+TOTAL_BATCH_TOKENS = 2**19\n", True),
+    ("-    lr = base * frac\n+    lr = base * frac ** 2\n", True),
+    ("-MUON_MOMENTUM = 0.95\n+MUON_MOMENTUM = 0.9\n", True),
+    ("-ADAM_BETAS = (0.8, 0.95)\n+ADAM_BETAS = (0.9, 0.95)\n", True),
+    ("-DEPTH = 8\n+DEPTH = 10\n", False),
+    ("-MLP_RATIO = 4\n+MLP_RATIO = 3  # lr unchanged\n", False),  # a comment is not the code
+    ("-x = 1\n+x = 2  # already fine\n", False),
+    ("--- a/trainer/train.py\n+++ b/trainer/train.py\n-LOGIT_CAP = 15.0\n+LOGIT_CAP = 30.0\n", False),
+    (" WARMDOWN_FRAC = 0.5\n-DEPTH = 8\n+DEPTH = 6\n", False),  # a context line is not a change
+])
+def test_which_changes_are_schedule_changes(diff, schedule):
+    assert touches_schedule(diff) is schedule
