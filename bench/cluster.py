@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.journal import Journal  # noqa: E402
+from engine.store.journal import Journal  # noqa: E402
 
 
 def cockpit(*args: str, env=None) -> subprocess.Popen:

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from cockpit.cli import _profile, ensure_prepared  # noqa: E402
 from engine.agents.tuner import Tuner  # noqa: E402
-from engine.journal import duty_cycle  # noqa: E402
+from engine.store.journal import duty_cycle  # noqa: E402
 from engine.build import SessionOptions, build_session  # noqa: E402
-from engine.workspace import init_workspace, open_workspace  # noqa: E402
+from engine.store.workspace import init_workspace, open_workspace  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 
 

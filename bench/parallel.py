@@ -39,8 +39,8 @@ from cockpit.cli import _profile, ensure_prepared  # noqa: E402
 from engine import events as ev  # noqa: E402
 from engine.control import Control  # noqa: E402
 from engine.build import SessionOptions, build_session  # noqa: E402
-from engine.slots import resolve  # noqa: E402
-from engine.workspace import init_workspace, open_workspace  # noqa: E402
+from engine.run.slots import resolve  # noqa: E402
+from engine.store.workspace import init_workspace, open_workspace  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 
 

@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from engine import events as ev  # noqa: E402
 from engine.agents.base import Agent, Proposal  # noqa: E402
-from engine.journal import Journal  # noqa: E402
+from engine.store.journal import Journal  # noqa: E402
 from engine.build import SessionOptions, build_session  # noqa: E402
-from engine.slots import Device  # noqa: E402
-from engine.targets import Outcome, Target  # noqa: E402
+from engine.run.slots import Device  # noqa: E402
+from engine.run.targets import Outcome, Target  # noqa: E402
 from harness.runner import Progress  # noqa: E402
-from engine.workspace import open_workspace  # noqa: E402
+from engine.store.workspace import open_workspace  # noqa: E402
 
 LINES = 4000  # value.py holds this many constants: each proposal changes one, far from the others
 

@@ -3,7 +3,7 @@
     python bench/ui.py [--rate 2000] [--seconds 10] [--normal-rate 20]
 
 Latency is measured from the key entering the app's driver until the state line shows
-the new state, plus one frame (1/60 s). A stand-in engine (same interface as engine.loop.Engine: control, subscribe, run) emits
+the new state, plus one frame (1/60 s). A stand-in engine (same interface as engine.session.loop.Engine: control, subscribe, run) emits
 RunProgress ticks, streamed agent deltas, tool calls, diffs and finished experiments from its own
 thread at --rate events/s, into the real CockpitApp running headless. Meanwhile the benchmark
 presses `p` (pause/resume: a state-line change) every 100 ms and times each press until the state line
@@ -89,7 +89,7 @@ class FloodEngine:
 
 
 class FloodView:
-    """The read model (engine/view.py's surface) of a session with no journal: the app takes every
+    """The read model (engine/store/view.py's surface) of a session with no journal: the app takes every
     row from the events."""
 
     def __init__(self, program: Path):

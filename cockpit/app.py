@@ -6,7 +6,7 @@ The app holds the layout, the lifecycle (the engine's worker, signals, program.m
 disk) and the frame pacing; its keys are the main screen's (cockpit/main_screen.py), the events
 are drawn by the presenter (cockpit/presenter.py), the state line is a pure function
 (cockpit/state_line.py), and every read of the session goes through its read-only view
-(engine/view.py)."""
+(engine/store/view.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from textual.message import Message
 from textual.widgets import Footer, Static
 
 from engine import events as ev
-from engine.view import SessionView
+from engine.store.view import SessionView
 
 from .bridge import EngineBridge, Flush
 from .gpu import Telemetry

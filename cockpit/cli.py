@@ -201,7 +201,7 @@ def _profile(device: str, budget: float | None, say: bool = True):
 # ---- init / run / status ----
 
 def cmd_init(args) -> int:
-    from engine.workspace import init_workspace
+    from engine.store.workspace import init_workspace
 
     root = init_workspace(args.dir)
     print(f"created a research workspace in {root}: trainer/train.py, program.md, cockpit.toml (committed)")
@@ -238,10 +238,10 @@ def select_agent(name: str | None, ws_config=None, model: str | None = None, bas
 
 def build_engine(args, tui: bool = False):
     """Workspace, target, agent and engine for `cockpit run`, headless or in the TUI, and the
-    workspace's session lock, held (engine/lock.py): a second cockpit in the workspace is refused
+    workspace's session lock, held (engine/store/lock.py): a second cockpit in the workspace is refused
     here, in one line, before it touches anything."""
-    from engine.lock import WorkspaceLock
-    from engine.workspace import open_workspace
+    from engine.store.lock import WorkspaceLock
+    from engine.store.workspace import open_workspace
 
     for flag in ("max_experiments", "max_hours", "max_cost", "budget"):
         v = getattr(args, flag, None)
@@ -272,7 +272,7 @@ def _tty_name() -> str | None:
 
 def _build_engine(args, ws, lock, tty):
     from engine.build import SessionOptions, build_session
-    from engine.slots import check_spec
+    from engine.run.slots import check_spec
     from harness.paths import cache_root
 
     if ws.config.target.kind == "gpt":  # [run] sandbox = "required" where there is none: refused before anything
@@ -297,7 +297,7 @@ def _build_engine(args, ws, lock, tty):
     if (getattr(args, "cluster", None) or ws.config.cluster) == "ray":
         if tc.kind != "gpt":
             raise HarnessError("--cluster ray runs the gpt target only (a command target runs on this machine)")
-        from engine.cluster import Cluster
+        from engine.run.cluster import Cluster
 
         cluster = Cluster(getattr(args, "address", None) or ws.config.address, spec, None)  # one line if unreachable
     if tc.kind == "gpt":
@@ -341,7 +341,7 @@ def _repair_terminal(previous, tty: str | None) -> str | None:
 
 def cmd_run(args) -> int:
     """The research loop, in the TUI or headless (asked for, or when stdout is not a terminal).
-    One process per workspace: a second one is refused while this one lives (engine/lock.py).
+    One process per workspace: a second one is refused while this one lives (engine/store/lock.py).
     Exit status: 0 when a limit or the human ended the session, 1 on an error (a failed
     baseline, an integrity failure, a fatal API error), 128 + the signal's number on SIGTERM or
     SIGHUP (which stop the session like a quit, now; cockpit/lifeline.py) and, headless, on

@@ -1,7 +1,7 @@
 """The main screen's keys: every binding, with what it does (the command palette and the help
 list read them), and the action behind each. Mixed into the app (cockpit/app.py), whose panes,
 control and live state (cockpit/presenter.py: Live) they act on; reads go through the session's
-read model (engine/view.py)."""
+read model (engine/store/view.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 from textual.app import SystemCommand
 from textual.binding import Binding
 
-from engine.record import force_keep_refusal
+from engine.session.record import force_keep_refusal
 
 from .consequences import force_keep_consequences, quit_consequences, veto_consequences
 from .screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen

@@ -1,7 +1,7 @@
 """Engine events to widgets: one handler per event type, found by the event's type (no
 isinstance chain). The presenter keeps what the events said (`Live`: the experiments running, the
 one waiting, the engine's state line, the best, the diffs) and the rows seen (engine/numbers.py:
-Ledger); every read of the journal goes through the session's read model (engine/view.py).
+Ledger); every read of the journal goes through the session's read model (engine/store/view.py).
 Never blocks: the app hands it one frame's events at a time (cockpit/app.py)."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class Presenter:
         if self.live.awaiting_n == e.n:
             self.live.awaiting_n = None
         x = self.view.experiment(e.n) if self.engine.session else None
-        # a proposal abandoned at the stop (its row says so: engine/view.py) has no run to show
+        # a proposal abandoned at the stop (its row says so: engine/store/view.py) has no run to show
         shown = x is None or not x.abandoned
         self.table.upsert(e.n, commit=e.commit or None, status=self._shown_status(e.kind, e.status), metric=e.metric,
                           delta=e.delta, conf=e.confidence, description=e.description,

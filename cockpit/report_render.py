@@ -1,5 +1,5 @@
 """`cockpit report`: a progress chart (progress.png) and a markdown summary (report.md) of one
-session, read through the session's read-only view (engine/view.py) and summarised by the
+session, read through the session's read-only view (engine/store/view.py) and summarised by the
 engine's analysis (engine/report.py: summarize; engine/analysis.py: the series the TUI's plot
 draws too). Read-only towards the workspace: nothing is written anywhere but the output folder,
 and nothing at all when the input is bad.
@@ -19,7 +19,7 @@ from pathlib import Path
 from engine import analysis
 from engine.analysis import FINAL, KEPT, ProgressSeries, holdout_check, measured, never_ran, progress_series, versus, y_limits
 from engine.report import Summary, summarize
-from engine.view import Experiment, SessionView
+from engine.store.view import Experiment, SessionView
 from harness.errors import HarnessError
 
 DESC_CHARS = 40

@@ -19,15 +19,15 @@ from cockpit.app import CockpitApp  # noqa: E402
 from cockpit.cli import ensure_prepared  # noqa: E402
 from engine.agents.tuner import Tuner  # noqa: E402
 from engine.control import Control  # noqa: E402
-from engine.loop import Engine, Limits  # noqa: E402
-from engine.targets import GptTarget  # noqa: E402
-from engine.workspace import init_workspace, open_workspace  # noqa: E402
+from engine.session.loop import Engine, Limits  # noqa: E402
+from engine.run.targets import GptTarget  # noqa: E402
+from engine.store.workspace import init_workspace, open_workspace  # noqa: E402
 from harness.paths import cache_root  # noqa: E402
 from harness.profiles import CPU  # noqa: E402
 
 
 async def shoot(budget: float, experiments: int, devices: str, cache_dir: str | None) -> None:
-    from engine.slots import resolve
+    from engine.run.slots import resolve
 
     ws = Path(tempfile.mkdtemp()) / "research"
     init_workspace(ws)

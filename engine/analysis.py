@@ -1,5 +1,5 @@
 """The analysis of a session, in one pure module: functions of journal rows
-(engine.journal.Experiment, or anything with its attributes), no I/O, no journal, no git. Every
+(engine.store.journal.Experiment, or anything with its attributes), no I/O, no journal, no git. Every
 surface reads them (the TUI's header and progress plot, `cockpit status`, report.md, results.tsv;
 docs/ARCHITECTURE.md, "Numbers"):
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from .status import FAILED, FINAL, KEPT, NOT_RUN, Status  # noqa: F401  (FINAL: re-exported)
 
-Row = Any  # a journal row (engine.journal.Experiment), or anything with its attributes
+Row = Any  # a journal row (engine.store.journal.Experiment), or anything with its attributes
 Rows = Iterable[Any]
 
 CARRY_SHARE = 0.5  # a validation gain "carries over" when the holdout gains at least half as much...

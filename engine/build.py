@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from .agents.base import Agent
 from .control import Control
-from .slots import Device
-from .stop import Limits
-from .targets import CommandTarget, GptTarget, Target
-from .workspace import Workspace
+from .run.slots import Device
+from .run.targets import CommandTarget, GptTarget, Target
+from .session.stop import Limits
+from .store.workspace import Workspace
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .loop import Engine
+    from .run.cluster import Cluster
+    from .session.loop import Engine
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def build_session(ws: Workspace, agent: Agent, options: SessionOptions, *, targe
     """The Engine of a session in workspace `ws`, and the lines to say about it. `target`: the
     workspace's [target] unless given; `devices`: resolved from the spec unless given (an empty
     list: one slot, the target's own device); `cluster`: the slots are a Ray cluster's."""
-    from .loop import Engine
+    from .session.loop import Engine
 
     notices: list[str] = []
     tc = ws.config.target
@@ -58,7 +58,7 @@ def build_session(ws: Workspace, agent: Agent, options: SessionOptions, *, targe
     if cluster is not None:
         cluster.target, devices = target, None
     elif devices is None:
-        from .slots import cuda_devices, resolve
+        from .run.slots import cuda_devices, resolve
 
         accelerator = target.device == "cuda" if tc.kind == "gpt" else bool(cuda_devices())
         devices, said = resolve(options.devices or ws.config.devices, accelerator)

@@ -68,8 +68,8 @@ class Config:
     pipeline: bool = True  # the agent prepares the next experiment while one trains
     sandbox: str = "auto"  # [run] sandbox: auto (when the machine allows) | required | off
     compile_cache: str = "private"  # [run] compile_cache: private (per run) | shared (faster; a channel between runs)
-    devices: str = "auto"  # [run] devices: auto (every visible CUDA device) | "0,1,3" | "cpu:N" (engine/slots.py)
-    cluster: str = "local"  # [run] cluster: local (this machine's devices) | ray (every node's: engine/cluster.py)
+    devices: str = "auto"  # [run] devices: auto (every visible CUDA device) | "0,1,3" | "cpu:N" (engine/run/slots.py)
+    cluster: str = "local"  # [run] cluster: local (this machine's devices) | ray (every node's: engine/run/cluster.py)
     address: str = "auto"  # [run] address: the Ray cluster's (auto: the one `ray start` made on this machine)
     keep_files_mb: float = 1024  # [run] keep_files_mb: a run's files/ kept after it, at most (harness/resources.py)
     keep_files_total_mb: float = 10240  # [run] keep_files_total_mb: all kept files/ of a session's runs (oldest go)
@@ -235,7 +235,7 @@ def load(root: Path) -> Config:
         devices = ",".join(str(d) for d in devices)
     if not isinstance(devices, str):
         raise ConfigError(f"{path}: [run].devices must be \"auto\", a list such as \"0,1,3\", or \"cpu:N\"")
-    from .slots import DeviceError, check_spec
+    from .run.slots import DeviceError, check_spec
 
     try:
         check_spec(devices)

@@ -20,7 +20,7 @@ from .analysis import (  # noqa: F401  (re-exported: one definition of each rule
 from .status import FAILED, KEPT  # noqa: F401  (FAILED: re-exported)
 
 if TYPE_CHECKING:
-    from .journal import Experiment
+    from .store.journal import Experiment
 
 
 # ---- why a new baseline ----
@@ -114,7 +114,7 @@ def row_of(n: int, kind: str, status: str, metric: float | None, harness: str | 
            description: str = "", ran: bool = True) -> Experiment:
     """A row from an event alone, for a UI fed by events without a journal (the screenshots, the
     UI benchmark): what the rules above read, the rest empty."""
-    from .journal import Experiment
+    from .store.journal import Experiment
 
     now = time.time()
     sha = None if kind == "baseline" else commit  # one group of baselines (the engine runs them on one commit)

@@ -12,7 +12,7 @@ from .analysis import (  # noqa: F401  (re-exported: the chart's data is the TUI
     HoldoutCheck, ProgressSeries, baseline_mean, holdout_check, measured, never_ran, progress_series,
     running_best, versus, y_limits,
 )
-from .journal import Experiment, Session
+from .store.journal import Experiment, Session
 from .status import FAILED, FINAL, KEPT  # noqa: F401  (re-exported)
 
 

@@ -9,7 +9,7 @@ from textual.app import App
 
 from cockpit.widgets.plot import MetricPlot
 from engine import analysis
-from engine.journal import Experiment
+from engine.store.journal import Experiment
 
 T0 = 1_700_000_000.0
 
@@ -100,7 +100,8 @@ def test_the_duty_cycle(rows, wall, training, experiments, slots):
 
 
 def test_the_journal_and_numbers_reexport_the_one_duty_cycle_and_rules():
-    from engine import journal, numbers
+    from engine import numbers
+    from engine.store import journal
 
     assert journal.duty_cycle is analysis.duty_cycle and numbers.running_best is analysis.running_best
     assert numbers.holdout_check is analysis.holdout_check

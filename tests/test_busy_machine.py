@@ -10,7 +10,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-from engine.journal import Journal
+from engine.store.journal import Journal
 from test_engine import SLOW, cli, command_workspace
 
 HOG = "while True: pass"

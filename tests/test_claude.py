@@ -15,7 +15,7 @@ import pytest
 from engine import events as ev
 from engine.agents.base import Context, PastExperiment, ProposalRejected
 from engine.agents.claude import Claude, ClaudeConfig
-from engine.journal import Journal
+from engine.store.journal import Journal
 from engine.tools import Tools
 from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
 from fake_models import prompt_tokens

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from engine.journal import Journal
+from engine.store.journal import Journal
 from fake_anthropic import FakeAnthropic, HttpError, Stream, Text, Thinking, ToolUse, Usage
 from test_engine import command_workspace
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.journal import Journal
-from engine.workspace import init_workspace
+from engine.store.journal import Journal
+from engine.store.workspace import init_workspace
 from test_engine import VALUE_FILES, cli, command_workspace, commit_all, git
 
 # The run command sleeps for any code but the base commit's: the baseline is quick, every

@@ -1,4 +1,4 @@
-"""Slots on a Ray cluster (engine/cluster.py), on Ray's own multi-node test cluster on this
+"""Slots on a Ray cluster (engine/run/cluster.py), on Ray's own multi-node test cluster on this
 machine: two nodes (raylets) with their own caches, CPU slots, the real cockpit CLI as the head's
 process (the Ray driver), real training runs on each node through the harness runner."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.journal import Journal
+from engine.store.journal import Journal
 from engine.numbers import never_ran
 
 ray = pytest.importorskip("ray")
@@ -157,11 +157,11 @@ def test_a_veto_kills_the_remote_run_at_once_and_a_node_that_joins_adds_its_slot
     second node joins and takes the next baseline."""
     from engine import events as ev
     from engine.agents.tuner import Tuner
-    from engine.cluster import Cluster as RayCluster
+    from engine.run.cluster import Cluster as RayCluster
     from engine.control import Control
-    from engine.loop import Engine, Limits
-    from engine.targets import GptTarget
-    from engine.workspace import init_workspace, open_workspace
+    from engine.session.loop import Engine, Limits
+    from engine.run.targets import GptTarget
+    from engine.store.workspace import init_workspace, open_workspace
     from harness.dataset import current_dataset
     from harness.profiles import CPU
 

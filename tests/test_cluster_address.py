@@ -1,10 +1,10 @@
-"""A Ray address whose port is not a number is one clear line (engine/cluster.py: _connect)."""
+"""A Ray address whose port is not a number is one clear line (engine/run/cluster.py: _connect)."""
 
 import pytest
 
 pytest.importorskip("ray")
 
-from engine.cluster import ClusterError, _connect  # noqa: E402
+from engine.run.cluster import ClusterError, _connect  # noqa: E402
 
 
 @pytest.mark.parametrize("address, said", [

@@ -18,11 +18,11 @@ import pytest
 from engine import events as ev
 from engine.agents.tuner import Tuner
 from engine.control import Control
-from engine.journal import CURVE_POINTS, Journal
-from engine.loop import Engine, Limits
+from engine.store.journal import CURVE_POINTS, Journal
+from engine.session.loop import Engine, Limits
 from engine.numbers import never_ran
-from engine.targets import CommandTarget, GptTarget, Target
-from engine.workspace import TRAINER, init_workspace, open_workspace
+from engine.run.targets import CommandTarget, GptTarget, Target
+from engine.store.workspace import TRAINER, init_workspace, open_workspace
 from harness.dataset import current_dataset
 from harness.profiles import CPU
 
@@ -251,7 +251,7 @@ def test_every_run_after_the_first_takes_the_spare_process_its_slot_started(tmp_
         return r
 
     monkeypatch.setattr(runner, "run", run)
-    from engine.slots import resolve
+    from engine.run.slots import resolve
 
     devices, _ = resolve("cpu:2", False)
     eng = Engine(w, Tuner(), target, tag="spare", limits=Limits(max_experiments=4), devices=devices)
@@ -563,7 +563,7 @@ def test_duty_cycle_and_phases_are_recorded_and_reported(tmp_path):
     exps = eng.journal.experiments(eng.session.id)
     assert all(e.training_seconds and e.training_seconds >= 0.5 for e in exps if e.status in ("keep", "discard"))
     assert all(e.propose_seconds is not None for e in exps if e.kind == "experiment")
-    from engine.journal import duty_cycle
+    from engine.store.journal import duty_cycle
 
     d = duty_cycle(exps)
     assert d.experiments == len(exps) and 0 < d.ratio < 1

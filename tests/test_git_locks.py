@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from engine.git import GitRepo
+from engine.store.git import GitRepo
 
 
 def _git(ws: Path, *args: str) -> str:

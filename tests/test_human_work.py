@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from engine.journal import Journal
+from engine.store.journal import Journal
 from test_engine import cli, command_workspace, commit_all, git
 
 BROKEN = {

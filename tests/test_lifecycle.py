@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.journal import Journal
-from engine.lock import Holder, describe, refusal
+from engine.store.journal import Journal
+from engine.store.lock import Holder, describe, refusal
 from cockpit.lifeline import sane_attrs
 from test_cli import env
 from test_engine import VALUE_FILES, cli, command_workspace, git

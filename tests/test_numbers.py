@@ -15,13 +15,13 @@ from cockpit.widgets.plot import integer_ticks
 from engine import events as ev
 from engine import numbers
 from engine.control import Control, pending_requests
-from engine.journal import Experiment, Journal, duty_cycle, write_results_tsv
+from engine.store.journal import Experiment, Journal, duty_cycle, write_results_tsv
 from engine.agents.tuner import Tuner
-from engine.loop import Engine, Limits
+from engine.session.loop import Engine, Limits
 from cockpit.report_render import write_report
 from engine.analysis import holdout_check
-from engine.targets import CommandTarget
-from engine.workspace import open_workspace
+from engine.run.targets import CommandTarget
+from engine.store.workspace import open_workspace
 from test_engine import cli, command_workspace
 
 T0 = 1_700_000_000.0

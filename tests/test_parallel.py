@@ -22,11 +22,11 @@ from engine import events as ev
 from engine.agents.base import Agent, Proposal
 from engine.agents.tuner import Tuner
 from engine.control import Control
-from engine.journal import Journal
-from engine.loop import Engine, Limits
-from engine.slots import DeviceError, resolve
-from engine.targets import CommandTarget
-from engine.workspace import open_workspace
+from engine.store.journal import Journal
+from engine.session.loop import Engine, Limits
+from engine.run.slots import DeviceError, resolve
+from engine.run.targets import CommandTarget
+from engine.store.workspace import open_workspace
 from test_engine import command_workspace, git
 
 # The run sleeps value.S seconds (part of the code, so an experiment can be slower); the metric is A + B + C.

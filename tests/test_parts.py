@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from engine.control import Control
-from engine.inflight import InFlight
-from engine.runs import Run
+from engine.run.runs import Run
+from engine.session.inflight import InFlight
+from engine.session.stop import Limits, StopRules
 from engine.status import Status
-from engine.stop import Limits, StopRules
 
 
 def run(n: int) -> Run:
@@ -86,12 +86,12 @@ def test_a_crash_count_is_of_crashes_in_a_row_and_the_humans_stop_comes_first():
 
 
 def test_only_the_best_part_writes_the_sessions_best_and_noise():
-    """The best code, its metric, its experiment and the noise have one writer, engine/best.py:
+    """The best code, its metric, its experiment and the noise have one writer, engine/session/best.py:
     no other engine module passes those fields to the journal's update_session."""
     import ast
     from pathlib import Path
 
-    from engine.best import FIELDS
+    from engine.session.best import FIELDS
 
     writers = []
     for path in sorted((Path(__file__).resolve().parents[1] / "engine").rglob("*.py")):
@@ -101,12 +101,12 @@ def test_only_the_best_part_writes_the_sessions_best_and_noise():
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update_session"
                     and any(k.arg in FIELDS for k in node.keywords)):
                 writers.append(f"{path.name}:{node.lineno}")
-    assert writers == [], f"the session's best is written outside engine/best.py: {writers}"
+    assert writers == [], f"the session's best is written outside engine/session/best.py: {writers}"
 
 
 def test_the_best_records_what_each_part_says(tmp_path):
-    from engine.best import Best
-    from engine.journal import Journal
+    from engine.session.best import Best
+    from engine.store.journal import Journal
 
     j = Journal(tmp_path / "journal.sqlite")
     s = j.create_session(tag="t", branch="cockpit/t", base_commit="a" * 40, agent="tuner", target="gpt/cpu/20s")

@@ -11,11 +11,11 @@ from pathlib import Path
 from engine import events as ev
 from engine.agents.base import Agent, Proposal
 from engine.control import Control
-from engine.journal import Journal, duty_cycle
-from engine.loop import Engine, Limits
-from engine.merge import merge3
-from engine.targets import CommandTarget
-from engine.workspace import open_workspace
+from engine.store.journal import Journal, duty_cycle
+from engine.session.loop import Engine, Limits
+from engine.session.merge import merge3
+from engine.run.targets import CommandTarget
+from engine.store.workspace import open_workspace
 from test_engine import command_workspace
 
 FILES = {
@@ -184,10 +184,10 @@ def test_a_proposal_prepared_before_the_human_rewrote_program_md_is_asked_again(
 
 
 def test_a_proposal_still_thinking_when_the_session_stops_records_its_cost_when_it_returns(tmp_path, monkeypatch):
-    import engine.scheduler
+    import engine.session.scheduler
     from engine.agents.base import Usage
 
-    monkeypatch.setattr(engine.scheduler, "ABANDON_WAIT", 0.1)
+    monkeypatch.setattr(engine.session.scheduler, "ABANDON_WAIT", 0.1)
     ws = command_workspace(tmp_path, FILES, ["value.py"], "python3 -c 'import time; time.sleep(0.5)'", "python3 measure.py",
                            baseline_runs=1)
 

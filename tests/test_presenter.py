@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 from cockpit.app import CockpitApp
 from engine import events as ev
-from engine.journal import Journal
-from engine.view import SessionView
+from engine.store.journal import Journal
+from engine.store.view import SessionView
 from test_tui_snapshot import FixedTelemetry, ScriptedEngine, settle
 from test_view import ws  # noqa: F401  (the fixture: a workspace, its journal and commits)
 

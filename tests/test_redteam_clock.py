@@ -137,14 +137,14 @@ def test_the_allowance_is_the_reference_measurement_scaled_and_capped(first, exp
     ((5.0, 2.0), [1.5], (1.5, 1.5)),  # the export's part is never more than the whole
 ])
 def test_the_session_allowance_is_calibrated_or_what_its_baselines_ran_under(calibrated, stored, allowance):
-    from engine.targets import session_allowance
+    from engine.run.targets import session_allowance
 
     assert session_allowance(calibrated, stored) == allowance
 
 
 def gpt_target(tmp_path, cache, budget):
     from engine.config import TargetConfig
-    from engine.targets import GptTarget
+    from engine.run.targets import GptTarget
 
     (tmp_path / "trainer").mkdir(exist_ok=True)
     return GptTarget(tmp_path, TargetConfig(), cache, current_dataset(cache), CPU.with_budget(budget))
@@ -266,7 +266,7 @@ def test_a_journal_written_before_step_times_were_kept_gains_the_column(tmp_path
     gains the column when opened, and its rows are kept as they were."""
     import sqlite3
 
-    from engine.journal import Journal
+    from engine.store.journal import Journal
 
     path = tmp_path / "journal.sqlite"
     db = sqlite3.connect(path)

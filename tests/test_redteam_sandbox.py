@@ -31,7 +31,7 @@ from harness.sources import Source, text_source
 
 from test_sandbox import attacks, run_attack  # noqa: E402  (skips the module where there is no sandbox)
 
-from engine.slots import gpu_env, resolve
+from engine.run.slots import gpu_env, resolve
 
 
 # ---- 27. the environment is an allow-list ----

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.journal import Journal
+from engine.store.journal import Journal
 from cockpit.report_render import label_rows, legend_keys, write_report
 from engine.analysis import progress_series, running_best, y_limits
 from harness.errors import HarnessError

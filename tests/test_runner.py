@@ -288,7 +288,7 @@ def test_cockpit_train_runs_the_bundled_trainer_and_learns(tmp_path, cache):
     env["COCKPIT_CACHE"] = str(cache)
     # a fresh workspace: the shipped trainer, never the clone's working copy (a session in the
     # clone leaves the agent's train.py there)
-    from engine.workspace import init_workspace
+    from engine.store.workspace import init_workspace
 
     ws = init_workspace(tmp_path / "ws")
 
@@ -442,7 +442,7 @@ def test_the_guard_refuses_the_ways_to_game_the_metric(src):
 def test_the_guard_accepts_the_bundled_trainer_and_its_settings():
     from harness.guard import check
 
-    from engine.workspace import TRAINER
+    from engine.store.workspace import TRAINER
 
     assert check(TRAINER.read_text()) is None
     assert check("import torch\ntorch.backends.cuda.matmul.allow_tf32 = True\ntorch._inductor.config.coordinate_descent_tuning = True") is None

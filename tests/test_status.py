@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import journal, numbers
+from engine import numbers
 from engine.agents import base
-from engine.journal import Journal, write_results_tsv
 from engine.status import CRASHED, FAILED, FINAL, IN_FLIGHT, KEPT, NOT_RUN, Status
+from engine.store import journal
+from engine.store.journal import Journal, write_results_tsv
 
 #   status        value          kept   failed crashed final  in flight
 TABLE = [

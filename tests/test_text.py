@@ -14,7 +14,7 @@ import pytest
 
 from engine import events as ev
 from cockpit.headless import Printer
-from engine.journal import Journal
+from engine.store.journal import Journal
 from fake_anthropic import FakeAnthropic, Stream, Thinking, ToolUse
 from harness.runner import log_tail
 from harness.text import printable

@@ -14,10 +14,10 @@ from cockpit.app import CockpitApp
 from cockpit.screens import ForceKeepScreen, HelpScreen, ProgramEditor, QuitScreen, VetoScreen
 from engine.agents.tuner import Tuner
 from engine.control import Control
-from engine.journal import Journal
-from engine.loop import Engine, Limits
-from engine.targets import CommandTarget, GptTarget
-from engine.workspace import init_workspace, open_workspace
+from engine.store.journal import Journal
+from engine.session.loop import Engine, Limits
+from engine.run.targets import CommandTarget, GptTarget
+from engine.store.workspace import init_workspace, open_workspace
 from harness.dataset import current_dataset
 from harness.profiles import CPU
 
@@ -360,7 +360,7 @@ async def test_the_command_palette_lists_every_action_with_its_key(tmp_path):
 
 def test_cockpit_status_prints_the_state_line(tmp_path):
     from cockpit.cli import session_state
-    from engine.journal import Session
+    from engine.store.journal import Session
 
     base = dict(id=1, tag="t", branch="b", base_commit="c", agent="tuner", target="x", created=0.0, updated=0.0, best_n=None,
                 best_commit=None, best_metric=None, noise=None, stop_reason=None)

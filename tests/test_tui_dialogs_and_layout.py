@@ -19,8 +19,8 @@ from cockpit.consequences import force_keep_consequences, quit_consequences, vet
 from cockpit.screens import ForceKeepScreen, QuitScreen, VetoScreen
 from engine import events as ev
 from cockpit.gpu import Sample
-from engine.journal import Experiment, Journal
-from engine.record import force_keep_refusal
+from engine.store.journal import Experiment, Journal
+from engine.session.record import force_keep_refusal
 from test_tui import notices, rows, value_app, value_workspace, wait_for
 from test_tui_snapshot import FixedTelemetry, ScriptedEngine, ScriptedView, make_app, settle
 

@@ -89,7 +89,7 @@ class ScriptedEngine:
 
 
 class ScriptedView:
-    """The read model (engine/view.py's surface) of a scripted session: what its stand-in journal
+    """The read model (engine/store/view.py's surface) of a scripted session: what its stand-in journal
     holds; no row of its own (the app takes each row from the events, as with no journal)."""
 
     def __init__(self, engine):

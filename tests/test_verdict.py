@@ -1,4 +1,4 @@
-"""The verdict on a finished run, as a table (engine/verdict.py): the noise term in the threshold,
+"""The verdict on a finished run, as a table (engine/session/verdict.py): the noise term in the threshold,
 the metric's direction, confirmation runs when the best moved, the human's veto, force-keep and
 stop, a session ending on a fatal agent error, and the baselines."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.runs import Run
+from engine.run.runs import Run
+from engine.run.targets import Outcome
+from engine.session.verdict import BestSoFar, Rule, confirmation, decide, judge, judge_baseline
 from engine.status import Status
-from engine.targets import Outcome
-from engine.verdict import BestSoFar, Rule, confirmation, decide, judge, judge_baseline
 
 
 def outcome(status: str = "ok", metric: float | None = None, reason: str | None = None) -> Outcome:

@@ -1,4 +1,4 @@
-"""The read model of a session (engine/view.py; issue 23, point 3): one read-only view with its
+"""The read model of a session (engine/store/view.py; issue 23, point 3): one read-only view with its
 own SQLite connection, over a real journal and a real git repository. It answers what the UIs
 show (history, an experiment, a curve, cost and usage, duty, holdout, a diff, a log tail, the
 program's path), it can write nothing, and the engine's journal lock never stops it."""
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from engine import analysis
-from engine.journal import Journal
-from engine.view import SessionView
+from engine.store.journal import Journal
+from engine.store.view import SessionView
 from harness.errors import HarnessError
 
 
@@ -183,7 +183,7 @@ def test_an_old_journal_gains_the_abandoned_column_and_reads_it_empty(ws):
 # ---- the boundary: the UIs read through the view ----
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("engine.journal", "engine.git", "git", "harness.runner")
+FORBIDDEN = ("engine.store.journal", "engine.store.git", "git", "harness.runner")
 # the composition root builds the engine (it checks the sandbox through the runner), and `cockpit
 # train` runs the harness itself: neither reads a session
 EXEMPT = {"cockpit/cli.py": {"harness.runner"}, "cockpit/commands/train.py": {"harness.runner"}}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine import config as configmod
-from engine.workspace import PROGRAM_TEMPLATE, TRAINER, init_workspace
+from engine.store.workspace import PROGRAM_TEMPLATE, TRAINER, init_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 

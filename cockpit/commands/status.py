@@ -1,5 +1,5 @@
 """`cockpit status` and `cockpit report`: a session read through its read-only view
-(engine/view.py); neither takes the workspace's lock, and both work beside a running session."""
+(engine/store/view.py); neither takes the workspace's lock, and both work beside a running session."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def session_state(s) -> str:
 
 
 def cmd_status(args) -> int:
-    """The session's summary, read through its read-only view (engine/view.py)."""
+    """The session's summary, read through its read-only view (engine/store/view.py)."""
     from engine import numbers
-    from engine.view import SessionView
-    from engine.workspace import open_workspace
+    from engine.store.view import SessionView
+    from engine.store.workspace import open_workspace
 
     open_workspace(args.workspace)  # a folder that is not a workspace is refused, in one line
     view = SessionView.open(args.workspace, args.tag)

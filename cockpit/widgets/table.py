@@ -25,7 +25,7 @@ MIN_DESCRIPTION = 20
 WIDTHS = {"#": 4, "commit": 7, "device": 7, "dev": 3, "metric": 8, "Δ best": 9, "conf": 6, "status": 11, "time": 5,
           "mem": 6}
 NARROW_DELTA = 7  # under 120 columns Δ has 4 decimals (+0.0012), as the header's gain has there
-MAX_DEVICE = 17  # the device column's widest: a cluster's "node/3" (engine/cluster.py keeps node names to 12)
+MAX_DEVICE = 17  # the device column's widest: a cluster's "node/3" (engine/run/cluster.py keeps node names to 12)
 NARROW_DESCRIPTION = 17  # characters of description when the terminal's width is not known yet (unit use)
 TABLE_SHARE = {False: 3 / 5, True: 2 / 3}  # the table's share of the terminal's width (the app's CSS), wide/narrow
 

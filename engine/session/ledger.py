@@ -10,17 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import events as ev
+from .. import events as ev
+from ..agents.base import Usage
+from ..control import Control
+from ..run.runs import Run
+from ..status import KEPT, Status
+from ..store.git import GitRepo
+from ..store.journal import Journal, Session, write_results_tsv
+from ..tools import Tools
 from .best import Best
-from .agents.base import Usage
 from .branch import SessionBranch
-from .control import Control
-from .git import GitRepo
-from .journal import Journal, Session, write_results_tsv
-from .runs import Run
-from .status import KEPT, Status
 from .stop import StopRules
-from .tools import Tools
 from .verdict import Decision, Verdict
 
 
@@ -89,7 +89,7 @@ class Ledger:
         return s
 
     def finish_baseline(self, s: Session, r: Run, v: Verdict) -> None:
-        """Record a finished baseline run of the best code (its verdict: engine/verdict.py)."""
+        """Record a finished baseline run of the best code (its verdict: engine/session/verdict.py)."""
         out = r.out
         assert out is not None, "a baseline run is recorded once the target measured it"
         e = self.journal.update_experiment(

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import events as ev
+from .. import events as ev
+from ..config import DecisionConfig
+from ..control import Control
+from ..run.runs import Run
+from ..run.slotset import SlotSet
+from ..run.targets import Target
+from ..status import Status
+from ..store.journal import Journal, Session
 from .best import Best
 from .branch import SessionBranch
-from .config import DecisionConfig
-from .control import Control
-from .journal import Journal, Session
-from .runs import Run
 from .scheduler import Scheduler
-from .slotset import SlotSet
-from .status import Status
 from .stop import Failed, Stop
-from .targets import Target
 from .verdict import noise_of, threshold_of
 
 BASELINE_TIMING_RETRIES = 3  # a baseline run that broke a timing rule is run again this often (a busy machine)

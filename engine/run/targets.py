@@ -26,7 +26,7 @@ from harness.errors import IntegrityError
 from harness.integrity import file_hash
 from harness.text import printable_or_none
 
-from .config import ConfigError, TargetConfig
+from ..config import ConfigError, TargetConfig
 
 if TYPE_CHECKING:
     from harness.dataset import Dataset
@@ -37,7 +37,7 @@ OnProgress = Callable[[runner.Progress], None]  # a run's progress, as the harne
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # ok | crash | timeout | invalid | cancelled | lost (its node died: engine/cluster.py)
+    status: str  # ok | crash | timeout | invalid | cancelled | lost (its node died: engine/run/cluster.py)
     metric: float | None
     reason: str | None
     training_seconds: float | None

@@ -10,21 +10,21 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
-from . import config as configmod
+from .. import config as configmod
 from .git import GitError, GitRepo
 
 # What `cockpit init` copies: the trainer and program.md as this cockpit shipped them. They are
 # package data that no session edits, not the clone's trainer/train.py and program.md: in the
 # README's set-up the clone is a workspace too, so those are the agent's and the human's working
 # copies (an editable install would otherwise hand a session's edits to every new workspace).
-TEMPLATE = Path(__file__).resolve().parent / "template"
+TEMPLATE = Path(__file__).resolve().parents[1] / "template"  # engine/template
 TRAINER = TEMPLATE / "train.py"
 PROGRAM_TEMPLATE = TEMPLATE / "program.md"
 
 
 class Layout:
     """Where a workspace keeps its files, from its root alone: the engine's Workspace and the UIs'
-    read-only SessionView (engine/view.py) both find them here."""
+    read-only SessionView (engine/store/view.py) both find them here."""
 
     root: Path
 

@@ -40,7 +40,7 @@ class Device:
     label: str  # what the journal and the TUI show: "cuda:0", "cpu:1", "cpu"
     model: str  # the GPU's name, or "cpu"
     env: dict[str, str] = field(default_factory=dict)  # given to the slot's training process
-    node: str = ""  # the Ray node it is on (engine/cluster.py); "" on this machine
+    node: str = ""  # the Ray node it is on (engine/run/cluster.py); "" on this machine
 
 
 def check_spec(spec: str) -> None:

@@ -1,5 +1,5 @@
-"""The session's slots: one per device (engine/slots.py), or one per GPU (or cpu:N) of every node
-of a Ray cluster (engine/cluster.py), where nodes join and die while the session runs. The single
+"""The session's slots: one per device (engine/run/slots.py), or one per GPU (or cpu:N) of every node
+of a Ray cluster (engine/run/cluster.py), where nodes join and die while the session runs. The single
 owner of the list of slots: it is rebound, never changed in place, since other threads read it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import events as ev
+from .. import events as ev
 from .runs import Run
 from .slots import Device, Slot
 from .targets import Target

@@ -1,4 +1,4 @@
-"""The Ray actor of a slot on a cluster's node (engine/cluster.py is the head's side).
+"""The Ray actor of a slot on a cluster's node (engine/run/cluster.py is the head's side).
 
 `SlotWorker` runs on a node: it says who the node is (`hello`), receives the prepared dataset
 once per node (`receive`), takes the slot's settings (`setup`) and runs experiments there through

@@ -1,6 +1,6 @@
 """Keeping every slot busy: the Scheduler, which gets the session's parts (never the engine).
 
-Each turn of the scheduler: finished runs are judged (engine/record.py); free slots take, in
+Each turn of the scheduler: finished runs are judged (engine/session/record.py); free slots take, in
 order, the runs already made (confirmations, then a proposal the human approved) and then the
 proposals the agent has finished, each turned into its commit first; and the pool is topped up
 to N + 1 proposals in flight. Runs go in the slots' threads; everything else, git and the
@@ -15,24 +15,24 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import events as ev
-from .agents.base import Agent, AgentFatal, Context
-from .control import Control
-from .git import GitRepo
+from .. import events as ev
+from ..agents.base import Agent, AgentFatal, Context
+from ..control import Control
+from ..run.runs import Run
+from ..run.slots import Slot
+from ..run.slotset import SlotSet
+from ..run.targets import Outcome
+from ..status import Status
+from ..store.git import GitRepo
+from ..store.journal import CURVE_POINTS, Journal, Session, thin
+from ..store.workspace import Workspace
 from .inflight import InFlight
 from .intake import Intake
-from .journal import CURVE_POINTS, Journal, Session, thin
 from .ledger import Ledger
 from .proposals import ProposalPool
 from .record import Recorder
-from .runs import Run
-from .slots import Slot
-from .slotset import SlotSet
-from .status import Status
 from .stop import StopRules
-from .targets import Outcome
 from .verdict import judge_baseline
-from .workspace import Workspace
 
 if TYPE_CHECKING:
     from harness.runner import Progress
@@ -317,7 +317,7 @@ class Scheduler:
         """A proposal row the session stopped before it ran: `interrupted`, with why."""
         s = self.session()
         self.journal.update_experiment(s.id, n, status=Status.INTERRUPTED, finished=time.time(), reason=reason,
-                                       abandoned=1)  # the UIs read this field (engine/view.py), not the description
+                                       abandoned=1)  # the UIs read this field (engine/store/view.py), not the description
         self.emit(ev.ExperimentFinished(n=n, commit="", status=Status.INTERRUPTED, metric=None, delta=None, confidence=None,
                                         best_metric=s.best_metric, description="(not run)", reason=reason))
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .agents.base import Context, InFlight, PastExperiment
-from .git import GitRepo
-from .journal import Journal, Session
+from ..agents.base import Context, InFlight, PastExperiment
+from ..run.runs import Run
+from ..run.targets import Target
+from ..status import IN_FLIGHT
+from ..store.git import GitRepo
+from ..store.journal import Journal, Session
 from .proposals import DIFF_CHARS, Attempt
-from .runs import Run
-from .status import IN_FLIGHT
-from .targets import Target
 
 HISTORY_DIFFS = 10  # the most recent experiments whose diffs go into the agent's context
 

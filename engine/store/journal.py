@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from harness.text import printable, printable_or_none
 
-from .analysis import DutyCycle, duty_cycle, never_ran  # noqa: F401  (re-exported: defined in engine/analysis.py)
-from .status import FINAL, KEPT, Status  # noqa: F401  (FINAL, KEPT: re-exported for the readers of the journal)
+from ..analysis import DutyCycle, duty_cycle, never_ran  # noqa: F401  (re-exported: defined in engine/analysis.py)
+from ..status import FINAL, KEPT, Status  # noqa: F401  (FINAL, KEPT: re-exported for the readers of the journal)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .control import Control
+from ..control import Control
+from ..status import CRASHED
 from .inflight import InFlight
-from .status import CRASHED
 
 
 class Stop(Exception):

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .agents.base import Agent, AgentFatal, Context, Proposal, Usage
-from .control import Control
-from .events import Event
-from .git import GitRepo
+from ..agents.base import Agent, AgentFatal, Context, Proposal, Usage
+from ..control import Control
+from ..events import Event
+from ..store.git import GitRepo
+from ..tools import Tools
 from .merge import merge3
-from .tools import Tools
 
 HELD = ""  # rebase(): nothing of the change is left on the new best (it already holds it)
 DIFF_CHARS = 4000  # of a diff told to the agent

@@ -11,16 +11,16 @@ from collections.abc import Callable
 
 from harness.errors import HarnessError
 
-from . import events as ev
-from .agents.base import AgentFatal, ProposalRejected, ProposalSkipped
+from .. import events as ev
+from ..agents.base import AgentFatal, ProposalRejected, ProposalSkipped
+from ..run.runs import Run
+from ..status import Status
+from ..store.git import GitRepo
+from ..store.journal import Journal, Session
 from .branch import SessionBranch
-from .git import GitRepo
 from .inflight import InFlight
-from .journal import Journal, Session
 from .ledger import Ledger
 from .proposals import Attempt, ProposalPool
-from .runs import Run
-from .status import Status
 from .stop import Failed, Stop
 
 MAX_AGENT_FAILURES = 20  # consecutive agent failures (with back-off between them) before the session stops

@@ -6,7 +6,7 @@ measured again). `Best` is the only writer of these four fields of the journal's
 
 from __future__ import annotations
 
-from .journal import Journal
+from ..store.journal import Journal
 
 FIELDS = ("best_commit", "best_metric", "best_n", "noise")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 
-from . import events as ev
+from .. import events as ev
+from ..numbers import remeasure_reason
+from ..status import KEPT
+from ..store.git import GitError, GitRepo
+from ..store.journal import Journal, Session
 from .best import Best
-from .git import GitError, GitRepo
-from .journal import Journal, Session
-from .numbers import remeasure_reason
-from .status import KEPT
 from .stop import Stop
 
 

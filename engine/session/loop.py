@@ -1,16 +1,16 @@
 """The research loop: propose -> validate -> commit -> run -> decide -> record, one experiment per
 device slot at once. The Engine is a facade over explicit parts, each the single owner of its
 state and given what it needs, never the engine (docs/ARCHITECTURE.md, "Parts"):
-- SlotSet (engine/slotset.py): the slots, one per device or per node's GPU of a Ray cluster;
-- ProposalPool (engine/proposals.py): up to N + 1 agent calls at once, each in its own worktree;
-  Briefing (engine/briefing.py): what each is told;
-- Intake (engine/intake.py): an answer made into the experiment's commit, or refused;
-- InFlight (engine/inflight.py): runs made and not started, proposals asked again, the counts;
-- Scheduler (engine/scheduler.py): keeping every slot busy; Baselines (engine/baseline.py);
-- Recorder (engine/record.py): the verdict (engine/verdict.py, pure) and confirmations;
-- Ledger (engine/ledger.py): a row finished, usage, notes, results.tsv;
-- SessionBranch (engine/branch.py): the only git writer of the branch; the human's work;
-- StopRules (engine/stop.py): the limits and the human's stop.
+- SlotSet (engine/run/slotset.py): the slots, one per device or per node's GPU of a Ray cluster;
+- ProposalPool (engine/session/proposals.py): up to N + 1 agent calls at once, each in its own worktree;
+  Briefing (engine/session/briefing.py): what each is told;
+- Intake (engine/session/intake.py): an answer made into the experiment's commit, or refused;
+- InFlight (engine/session/inflight.py): runs made and not started, proposals asked again, the counts;
+- Scheduler (engine/session/scheduler.py): keeping every slot busy; Baselines (engine/session/baseline.py);
+- Recorder (engine/session/record.py): the verdict (engine/session/verdict.py, pure) and confirmations;
+- Ledger (engine/session/ledger.py): a row finished, usage, notes, results.tsv;
+- SessionBranch (engine/session/branch.py): the only git writer of the branch; the human's work;
+- StopRules (engine/session/stop.py): the limits and the human's stop.
 This module runs the session: start or resume, the baselines, the scheduler, and the stop. Every
 state change is an event; every key the UI offers is a Control command. A kill -9 at any instant
 resumes cleanly: unfinished experiments become `interrupted`, the branch is at the best commit,
@@ -28,32 +28,32 @@ from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 
-from . import events as ev
-from .best import Best
-from .agents.base import Agent, AgentFatal, Context
+from .. import events as ev
+from ..agents.base import Agent, AgentFatal, Context
+from ..control import Control, pending_requests
+from ..run.runs import Run
+from ..run.slots import Device, Slot
+from ..run.slotset import SlotSet
+from ..run.targets import Target
+from ..status import KEPT, Status
+from ..store.git import GitError
+from ..store.journal import Journal, Session
+from ..store.workspace import Workspace
 from .baseline import Baselines
+from .best import Best
 from .branch import SessionBranch
 from .briefing import Briefing
-from .control import Control, pending_requests
-from .git import GitError
 from .inflight import InFlight
 from .intake import Intake
-from .journal import Journal, Session
 from .ledger import Ledger
 from .proposals import Attempt, ProposalPool
 from .record import Recorder
-from .runs import Run
 from .scheduler import Scheduler
-from .slots import Device, Slot
-from .slotset import SlotSet
-from .status import KEPT, Status
 from .stop import Failed, Limits, Stop, StopRules
-from .targets import Target
 from .verdict import Decision, Rule
-from .workspace import Workspace
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from ..run.cluster import Cluster
 
 __all__ = ["KEPT", "Engine", "Limits"]
 
@@ -177,7 +177,7 @@ class Engine:
                 except Exception:  # a broken consumer must never stop the loop
                     traceback.print_exc()
 
-    # ---- the ledger (engine/ledger.py), with the session it returns ----
+    # ---- the ledger (engine/session/ledger.py), with the session it returns ----
     def finish(self, r: Run | None, status: Status, reason: str | None, n: int | None = None,
                description: str | None = None, diff_stat: str | None = None, decision: Decision | None = None,
                agent_error: bool = False) -> None:
@@ -324,7 +324,7 @@ class Engine:
         return reason
 
     def _sync_human_files(self) -> bool:
-        """The human's program.md edits, committed for them (engine/branch.py)."""
+        """The human's program.md edits, committed for them (engine/session/branch.py)."""
         s = self.branch.sync_human_files(self._session())
         if s is None:
             return False

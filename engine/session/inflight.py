@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .runs import Run
+from ..run.runs import Run
 
 
 @dataclass(frozen=True)

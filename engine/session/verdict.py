@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .status import Status
+from ..status import Status
 
 MAX_CONFIRMATIONS = 3  # a change confirmed on a best that moved again is confirmed again, this often
 
@@ -68,7 +68,7 @@ class BestSoFar:
 
 
 class Measured(Protocol):
-    """What the verdict reads of a target's Outcome (engine/targets.py)."""
+    """What the verdict reads of a target's Outcome (engine/run/targets.py)."""
 
     @property
     def status(self) -> str: ...  # ok | crash | timeout | invalid | cancelled | lost
@@ -109,7 +109,7 @@ def judge(out: Measured, run: Judged, best: BestSoFar, rule: Rule, *, same_base:
         return Verdict(Status.VETOED, veto)
     if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
         return Verdict(Status.INTERRUPTED, f"stopped by {stopped_by} during the run")
-    if out.status == "lost":  # its node died during the run (engine/cluster.py)
+    if out.status == "lost":  # its node died during the run (engine/run/cluster.py)
         return Verdict(Status.INTERRUPTED, out.reason)
     if out.status != "ok":
         return Verdict(Status(out.status), out.reason)

@@ -1,23 +1,23 @@
-"""The verdict on a finished experiment (engine/verdict.py, a pure function), recorded by the
-ledger (engine/ledger.py); a change that beat its base while the best moved is re-applied onto
+"""The verdict on a finished experiment (engine/session/verdict.py, a pure function), recorded by the
+ledger (engine/session/ledger.py); a change that beat its base while the best moved is re-applied onto
 the best and queued as its confirmation, ahead of every proposal not yet taken."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import events as ev
-from .agents.base import AgentFatal
+from .. import events as ev
+from ..agents.base import AgentFatal
+from ..control import Control
+from ..run.runs import Run
+from ..status import Status
+from ..store.git import GitRepo
+from ..store.journal import Journal, Session
 from .branch import SessionBranch
-from .control import Control
-from .git import GitRepo
 from .inflight import InFlight
 from .intake import Intake
-from .journal import Journal, Session
 from .ledger import force_keep_refusal  # noqa: F401  (re-exported: the TUI checks the same rule)
 from .proposals import ProposalPool
-from .runs import Run
-from .status import Status
 from .verdict import BestSoFar, Rule, confirmation, judge
 
 
@@ -33,7 +33,7 @@ class Recorder:
         self.finish, self.session, self.fatal = finish, session, fatal
 
     def judge(self, r: Run) -> None:
-        """The verdict on a finished experiment (or confirmation), recorded (engine/verdict.py)."""
+        """The verdict on a finished experiment (or confirmation), recorded (engine/session/verdict.py)."""
         out, n, s = r.out, r.n, self.session()
         assert out is not None, "a run is judged once the target measured it"
         why = self.fatal()

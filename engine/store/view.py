@@ -22,8 +22,8 @@ import git
 from harness.errors import HarnessError
 from harness.runner import log_tail as _log_tail
 
-from . import analysis
-from . import config as configmod
+from .. import analysis
+from .. import config as configmod
 from .journal import Experiment, Session  # Experiment: the row type the UIs read (re-exported)
 from .workspace import Layout
 
@@ -48,7 +48,7 @@ class SessionView(Layout):  # its paths (state, journal_path, program_path) are 
     # ---- making one ----
     @classmethod
     def of_workspace(cls, ws: Workspace) -> SessionView:
-        """The view of an open workspace (engine.workspace.Workspace), bound later (`bind`)."""
+        """The view of an open workspace (engine.store.workspace.Workspace), bound later (`bind`)."""
         return cls(ws.root, ws.config)
 
     @classmethod
