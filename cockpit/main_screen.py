@@ -26,6 +26,7 @@ class MainScreenKeys:
         Binding("r", "toggle_review", "Review", id="review", tooltip="review gate: hold each run for approval"),
         Binding("a", "approve", "Approve", id="approve"),
         Binding("p", "toggle_pause", "Pause", id="pause"),
+        Binding("f", "let_finish", "Finish", id="let-finish", tooltip="let the running experiment finish: no early stop"),
         Binding("enter", "open_selected", "Open", id="open", show=False),
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("q", "quit_prompt", "Quit", id="quit"),
@@ -44,6 +45,7 @@ class MainScreenKeys:
         "toggle_review": "review gate: hold each proposal until you approve or veto it",
         "approve": "approve the proposal waiting at the review gate",
         "toggle_pause": "pause: no new experiment starts (the running one finishes); again to resume",
+        "let_finish": "let the selected running experiment run to its end, whatever the early-stop rule says (journaled)",
         "open_selected": "open the selected experiment: its diff, reason and log",
         "help": "every key and what it does",
         "quit_prompt": "stop the session, after this run or now (ctrl+q, ctrl+c ask the same); `cockpit` resumes it later",
@@ -122,6 +124,21 @@ class MainScreenKeys:
                 self.notify(f"#{n} had already finished: nothing to veto", severity="warning")
 
         self.push_screen(VetoScreen(n, veto_consequences(n, running=n in self.live.running)), done)
+
+    def action_let_finish(self) -> None:
+        """f: the selected (or only) running experiment runs to its end; the early-stop rule only
+        says where it would have stopped it."""
+        if self._stopped_says("nothing runs"):
+            return
+        n = self._chosen_run()
+        if n is None or n not in self.live.running:
+            self.notify("select a running experiment to let it finish" if len(self.live.running) > 1
+                        else "nothing is running", severity="warning")
+            return
+        if self.control.let_finish(n):
+            self.notify(f"#{n} runs to its end: early stop will not stop it")
+        else:
+            self.notify(f"#{n} had already finished", severity="warning")
 
     def action_force_keep(self) -> None:
         """k: checked first (a baseline, a row without a result, the best already: said, and

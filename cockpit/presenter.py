@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from engine import events as ev
-from engine.numbers import Ledger, never_ran, plural, row_of
+from engine.numbers import Ledger, plural, row_of
 
 MAX_LOGGED = 10_000  # results remembered so that none is said twice in the agent pane
 MAX_DIFFS = 32  # the latest experiments' diffs kept, for opening one again
@@ -68,6 +68,7 @@ class Presenter:
             ev.AwaitingApproval: self.awaiting_approval, ev.ExperimentStarted: self.started, ev.RunProgress: self.progress,
             ev.ExperimentFinished: self.finished, ev.BestChanged: self.best_changed, ev.Notice: self.notice,
             ev.Alert: self.alert, ev.Waiting: self.waiting, ev.Error: self.error, ev.StateChanged: self.state_changed,
+            ev.EarlyStopBand: self.early_stop_band, ev.RunPruned: self.pruned,
         }
 
     def present(self, e: ev.Event) -> None:
@@ -79,6 +80,7 @@ class Presenter:
     # ---- one handler per event type ----
     def session_started(self, e: ev.SessionStarted) -> None:
         self.header_bar.tag = e.tag
+        self.header_bar.unit = "GPU" if self.engine.target.device == "cuda" else "slot"
         self.view.bind(e.session_id)
         self._load_history(e.next_experiment)
 
@@ -115,13 +117,23 @@ class Presenter:
             live.awaiting_n = None
         self.table.upsert(e.n, commit=e.commit, status="running", device=e.device or None)
         self.run_panel.start(e.n, e.slot, e.device)
-        self.header_bar.slots = max(self.header_bar.slots, e.slot + 1)
         self.loss_plot.start(e.n)
         self.gpu.on_device = {_gpu_name(d): n for n, d in live.running.items() if _gpu_name(d)}
 
     def progress(self, e: ev.RunProgress) -> None:
         self.run_panel.tick(e.n, e.step, e.loss, e.tokens_per_second, e.mfu, e.fraction, e.elapsed)
         self.loss_plot.tick(e.fraction, e.loss, e.n)
+
+    def early_stop_band(self, e: ev.EarlyStopBand) -> None:
+        line = [(f, y) for f, y in e.line]
+        self.run_panel.band(e.n, line)
+        self.loss_plot.band(e.n, line)
+
+    def pruned(self, e: ev.RunPruned) -> None:
+        """The early-stop rule stops run n (its result says so), or would: the human let it finish."""
+        self.loss_plot.stop(e.n, e.fraction, e.loss)
+        if e.held:
+            self.reasoning.line(f"#{e.n} runs on (you let it finish): the rule would stop it — {e.reason}", "yellow", n=e.n)
 
     def best_changed(self, e: ev.BestChanged) -> None:
         self.live.best = (e.n, e.metric)
@@ -175,8 +187,6 @@ class Presenter:
         if x is None:  # fed by events alone (no journal): the row as the event says
             x = row_of(e.n, e.kind, e.status, e.metric, self._harness(), e.commit, e.description)
         self.ledger.put(x)
-        if x.kind == "experiment" and not never_ran(x):  # the rate counts runs, not abandoned proposals
-            hb.finished_times.append(time.monotonic())
         self._show_numbers()
         self.loss_plot.finish(e.n)
         if not shown:
@@ -193,6 +203,7 @@ class Presenter:
         harness, direction = self._harness(), self.engine.target.direction
         hb.standing = self.ledger.standing(best_n, best_metric, harness, direction)
         hb.counts = self.ledger.counts
+        hb.duty = self.ledger.duty()
         self.table.set_best(hb.standing.best_n)  # a baseline row is never marked the best: the best is their mean
         self.plot.show(self.ledger.rows.values(), harness, best_n, best_metric)  # read at the frame's redraw
         hb.refresh_text()
@@ -229,7 +240,7 @@ class Presenter:
         val = f" {metric:.6f}" if metric is not None else ""
         d = f" ({delta:+.6f})" if delta is not None else ""
         why = f" — {reason}" if reason else ""
-        style = {"keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red",
+        style = {"keep": "bold green", "forced": "bold cyan", "discard": "grey62", "pruned": "grey62", "crash": "bold red",
                  "timeout": "red", "invalid": "magenta", "vetoed": "yellow"}.get(status, "")
         self.reasoning.line(f"#{n} {self._shown_status(kind, status)}{val}{d}{why}", style, n=n)
 
@@ -267,8 +278,6 @@ class Presenter:
                               delta=x.delta, conf=x.confidence, description=x.description or "", seconds=x.total_seconds,
                               memory=x.memory_gb)
             self.ledger.put(x)
-            if x.kind == "experiment" and x.finished is not None and x.run_started is not None:
-                hb.finished_times.append(time.monotonic() - max(0.0, time.time() - x.finished))  # the pace counts from the start too
         self.live.best = (s.best_n, s.best_metric)
         self._show_numbers()
         self._holdout(s.best_n)

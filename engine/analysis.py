@@ -85,14 +85,16 @@ def _baseline_of(group: list[Row]) -> Baseline:
                     len(hold))
 
 
-def baseline(rows: Rows, harness: str | None = None) -> Baseline:
+def baseline_group(rows: Rows, harness: str | None = None) -> list[Row]:
     """The latest baseline group of `harness`: the successful baseline runs of the same code
-    (commit) and version as the last one, as the engine averages them for its starting best."""
+    (commit) and version as the last one."""
     base = [e for e in comparable(rows, harness) if _base_ok(e)]
-    if not base:
-        return Baseline()
-    key = _key(base[-1])
-    return _baseline_of([e for e in base if _key(e) == key])
+    return [e for e in base if _key(e) == _key(base[-1])] if base else []
+
+
+def baseline(rows: Rows, harness: str | None = None) -> Baseline:
+    """The latest baseline group's figures, as the engine averages them for its starting best."""
+    return _baseline_of(baseline_group(rows, harness))
 
 
 def baseline_mean(rows: Rows, harness: str | None = None) -> float | None:
@@ -299,6 +301,13 @@ class DutyCycle:
     eval: float
     experiments: int
     slots: int = 1  # device slots the runs used: wall is device-seconds (wall-clock x slots)
+    trials: int = 0  # of the runs, the experiments (not baselines)
+
+    @property
+    def per_device_hour(self) -> float | None:
+        """Experiments finished per device-hour (a GPU-hour on GPUs; None before a stretch of
+        time has passed): what early stopping and every cut in overhead raise."""
+        return self.trials * 3600 / self.wall if self.wall >= 60 and self.trials else None
 
     @property
     def ratio(self) -> float:
@@ -319,7 +328,7 @@ class DutyCycle:
                 f"{'device-seconds' if self.slots > 1 else 'wall'}); per run: "
                 f"startup {self.startup / k:.1f}s, train {self.training / k:.1f}s, eval {self.eval / k:.1f}s, "
                 f"other {self.other / k:.1f}s (between runs, incl. waiting for the agent); agent {self.propose / k:.1f}s "
-                "per proposal")
+                "per proposal" + (f"; {self.per_device_hour:.1f} experiments per device-hour" if self.per_device_hour else ""))
 
 
 def duty_cycle(experiments: Iterable[Any]) -> DutyCycle:
@@ -336,5 +345,4 @@ def duty_cycle(experiments: Iterable[Any]) -> DutyCycle:
         return float(sum(seconds(e) or 0.0 for e in done))
 
     return DutyCycle(wall, s(lambda e: e.training_seconds), s(lambda e: e.propose_seconds), s(lambda e: e.startup_seconds),
-                     s(lambda e: e.eval_seconds), len(done),
-                     slots)
+                     s(lambda e: e.eval_seconds), len(done), slots, sum(1 for e in done if e.kind != "baseline"))

@@ -54,6 +54,10 @@ class DecisionConfig:
     baseline_runs: int = 2
     min_delta: float = 3e-4
     noise_k: float = 2.0
+    early_stop: str = "auto"  # auto: a losing run is stopped once the session has the data (engine/early_stop.py); off
+    early_stop_grace: float = 0.3  # no early stop before this fraction of the budget
+    early_stop_k: float = 4.0  # the band: this many spreads of the baselines' loss at the same fraction...
+    early_stop_floor: float = 0.03  # ...and never less than this (training-loss units)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ NUMBERS = {
     ("decision", "baseline_runs"): (True, 1, "runs"),
     ("decision", "min_delta"): (False, 0, ""),
     ("decision", "noise_k"): (False, 0, ""),
+    ("decision", "early_stop_grace"): (False, 0, "the budget's fraction"),
+    ("decision", "early_stop_k"): (False, 0, ""),
+    ("decision", "early_stop_floor"): (False, 0, ""),
     ("stop", "max_consecutive_crashes"): (True, 1, "crashes"),
 }
 
@@ -186,6 +193,11 @@ def load(root: Path) -> Config:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]")
     target = _section(data, "target", TargetConfig, path)
     decision = _section(data, "decision", DecisionConfig, path)
+    if decision.early_stop not in ("auto", "off"):
+        raise ConfigError(f"{path}: [decision].early_stop must be auto or off, not {decision.early_stop!r}")
+    if not decision.early_stop_grace < 1:
+        raise ConfigError(f"{path}: [decision].early_stop_grace must be a fraction of the budget below 1, "
+                          f"not {decision.early_stop_grace!r}")
     agent_tbl = data.get("agent", {})
     if not isinstance(agent_tbl, dict):
         raise ConfigError(f"{path}: [agent] must be a table")
@@ -299,6 +311,11 @@ direction = "min"
 baseline_runs = 2                 # the unchanged code is run this often to measure the noise
 min_delta = 0.0003                # keep a change only if it beats the best by more than
 noise_k = 2.0                     # max(min_delta, noise_k * noise)
+early_stop = "auto"               # stop a run that is clearly losing (status "pruned"); "off" runs every
+                                  # experiment to the end. It starts once the baselines' curves are in
+# early_stop_grace = 0.3          # no decision before this fraction of the budget
+# early_stop_k = 4.0              # behind the best's loss at the same fraction by more than k x the
+# early_stop_floor = 0.03         # baselines' spread there (or what kept runs lagged, or the floor)
 
 [agent]
 name = "auto"                     # "claude" when ANTHROPIC_API_KEY is set, else "tuner"

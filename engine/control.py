@@ -21,6 +21,8 @@ class Control:
         self._runs: dict[int, threading.Event] = {}  # experiments running or waiting for approval -> their cancel
         self._vetoes: dict[int, str] = {}
         self._force: set[int | None] = set()
+        self._finish: set[int] = set()  # running experiments the human lets finish, whatever the early-stop rule says
+        self._finish_new: list[int] = []  # of them, those not journaled yet
         self._approved: int | None = None  # the approved experiment (awaiting approval)
         self._awaiting: int | None = None
         self._review = review
@@ -48,6 +50,22 @@ class Control:
         with self._cv:
             self._force.add(n)
             self._cv.notify_all()
+
+    def let_finish(self, n: int | None = None) -> bool:
+        """Let experiment n (None: the only one running) run to its end whatever the early-stop
+        rule says. False when it is not running (or, without a number, several are)."""
+        with self._cv:
+            if n is None:
+                if len(self._runs) != 1:
+                    return False
+                n = next(iter(self._runs))
+            if n not in self._runs:
+                return False
+            if n not in self._finish:
+                self._finish.add(n)
+                self._finish_new.append(n)
+            self._cv.notify_all()
+            return True
 
     def pause(self) -> None:
         with self._cv:
@@ -113,6 +131,17 @@ class Control:
         with self._cv:
             return sorted(self._force, key=lambda n: -1 if n is None else n)
 
+    def take_let_finish(self) -> list[int]:
+        """The let-finish requests not journaled yet (the engine journals each once)."""
+        with self._cv:
+            out, self._finish_new = self._finish_new, []
+            return out
+
+    def finishing(self, n: int) -> bool:
+        """Whether the human lets experiment n finish (engine/early_stop.py does not stop it)."""
+        with self._cv:
+            return n in self._finish
+
     def take_veto(self, n: int) -> str | None:
         with self._cv:
             return self._vetoes.pop(n, None)
@@ -158,6 +187,7 @@ class Control:
     def end_run(self, n: int) -> None:
         with self._cv:
             self._runs.pop(n, None)
+            self._finish.discard(n)
             if self._awaiting == n:
                 self._awaiting = None
 

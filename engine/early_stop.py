@@ -28,8 +28,12 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from . import analysis
+from .status import KEPT, Status
 
 Curve = Sequence[tuple[float, float]]  # (fraction of the budget, training loss), in order
 
@@ -139,6 +143,38 @@ def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tup
     if not fs:
         return "early stop is off: the best's and the baselines' curves stop before the grace fraction"
     return Reference(tuple(fs), tuple(bs), tuple(ws))
+
+
+def gather(rows: Iterable[Any], best_n: int | None, curve_of: Callable[[int], Curve], s: Settings, wanted: int = 2,
+           harness: str | None = None) -> Reference | str:
+    """The reference from a session's journal rows (engine.journal.Experiment, or anything with
+    its attributes) of the version `harness`: the latest baseline group's curves; the best's curve
+    (row `best_n`'s, the baselines' mean curve when that row is a baseline run); and each kept
+    run's curve beside the best's curve before it (rows in order: a baseline group sets the best's
+    curve, a keep or a force-keep moves it, only keeps are learned from)."""
+    rows = analysis.comparable(rows, harness)
+    group = analysis.baseline_group(rows, harness)
+    baselines = [c for e in group if (c := curve_of(e.n))]
+    kept: list[tuple[Curve, Curve]] = []
+    current: Curve | None = None
+    groups: dict[tuple[str | None, str | None], list[Curve]] = {}
+    for e in rows:
+        if e.kind == "baseline" and e.status == Status.KEEP and analysis.measured(e):
+            if c := curve_of(e.n):
+                groups.setdefault((e.harness, e.commit_sha), []).append(c)
+                current = mean_curve(groups[(e.harness, e.commit_sha)])
+        elif e.kind != "baseline" and e.status in KEPT and (c := curve_of(e.n)):
+            if e.status == Status.KEEP and current:
+                kept.append((c, current))
+            current = c
+    by_n = {e.n: e for e in rows}
+    row = by_n.get(best_n) if best_n is not None else None
+    best: Curve | None
+    if row is None or row.kind == "baseline":
+        best = mean_curve(baselines) if baselines else None
+    else:
+        best = curve_of(row.n) or None
+    return reference(best, baselines, kept, s, wanted)
 
 
 @dataclass(frozen=True)

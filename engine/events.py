@@ -168,6 +168,29 @@ class RunProgress(Event):
 
 
 @dataclass(frozen=True)
+class EarlyStopBand(Event):
+    """What the early-stop rule compares run n with (engine/early_stop.py): at each check fraction,
+    the loss above which it is behind the best by more than the band (empty when the rule does not
+    apply to it: `note` says why)."""
+
+    n: int
+    line: tuple[tuple[float, float], ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPruned(Event):
+    """The early-stop rule stops run n now (its status will be `pruned`), or would: `held` when the
+    human lets it finish."""
+
+    n: int
+    fraction: float
+    loss: float
+    reason: str
+    held: bool = False
+
+
+@dataclass(frozen=True)
 class ExperimentFinished(Event):
     n: int
     commit: str

@@ -71,6 +71,7 @@ class Ledger:
         self._sums = {"training_seconds": 0.0, "propose_seconds": 0.0, "startup_seconds": 0.0, "eval_seconds": 0.0}
         self._span: tuple[float, float] | None = None
         self._slots: set[int] = set()
+        self._trials = 0  # of the timed runs, the experiments (not baselines)
 
     def put(self, e: Experiment) -> None:
         old = self._counted.pop(e.n, None)
@@ -86,6 +87,7 @@ class Ledger:
             self.rows = {n: self.rows[n] for n in sorted([*lasting, *recent])}
         if e.started and e.finished and e.training_seconds is not None and e.n not in self._timed:
             self._timed.add(e.n)  # a run's times never change once it finished
+            self._trials += e.kind != "baseline"
             for k, v in (("training_seconds", e.training_seconds), ("propose_seconds", e.propose_seconds),
                          ("startup_seconds", e.startup_seconds), ("eval_seconds", e.eval_seconds)):
                 self._sums[k] += v or 0.0
@@ -102,7 +104,7 @@ class Ledger:
         slots = len(self._slots) or 1
         s = self._sums
         return DutyCycle((self._span[1] - self._span[0]) * slots, s["training_seconds"], s["propose_seconds"],
-                         s["startup_seconds"], s["eval_seconds"], len(self._timed), slots)
+                         s["startup_seconds"], s["eval_seconds"], len(self._timed), slots, self._trials)
 
     def standing(self, best_n: int | None, best_metric: float | None, harness: str | None, direction: str) -> Standing:
         base = [e for e in self.rows.values() if e.kind == "baseline"]

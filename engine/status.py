@@ -19,6 +19,7 @@ class Status(StrEnum):
     KEEP = "keep"  # beat the best by more than the threshold: the new best
     FORCED = "forced"  # force-kept by the human, whatever it measured
     DISCARD = "discard"
+    PRUNED = "pruned"  # stopped early, clearly behind the best (engine/early_stop.py): a discard
     CRASH = "crash"
     TIMEOUT = "timeout"
     INVALID = "invalid"
@@ -29,10 +30,11 @@ class Status(StrEnum):
 
 KEPT: frozenset[Status] = frozenset({Status.KEEP, Status.FORCED})  # the change became (part of) the best code
 FAILED: frozenset[Status] = frozenset({Status.CRASH, Status.TIMEOUT, Status.INVALID})  # the code did not measure
+DISCARDED: frozenset[Status] = frozenset({Status.DISCARD, Status.PRUNED})  # ran and lost (counted as discards)
 CRASHED: frozenset[Status] = frozenset({Status.CRASH, Status.TIMEOUT})  # counted by --max-consecutive-crashes
 NOT_RUN: frozenset[Status] = frozenset({Status.INTERRUPTED, Status.VETOED})  # may have ended before its run began
 IN_FLIGHT: frozenset[Status] = frozenset({Status.PROPOSING, Status.QUEUED, Status.RUNNING})
-FINAL: tuple[Status, ...] = (Status.KEEP, Status.DISCARD, Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.VETOED,
+FINAL: tuple[Status, ...] = (Status.KEEP, Status.DISCARD, Status.PRUNED, Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.VETOED,
                              Status.FORCED, Status.INTERRUPTED, Status.BASELINE)  # a row in one of these is done
 
-__all__ = ["CRASHED", "FAILED", "FINAL", "IN_FLIGHT", "KEPT", "NOT_RUN", "Status"]
+__all__ = ["CRASHED", "DISCARDED", "FAILED", "FINAL", "IN_FLIGHT", "KEPT", "NOT_RUN", "Status"]

@@ -7,7 +7,7 @@ import pytest
 
 from engine import numbers
 from engine.agents import base
-from engine.status import CRASHED, FAILED, FINAL, IN_FLIGHT, KEPT, NOT_RUN, Status
+from engine.status import CRASHED, DISCARDED, FAILED, FINAL, IN_FLIGHT, KEPT, NOT_RUN, Status
 from engine.store import journal
 from engine.store.journal import Journal, write_results_tsv
 
@@ -19,6 +19,7 @@ TABLE = [
     (Status.KEEP, "keep", True, False, False, True, False),
     (Status.FORCED, "forced", True, False, False, True, False),
     (Status.DISCARD, "discard", False, False, False, True, False),
+    (Status.PRUNED, "pruned", False, False, False, True, False),
     (Status.CRASH, "crash", False, True, True, True, False),
     (Status.TIMEOUT, "timeout", False, True, True, True, False),
     (Status.INVALID, "invalid", False, True, False, True, False),
@@ -41,6 +42,8 @@ def test_each_status_its_string_and_its_sets(status, value, kept, failed, crashe
     assert (value in KEPT, value in FAILED, value in FINAL) == (kept, failed, final)  # a row read back is a plain str
     assert not (final and in_flight)
     assert status not in NOT_RUN or final
+    # a run stopped early is a discard wherever discards are counted (and nothing else is)
+    assert (status in DISCARDED) == (value in ("discard", "pruned"))
 
 
 def test_every_reader_uses_the_one_definition():

@@ -1,4 +1,5 @@
-"""The header line: tag, best metric and its gain since the baseline, counts, pace, cost, uptime.
+"""The header line: tag, best metric and its gain since the baseline, counts, experiments per
+device-hour and the duty cycle, cost, uptime.
 Every number comes from engine/numbers.py (the same rules as `cockpit status` and the report)."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ import time
 
 from textual.widgets import Static
 
-from engine.numbers import Baseline, HoldoutCheck, Standing, versus
+from engine.numbers import Baseline, DutyCycle, HoldoutCheck, Standing, versus
+from engine.status import DISCARDED, Status
 
 WIDE = 120  # columns from which the wide line is used (the app drops panes under the same width)
 
@@ -23,8 +25,8 @@ class HeaderBar(Static):
         self.tag = "-"
         self.standing = Standing(None, None, Baseline(), None)  # engine.numbers.standing of the session
         self.counts: dict[str, int] = {}  # experiments by status (engine.numbers.Ledger.counts)
-        self.finished_times: list[float] = []  # experiments that ran, as they finished (the rate)
-        self.slots = 1  # device slots seen (the rate is across all of them)
+        self.duty: DutyCycle | None = None  # of the runs so far (engine.numbers.Ledger.duty)
+        self.unit = "GPU"  # what a device is: "GPU", or "slot" for CPU slots
         self.cost = 0.0
         self.started = time.monotonic()
         self.holdout: HoldoutCheck | None = None  # of the best code, or None
@@ -57,23 +59,24 @@ class HeaderBar(Static):
                      + (" (not carried over)" if hc.carried is False else ""))
         crashes = c.get("crash", 0) + c.get("timeout", 0)
         up = time.monotonic() - self.started
-        done = len(self.finished_times)
-        # a rate means something once experiments have finished over a stretch of time
-        span = (self.finished_times[-1] - self.started) if done else 0.0
-        rate = f"  {done / (span / 3600):.1f}/h" if done >= 2 and span >= 600 else ""
-        if rate and self.slots > 1:  # across the slots
-            rate += f" on {self.slots}"
+        # a rate means something once experiments have finished over a stretch of time (a minute
+        # of device time): experiments per device-hour, beside the duty cycle
+        d = self.duty
+        per = d.per_device_hour if d is not None and d.trials >= 2 else None
         h, m = divmod(int(up) // 60, 60)
         kept = c.get("keep", 0) + c.get("forced", 0)
+        lost, pruned = sum(c.get(k, 0) for k in DISCARDED), c.get(Status.PRUNED, 0)  # a pruned run is a discard
         if not wide:  # narrow: the same facts, shorter
+            rate = f" {per:.1f}/{self.unit}-h" if per is not None else ""
             self.update(
                 f"[b]{self.tag}[/b] best [b]{best}[/b]{gain} "
-                f"[green]{kept}k[/]/{c.get('discard', 0)}d/[red]{crashes}c[/]"
+                f"[green]{kept}k[/]/{lost}d/[red]{crashes}c[/]"
                 f"{rate} ${self.cost:.2f} {h}:{m:02d}"
             )
             return
+        rate = f"  {per:.1f}/{self.unit}-h duty {100 * d.ratio:.0f}%" if per is not None and d is not None else ""
         self.update(
             f"[b]{self.tag}[/b]  best {self.metric} [b]{best}[/b]{gain}  "
-            f"[green]{kept} keep[/] / {c.get('discard', 0)} discard / "
+            f"[green]{kept} keep[/] / {lost} discard{f' ({pruned} pruned)' if pruned else ''} / "
             f"[red]{crashes} crash[/]{rate}  ${self.cost:.2f}  up {h}:{m:02d}"
         )

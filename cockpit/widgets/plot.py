@@ -156,7 +156,9 @@ MAX_POINTS = 300  # points drawn per curve
 
 class LossPlot(Batched, PlotextPlot):
     """The running experiments' training loss against the fraction of their budget, beside the
-    best run's curve at the same fraction: a run doing worse shows early."""
+    best run's curve at the same fraction: a run doing worse shows early. For the newest run, the
+    early-stop rule's line (the best's loss plus the band, engine/early_stop.py) and the point
+    where the rule stopped it, or would have (the human let it finish)."""
 
     DEFAULT_CSS = """
     LossPlot { border: round $accent; height: 100%; }
@@ -171,6 +173,8 @@ class LossPlot(Batched, PlotextPlot):
         self.n: int | None = None  # the latest started
         self.best_n: int | None = None
         self.curves: dict[int, list[tuple[float, float]]] = {}  # finished runs' curves (bounded)
+        self.bands: dict[int, list[tuple[float, float]]] = {}  # running experiment -> the rule's line
+        self.stops: dict[int, tuple[float, float]] = {}  # experiment -> where the rule stopped it (or would have)
 
     @property
     def current(self) -> list[tuple[float, float]]:
@@ -193,7 +197,29 @@ class LossPlot(Batched, PlotextPlot):
     def redraw(self) -> None:
         self.replot()
 
+    def band(self, n: int, line: list[tuple[float, float]]) -> None:
+        """The early-stop rule's line for run n (empty: the rule does not apply to it)."""
+        if line:
+            self.bands[n] = line
+        self.changed()
+
+    def stop(self, n: int, fraction: float, loss: float) -> None:
+        """The rule stopped run n here (or would have: the human let it finish)."""
+        self.stops[n] = (min(max(fraction, 0.0), 1.0), loss)
+        self.changed()
+
+    def limit(self) -> float | None:
+        """The newest run's limit at its current fraction: the rule's line at the last check
+        fraction it reached (None: no line, or before the grace fraction)."""
+        line, cur = self.bands.get(self.n) if self.n is not None else None, self.current
+        if not line or not cur:
+            return None
+        passed = [y for f, y in line if f <= cur[-1][0] + 1e-9]
+        return passed[-1] if passed else None
+
     def finish(self, n: int) -> None:
+        self.bands.pop(n, None)
+        self.stops.pop(n, None)
         curve = self.running.pop(n, None)
         if curve:
             self.curves[n] = curve
@@ -231,6 +257,12 @@ class LossPlot(Batched, PlotextPlot):
                 pts = curve[::step]
                 p.plot([f for f, _ in pts], [v for _, v in pts], color=self.COLORS[i % len(self.COLORS)],
                        marker="braille", label=f"#{n}")
+        line = self.bands.get(self.n) if self.n is not None else None
+        if line:
+            p.plot([f for f, _ in line], [v for _, v in line], color="red", marker="dot", label="stop above")
+        stop = self.stops.get(self.n) if self.n is not None else None
+        if stop:
+            p.scatter([stop[0]], [stop[1]], color="red", marker="x")
         if not any(self.running.values()) and not self.best_curve:
             p.title("no run yet")
         p.xlim(0.0, 1.0)
@@ -239,4 +271,6 @@ class LossPlot(Batched, PlotextPlot):
         # in words, as every surface says a comparison (engine/numbers.py versus): no sign to decode
         self.border_subtitle = "" if d is None else (
             f"#{self.n} loss {abs(d):.3f} {'above' if d > 0 else 'below'} the best's" if round(d, 3) else f"#{self.n} loss level with the best's")
+        if stop:
+            self.border_subtitle = f"#{self.n} stopped early at {100 * stop[0]:.0f}%"
         self.refresh()

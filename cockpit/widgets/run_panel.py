@@ -1,5 +1,6 @@
 """The run panel. One slot: budget progress, live loss and tokens/s with a sparkline labelled
-"loss" (the run's loss so far), the ETA, and
+"loss" (the run's loss so far), the ETA, the loss above which the early-stop rule stops the run
+(`stop>`, once it is past the grace fraction), and
 where the last run's time went (startup, training, evaluation) with the session's duty cycle.
 Several slots: one compact line per slot (experiment, device, progress bar, loss, tokens/s,
 phase), fewer details when the panel is narrow."""
@@ -43,6 +44,7 @@ class RunPanel(Batched, Vertical):
         self.runs: dict[int, dict] = {}  # running experiment -> its slot, device, progress
         self.slots: set[int] = set()
         self.shown: int | None = None  # the run the one-slot view follows
+        self.bands: dict[int, list[tuple[float, float]]] = {}  # running experiment -> the early-stop rule's line
 
     def compose(self):
         yield self.bar
@@ -94,7 +96,14 @@ class RunPanel(Batched, Vertical):
         eta = ""
         if 0.02 < frac < 1:
             eta = f" ETA {elapsed * (1 - frac) / frac:.0f}s"
-        self.stats.update(f"#{n} step {step} loss {loss:.4f}{rate}{mfu_s}{eta}")
+        passed = [y for f, y in self.bands.get(n, []) if f <= frac + 1e-9]
+        stop = f" stop>{passed[-1]:.3f}" if passed else ""
+        self.stats.update(f"#{n} step {step} loss {loss:.4f}{stop}{rate}{mfu_s}{eta}")
+
+    def band(self, n: int, line: list[tuple[float, float]]) -> None:
+        """The early-stop rule's line for run n (the loss above which it stops, by fraction)."""
+        if line and n in self.runs:
+            self.bands[n] = line
 
     def phase(self, n: int, phase: str, what: str | None = None) -> None:
         """The run's phase changed (startup, train, export, eval)."""
@@ -111,6 +120,8 @@ class RunPanel(Batched, Vertical):
 
     def done(self, n: int | None, text: str, phases: str | None = None) -> None:
         self.runs.pop(n, None)
+        if n is not None:
+            self.bands.pop(n, None)
         if phases is not None:
             self.phases.update(phases)
         if self.many:

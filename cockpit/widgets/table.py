@@ -9,7 +9,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 STATUS_STYLE = {
-    "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "crash": "bold red", "timeout": "red",
+    "keep": "bold green", "forced": "bold cyan", "discard": "grey62", "pruned": "grey62 italic", "crash": "bold red",
+    "timeout": "red",
     "invalid": "magenta", "vetoed": "yellow", "interrupted": "grey50", "running": "bold blue", "proposing": "blue",
 }
 COLUMNS = ("#", "commit", "device", "dev", "metric", "Δ best", "conf", "status", "time", "mem", "description")  # their order

@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 @dataclass(frozen=True)
 class PastExperiment:
     n: int
-    status: str  # keep, discard, crash, timeout, invalid, vetoed, forced, interrupted
+    status: str  # keep, discard, pruned, crash, timeout, invalid, vetoed, forced, interrupted
     metric: float | None
     delta: float | None  # metric minus the best before it (negative is better when direction is "min")
     description: str

@@ -27,3 +27,5 @@ class Run:
     error: BaseException | None = None  # the run could not be made (an integrity failure, the disk)
     slot: Slot | None = None
     phase: str = "startup"
+    pruned: str | None = None  # why the early-stop rule stopped it (engine/session/pruner.py)
+    trained: float | None = None  # the training seconds it had when it was stopped

@@ -54,6 +54,8 @@ class Ledger:
             fields.update(metric=out.metric, training_seconds=out.training_seconds, total_seconds=out.total_seconds,
                           memory_gb=out.memory_gb, log_path=out.log_path, startup_seconds=out.startup_seconds,
                           eval_seconds=out.eval_seconds, holdout=out.holdout)
+            if status == Status.PRUNED and out.training_seconds is None and r is not None:
+                fields["training_seconds"] = r.trained  # what it trained before it was stopped (the duty cycle counts it)
         if decision is not None:
             fields.update(delta=decision.delta, confidence=decision.confidence)
         self.control.take_force(n)  # a force-keep of this experiment ends with it, whatever the outcome

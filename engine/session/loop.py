@@ -10,7 +10,8 @@ state and given what it needs, never the engine (docs/ARCHITECTURE.md, "Parts"):
 - Recorder (engine/session/record.py): the verdict (engine/session/verdict.py, pure) and confirmations;
 - Ledger (engine/session/ledger.py): a row finished, usage, notes, results.tsv;
 - SessionBranch (engine/session/branch.py): the only git writer of the branch; the human's work;
-- StopRules (engine/session/stop.py): the limits and the human's stop.
+- StopRules (engine/session/stop.py): the limits and the human's stop;
+- Pruner (engine/session/pruner.py): early stop, the rule's reference and each run's watch.
 This module runs the session: start or resume, the baselines, the scheduler, and the stop. Every
 state change is an event; every key the UI offers is a Control command. A kill -9 at any instant
 resumes cleanly: unfinished experiments become `interrupted`, the branch is at the best commit,
@@ -47,6 +48,7 @@ from .inflight import InFlight
 from .intake import Intake
 from .ledger import Ledger
 from .proposals import Attempt, ProposalPool
+from .pruner import Pruner, settings_of
 from .record import Recorder
 from .scheduler import Scheduler
 from .stop import Failed, Limits, Stop, StopRules
@@ -94,10 +96,13 @@ class Engine:
                              self.human_files)
         self.recorder = Recorder(self.journal, self.git, self.branch, self.control, self.pool, self.inflight,
                                  self.intake, self.rule, self.emit, self.finish, self._session, lambda: self._fatal)
+        self.pruner = Pruner(self.journal, self.control, settings_of(self.dcfg), self.emit, self._session,
+                             lambda: self.harness, self.briefing.diff, target.budget,
+                             lambda: max(self.dcfg.baseline_runs, len(self.slotset.slots)))
         self.scheduler = Scheduler(
             journal=self.journal, git=self.git, ws=ws, agent=agent, control=self.control, slots=self.slotset,
             inflight=self.inflight, pool=self.pool, intake=self.intake, recorder=self.recorder, ledger=self.ledger,
-            stop=self.stop, pipeline=ws.config.pipeline, emit=self.emit, show_state=self.show_state, finish=self.finish,
+            stop=self.stop, pruner=self.pruner, pipeline=ws.config.pipeline, emit=self.emit, show_state=self.show_state, finish=self.finish,
             context=lambda n: self.context(n), sync_human_files=self._sync_human_files,
             apply_force_keeps=self._apply_force_keeps, session=self._session, harness=lambda: self.harness,
             fatal=lambda: self._fatal)

@@ -42,7 +42,8 @@ class Recorder:
         v = judge(out, r, BestSoFar(s.best_metric, s.noise, s.best_n), self.rule,
                   same_base=ok and self.branch.same_code(r.parent, s.best_commit),
                   veto=None if out.status == "cancelled" and fatal else self.control.take_veto(n),
-                  forced=ok and self.control.take_force(n), fatal=fatal, stopped_by=self.control.stopped_by)
+                  forced=ok and self.control.take_force(n), fatal=fatal, stopped_by=self.control.stopped_by,
+                  pruned=r.pruned)
         if v.confirm:
             message = f"cockpit {s.tag}: #{r.confirms or n} re-applied onto #{s.best_n} (confirmation)"
             merged = self.pool.land(r.sha, r.parent, s.best_commit, message)

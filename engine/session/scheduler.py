@@ -30,6 +30,7 @@ from .inflight import InFlight
 from .intake import Intake
 from .ledger import Ledger
 from .proposals import ProposalPool
+from .pruner import Pruner, Watch
 from .record import Recorder
 from .stop import StopRules
 from .verdict import judge_baseline
@@ -50,7 +51,7 @@ class Scheduler:
 
     def __init__(self, *, journal: Journal, git: GitRepo, ws: Workspace, agent: Agent, control: Control,
                  slots: SlotSet, inflight: InFlight, pool: ProposalPool, intake: Intake, recorder: Recorder,
-                 ledger: Ledger, stop: StopRules, pipeline: bool, emit: Callable[[ev.Event], None],
+                 ledger: Ledger, stop: StopRules, pruner: Pruner, pipeline: bool, emit: Callable[[ev.Event], None],
                  show_state: Callable[..., None], finish: Callable[..., None], context: Callable[[int], Context],
                  sync_human_files: Callable[[], bool], apply_force_keeps: Callable[[], None],
                  session: Callable[[], Session], harness: Callable[[], str | None],
@@ -58,6 +59,7 @@ class Scheduler:
         self.journal, self.git, self.ws, self.agent, self.control = journal, git, ws, agent, control
         self.slots, self.inflight, self.pool, self.intake, self.recorder = slots, inflight, pool, intake, recorder
         self.ledger, self.stop, self.pipeline, self.emit = ledger, stop, pipeline, emit
+        self.pruner = pruner
         self.show_state, self.finish, self.context = show_state, finish, context
         self.sync_human_files, self.apply_force_keeps = sync_human_files, apply_force_keeps
         self.session, self.harness, self.fatal = session, harness, fatal
@@ -75,6 +77,7 @@ class Scheduler:
         human stops the session, nothing new starts."""
         while True:
             self.apply_force_keeps()
+            self._journal_let_finish()
             self.slots.cluster_turn()
             stop = self.stop.reason()
             fatal = self.fatal()
@@ -139,6 +142,12 @@ class Scheduler:
         else:
             self.finish(r, Status.INTERRUPTED, "stopped before the run")
 
+    def _journal_let_finish(self) -> None:
+        """The human's let-finish requests, journaled once each (the agent and the report read notes)."""
+        for n in self.control.take_let_finish():
+            self.journal.add_note(self.session().id, "human", "let-finish",
+                                  f"experiment #{n} was let run to its end by the human, whatever the early-stop rule said")
+
     def top_up(self) -> None:
         """Keep N + 1 proposals in flight (N: the slots), within the limits."""
         L, c = self.stop.limits, self.control
@@ -188,22 +197,23 @@ class Scheduler:
         self.journal.update_experiment(self.session().id, r.n, run_started=time.time(), harness=self.harness(),
                                        slot=slot.index, device=slot.device.label, status=Status.RUNNING)
         self.emit(ev.ExperimentStarted(n=r.n, commit=r.sha, kind=r.kind, slot=slot.index, device=slot.device.label))
-        slot.start(r, self._slot_work)
+        watch = self.pruner.watch(r)  # early stop (None: off, or a baseline or a confirmation)
+        slot.start(r, lambda sl, run: self._slot_work(sl, run, watch))
         self.show_state(r.n, "startup")
 
-    def _slot_work(self, slot: Slot, r: Run) -> None:
+    def _slot_work(self, slot: Slot, r: Run, watch: Watch | None = None) -> None:
         """In the slot's thread: the run, then back to the scheduler."""
         try:
             # the slot's own checkout of the commit it runs, in its thread: the engine's thread
             # never waits for 64 checkouts in a row
             self.git.agent_worktree(slot.tree, r.sha)
-            r.out = self._run_target(slot, r)
+            r.out = self._run_target(slot, r, watch)
         except BaseException as e:  # judged in the engine's thread (an integrity failure stops the session)
             r.error = e
         finally:
             self.done.put(r)
 
-    def _run_target(self, slot: Slot, r: Run) -> Outcome:
+    def _run_target(self, slot: Slot, r: Run, watch: Watch | None = None) -> Outcome:
         n, sid = r.n, self.session().id
         log = self.ws.run_dir(self.session().tag, n) / "run.log"
         curve: list[tuple[float, float]] = []
@@ -220,6 +230,8 @@ class Scheduler:
                     curve.append((p.fraction, p.loss))
                     if len(curve) > 4 * CURVE_POINTS:
                         curve[:] = thin(curve)
+                    if watch is not None:
+                        watch.see(curve)  # the early-stop rule: it cancels a run that is clearly losing
 
         assert r.cancel is not None, "a run has its cancel event once it starts"
         try:
@@ -274,7 +286,7 @@ class Scheduler:
             r.slot.release()
             self.control.end_run(r.n)
             try:
-                if r.error is None and r.out is not None and r.out.status != "cancelled":
+                if r.error is None and r.out is not None and (r.out.status != "cancelled" or r.pruned is not None):
                     if r.kind == "baseline":  # measured before the stop reached it: it counts on resume
                         self.record_baseline(r)
                     else:

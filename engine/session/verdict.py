@@ -98,15 +98,19 @@ class Verdict:
 
 
 def judge(out: Measured, run: Judged, best: BestSoFar, rule: Rule, *, same_base: bool, veto: str | None = None,
-          forced: bool = False, fatal: str | None = None, stopped_by: str = "the human") -> Verdict:
+          forced: bool = False, fatal: str | None = None, stopped_by: str = "the human",
+          pruned: str | None = None) -> Verdict:
     """The verdict on a finished experiment (or confirmation). `same_base`: the run was built on
     the code of the best (a best that took only the human's program.md edit is the same code);
     `veto` the human's reason, `forced` their force-keep, `fatal` why no request of the session can
-    succeed (it is ending), `stopped_by` who stopped the session when the run was cancelled."""
+    succeed (it is ending), `stopped_by` who stopped the session when the run was cancelled,
+    `pruned` why the early-stop rule stopped it (engine/early_stop.py)."""
     if out.status == "cancelled" and fatal is not None:
         return Verdict(Status.INTERRUPTED, f"the session stopped: {fatal}")
     if veto is not None:
         return Verdict(Status.VETOED, veto)
+    if out.status == "cancelled" and pruned is not None:  # a discard: it lost early
+        return Verdict(Status.PRUNED, pruned)
     if out.status == "cancelled":  # stop-now: by the human, or by a signal (SIGTERM, SIGHUP)
         return Verdict(Status.INTERRUPTED, f"stopped by {stopped_by} during the run")
     if out.status == "lost":  # its node died during the run (engine/run/cluster.py)
