@@ -1,7 +1,8 @@
 """Early stop, measured before it is trusted: replay the journaled loss curves of real sessions
 under the rule (engine/early_stop.py) at several thresholds.
 
-    python bench/early_stop.py WORKSPACE_OR_JOURNAL... [--k 2,3,4,6] [--grace 0.2,0.3,0.4] [--floor 0.01,0.03]
+    python bench/early_stop.py WORKSPACE_OR_JOURNAL... [--k 2,3,4,6] [--grace 0.3] [--floor 0.03]
+                               [--schedule-grace 0.8,0.9,1.1]
 
 Each argument is a workspace (or its .cockpit/journal.sqlite); every session in it is replayed.
 The sessions should have run with early stop off, so that every discard ran to its end.
@@ -87,9 +88,8 @@ def cases(path: Path) -> list[Case]:
 def first_prune(c: Case, s: early_stop.Settings) -> early_stop.Prune | None:
     ref = early_stop.gather(c.known, c.best_n, lambda n: c.curves.get(n, []), s, c.wanted, c.row.harness)
     r = ref if isinstance(ref, early_stop.Reference) else None
-    exempt = s.exempt_schedule and c.schedule
     for i in range(1, len(c.curve) + 1):
-        p = early_stop.judge(c.curve[:i], r, s, exempt=exempt)
+        p = early_stop.judge(c.curve[:i], r, s, schedule=c.schedule)
         if p is not None:
             return p
     return None
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", type=Path, help="workspaces (or their .cockpit/journal.sqlite)")
     ap.add_argument("--k", default="2,3,4,6")
-    ap.add_argument("--grace", default="0.2,0.3,0.4")
-    ap.add_argument("--floor", default="0.01,0.03")
+    ap.add_argument("--grace", default="0.3")
+    ap.add_argument("--floor", default="0.03")
+    ap.add_argument("--schedule-grace", default="0.8,0.9,1.1",
+                    help="from which fraction a schedule change is judged (>= 1: never)")
     ap.add_argument("--verbose", action="store_true", help="list each false kill")
     a = ap.parse_args(argv)
     all_cases: list[Case] = []
@@ -146,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(all_cases)} experiments replayed from {len(a.paths)} workspace(s): {d} discards, {k} keeps, "
           f"{sched} schedule changes")
     base = early_stop.Settings()
-    print(f"{'k':>4} {'grace':>5} {'floor':>5} {'exempt':>6} | {'saved':>6} {'discards pruned':>16} | keeps pruned")
-    for exempt in (True, False):
+    print(f"{'k':>4} {'grace':>5} {'floor':>5} {'sched':>5} | {'saved':>6} {'discards pruned':>16} | keeps pruned")
+    for late in floats(a.schedule_grace):
         for kk in floats(a.k):
             for g in floats(a.grace):
                 for fl in floats(a.floor):
-                    r = replay(all_cases, replace(base, k=kk, grace=g, floor=fl, exempt_schedule=exempt))
-                    print(f"{kk:>4g} {g:>5g} {fl:>5g} {'yes' if exempt else 'no':>6} | {100 * r['saved']:>5.1f}% "
+                    r = replay(all_cases, replace(base, k=kk, grace=g, floor=fl, schedule_grace=late))
+                    print(f"{kk:>4g} {g:>5g} {fl:>5g} {late:>5g} | {100 * r['saved']:>5.1f}% "
                           f"{r['pruned']:>7} of {r['discards']:<6} | {len(r['false'])} of {r['keeps']}")
                     if a.verbose:
                         for f in r["false"]:
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     r = replay(all_cases, base)
     for f in r["false"]:
         print(f"default false kill: {f}")
-    print(f"default (k {base.k:g}, grace {base.grace:g}, floor {base.floor:g}, schedule exempt): "
+    print(f"default (k {base.k:g}, grace {base.grace:g}, floor {base.floor:g}, schedule changes from {base.schedule_grace:g}): "
           f"saved {100 * r['saved']:.0f}% of discard GPU-seconds, pruned {len(r['false'])} of {r['keeps']} keeps")
     return 0
 

@@ -131,7 +131,7 @@ class Presenter:
 
     def pruned(self, e: ev.RunPruned) -> None:
         """The early-stop rule stops run n (its result says so), or would: the human let it finish."""
-        self.loss_plot.stop(e.n, e.fraction, e.loss)
+        self.loss_plot.stop(e.n, e.fraction, e.loss, e.held)
         if e.held:
             self.reasoning.line(f"#{e.n} runs on (you let it finish): the rule would stop it — {e.reason}", "yellow", n=e.n)
 

@@ -19,8 +19,10 @@ The rule, at each check fraction f (every STEP of the budget from the grace frac
 Divergence is stopped at once, grace or not: a loss that is not finite, or a window's loss above
 the run's own start (its first loss) x `diverge`.
 Changes to the schedule (learning rate, warm-up, warm-down, decay, batch size, momentum) look
-worse mid-run and can win at the end: they are exempt from the band (divergence still stops them);
-see `touches_schedule`.
+worse mid-run and can win at the end: for them the band applies only from `schedule_grace` on
+(late in the budget, when the schedules have met again; before the export and the evaluation,
+which a losing run then never pays for), divergence at once as for any run; see
+`touches_schedule`. With `schedule_grace` >= 1 they are exempt from the band.
 Never for baselines and confirmations (the engine does not ask)."""
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Settings:
     window: float = 0.05  # losses are averaged over this much of the budget
     step: float = 0.05  # the check fractions are this far apart
     diverge: float = 1.2  # a window's loss above the run's first loss x this is divergence
-    exempt_schedule: bool = True  # schedule changes: divergence only
+    schedule_grace: float = 0.9  # schedule changes: no band decision before this fraction (>= 1: never)
 
     @property
     def on(self) -> bool:
@@ -209,18 +211,22 @@ def diverged(curve: Curve, s: Settings) -> Prune | None:
     return None
 
 
-def judge(curve: Curve, ref: Reference | None, s: Settings, exempt: bool = False) -> Prune | None:
-    """Whether a run with this curve so far is stopped now: divergence always; the band (after the
-    grace fraction, two checks in a row) when there is a reference and the run is not exempt."""
+def judge(curve: Curve, ref: Reference | None, s: Settings, schedule: bool = False) -> Prune | None:
+    """Whether a run with this curve so far is stopped now: divergence always; the band (two
+    checks in a row, from the grace fraction on, or from `schedule_grace` for a schedule change)
+    when there is a reference."""
     if not curve:
         return None
     d = diverged(curve, s)
     if d is not None:
         return d
-    if ref is None or exempt:
+    if ref is None:
         return None
+    grace = s.schedule_grace if schedule else s.grace
     behind_before = False
     for f, b, w in zip(ref.fractions, ref.best, ref.band):
+        if f < grace - 1e-9:
+            continue
         if not covers(curve, f):
             return None
         loss = window_loss(curve, f, s.window)

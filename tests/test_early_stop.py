@@ -63,18 +63,23 @@ def test_one_check_behind_is_not_enough():
     assert judge(c, r, S) is None
 
 
-def test_divergence_stops_at_once_even_before_the_grace_fraction_and_for_an_exempt_change():
+def test_divergence_stops_at_once_even_before_the_grace_fraction_and_for_a_schedule_change():
     nan = curve(seed=6, until=0.1) + [(0.11, float("nan"))]
-    p = judge(nan, ref(), S, exempt=True)
+    p = judge(nan, ref(), S, schedule=True)
     assert p is not None and p.best is None and "diverged (not finite)" in p.reason
     up = [(f, y if f < 0.08 else 12.0) for f, y in curve(seed=6, until=0.2)]
     p = judge(up, None, S)
     assert p is not None and p.fraction < S.grace and "far above its start" in p.reason
 
 
-def test_a_schedule_change_is_exempt_from_the_band():
-    assert judge(curve(offset=0.3, seed=5), ref(), S, exempt=True) is None
-    assert judge(curve(offset=0.3, seed=5), ref(), Settings(exempt_schedule=False), exempt=False) is not None
+def test_a_schedule_change_is_judged_only_late_in_its_budget():
+    # a schedule change: 0.3 behind until 50% of the budget, level with the best from 80% on
+    behind_mid_run = [(f, y + 0.3 * min(1.0, max(0.0, (0.8 - f) / 0.3))) for f, y in curve(seed=5)]
+    assert judge(behind_mid_run, ref(), S) is not None  # any other change this far behind is stopped early
+    assert judge(behind_mid_run, ref(), S, schedule=True) is None
+    p = judge(curve(offset=0.3, seed=5), ref(), S, schedule=True)  # still behind at the end
+    assert p is not None and p.fraction >= S.schedule_grace
+    assert judge(curve(offset=0.3, seed=5), ref(), Settings(schedule_grace=1.1), schedule=True) is None  # exempt
 
 
 def test_the_band_learns_how_far_behind_kept_runs_have_been():

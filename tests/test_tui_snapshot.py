@@ -63,7 +63,7 @@ class ScriptedEngine:
         self.control = Control()
         self.error = None
         self._subs = []
-        self.target = SimpleNamespace(metric_name="val_bpb", direction="min")
+        self.target = SimpleNamespace(metric_name="val_bpb", direction="min", device="cuda")
         self.ws = SimpleNamespace(program_path=program, state=program.parent / ".cockpit")
         self.session = None
         session = SimpleNamespace(best_n=None, best_metric=None, tag="nov27", created=time.time())
@@ -79,6 +79,10 @@ class ScriptedEngine:
 
     def run(self):
         for e in [*self.script(), *self.tail]:
+            if isinstance(e, ev.ExperimentStarted):  # the control knows what runs, as with the engine
+                self.control.begin_run(e.n)
+            elif isinstance(e, ev.ExperimentFinished):
+                self.control.end_run(e.n)
             for fn in self._subs:
                 fn(e)
         self.done.set()
@@ -111,7 +115,8 @@ class ScriptedView:
         return None
 
     def curve(self, n):
-        return []
+        """#6, the best: a loss curve like the trainer's (the loss pane draws it beside the running run's)."""
+        return [(i / 40, best_loss(i / 40)) for i in range(41)] if n == 6 else []
 
     def cost(self):
         return self.engine.journal.total_cost(self.sid)
@@ -152,6 +157,26 @@ STATES = {
                                        confidence=-0.4, best_metric=0.9874, description="WARMDOWN_FRAC 0.7 -> 0.8"),
                  ev.StateChanged(text="stopped: reached --max-experiments 5")], None, "reached --max-experiments 5"),
 }
+# early stop: #7 pruned (a row of its own), then #8 behind the rule's line, which the human lets finish
+def best_loss(f: float) -> float:  # the best's (#6) training loss at fraction f of the budget (ScriptedView.curve)
+    return 0.6 + 0.9 * (1 - f) ** 2
+
+
+LINE = tuple((round(0.3 + 0.05 * i, 2), best_loss(0.3 + 0.05 * i) + 0.02) for i in range(15))  # band 0.02
+PRUNED = [ev.RunProgress(n=7, step=260, loss=0.8790, tokens_per_second=1.52e6, mfu=0.35, fraction=0.45, elapsed=135.0),
+          ev.RunPruned(n=7, fraction=0.45, loss=0.8790, reason="pruned at 45%: loss 0.879 vs best 0.784 at 45% (band 0.021)"),
+          ev.ExperimentFinished(n=7, commit="7" * 40, status="pruned", metric=None, delta=None, confidence=None,
+                                best_metric=0.9874, description="WARMDOWN_FRAC 0.7 -> 0.8",
+                                reason="pruned at 45%: loss 0.879 vs best 0.784 at 45% (band 0.021)"),
+          ev.ExperimentProposed(n=8, description="HEAD_DIM 128 -> 96", diff_stat="1 file changed"),
+          ev.ExperimentStarted(n=8, commit="8" * 40),
+          ev.EarlyStopBand(n=8, line=LINE),
+          *[ev.RunProgress(n=8, step=40 * i, loss=best_loss(0.05 * i) + 0.06, tokens_per_second=1.5e6, mfu=0.35,
+                           fraction=0.05 * i, elapsed=15.0 * i) for i in range(1, 13)],
+          ev.RunPruned(n=8, fraction=0.4, loss=0.984, reason="pruned at 40%: loss 0.984 vs best 0.924 at 40% (band 0.020)",
+                       held=True),
+          ev.StateChanged(text="running #8 (train)", n=8, phase="train")]
+STATES["early-stop"] = (PRUNED, None, None)
 SIZES = [(80, 24), (160, 48)]
 
 
@@ -275,15 +300,17 @@ PAUSING = "pausing: #7 finishes, then no new experiment starts until p"
 NOT_WAITING = "nothing is waiting for approval (the review gate is off"
 # state -> key -> the screen it opens, or the start of what it says
 ANSWERS = {
-    "running": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
-    "evaluating": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
+    "running": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on", f="#7 runs to its end"),
+    "evaluating": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on", f="#7 runs to its end"),
     "proposing": dict(v="nothing is running or waiting to veto", k=NO_RESULT, p="paused: no new experiment starts",
-                      a=NOT_WAITING, r="review gate on"),
-    "paused": dict(v=VetoScreen, k=ForceKeepScreen, p="resumed", a=NOT_WAITING, r="review gate on"),
-    "awaiting": dict(v=VetoScreen, k=NO_RESULT, p="paused: no new experiment starts", a="#8 approved", r="review gate off"),
-    "force-keep": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
-    "stopping": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on"),
-    "stopped": dict(v=STOPPED, k=STOPPED, p=STOPPED, a=STOPPED, r=STOPPED),
+                      a=NOT_WAITING, r="review gate on", f="nothing is running"),
+    "paused": dict(v=VetoScreen, k=ForceKeepScreen, p="resumed", a=NOT_WAITING, r="review gate on", f="#7 runs to its end"),
+    "awaiting": dict(v=VetoScreen, k=NO_RESULT, p="paused: no new experiment starts", a="#8 approved", r="review gate off", f="nothing is running"),
+    "force-keep": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on", f="#7 runs to its end"),
+    "stopping": dict(v=VetoScreen, k=ForceKeepScreen, p=PAUSING, a=NOT_WAITING, r="review gate on", f="#7 runs to its end"),
+    "stopped": dict(v=STOPPED, k=STOPPED, p=STOPPED, a=STOPPED, r=STOPPED, f=STOPPED),
+    "early-stop": dict(v=VetoScreen, k=ForceKeepScreen, p="pausing: #8 finishes", a=NOT_WAITING, r="review gate on",
+                       f="#8 runs to its end"),
 }
 SAME_IN_EVERY_STATE = dict(e=ProgramEditor, E="program.md unchanged", question_mark=HelpScreen)
 

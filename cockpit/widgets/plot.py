@@ -174,7 +174,7 @@ class LossPlot(Batched, PlotextPlot):
         self.best_n: int | None = None
         self.curves: dict[int, list[tuple[float, float]]] = {}  # finished runs' curves (bounded)
         self.bands: dict[int, list[tuple[float, float]]] = {}  # running experiment -> the rule's line
-        self.stops: dict[int, tuple[float, float]] = {}  # experiment -> where the rule stopped it (or would have)
+        self.stops: dict[int, tuple[float, float, bool]] = {}  # experiment -> where the rule stopped it (held: would have)
 
     @property
     def current(self) -> list[tuple[float, float]]:
@@ -203,9 +203,9 @@ class LossPlot(Batched, PlotextPlot):
             self.bands[n] = line
         self.changed()
 
-    def stop(self, n: int, fraction: float, loss: float) -> None:
-        """The rule stopped run n here (or would have: the human let it finish)."""
-        self.stops[n] = (min(max(fraction, 0.0), 1.0), loss)
+    def stop(self, n: int, fraction: float, loss: float, held: bool = False) -> None:
+        """The rule stopped run n here (or, `held`, would have: the human let it finish)."""
+        self.stops[n] = (min(max(fraction, 0.0), 1.0), loss, held)
         self.changed()
 
     def limit(self) -> float | None:
@@ -272,5 +272,6 @@ class LossPlot(Batched, PlotextPlot):
         self.border_subtitle = "" if d is None else (
             f"#{self.n} loss {abs(d):.3f} {'above' if d > 0 else 'below'} the best's" if round(d, 3) else f"#{self.n} loss level with the best's")
         if stop:
-            self.border_subtitle = f"#{self.n} stopped early at {100 * stop[0]:.0f}%"
+            self.border_subtitle = (f"#{self.n} would stop at {100 * stop[0]:.0f}% (let finish)" if stop[2]
+                                    else f"#{self.n} stopped early at {100 * stop[0]:.0f}%")
         self.refresh()

@@ -27,16 +27,16 @@ def settings_of(d: DecisionConfig) -> Settings:
 class Watch:
     """One run's watch: `see(curve)` after each loss the run reports (in the slot's thread)."""
 
-    def __init__(self, r: Run, ref: Reference | None, s: Settings, exempt: bool, budget: float | None, control: Control,
+    def __init__(self, r: Run, ref: Reference | None, s: Settings, schedule: bool, budget: float | None, control: Control,
                  emit: Callable[[ev.Event], None]):
-        self.r, self.ref, self.s, self.exempt, self.budget = r, ref, s, exempt, budget
+        self.r, self.ref, self.s, self.schedule, self.budget = r, ref, s, schedule, budget
         self.control, self.emit = control, emit
         self.held = False  # the human let it finish: the rule's stop was said once
 
     def see(self, curve: Curve) -> None:
         if self.r.pruned is not None or self.held:
             return
-        p = early_stop.judge(curve, self.ref, self.s, self.exempt)
+        p = early_stop.judge(curve, self.ref, self.s, self.schedule)
         if p is None:
             return
         if self.control.finishing(self.r.n):
@@ -95,7 +95,11 @@ class Pruner:
             self.emit(ev.Notice(text=f"early stop is on: a run behind the best by more than the band (now "
                                      f"{min(ref.band):.3f} to {max(ref.band):.3f}) from {100 * self.s.grace:.0f}% of "
                                      "its budget is stopped (`pruned`); f lets the selected run finish"))
-        exempt = self.s.exempt_schedule and early_stop.touches_schedule(self.diff(r.parent, r.sha))
-        note = "a schedule change: not stopped for being behind mid-run (divergence only)" if exempt else None
-        self.emit(ev.EarlyStopBand(n=r.n, line=() if exempt else tuple(ref.line()), note=note))
-        return Watch(r, ref, self.s, exempt, self.budget, self.control, self.emit)
+        schedule = early_stop.touches_schedule(self.diff(r.parent, r.sha))
+        late = self.s.schedule_grace
+        line = [(f, y) for f, y in ref.line() if not schedule or f >= late - 1e-9]
+        note = None if not schedule else (
+            f"a schedule change: judged only from {100 * late:.0f}% of its budget" if line
+            else "a schedule change: not stopped for being behind (divergence only)")
+        self.emit(ev.EarlyStopBand(n=r.n, line=tuple(line), note=note))
+        return Watch(r, ref, self.s, schedule, self.budget, self.control, self.emit)
