@@ -23,6 +23,7 @@ the keeps pruned; then one line for the default settings:
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", default="2,3,4,6")
     ap.add_argument("--grace", default="0.3")
     ap.add_argument("--floor", default="0.03")
+    ap.add_argument("--window", default="0.05,0.1", help="the fraction of the budget losses are averaged over")
     ap.add_argument("--schedule-grace", default="0.8,0.9,1.1",
                     help="from which fraction a schedule change is judged (>= 1: never)")
     ap.add_argument("--verbose", action="store_true", help="list each false kill")
@@ -148,17 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(all_cases)} experiments replayed from {len(a.paths)} workspace(s): {d} discards, {k} keeps, "
           f"{sched} schedule changes")
     base = early_stop.Settings()
-    print(f"{'k':>4} {'grace':>5} {'floor':>5} {'sched':>5} | {'saved':>6} {'discards pruned':>16} | keeps pruned")
-    for late in floats(a.schedule_grace):
-        for kk in floats(a.k):
-            for g in floats(a.grace):
-                for fl in floats(a.floor):
-                    r = replay(all_cases, replace(base, k=kk, grace=g, floor=fl, schedule_grace=late))
-                    print(f"{kk:>4g} {g:>5g} {fl:>5g} {late:>5g} | {100 * r['saved']:>5.1f}% "
-                          f"{r['pruned']:>7} of {r['discards']:<6} | {len(r['false'])} of {r['keeps']}")
-                    if a.verbose:
-                        for f in r["false"]:
-                            print(f"      false kill: {f}")
+    print(f"{'k':>4} {'grace':>5} {'floor':>5} {'window':>6} {'sched':>5} | {'saved':>6} {'discards pruned':>16} | keeps pruned")
+    grid = itertools.product(floats(a.schedule_grace), floats(a.window), floats(a.k), floats(a.grace), floats(a.floor))
+    for late, win, kk, g, fl in grid:
+        r = replay(all_cases, replace(base, k=kk, grace=g, floor=fl, schedule_grace=late, window=win))
+        print(f"{kk:>4g} {g:>5g} {fl:>5g} {win:>6g} {late:>5g} | {100 * r['saved']:>5.1f}% "
+              f"{r['pruned']:>7} of {r['discards']:<6} | {len(r['false'])} of {r['keeps']}")
+        if a.verbose:
+            for f in r["false"]:
+                print(f"      false kill: {f}")
     r = replay(all_cases, base)
     for f in r["false"]:
         print(f"default false kill: {f}")

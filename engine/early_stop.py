@@ -11,7 +11,8 @@ The rule, at each check fraction f (every STEP of the budget from the grace frac
   the run's and the best's alike: single steps are noisy;
 - the best's curve is the best run's (the baselines' mean curve when the best is the baseline);
 - the band at f is the largest of:
-    k x the spread of the baselines' losses at f (run-to-run noise of the same code),
+    k x the spread of the baselines' losses (run-to-run noise of the same code, pooled over the
+    checks),
     the most a run that was later kept was behind its best at f, plus that spread (what this
     session has learned: changes that won have looked this bad mid-run),
     the floor;
@@ -132,18 +133,18 @@ def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tup
                 "it needs their spread")
     if not best:
         return "early stop is off: the best run has no loss curve"
-    fs, bs, ws = [], [], []
-    for f in checks(s):
-        if not covers(best, f) or not all(covers(c, f) for c in baselines):
-            continue
-        spread = statistics.stdev(window_loss(c, f, s.window) for c in baselines)
-        lags = [window_loss(k, f, s.window) - window_loss(b, f, s.window) for k, b in kept if covers(k, f) and covers(b, f)]
-        learned = max(lags) + spread if lags and max(lags) > 0 else 0.0
-        fs.append(f)
-        bs.append(window_loss(best, f, s.window))
-        ws.append(max(s.k * spread, learned, s.floor))
+    fs = [f for f in checks(s) if covers(best, f) and all(covers(c, f) for c in baselines)]
     if not fs:
         return "early stop is off: the best's and the baselines' curves stop before the grace fraction"
+    # the baselines' spread, pooled over the checks: from two baselines one fraction's spread is a
+    # guess, all of them together a measure (a run's noise hardly changes over its second part)
+    spread = math.sqrt(statistics.fmean(statistics.variance(window_loss(c, f, s.window) for c in baselines) for f in fs))
+    bs, ws = [], []
+    for f in fs:
+        lags = [window_loss(k, f, s.window) - window_loss(b, f, s.window) for k, b in kept if covers(k, f) and covers(b, f)]
+        learned = max(lags) + spread if lags and max(lags) > 0 else 0.0
+        bs.append(window_loss(best, f, s.window))
+        ws.append(max(s.k * spread, learned, s.floor))
     return Reference(tuple(fs), tuple(bs), tuple(ws))
 
 

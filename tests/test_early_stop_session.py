@@ -5,6 +5,7 @@ reason, its slot takes the next experiment at once, and the human can let a run 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from engine import events as ev
@@ -18,6 +19,8 @@ from harness.dataset import current_dataset
 from harness.profiles import CPU
 
 from conftest import use_light_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BUDGET = 8.0  # seconds of training: ~16 loss reports a run
 
@@ -119,3 +122,10 @@ def test_with_early_stop_off_a_losing_run_runs_to_its_end(tmp_path, tiny_cache):
     worse = next(e for e in eng.journal.experiments(s.id) if e.kind == "experiment")
     assert worse.status == "discard" and worse.metric is not None
     assert not any(isinstance(e, (ev.RunPruned, ev.EarlyStopBand)) for e in seen)
+    # the replay of such a session (bench/early_stop.py, run with early stop off): its table and its line
+    r = subprocess.run([sys.executable, "bench/early_stop.py", str(eng.ws.root), "--k", "2,4"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "1 experiments replayed from 1 workspace(s): 1 discards, 0 keeps" in r.stdout, r.stdout
+    last = r.stdout.strip().splitlines()[-1]
+    assert " of discard GPU-seconds, pruned 0 of 0 keeps" in last and last.startswith("default (k 4"), r.stdout
