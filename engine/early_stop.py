@@ -128,8 +128,11 @@ def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tup
     (a kept run's curve, its best's curve then) for each kept run, `wanted` the baseline runs the
     session makes."""
     baselines = [c for c in baselines if c]
-    if len(baselines) < max(2, wanted):
-        return (f"early stop is off until the baselines' curves are in ({len(baselines)} of {max(2, wanted)}): "
+    if wanted < 2:
+        return ("early stop is off: it measures the noise from the spread of two baseline runs or more "
+                f"([decision] baseline_runs = {wanted})")
+    if len(baselines) < wanted:
+        return (f"early stop is off until the baselines' curves are in ({len(baselines)} of {wanted}): "
                 "it needs their spread")
     if not best:
         return "early stop is off: the best run has no loss curve"

@@ -110,6 +110,8 @@ def test_the_rule_is_off_without_the_baselines_curves_or_a_best_curve():
     assert isinstance(one, str) and "1 of 2" in one
     three = reference(curve(seed=1), [curve(seed=2), curve(seed=3)], [], S, wanted=3)
     assert isinstance(three, str) and "2 of 3" in three
+    single = reference(curve(seed=1), [curve(seed=2)], [], S, wanted=1)
+    assert isinstance(single, str) and "two baseline runs or more" in single and "baseline_runs = 1" in single
     nobest = reference(None, [curve(seed=2), curve(seed=3)], [], S)
     assert isinstance(nobest, str) and "no loss curve" in nobest
 

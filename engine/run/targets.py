@@ -71,6 +71,7 @@ class Target:
     sandboxed: bool | None = None  # None: this target has no sandbox to speak of
     sandbox_reason: str | None = None  # why the sandbox is off, when it is
     slot: str = ""  # the device slot this copy runs on (for_slot)
+    loss_curve: bool = False  # its runs report a training loss by fraction of the budget (early stop applies)
 
     def __init__(self) -> None:
         self.env_extra: dict[str, str] = {}  # the slot's device environment (for_slot)
@@ -115,6 +116,7 @@ class Target:
 class GptTarget(Target):
     metric_name = "val_bpb"
     direction = "min"
+    loss_curve = True
 
     def __init__(self, root: Path, cfg: TargetConfig, cache: Path, dataset: Dataset, profile: Profile,
                  sandbox: str = "auto", compile_cache: str = "private"):

@@ -96,7 +96,7 @@ class Engine:
                              self.human_files)
         self.recorder = Recorder(self.journal, self.git, self.branch, self.control, self.pool, self.inflight,
                                  self.intake, self.rule, self.emit, self.finish, self._session, lambda: self._fatal)
-        self.pruner = Pruner(self.journal, self.control, settings_of(self.dcfg), self.emit, self._session,
+        self.pruner = Pruner(self.journal, self.control, settings_of(self.dcfg, target.loss_curve), self.emit, self._session,
                              lambda: self.harness, self.briefing.diff, target.budget,
                              lambda: max(self.dcfg.baseline_runs, len(self.slotset.slots)))
         self.scheduler = Scheduler(

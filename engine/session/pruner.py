@@ -19,9 +19,11 @@ from ..store.journal import Journal, Session
 from ..run.runs import Run
 
 
-def settings_of(d: DecisionConfig) -> Settings:
-    """The rule's settings from [decision] in cockpit.toml."""
-    return replace(Settings(), mode=d.early_stop, grace=d.early_stop_grace, k=d.early_stop_k, floor=d.early_stop_floor)
+def settings_of(d: DecisionConfig, loss_curve: bool = True) -> Settings:
+    """The rule's settings from [decision] in cockpit.toml; off for a target whose runs report no
+    loss curve (a command target: nothing to compare)."""
+    return replace(Settings(), mode=d.early_stop if loss_curve else "off", grace=d.early_stop_grace, k=d.early_stop_k,
+                   floor=d.early_stop_floor)
 
 
 class Watch:
