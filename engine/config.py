@@ -56,7 +56,7 @@ class DecisionConfig:
     noise_k: float = 2.0
     early_stop: str = "auto"  # auto: a losing run is stopped once the session has the data (engine/early_stop.py); off
     early_stop_grace: float = 0.3  # no early stop before this fraction of the budget
-    early_stop_k: float = 4.0  # the band: this many spreads of the baselines' loss at the same fraction...
+    early_stop_k: float = 3.0  # the band: this many spreads of the baselines' loss (pooled over the budget)...
     early_stop_floor: float = 0.03  # ...and never less than this (training-loss units)
 
 
@@ -314,7 +314,7 @@ noise_k = 2.0                     # max(min_delta, noise_k * noise)
 early_stop = "auto"               # stop a run that is clearly losing (status "pruned"); "off" runs every
                                   # experiment to the end. It starts once the baselines' curves are in
 # early_stop_grace = 0.3          # no decision before this fraction of the budget
-# early_stop_k = 4.0              # behind the best's loss at the same fraction by more than k x the
+# early_stop_k = 3.0              # behind the best's loss at the same fraction by more than k x the
 # early_stop_floor = 0.03         # baselines' spread there (or what kept runs lagged, or the floor)
 
 [agent]

@@ -49,12 +49,12 @@ class Settings:
 
     mode: str = "auto"  # auto: on once the session has the data; off
     grace: float = 0.3  # no decision before this fraction of the budget
-    k: float = 4.0  # the band: this many baseline spreads at f...
+    k: float = 3.0  # the band: this many baseline spreads...
     floor: float = 0.03  # ...and never less than this (loss units)
-    window: float = 0.05  # losses are averaged over this much of the budget
+    window: float = 0.1  # losses are averaged over this much of the budget
     step: float = 0.05  # the check fractions are this far apart
     diverge: float = 1.2  # a window's loss above the run's first loss x this is divergence
-    schedule_grace: float = 0.9  # schedule changes: no band decision before this fraction (>= 1: never)
+    schedule_grace: float = 0.8  # schedule changes: no band decision before this fraction (>= 1: never)
 
     @property
     def on(self) -> bool:

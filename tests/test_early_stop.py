@@ -58,7 +58,7 @@ def test_no_decision_before_the_grace_fraction():
 
 def test_one_check_behind_is_not_enough():
     r = ref()
-    spike = S.grace + S.step / 2  # inside one check's window only
+    spike = S.grace - S.window + S.step / 2  # inside the first check's window only
     c = [(f, y + (0.5 if abs(f - spike) < S.step / 4 else 0.0)) for f, y in curve(seed=4)]
     assert judge(c, r, S) is None
 
