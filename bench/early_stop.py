@@ -46,7 +46,6 @@ class Case:
     known: list[Any]  # the rows finished when it started
     best_n: int | None  # the best then
     schedule: bool  # its diff touches the schedule
-    wanted: int  # the session's baseline runs
     session: str
     curves: dict[int, list[tuple[float, float]]]  # its session's curves, by experiment
 
@@ -71,15 +70,16 @@ def cases(path: Path) -> list[Case]:
             assert s is not None
             view.bind(s.id)
             rows = [e for e in view.history() if e.finished and e.status not in (Status.PROPOSING, Status.QUEUED, Status.RUNNING)]
-            wanted = max(2, sum(1 for e in rows if e.kind == "baseline" and e.harness == s.harness and e.commit_sha == s.base_commit))
             curves = {e.n: view.curve(e.n) for e in rows}
             for e in rows:
                 if e.kind == "baseline" or (e.description or "").startswith("confirm #") or not curves.get(e.n):
                     continue
                 if e.status not in (Status.KEEP, Status.DISCARD, Status.FORCED) or e.run_started is None:
                     continue
+                if "but the best moved" in (e.reason or ""):  # it beat its base: its confirmation decided
+                    continue
                 known = [k for k in rows if k.finished is not None and k.finished <= e.run_started and k.harness == e.harness]
-                out.append(Case(e, curves[e.n], known, best_after(known), early_stop.touches_schedule(view.diff(e)), wanted,
+                out.append(Case(e, curves[e.n], known, best_after(known), early_stop.touches_schedule(view.diff(e)),
                                 f"{root.name}/{tag}", curves))
     finally:
         view.close()
@@ -87,7 +87,7 @@ def cases(path: Path) -> list[Case]:
 
 
 def first_prune(c: Case, s: early_stop.Settings) -> early_stop.Prune | None:
-    ref = early_stop.gather(c.known, c.best_n, lambda n: c.curves.get(n, []), s, c.wanted, c.row.harness)
+    ref = early_stop.gather(c.known, c.best_n, lambda n: c.curves.get(n, []), s, c.row.harness)
     r = ref if isinstance(ref, early_stop.Reference) else None
     for i in range(1, len(c.curve) + 1):
         p = early_stop.judge(c.curve[:i], r, s, schedule=c.schedule)

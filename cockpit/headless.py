@@ -105,6 +105,8 @@ class Printer:
             delta = f" (Δ {e.delta:+.6f}" + (f", {e.confidence:+.1f}σ)" if e.confidence is not None else ")") if e.delta is not None else ""
             why = f" — {e.reason}" if e.reason and e.status not in ("keep",) else ""
             return f"#{e.n} {e.status.upper()}{val}{delta}  {e.description}{why}"
+        if isinstance(e, ev.EarlyStopBand):
+            return f"#{e.n} early stop: {e.note}" if e.note else None
         if isinstance(e, ev.RunPruned):  # the result line says a pruned run's reason
             return f"#{e.n} runs on (let finish by the human); the rule would stop it: {e.reason}" if e.held else None
         if isinstance(e, ev.BestChanged):

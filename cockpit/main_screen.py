@@ -138,7 +138,7 @@ class MainScreenKeys:
         if self.control.let_finish(n):
             self.notify(f"#{n} runs to its end: early stop will not stop it")
         else:
-            self.notify(f"#{n} had already finished", severity="warning")
+            self.notify(f"#{n} is no longer running: it finished or is being stopped", severity="warning")
 
     def action_force_keep(self) -> None:
         """k: checked first (a baseline, a row without a result, the best already: said, and

@@ -128,6 +128,8 @@ class Presenter:
         line = [(f, y) for f, y in e.line]
         self.run_panel.band(e.n, line)
         self.loss_plot.band(e.n, line)
+        if e.note:
+            self.reasoning.line(f"#{e.n} early stop: {e.note}", "grey50", n=e.n)
 
     def pruned(self, e: ev.RunPruned) -> None:
         """The early-stop rule stops run n (its result says so), or would: the human let it finish."""

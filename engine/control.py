@@ -59,7 +59,7 @@ class Control:
                 if len(self._runs) != 1:
                     return False
                 n = next(iter(self._runs))
-            if n not in self._runs:
+            if n not in self._runs or self._runs[n].is_set():  # gone, or being stopped (vetoed, pruned, stop-now)
                 return False
             if n not in self._finish:
                 self._finish.add(n)

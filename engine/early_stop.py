@@ -121,19 +121,20 @@ def covers(curve: Curve, f: float) -> bool:
     return bool(curve) and curve[-1][0] >= f - 1e-9
 
 
-def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tuple[Curve, Curve]], s: Settings,
-              wanted: int = 2) -> Reference | str:
+def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tuple[Curve, Curve]],
+              s: Settings) -> Reference | str:
     """The session's reference for its next runs, or why the rule is off: `best` the best run's
-    curve (None: none journaled), `baselines` the curves of the current baseline group, `kept`
-    (a kept run's curve, its best's curve then) for each kept run, `wanted` the baseline runs the
-    session makes."""
-    baselines = [c for c in baselines if c]
-    if wanted < 2:
-        return ("early stop is off: it measures the noise from the spread of two baseline runs or more "
-                f"([decision] baseline_runs = {wanted})")
-    if len(baselines) < wanted:
-        return (f"early stop is off until the baselines' curves are in ({len(baselines)} of {wanted}): "
-                "it needs their spread")
+    curve (None: none journaled), `baselines` the curves of the current baseline group's runs (an
+    empty one: that run has no curve), `kept` (a kept run's curve, its best's curve then) for each
+    kept run."""
+    if len(baselines) < 2:
+        return (f"early stop is off: it measures the noise from the spread of two baseline runs or more (this "
+                f"session's baselines: {len(baselines)}; [decision] baseline_runs)")
+    have = [c for c in baselines if c]
+    if len(have) < len(baselines):
+        return (f"early stop is off: {len(baselines) - len(have)} of the {len(baselines)} baseline runs have no loss "
+                "curve (measured by an older cockpit)")
+    baselines = have
     if not best:
         return "early stop is off: the best run has no loss curve"
     fs = [f for f in checks(s) if covers(best, f) and all(covers(c, f) for c in baselines)]
@@ -151,7 +152,7 @@ def reference(best: Curve | None, baselines: Sequence[Curve], kept: Sequence[tup
     return Reference(tuple(fs), tuple(bs), tuple(ws))
 
 
-def gather(rows: Iterable[Any], best_n: int | None, curve_of: Callable[[int], Curve], s: Settings, wanted: int = 2,
+def gather(rows: Iterable[Any], best_n: int | None, curve_of: Callable[[int], Curve], s: Settings,
            harness: str | None = None) -> Reference | str:
     """The reference from a session's journal rows (engine.journal.Experiment, or anything with
     its attributes) of the version `harness`: the latest baseline group's curves; the best's curve
@@ -160,7 +161,7 @@ def gather(rows: Iterable[Any], best_n: int | None, curve_of: Callable[[int], Cu
     curve, a keep or a force-keep moves it, only keeps are learned from)."""
     rows = analysis.comparable(rows, harness)
     group = analysis.baseline_group(rows, harness)
-    baselines = [c for e in group if (c := curve_of(e.n))]
+    baselines = [curve_of(e.n) for e in group]
     kept: list[tuple[Curve, Curve]] = []
     current: Curve | None = None
     groups: dict[tuple[str | None, str | None], list[Curve]] = {}
@@ -177,10 +178,10 @@ def gather(rows: Iterable[Any], best_n: int | None, curve_of: Callable[[int], Cu
     row = by_n.get(best_n) if best_n is not None else None
     best: Curve | None
     if row is None or row.kind == "baseline":
-        best = mean_curve(baselines) if baselines else None
+        best = mean_curve(baselines) if baselines and all(baselines) else None
     else:
         best = curve_of(row.n) or None
-    return reference(best, baselines, kept, s, wanted)
+    return reference(best, baselines, kept, s)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def curve(offset: float = 0.0, seed: int = 0, noise: float = 0.01, until: float 
 
 
 def ref(best: list[tuple[float, float]] | None = None, kept=(), settings: Settings = S, n: int = 2) -> Reference:
-    r = reference(best or curve(seed=1), [curve(seed=10 + i) for i in range(n)], list(kept), settings, wanted=n)
+    r = reference(best or curve(seed=1), [curve(seed=10 + i) for i in range(n)], list(kept), settings)
     assert isinstance(r, Reference), r
     return r
 
@@ -105,15 +105,14 @@ def test_the_band_is_a_multiple_of_the_baselines_spread_pooled_over_the_checks_a
     assert all(w == S.floor for w in quiet.band)
 
 
-def test_the_rule_is_off_without_the_baselines_curves_or_a_best_curve():
-    one = reference(curve(seed=1), [curve(seed=2)], [], S, wanted=2)
-    assert isinstance(one, str) and "1 of 2" in one
-    three = reference(curve(seed=1), [curve(seed=2), curve(seed=3)], [], S, wanted=3)
-    assert isinstance(three, str) and "2 of 3" in three
-    single = reference(curve(seed=1), [curve(seed=2)], [], S, wanted=1)
-    assert isinstance(single, str) and "two baseline runs or more" in single and "baseline_runs = 1" in single
+def test_the_rule_is_off_without_two_baselines_with_curves_or_a_best_curve():
+    single = reference(curve(seed=1), [curve(seed=2)], [], S)
+    assert isinstance(single, str) and "two baseline runs or more" in single and "baselines: 1" in single
+    old = reference(curve(seed=1), [curve(seed=2), [], curve(seed=3)], [], S)  # one baseline without a curve
+    assert isinstance(old, str) and "1 of the 3 baseline runs have no loss curve" in old
     nobest = reference(None, [curve(seed=2), curve(seed=3)], [], S)
     assert isinstance(nobest, str) and "no loss curve" in nobest
+    assert isinstance(reference(curve(seed=1), [curve(seed=2), curve(seed=3), curve(seed=4)], [], S), Reference)
 
 
 def test_the_line_the_loss_pane_draws_is_the_best_plus_the_band():
@@ -168,3 +167,48 @@ def test_a_kept_schedule_change_behind_mid_run_on_the_h200_is_not_pruned():
     # and once kept, how far behind it was widens the band for the session's later runs
     learned = reference(kept, baselines, [(kept, mean_curve(baselines))], S)
     assert isinstance(learned, Reference) and learned.band[0] > behind[0.3]
+
+
+# ---- the watch of one run, and the human's let-finish (engine/session/pruner.py, engine/control.py) ----
+
+def watched(control=None):
+    from engine.control import Control
+    from engine.run.runs import Run
+    from engine.session.pruner import Watch
+
+    control = control or Control()
+    r = Run(5, "s" * 40, "p" * 40, 1.0, 2, "experiment", "WIDTH 32 -> 1")
+    r.cancel = control.begin_run(5)
+    said: list = []
+    return Watch(r, ref(), S, False, 60.0, control, said.append), r, control, said
+
+
+def test_a_watched_run_behind_the_band_is_cancelled_with_its_reason_and_its_training_seconds():
+    w, r, control, said = watched()
+    c = curve(offset=0.3, seed=5)
+    for i in range(2, len(c) + 1):
+        w.see(c[:i])
+        if r.cancel.is_set():
+            break
+    assert r.cancel.is_set() and r.pruned is not None and r.pruned.startswith("pruned at ")
+    assert r.trained == pytest.approx(60.0 * float(r.pruned.split("%")[0].split()[-1]) / 100, abs=0.6)
+    assert [type(e).__name__ for e in said] == ["RunPruned"] and not said[0].held
+    assert not control.let_finish(5)  # being stopped: too late to let it finish, and nothing journaled
+    assert control.take_let_finish() == []
+
+
+def test_a_run_already_being_stopped_is_not_pruned_on_top():
+    w, r, control, said = watched()
+    control.veto("no", 5)  # its cancel is set: the veto decides
+    w.see(curve(offset=0.3, seed=5))
+    assert r.pruned is None and said == []
+
+
+def test_a_run_the_human_lets_finish_runs_on_and_the_rule_says_once_where_it_would_have_stopped_it():
+    w, r, control, said = watched()
+    assert control.let_finish(5) and control.take_let_finish() == [5] and control.take_let_finish() == []
+    c = curve(offset=0.3, seed=5)
+    for i in range(2, len(c) + 1):
+        w.see(c[:i])
+    assert not r.cancel.is_set() and r.pruned is None
+    assert len(said) == 1 and said[0].held

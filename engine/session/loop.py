@@ -97,8 +97,7 @@ class Engine:
         self.recorder = Recorder(self.journal, self.git, self.branch, self.control, self.pool, self.inflight,
                                  self.intake, self.rule, self.emit, self.finish, self._session, lambda: self._fatal)
         self.pruner = Pruner(self.journal, self.control, settings_of(self.dcfg, target.loss_curve), self.emit, self._session,
-                             lambda: self.harness, self.briefing.diff, target.budget,
-                             lambda: max(self.dcfg.baseline_runs, len(self.slotset.slots)))
+                             lambda: self.harness, self.briefing.diff, target.budget)
         self.scheduler = Scheduler(
             journal=self.journal, git=self.git, ws=ws, agent=agent, control=self.control, slots=self.slotset,
             inflight=self.inflight, pool=self.pool, intake=self.intake, recorder=self.recorder, ledger=self.ledger,

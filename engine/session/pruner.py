@@ -36,8 +36,8 @@ class Watch:
         self.held = False  # the human let it finish: the rule's stop was said once
 
     def see(self, curve: Curve) -> None:
-        if self.r.pruned is not None or self.held:
-            return
+        if self.r.pruned is not None or self.held or (self.r.cancel is not None and self.r.cancel.is_set()):
+            return  # (a run being stopped already: vetoed, or the session stopping now)
         p = early_stop.judge(curve, self.ref, self.s, self.schedule)
         if p is None:
             return
@@ -55,14 +55,13 @@ class Watch:
 
 class Pruner:
     """`session()` the session now, `harness()` its measure's version, `diff(a, b)` a commit
-    pair's diff (the briefing's cache), `budget` the training seconds of a run, `wanted()` the
-    baseline runs a session makes."""
+    pair's diff (the briefing's cache), `budget` the training seconds of a run."""
 
     def __init__(self, journal: Journal, control: Control, settings: Settings, emit: Callable[[ev.Event], None],
                  session: Callable[[], Session], harness: Callable[[], str | None], diff: Callable[[str, str], str],
-                 budget: float | None, wanted: Callable[[], int]):
+                 budget: float | None):
         self.journal, self.control, self.s, self.emit = journal, control, settings, emit
-        self.session, self.harness, self.diff, self.budget, self.wanted = session, harness, diff, budget, wanted
+        self.session, self.harness, self.diff, self.budget = session, harness, diff, budget
         self._ref: tuple[tuple[object, ...], Reference | str] | None = None  # the reference, for the best it was built on
         self._said: str | None = None  # why the rule is off, said once
         self._lock = threading.Lock()
@@ -76,8 +75,7 @@ class Pruner:
         with self._lock:
             if self._ref is None or self._ref[0] != key:
                 rows = self.journal.experiments(s.id)
-                ref = early_stop.gather(rows, best_n, lambda n: self.journal.curve(s.id, n), self.s, self.wanted(),
-                                        self.harness())
+                ref = early_stop.gather(rows, best_n, lambda n: self.journal.curve(s.id, n), self.s, self.harness())
                 self._ref = (key, ref)
             return self._ref[1]
 
