@@ -38,3 +38,6 @@ class DiffPane(ScrollableContainer):
             text += "\n\n--- log tail ---\n" + tail[-4000:]
         self.body.update(Syntax(text or "(no changes)", "diff", theme="ansi_dark", word_wrap=False))
         self.scroll_home(animate=False)
+        # and again once the new text is laid out: under load the layout of the new text could land
+        # after the scroll and leave the pane scrolled sideways (a busy machine's snapshot showed it)
+        self.call_after_refresh(self.scroll_home, animate=False)
