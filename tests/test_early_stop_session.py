@@ -107,7 +107,10 @@ def test_the_human_lets_a_losing_run_finish_and_it_is_journaled(tmp_path, tiny_c
     eng.run()
     s = eng.journal.session_by_tag("es")
     worse = next(e for e in eng.journal.experiments(s.id) if e.kind == "experiment")
-    assert worse.status == "discard" and worse.metric is not None  # ran to its end and measured
+    # ran to its end: measured (`discard`), or, on a machine too busy for its clock, judged by the
+    # harness's timing rules; never stopped by the rule
+    assert worse.status != "pruned" and not (worse.reason or "").startswith("pruned"), (worse.status, worse.reason)
+    assert worse.status in ("discard", "invalid", "timeout"), (worse.status, worse.reason)
     held = [e for e in seen if isinstance(e, ev.RunPruned) and e.n == worse.n]
     assert len(held) == 1 and held[0].held  # the rule said where it would have stopped it, once
     notes = eng.journal.notes(s.id, "human")
@@ -120,12 +123,13 @@ def test_with_early_stop_off_a_losing_run_runs_to_its_end(tmp_path, tiny_cache):
     eng.run()
     s = eng.journal.session_by_tag("es")
     worse = next(e for e in eng.journal.experiments(s.id) if e.kind == "experiment")
-    assert worse.status == "discard" and worse.metric is not None
+    assert worse.status != "pruned", (worse.status, worse.reason)  # (a busy machine's clock may judge it otherwise)
     assert not any(isinstance(e, (ev.RunPruned, ev.EarlyStopBand)) for e in seen)
     # the replay of such a session (bench/early_stop.py, run with early stop off): its table and its line
     r = subprocess.run([sys.executable, "bench/early_stop.py", str(eng.ws.root), "--k", "2,4"], capture_output=True,
                        text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "1 experiments replayed from 1 workspace(s): 1 discards, 0 keeps" in r.stdout, r.stdout
+    replayed = 1 if worse.status == "discard" else 0  # (the replay takes what was measured)
+    assert f"{replayed} experiments replayed from 1 workspace(s): {replayed} discards, 0 keeps" in r.stdout, r.stdout
     last = r.stdout.strip().splitlines()[-1]
     assert " of discard GPU-seconds, pruned 0 of 0 keeps" in last and last.startswith("default (k 4"), r.stdout
