@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.text import printable
-
-
-_TEXT_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _text_fields(cls: type) -> tuple[str, ...]:
-    """The fields of an event class that may hold text (asked once per class: progress ticks are many)."""
-    names = _TEXT_FIELDS.get(cls)
-    if names is None:
-        names = _TEXT_FIELDS[cls] = tuple(f.name for f in fields(cls) if "str" in str(f.type))
-    return names
 
 
 @dataclass(frozen=True)
@@ -36,8 +25,7 @@ class Event:
     def __post_init__(self) -> None:
         # Much of an event's text is the agent's or train.py's (a description, a crash reason, the
         # agent's words, a diff): no terminal control sequence reaches a printer or the TUI.
-        for name in _text_fields(type(self)):
-            v = getattr(self, name)
+        for name, v in vars(self).items():  # its fields (a dataclass without slots)
             if isinstance(v, str):
                 object.__setattr__(self, name, printable(v))
 
